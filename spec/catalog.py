@@ -1,0 +1,97 @@
+"""Catalogs shipped as data: model architectures, device profiles and measurement scenarios.
+
+A model entry holds a model's public config numbers, so that latency can be measured on
+random weights with no download and the cost model can price any architecture.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DATA = Path(__file__).parent / "data"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelArchitecture(Frozen):
+    """Public config numbers of a decoder-only transformer (Llama, Qwen2 or Mistral layout)."""
+
+    name: str
+    label: str
+    model_type: Literal["llama", "qwen2", "mistral"]
+    vocab_size: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    num_hidden_layers: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    num_key_value_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    max_position_embeddings: int = Field(gt=0)
+    rope_theta: float
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    attention_bias: bool = False
+    embedded: bool = Field(False, description="weights ship with prunereg (the embedded default model)")
+    source: str = Field(description="where the numbers come from")
+
+    @property
+    def queries_per_kv_group(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+
+class DeviceProfile(Frozen):
+    """The two ceilings of the roofline: dense matrix rate and memory bandwidth."""
+
+    name: str
+    label: str
+    matmul_flops: float = Field(gt=0, description="dense bf16 matrix FLOP/s")
+    memory_bandwidth: float = Field(gt=0, description="bytes/s")
+    source: str
+
+
+class Phase(str, Enum):
+    prefill = "prefill"
+    decode = "decode"
+
+
+class Scenario(Frozen):
+    """One measurement setting. seq_len is the prompt length (prefill) or the KV-cache context (decode)."""
+
+    phase: Phase
+    batch_size: int = Field(ge=1, le=1024)
+    seq_len: int = Field(ge=1, le=1_048_576)
+
+    @property
+    def name(self) -> str:
+        letter = "s" if self.phase is Phase.prefill else "c"
+        return f"{self.phase.value}-b{self.batch_size}-{letter}{self.seq_len}"
+
+
+def _load(name: str) -> dict:
+    return json.loads((DATA / name).read_text())
+
+
+@cache
+def models() -> dict[str, ModelArchitecture]:
+    return {k: ModelArchitecture(name=k, **v) for k, v in _load("models.json").items()}
+
+
+@cache
+def devices() -> dict[str, DeviceProfile]:
+    return {k: DeviceProfile(name=k, **v) for k, v in _load("devices.json").items()}
+
+
+@cache
+def suites() -> dict[str, tuple[Scenario, ...]]:
+    return {k: tuple(Scenario(**s) for s in v) for k, v in _load("scenarios.json").items()}
+
+
+EMBEDDED_MODEL = "prunereg-mini"

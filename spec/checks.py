@@ -1,0 +1,119 @@
+"""Semantic checks: what the JSON Schema cannot say. One small named check per concern.
+
+Each check takes a loaded Submission and yields Problems (a JSON pointer into the submission
+and a message). `CHECKS` is the list `prunereg validate` runs, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+from .catalog import EMBEDDED_MODEL, ModelArchitecture, models
+from .parameters import LayerDropParams, WidthParams
+from .submission import ADAPTER_FAMILIES, ParamRef, Submission
+from .taxonomy import FAMILY_EFFECTS, FAMILY_LABELS, Family
+
+
+class Problem(NamedTuple):
+    pointer: str
+    message: str
+
+
+Check = Callable[[Submission], Iterator[Problem]]
+
+
+def unique_operating_points(sub: Submission) -> Iterator[Problem]:
+    seen: set[str] = set()
+    for i, point in enumerate(sub.adapter.operating_points):
+        if point.name in seen:
+            yield Problem(f"/adapter/operating_points/{i}/name", f"operating point '{point.name}' is defined twice")
+        seen.add(point.name)
+
+
+def adapter_fits_family(sub: Submission) -> Iterator[Problem]:
+    allowed = ADAPTER_FAMILIES[sub.adapter.name]
+    if sub.family not in allowed:
+        names = ", ".join(f.value for f in sorted(allowed, key=lambda f: f.value))
+        yield Problem("/adapter/name", f"adapter '{sub.adapter.name}' realizes family {names}, not {sub.family.value}")
+
+
+def effects_fit_family(sub: Submission) -> Iterator[Problem]:
+    allowed = FAMILY_EFFECTS[sub.family]
+    if sub.family is not Family.dense and not sub.effects:
+        yield Problem("/effects", f"family {sub.family.value} must declare at least one GEMM effect")
+    for i, e in enumerate(sub.effects):
+        if (e.dimension, e.mode, e.granularity) not in allowed:
+            yield Problem(
+                f"/effects/{i}",
+                f"{e.mode.value} {e.dimension.value} at granularity '{e.granularity.value}' "
+                f"is not an effect of family {sub.family.value} ({FAMILY_LABELS[sub.family]})",
+            )
+
+
+def unique_effects(sub: Submission) -> Iterator[Problem]:
+    seen: set[tuple[str, str]] = set()
+    for i, e in enumerate(sub.effects):
+        key = (e.gemm.value, e.dimension.value)
+        if key in seen:
+            yield Problem(f"/effects/{i}", f"{e.gemm.value} dimension {e.dimension.value} is declared twice")
+        seen.add(key)
+
+
+def effect_parameters_exist(sub: Submission) -> Iterator[Problem]:
+    params_model = type(sub.adapter.operating_points[0].params)
+    numeric = {n for n, f in params_model.model_fields.items() if f.annotation in (float, int)}
+    for i, e in enumerate(sub.effects):
+        if isinstance(e.fraction, ParamRef) and e.fraction.param not in numeric:
+            known = ", ".join(sorted(numeric)) or "none"
+            yield Problem(
+                f"/effects/{i}/fraction/param",
+                f"'{e.fraction.param}' is not a numeric parameter of adapter '{sub.adapter.name}' (known: {known})",
+            )
+
+
+def claims_name_operating_points(sub: Submission) -> Iterator[Problem]:
+    names = {p.name for p in sub.adapter.operating_points}
+    for i, claim in enumerate(sub.quality_claims):
+        if claim.operating_point not in names:
+            yield Problem(
+                f"/quality_claims/{i}/operating_point", f"no operating point named '{claim.operating_point}'"
+            )
+
+
+def target_models(sub: Submission) -> list[ModelArchitecture]:
+    """The embedded model (every submission runs on it) and the catalog models its claims name."""
+    catalog = models()
+    names = [EMBEDDED_MODEL] + [c.base_model for c in sub.quality_claims if c.base_model in catalog]
+    return [catalog[n] for n in dict.fromkeys(names)]
+
+
+def operating_points_fit_models(sub: Submission) -> Iterator[Problem]:
+    for arch in target_models(sub):
+        for i, point in enumerate(sub.adapter.operating_points):
+            problem = point_misfit(point.params, arch)
+            if problem:
+                yield Problem(f"/adapter/operating_points/{i}/params", f"on {arch.name}: {problem}")
+
+
+def point_misfit(params, arch: ModelArchitecture) -> str | None:
+    """Why these parameters cannot be applied to this architecture, or None."""
+    try:
+        if isinstance(params, LayerDropParams):
+            params.layers_for(arch.num_hidden_layers)
+        elif isinstance(params, WidthParams):
+            params.kept_kv_groups(arch.num_key_value_heads)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+CHECKS: list[Check] = [
+    unique_operating_points,
+    adapter_fits_family,
+    effects_fit_family,
+    unique_effects,
+    effect_parameters_exist,
+    claims_name_operating_points,
+    operating_points_fit_models,
+]

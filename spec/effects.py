@@ -1,0 +1,22 @@
+"""The GEMM-effect algebra: what a method removes from which GEMM, resolved at one operating point."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .catalog import Frozen
+from .taxonomy import Dimension, Gemm, Granularity, Mode
+
+
+class ResolvedEffect(Frozen):
+    """One declared effect with its fraction evaluated at an operating point.
+
+    `fraction` is the share of the dimension removed: 0.25 of M at granularity `layer` means the
+    GEMM runs in three layers out of four; 0.5 of N at `kv_group` means half the KV groups are gone.
+    """
+
+    gemm: Gemm
+    dimension: Dimension
+    mode: Mode
+    granularity: Granularity
+    fraction: float = Field(ge=0.0, le=1.0)

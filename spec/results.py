@@ -1,0 +1,116 @@
+"""What an evaluation produces: the contract between the harness (adapters/) and the registry.
+
+Every latency keeps its unit, raw samples and percentiles; every quality figure carries its
+direction, so the Pareto code never guesses. Exported to JSON Schema like the submission.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import Field
+
+from .catalog import Frozen, Scenario
+from .effects import ResolvedEffect
+
+
+def relative_loss(value: float, dense_value: float, higher_is_better: bool) -> float:
+    """Quality lost relative to the dense model (0.05 = 5 % worse); negative when pruning helped."""
+    if dense_value == 0:
+        raise ValueError("dense value is zero: relative loss is undefined")
+    change = (dense_value - value) if higher_is_better else (value - dense_value)
+    return change / abs(dense_value)
+
+
+class Environment(Frozen):
+    """Where and how a run was measured; its key groups runs that are comparable."""
+
+    device: Literal["cpu", "cuda"]
+    device_name: str = Field(max_length=200)
+    device_profile: str | None = Field(None, description="catalog device used for the roofline")
+    driver: str | None = None
+    python: str
+    torch: str
+    transformers: str
+    prunereg: str
+    git_revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"]
+    execution_mode: Literal["eager"] = "eager"
+    threads: int = Field(ge=1)
+
+    def key(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class ModelStats(Frozen):
+    """Measured by prunereg on the pruned model, never taken from the method's own ratio."""
+
+    parameters: int = Field(ge=0)
+    nonzero_parameters: int = Field(ge=0)
+    weight_bytes: int = Field(ge=0)
+    num_layers: int = Field(ge=0)
+    peak_memory_bytes: int | None = Field(None, ge=0, description="peak allocator memory during measurement (CUDA) or max RSS growth (CPU)")
+
+
+class LatencyResult(Frozen):
+    scenario: Scenario
+    unit: Literal["ms"] = "ms"
+    samples: list[float] = Field(description="raw per-repeat times in ms")
+    median: float = Field(gt=0)
+    p20: float = Field(gt=0)
+    p80: float = Field(gt=0)
+    dense_median: float = Field(gt=0, description="dense baseline, measured in the same run")
+    theoretical: float = Field(gt=0, description="roofline time of the pruned model, ms")
+    theoretical_dense: float = Field(gt=0, description="roofline time of the dense model, ms")
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_median / self.median
+
+    @property
+    def theoretical_speedup(self) -> float:
+        return self.theoretical_dense / self.theoretical
+
+    @property
+    def realization(self) -> float:
+        """Measured speedup over theoretical speedup: the figure the paper is about."""
+        return self.speedup / self.theoretical_speedup
+
+    @property
+    def spread(self) -> float:
+        return self.p80 / self.p20 - 1.0
+
+
+class QualityResult(Frozen):
+    task: str = Field(description="e.g. heldout-ppl: perplexity on the model's held-out split")
+    metric: str = Field(description="e.g. cross_entropy (nats per token)")
+    value: float
+    dense_value: float
+    higher_is_better: bool
+    tokens: int = Field(ge=0, description="tokens scored")
+
+    @property
+    def relative_loss(self) -> float:
+        return relative_loss(self.value, self.dense_value, self.higher_is_better)
+
+
+class PointResult(Frozen):
+    operating_point: str
+    effects: list[ResolvedEffect]
+    stats: ModelStats
+    latency: list[LatencyResult]
+    quality: list[QualityResult]
+
+
+class EvaluationResult(Frozen):
+    """One `prunereg evaluate` of one submission on one model in one environment."""
+
+    spec_hash: str = Field(description="sha256 of the submission's canonical JSON")
+    model: str = Field(description="catalog name, or the folder name of a local checkpoint")
+    weights: Literal["trained", "random"]
+    environment: Environment
+    dense_stats: ModelStats
+    points: list[PointResult]

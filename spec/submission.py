@@ -1,0 +1,167 @@
+"""The submission: a pruning method as data.
+
+These frozen pydantic models are the single source of the JSON Schema in
+spec/schema/submission.schema.json (regenerate with `prunereg schema`); every field has a
+description that lands in the schema and on the site. Nothing in a submission is ever
+imported, executed or fetched: it names a built-in adapter and gives it bounded parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Generic, Literal, TypeVar, Union
+
+from pydantic import Field, model_validator
+
+from .catalog import Frozen
+from .parameters import DenseParams, LayerDropParams, WidthParams
+from .taxonomy import Dimension, Family, Gemm, Granularity, Mode
+
+SCHEMA_VERSION = 1
+SCHEMA_ID = f"urn:prunereg:schema:submission:{SCHEMA_VERSION}"
+
+Text = Annotated[str, Field(min_length=1, max_length=200)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")]
+Score = Annotated[float, Field(ge=-1e6, le=1e6)]
+P = TypeVar("P", bound=Frozen)
+
+
+class Paper(Frozen):
+    title: str = Field(min_length=1, max_length=300)
+    arxiv: str | None = Field(None, pattern=r"^\d{4}\.\d{4,5}(v\d{1,2})?$", description="arXiv id, e.g. 2403.03853")
+    url: str | None = Field(
+        None, max_length=300, pattern=r"^https://[^\s\"'<>]+$", description="https link, shown only, never fetched"
+    )
+    venue: str | None = Field(None, max_length=100)
+    year: int = Field(ge=1990, le=2100)
+
+    @model_validator(mode="after")
+    def _findable(self) -> Paper:
+        if self.arxiv is None and self.url is None:
+            raise ValueError("give the paper's arxiv id or url")
+        return self
+
+
+class Method(Frozen):
+    slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$", description="stable identifier, also the file name")
+    name: str = Field(min_length=1, max_length=120)
+    authors: list[Text] = Field(min_length=1, max_length=100)
+    paper: Paper
+    license: str = Field(
+        min_length=1, max_length=64, description="SPDX id of the method's reference code, or 'unknown'"
+    )
+    description: str = Field("", max_length=2000)
+
+
+class ParamRef(Frozen):
+    param: str = Field(pattern=r"^[a-z_]{1,40}$", description="name of a numeric operating-point parameter")
+
+
+class Effect(Frozen):
+    """One GEMM dimension the method removes."""
+
+    gemm: Gemm
+    dimension: Dimension
+    mode: Mode
+    granularity: Granularity
+    fraction: Annotated[float, Field(ge=0.0, le=1.0)] | ParamRef = Field(
+        description="share of the dimension removed: a number in [0, 1], or the operating-point parameter that gives it"
+    )
+
+
+class OperatingPoint(Frozen, Generic[P]):
+    name: Name = Field(description="unique within the submission, e.g. drop-25")
+    description: str = Field("", max_length=300)
+    params: P
+
+
+class DenseAdapter(Frozen):
+    name: Literal["dense"]
+    operating_points: list[OperatingPoint[DenseParams]] = Field(min_length=1, max_length=1)
+
+
+class LayerDropAdapter(Frozen):
+    name: Literal["layer_drop"]
+    operating_points: list[OperatingPoint[LayerDropParams]] = Field(min_length=1, max_length=32)
+
+
+class WidthAdapter(Frozen):
+    name: Literal["width"]
+    operating_points: list[OperatingPoint[WidthParams]] = Field(min_length=1, max_length=32)
+
+
+Adapter = Annotated[Union[DenseAdapter, LayerDropAdapter, WidthAdapter], Field(discriminator="name")]
+"""The built-in adapters a submission can name; adding one means one class above and one entry here."""
+
+ADAPTER_FAMILIES: dict[str, frozenset[Family]] = {
+    "dense": frozenset({Family.dense}),
+    "layer_drop": frozenset({Family.static_depth}),
+    "width": frozenset({Family.static_width}),
+}
+"""Which families each adapter realizes; a check refuses other pairings."""
+
+
+class Reported(Frozen):
+    source: Literal["reported"]
+    arxiv: str = Field(pattern=r"^\d{4}\.\d{4,5}(v\d{1,2})?$")
+    table: str = Field(min_length=1, max_length=60, description="where in the paper, e.g. 'Table 2'")
+
+
+class MeasuredElsewhere(Frozen):
+    source: Literal["measured"]
+    by: str = Field(min_length=1, max_length=120, description="who measured it")
+    note: str = Field("", max_length=300)
+
+
+class Harness(Frozen):
+    name: str = Field(min_length=1, max_length=64, description="e.g. lm-evaluation-harness")
+    version: str = Field(min_length=1, max_length=32)
+
+
+class QualityClaim(Frozen):
+    """A quality number and every setting that changes such numbers."""
+
+    base_model: str = Field(min_length=1, max_length=100, description="catalog name or hub id of the dense model")
+    base_model_revision: str | None = Field(None, max_length=64)
+    operating_point: Name
+    task: str = Field(min_length=1, max_length=64, description="e.g. wikitext2, arc_easy")
+    metric: str = Field(min_length=1, max_length=64, description="e.g. perplexity, acc_norm")
+    higher_is_better: bool
+    value: Score
+    dense_value: Score = Field(description="the dense model's value in the same setting")
+    shots: int | None = Field(None, ge=0, le=100)
+    harness: Harness | None = None
+    finetune_tokens: int = Field(0, ge=0, le=10**13, description="recovery fine-tuning after pruning, in tokens")
+    provenance: Annotated[Union[Reported, MeasuredElsewhere], Field(discriminator="source")]
+
+
+class Submission(Frozen):
+    """A pruning method: identity, declared GEMM effects, adapter with operating points, claims."""
+
+    schema_version: Literal[1] = Field(description="bumped on every breaking change of this schema")
+    method: Method
+    family: Family
+    effects: list[Effect] = Field(max_length=32, description="declared GEMM effects; checked against a trace")
+    adapter: Adapter
+    quality_claims: list[QualityClaim] = Field(default_factory=list, max_length=200)
+
+    def spec_hash(self) -> str:
+        return spec_hash(self.model_dump(mode="json", exclude_defaults=False))
+
+    def point(self, name: str) -> OperatingPoint:
+        for point in self.adapter.operating_points:
+            if point.name == name:
+                return point
+        raise KeyError(name)
+
+
+def spec_hash(document: dict) -> str:
+    """sha256 of the canonical JSON, so formatting changes keep the hash."""
+    blob = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def json_schema() -> dict:
+    schema = Submission.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}

@@ -1,0 +1,119 @@
+"""The GEMM-centric taxonomy of the paper, as data: GEMM kinds, dimensions and pruning families.
+
+For Y[M,N] = X[M,K] . W[K,N] inside a decoder layer, a pruning method shrinks M (tokens),
+N (outputs) or K (the reduction), statically (the same for every input) or dynamically
+(chosen per token). Everything downstream (schema, checks, cost model, leaderboard) reads
+these tables instead of repeating them.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Gemm(str, Enum):
+    """The matrix products of a decoder-only transformer (DESIGN.md table)."""
+
+    qkv_proj = "qkv_proj"
+    o_proj = "o_proj"
+    gate_up_proj = "gate_up_proj"
+    down_proj = "down_proj"
+    attn_score = "attn_score"
+    attn_value = "attn_value"
+    lm_head = "lm_head"
+
+
+GEMM_SHAPES: dict[Gemm, tuple[str, str, str]] = {
+    Gemm.qkv_proj: ("tokens", "hidden", "(heads + 2*kv_heads)*head_dim"),
+    Gemm.o_proj: ("tokens", "heads*head_dim", "hidden"),
+    Gemm.gate_up_proj: ("tokens", "hidden", "2*intermediate"),
+    Gemm.down_proj: ("tokens", "intermediate", "hidden"),
+    Gemm.attn_score: ("query tokens", "head_dim", "key tokens"),
+    Gemm.attn_value: ("query tokens", "key tokens", "head_dim"),
+    Gemm.lm_head: ("output tokens", "hidden", "vocab"),
+}
+"""(M, K, N) of each GEMM in words, for tables and the site."""
+
+ATTENTION_GEMMS = (Gemm.qkv_proj, Gemm.o_proj, Gemm.attn_score, Gemm.attn_value)
+MLP_GEMMS = (Gemm.gate_up_proj, Gemm.down_proj)
+LAYER_GEMMS = ATTENTION_GEMMS + MLP_GEMMS
+
+
+class Dimension(str, Enum):
+    M = "M"
+    N = "N"
+    K = "K"
+
+
+class Mode(str, Enum):
+    static = "static"
+    dynamic = "dynamic"
+
+
+class Granularity(str, Enum):
+    """The unit in which a dimension is removed; the cost model and the checks key on it."""
+
+    layer = "layer"  # whole decoder layers (M removed for every token of those layers)
+    sublayer = "sublayer"  # the attention or the MLP block of a layer
+    token = "token"  # per-token routing (dynamic M)
+    kv_group = "kv_group"  # attention heads, in whole grouped-query KV groups
+    head = "head"  # single attention heads
+    channel = "channel"  # MLP intermediate channels
+    hidden = "hidden"  # the residual hidden dimension (cross-layer)
+    rank = "rank"  # low-rank factorisation
+    pattern_2_4 = "2:4"  # two of every four weights along K
+    key_block = "key_block"  # blocks of keys per query block
+    weight = "weight"  # single weights, no structure
+
+
+class Family(str, Enum):
+    dense = "dense"
+    static_depth = "static_depth"
+    dynamic_depth = "dynamic_depth"
+    static_k_2_4 = "static_k_2_4"
+    static_k_low_rank = "static_k_low_rank"
+    static_width = "static_width"
+    static_cross_layer = "static_cross_layer"
+    dynamic_attention = "dynamic_attention"
+    unstructured = "unstructured"
+
+
+FAMILY_LABELS: dict[Family, str] = {
+    Family.dense: "dense baseline",
+    Family.static_depth: "static M, depth",
+    Family.dynamic_depth: "dynamic M, depth",
+    Family.static_k_2_4: "static K, 2:4",
+    Family.static_k_low_rank: "static K, low rank",
+    Family.static_width: "static NK, width",
+    Family.static_cross_layer: "static NK, cross-layer",
+    Family.dynamic_attention: "dynamic NK, attention",
+    Family.unstructured: "unstructured",
+}
+
+FAMILY_EFFECTS: dict[Family, frozenset[tuple[Dimension, Mode, Granularity]]] = {
+    Family.dense: frozenset(),
+    Family.static_depth: frozenset(
+        {(Dimension.M, Mode.static, Granularity.layer), (Dimension.M, Mode.static, Granularity.sublayer)}
+    ),
+    Family.dynamic_depth: frozenset({(Dimension.M, Mode.dynamic, Granularity.token)}),
+    Family.static_k_2_4: frozenset({(Dimension.K, Mode.static, Granularity.pattern_2_4)}),
+    Family.static_k_low_rank: frozenset({(Dimension.K, Mode.static, Granularity.rank)}),
+    Family.static_width: frozenset(
+        {
+            (Dimension.N, Mode.static, Granularity.kv_group),
+            (Dimension.K, Mode.static, Granularity.kv_group),
+            (Dimension.N, Mode.static, Granularity.head),
+            (Dimension.K, Mode.static, Granularity.head),
+            (Dimension.N, Mode.static, Granularity.channel),
+            (Dimension.K, Mode.static, Granularity.channel),
+        }
+    ),
+    Family.static_cross_layer: frozenset(
+        {(Dimension.N, Mode.static, Granularity.hidden), (Dimension.K, Mode.static, Granularity.hidden)}
+    ),
+    Family.dynamic_attention: frozenset(
+        {(Dimension.N, Mode.dynamic, Granularity.key_block), (Dimension.K, Mode.dynamic, Granularity.key_block)}
+    ),
+    Family.unstructured: frozenset({(Dimension.K, Mode.static, Granularity.weight)}),
+}
+"""Which (dimension, mode, granularity) a family may declare; anything else is a validation error."""

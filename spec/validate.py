@@ -1,0 +1,150 @@
+"""Validate a submission file: JSON, then the JSON Schema, then pydantic, then the semantic checks.
+
+Every problem comes back as (JSON pointer, one-line message); the CLI prints `FILE: pointer: message`.
+Validation never imports torch, so a contributor's CI check takes well under a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from functools import cache
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError as SchemaError
+from jsonschema.exceptions import best_match
+from pydantic import ValidationError
+
+from .checks import CHECKS, Problem
+from .submission import Submission
+
+SCHEMA_FILE = Path(__file__).parent / "schema" / "submission.schema.json"
+MAX_BYTES = 1_000_000
+MAX_MESSAGE = 240
+
+
+@cache
+def validator() -> Draft202012Validator:
+    return Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+
+
+def validate_file(path: Path) -> tuple[Submission | None, list[Problem]]:
+    """The loaded submission (None if invalid) and every problem found."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            return None, [Problem("", f"file is {size} bytes; a submission is at most {MAX_BYTES}")]
+        document = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (OSError, UnicodeDecodeError) as err:
+        return None, [Problem("", f"cannot read file: {_one_line(str(err))}")]
+    except json.JSONDecodeError as err:
+        return None, [Problem("", f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}")]
+    except ValueError as err:
+        return None, [Problem("", _one_line(str(err)))]
+    submission, problems = validate_document(document)
+    if submission is not None and submission.method.slug != path.stem:
+        problems.append(Problem("/method/slug", f"slug '{submission.method.slug}' must equal the file name '{path.stem}'"))
+        submission = None
+    return submission, problems
+
+
+def validate_document(document: object) -> tuple[Submission | None, list[Problem]]:
+    problems = sorted({p for e in validator().iter_errors(document) for p in _schema_problems(e)})
+    if problems:
+        return None, problems
+    try:
+        submission = Submission.model_validate(document)
+    except ValidationError as err:
+        return None, [
+            Problem(_pointer_from_loc(document, e["loc"]), _one_line(e["msg"].removeprefix("Value error, ")))
+            for e in err.errors()
+        ]
+    problems = [p._replace(message=_one_line(p.message)) for check in CHECKS for p in check(submission)]
+    return (None if problems else submission), problems
+
+
+def _schema_problems(error: SchemaError) -> list[Problem]:
+    """Problems of one schema error; a failed oneOf reports the branch its discriminator picked."""
+    if error.validator == "oneOf" and isinstance(error.instance, dict):
+        tag_name = _discriminator(error.schema)
+        if tag_name:
+            tag = error.instance.get(tag_name)
+            branches: dict[int, list[SchemaError]] = {}
+            for sub in error.context or []:
+                branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+            for errors in branches.values():
+                if not any(e.validator == "const" and list(e.relative_path) == [tag_name] for e in errors):
+                    return [p for e in errors for p in _schema_problems(e)]
+            known = sorted(_discriminator_values(error.schema))
+            hint = difflib.get_close_matches(str(tag), known, n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+            pointer = _pointer([*error.absolute_path, tag_name])
+            return [Problem(pointer, f"unknown {tag_name} {_short(tag)} (known: {', '.join(known)}){suggestion}")]
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        matching_type = [e for e in error.context if not (e.validator == "type" and not e.relative_path)]
+        return _schema_problems(best_match(matching_type or error.context))
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return [Problem(_pointer([*error.absolute_path, k]), "unknown field") for k in extra]
+    return [Problem(_pointer(error.absolute_path), _one_line(_message(error)))]
+
+
+def _message(error: SchemaError) -> str:
+    """jsonschema's message, without echoing a long (possibly hostile) value back in full."""
+    rule, value = error.validator, error.validator_value
+    if rule == "maxLength":
+        return f"longer than {value} characters"
+    if rule == "minLength":
+        return "must not be empty" if value == 1 else f"shorter than {value} characters"
+    if rule == "pattern":
+        return f"{_short(error.instance)} does not match the pattern {value}"
+    if rule == "enum":
+        hint = difflib.get_close_matches(str(error.instance), [str(v) for v in value], n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        return f"{_short(error.instance)} is not one of: {', '.join(map(str, value))}{suggestion}"
+    return error.message.replace(repr(error.instance), _short(error.instance))
+
+
+def _discriminator(schema: dict) -> str | None:
+    return (schema.get("discriminator") or {}).get("propertyName")
+
+
+def _discriminator_values(schema: dict) -> list[str]:
+    return list((schema.get("discriminator") or {}).get("mapping", {}))
+
+
+def _pointer(parts) -> str:
+    return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in parts) if parts else "/"
+
+
+def _pointer_from_loc(document: object, loc: tuple) -> str:
+    """pydantic's error location as a JSON pointer, skipping the union tags it inserts."""
+    parts, node = [], document
+    for key in loc:
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+        else:
+            continue
+        parts.append(key)
+    return _pointer(parts)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate key {_short(duplicates[0])} in one object")
+    return dict(pairs)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _one_line(message: str) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
