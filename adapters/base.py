@@ -1,0 +1,25 @@
+"""The one interface every pruning family implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from prunereg.spec.catalog import Frozen
+
+
+class Adapter(ABC):
+    """Applies one family's pruning at one operating point, removing weights physically.
+
+    `apply` receives a model it may modify in place (the caller passes a copy) and returns the
+    pruned model with smaller tensors or fewer layers and a config that describes them, so the
+    GEMMs that really run are the ones the method declares.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def apply(self, model: PreTrainedModel, params: Frozen) -> PreTrainedModel: ...

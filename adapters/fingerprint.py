@@ -1,0 +1,73 @@
+"""What prunereg measures itself about a run: the environment and the pruned model's size."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import PreTrainedModel
+
+import prunereg
+from prunereg.spec.catalog import devices
+from prunereg.spec.results import Environment, ModelStats
+
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+PROFILE_FOR_GPU = {"H200": "h200", "A100": "a100", "RTX PRO 6000": "rtx-pro-6000"}
+
+
+def environment(device: torch.device, dtype: torch.dtype) -> Environment:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        profile = next((p for key, p in PROFILE_FOR_GPU.items() if key in name), None)
+        driver = f"cuda {torch.version.cuda}"
+    else:
+        name, profile, driver = cpu_name(), "cpu-generic", None
+    assert profile is None or profile in devices()
+    return Environment(
+        device=device.type,
+        device_name=name,
+        device_profile=profile,
+        driver=driver,
+        python=platform.python_version(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        prunereg=prunereg.__version__,
+        git_revision=git_revision(),
+        dtype=DTYPE_NAMES[dtype],
+        threads=torch.get_num_threads(),
+    )
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_revision() -> str | None:
+    """The prunereg checkout's commit, when it runs from one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(prunereg.__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def model_stats(model: PreTrainedModel, peak_memory_bytes: int | None = None) -> ModelStats:
+    params = list(model.parameters())
+    return ModelStats(
+        parameters=sum(p.numel() for p in params),
+        nonzero_parameters=sum(int(torch.count_nonzero(p)) for p in params),
+        weight_bytes=sum(p.numel() * p.element_size() for p in params),
+        num_layers=len(model.model.layers),
+        peak_memory_bytes=peak_memory_bytes,
+    )

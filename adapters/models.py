@@ -1,0 +1,61 @@
+"""Load the model an evaluation runs on: the embedded trained model, a catalog architecture with
+random weights (latency does not depend on weight values), or a local checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from prunereg.spec.catalog import ModelArchitecture, models
+
+from .embedded import MODEL_DIR
+
+ARCHITECTURE_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "max_position_embeddings", "rope_theta", "rms_norm_eps",
+    "tie_word_embeddings", "attention_bias",
+)
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    architecture: ModelArchitecture
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None
+    weights: str  # "trained" or "random"
+
+
+def load_model(name_or_path: str, device: str, dtype: torch.dtype) -> LoadedModel:
+    catalog = models()
+    if name_or_path in catalog:
+        arch = catalog[name_or_path]
+        if arch.embedded:
+            return _from_checkpoint(MODEL_DIR, arch.name, device, dtype)
+        config = AutoConfig.for_model(arch.model_type, **{f: getattr(arch, f) for f in ARCHITECTURE_FIELDS})
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return LoadedModel(arch.name, arch, model.eval(), None, "random")
+    path = Path(name_or_path)
+    if not (path / "config.json").is_file():
+        known = ", ".join(catalog)
+        raise ValueError(f"model '{name_or_path}' is neither a catalog name ({known}) nor a checkpoint folder")
+    return _from_checkpoint(path, path.name, device, dtype)
+
+
+def _from_checkpoint(path: Path, name: str, device: str, dtype: torch.dtype) -> LoadedModel:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return LoadedModel(name, architecture_of(model.config, name, str(path)), model, tokenizer, "trained")
+
+
+def architecture_of(config, name: str, source: str) -> ModelArchitecture:
+    """The catalog description of a transformers config, so the cost model can price it."""
+    values = {f: getattr(config, f, None) for f in ARCHITECTURE_FIELDS}
+    values["head_dim"] = values["head_dim"] or config.hidden_size // config.num_attention_heads
+    values["rope_theta"] = values["rope_theta"] or (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    values["attention_bias"] = bool(values["attention_bias"])
+    return ModelArchitecture(name=name, label=name, model_type=config.model_type, source=source, **values)

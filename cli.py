@@ -1,0 +1,213 @@
+"""The `prunereg` command line: one function per subcommand, examples in each help text.
+
+Heavy modules (torch, transformers) are imported inside `evaluate` only, so `validate`,
+`list` and `schema` answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from prunereg.spec.catalog import EMBEDDED_MODEL, devices, models, suites
+from prunereg.spec.submission import Submission, json_schema
+from prunereg.spec.validate import SCHEMA_FILE, validate_file
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="Benchmark and registry for LLM pruning methods.")
+leaderboard_app = typer.Typer(no_args_is_help=True, help="The static leaderboard site.")
+app.add_typer(leaderboard_app, name="leaderboard")
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+DbOption = Annotated[
+    Optional[str],
+    typer.Option("--db", envvar="PRUNEREG_DB", help="SQLite file or SQLAlchemy URL [default: prunereg.db]"),
+]
+
+
+def fail(message: str) -> typer.Exit:
+    errors.print(Text(f"error: {message}"))
+    return typer.Exit(1)
+
+
+def load_valid(files: list[Path]) -> list[Submission]:
+    """Every submission, or exit 1 after printing one `FILE: /pointer: message` line per problem."""
+    loaded, bad = [], False
+    for path in files:
+        submission, problems = validate_file(path)
+        for problem in problems:
+            errors.print(Text(f"{path}: {problem.pointer or '/'}: {problem.message}"), soft_wrap=True)
+        bad = bad or bool(problems)
+        if submission is not None:
+            loaded.append(submission)
+    if bad:
+        raise typer.Exit(1)
+    return loaded
+
+
+@app.command()
+def validate(files: Annotated[list[Path], typer.Argument(help="submission JSON files")]) -> None:
+    """Check submissions against the schema and the semantic checks.
+
+    Example: prunereg validate submissions/*.json
+    """
+    for submission, path in zip(load_valid(files), files):
+        console.print(Text(f"{path}: ok ({submission.method.name}, {len(submission.adapter.operating_points)} operating points)"))
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@app.command()
+def evaluate(
+    submission: Annotated[Path, typer.Argument(help="submission JSON file")],
+    model: Annotated[str, typer.Option(help="catalog model name or a local checkpoint folder")] = EMBEDDED_MODEL,
+    device: Annotated[Device, typer.Option(help="where to measure")] = Device.cpu,
+    scenarios: Annotated[str, typer.Option(help="scenario suite: " + ", ".join(suites()))] = "ci",
+    repeats: Annotated[int, typer.Option(min=3, max=1000, help="timed repeats per scenario")] = 15,
+    warmup: Annotated[int, typer.Option(min=0, max=100, help="untimed repeats first")] = 3,
+    db: DbOption = None,
+) -> None:
+    """Apply a submission at each operating point, measure latency and quality, store the results.
+
+    Example: prunereg evaluate submissions/shortgpt.json --model prunereg-mini --scenarios ci
+    """
+    (spec,) = load_valid([submission])
+    if scenarios not in suites():
+        raise fail(f"unknown scenario suite '{scenarios}' (known: {', '.join(suites())})")
+    from rich.progress import Progress
+
+    from prunereg.evaluate import EvaluationError, evaluate as run_evaluation
+    from prunereg.registry.db import connect
+    from prunereg.registry.ingest import ingest
+
+    steps = len(spec.adapter.operating_points) * len(suites()[scenarios])
+    with Progress(console=errors, transient=True) as progress:
+        task = progress.add_task(f"evaluating {spec.method.slug}", total=steps)
+
+        def on_step(label: str) -> None:
+            progress.update(task, advance=1, description=f"{spec.method.slug} · {label}")
+
+        try:
+            result = run_evaluation(spec, model, device.value, suites()[scenarios], warmup, repeats, on_step)
+        except EvaluationError as err:
+            raise fail(str(err)) from None
+    summary = ingest(connect(db), spec, result)
+    console.print(results_table(spec, result))
+    console.print(Text(f"stored in the registry: {summary}"))
+
+
+def results_table(spec: Submission, result) -> Table:
+    table = Table(title=f"{spec.method.name} on {result.model} ({result.environment.device_name})")
+    for column in ("operating point", "scenario", "ms", "dense ms", "speedup", "theoretical", "realization", "quality loss", "params"):
+        table.add_column(column, justify="left" if column in ("operating point", "scenario") else "right")
+    for point in result.points:
+        loss = f"{point.quality[0].relative_loss:+.1%}" if point.quality else "n/a"
+        for lat in point.latency:
+            table.add_row(
+                Text(point.operating_point), lat.scenario.name, f"{lat.median:.2f}", f"{lat.dense_median:.2f}",
+                f"{lat.speedup:.2f}x", f"{lat.theoretical_speedup:.2f}x", f"{lat.realization:.2f}", loss,
+                f"{point.stats.parameters / 1e6:.2f}M",
+            )
+    return table
+
+
+@leaderboard_app.command("build")
+def leaderboard_build(
+    out: Annotated[Path, typer.Option(help="folder for the generated site")] = Path("site"),
+    db: DbOption = None,
+) -> None:
+    """Regenerate the static site from the registry.
+
+    Example: prunereg leaderboard build --out site
+    """
+    from prunereg.leaderboard.build import build_site
+    from prunereg.registry.db import connect
+
+    index = build_site(connect(db), out)
+    console.print(Text(f"site written: {index}"))
+
+
+class Listing(str, Enum):
+    submissions = "submissions"
+    models = "models"
+    devices = "devices"
+    scenarios = "scenarios"
+    adapters = "adapters"
+
+
+@app.command("list")
+def list_(
+    what: Annotated[Listing, typer.Argument(help="what to list")] = Listing.submissions,
+    folder: Annotated[Path, typer.Option(help="submissions folder")] = Path("submissions"),
+) -> None:
+    """List submissions, catalog models, device profiles, scenario suites or adapters.
+
+    Example: prunereg list models
+    """
+    table = Table()
+    if what is Listing.submissions:
+        for column in ("file", "method", "family", "adapter", "operating points"):
+            table.add_column(column)
+        for path in sorted(folder.glob("*.json")):
+            spec, problems = validate_file(path)
+            if spec is None:
+                table.add_row(Text(str(path)), Text(f"invalid: {len(problems)} problem(s)"), "", "", "")
+            else:
+                points = ", ".join(p.name for p in spec.adapter.operating_points)
+                table.add_row(Text(str(path)), Text(spec.method.name), spec.family.value, spec.adapter.name, Text(points))
+    elif what is Listing.models:
+        for column in ("name", "type", "layers", "hidden", "heads/kv", "intermediate", "vocab"):
+            table.add_column(column)
+        for m in models().values():
+            table.add_row(m.name, m.model_type, str(m.num_hidden_layers), str(m.hidden_size),
+                          f"{m.num_attention_heads}/{m.num_key_value_heads}", str(m.intermediate_size), str(m.vocab_size))
+    elif what is Listing.devices:
+        for column in ("name", "device", "TFLOP/s", "TB/s"):
+            table.add_column(column)
+        for d in devices().values():
+            table.add_row(d.name, d.label, f"{d.matmul_flops / 1e12:.1f}", f"{d.memory_bandwidth / 1e12:.3f}")
+    elif what is Listing.scenarios:
+        table.add_column("suite")
+        table.add_column("scenarios")
+        for name, scenarios in suites().items():
+            table.add_row(name, ", ".join(s.name for s in scenarios))
+    else:
+        from prunereg.adapters import ADAPTER_MODULES
+        from prunereg.spec.submission import ADAPTER_FAMILIES
+
+        table.add_column("adapter")
+        table.add_column("families")
+        for name in ADAPTER_MODULES:
+            table.add_row(name, ", ".join(sorted(f.value for f in ADAPTER_FAMILIES[name])))
+    console.print(table)
+
+
+@app.command()
+def schema(check: Annotated[bool, typer.Option(help="only check that the committed schema is current")] = False) -> None:
+    """Write the submission JSON Schema generated from the pydantic models (or check it is current).
+
+    Example: prunereg schema --check
+    """
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if check:
+        if SCHEMA_FILE.read_text() != text:
+            raise fail(f"{SCHEMA_FILE} is out of date: run `prunereg schema`")
+        console.print(Text(f"{SCHEMA_FILE} is current"))
+        return
+    SCHEMA_FILE.write_text(text)
+    console.print(Text(f"wrote {SCHEMA_FILE}"))
+
+
+if __name__ == "__main__":
+    app()
