@@ -17,7 +17,7 @@ from prunereg.adapters.fingerprint import environment, model_stats
 from prunereg.adapters.latency import Workload, measure_pair, summary
 from prunereg.adapters.models import load_model
 from prunereg.adapters.quality import cross_entropy, eval_windows
-from prunereg.spec.catalog import Scenario, devices
+from prunereg.spec.catalog import ModelArchitecture, Scenario, devices, models
 from prunereg.spec.checks import point_misfit
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import resolve
@@ -45,15 +45,14 @@ def evaluate(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvaluationError("--device cuda asked for, but torch sees no CUDA device")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if model_name in models():
+        check_fit(submission, models()[model_name])  # before building a model that may be large
     try:
         loaded = load_model(model_name, device_name, dtype)
     except ValueError as err:
         raise EvaluationError(str(err)) from None
     arch, dense = loaded.architecture, loaded.model
-    for point in submission.adapter.operating_points:
-        problem = point_misfit(point.params, arch)
-        if problem:
-            raise EvaluationError(f"operating point '{point.name}' does not fit {arch.name}: {problem}")
+    check_fit(submission, arch)
     env = environment(device, dtype)
     profile = devices()[env.device_profile] if env.device_profile else None
     windows = None
@@ -106,6 +105,13 @@ def evaluate(
         dense_stats=model_stats(dense),
         points=points,
     )
+
+
+def check_fit(submission: Submission, arch: ModelArchitecture) -> None:
+    for point in submission.adapter.operating_points:
+        problem = point_misfit(point.params, arch)
+        if problem:
+            raise EvaluationError(f"operating point '{point.name}' does not fit {arch.name}: {problem}")
 
 
 def _size(scenario: Scenario) -> int:

@@ -1,0 +1,151 @@
+"""Build the static leaderboard from the registry: plain files that work offline on any host.
+
+index.html holds one table and one Pareto plot per comparable group, methods/<slug>.html one
+page per method, data/leaderboard.json the rows (sorted, for golden tests and reuse). Jinja
+autoescapes every .html template, so submission text can never become markup.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+from sqlalchemy import Engine
+
+from prunereg import __version__
+from prunereg.registry.queries import GroupKey, Row, SpeedupKind, leaderboard_rows, method_detail, methods
+from prunereg.spec.catalog import models
+from prunereg.spec.taxonomy import GEMM_SHAPES, Gemm
+
+from .plot import PlotPoint, pareto_svg
+
+HERE = Path(__file__).parent
+DIMENSION_INDEX = {"M": 0, "K": 1, "N": 2}
+
+
+@dataclass(frozen=True)
+class Group:
+    anchor: str
+    title: str
+    rows: list[Row]
+    plot: Markup
+    unplotted: int
+
+
+def _group_title(key: GroupKey, first: Row) -> str:
+    model = models().get(key.model)
+    length = f"{first.seq_len} prompt tokens" if first.phase == "prefill" else f"{first.seq_len}-token context"
+    return (
+        f"{model.label if model else key.model} · {key.device_name} · {key.execution_mode} · "
+        f"{first.phase}, batch {first.batch_size}, {length}"
+    )
+
+
+def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
+    grouped: dict[GroupKey, list[Row]] = defaultdict(list)
+    for row in rows:
+        grouped[row.group].append(row)
+    groups = []
+    for i, (key, members) in enumerate(grouped.items()):
+        plotted = [r for r in members if r.quality_loss is not None]
+        points = [
+            PlotPoint(
+                r.quality_loss,
+                r.speedup if speedup == "measured" else r.theoretical_speedup,
+                r.family,
+                f"{r.method_name} · {r.operating_point}",
+            )
+            for r in plotted
+        ]
+        title = _group_title(key, members[0])
+        ordered = sorted(members, key=lambda r: (r.quality_loss is None, r.quality_loss or 0.0, -r.speedup))
+        groups.append(Group(f"group-{i + 1}", title, ordered, pareto_svg(points, title), len(members) - len(plotted)))
+    return groups
+
+
+def _times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f} %"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _param(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return _number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else json.dumps(value)
+
+
+def _dimension(gemm: str, dimension: str) -> str:
+    """'M (tokens)': the dimension named as the paper's GEMM table names it."""
+    try:
+        return f"{dimension} ({GEMM_SHAPES[Gemm(gemm)][DIMENSION_INDEX[dimension]]})"
+    except (ValueError, KeyError):
+        return dimension
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(times=_times, percent=_percent, ms=_ms, number=_number, param=_param, dimension=_dimension)
+    env.globals["version"] = __version__
+    return env
+
+
+def _json_for_web(document: Any) -> str:
+    """JSON that stays inert wherever it is pasted: <, > and & become \\u escapes."""
+    text = json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") + "\n"
+
+
+def _rounded(value: Any) -> Any:
+    return float(f"{value:.6g}") if isinstance(value, float) else value
+
+
+def build_site(engine: Engine, out_dir: Path, speedup: SpeedupKind = "measured") -> Path:
+    """Write the site into out_dir and return the path of its index.html."""
+    out_dir = Path(out_dir)
+    rows = leaderboard_rows(engine, speedup)
+    summaries = methods(engine)
+    env = _environment()
+    for sub in ("methods", "data"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copytree(HERE / "static", out_dir / "static", dirs_exist_ok=True)
+
+    index = out_dir / "index.html"
+    page = env.get_template("index.html").render(
+        root="", methods=summaries, groups=_groups(rows, speedup), speedup=speedup
+    )
+    index.write_text(page, encoding="utf-8")
+    for summary in summaries:
+        detail = method_detail(engine, summary.slug, rows)
+        page = env.get_template("method.html").render(root="../", method=detail, m=summary)
+        (out_dir / "methods" / f"{summary.slug}.html").write_text(page, encoding="utf-8")
+
+    data = {"speedup": speedup, "rows": [{k: _rounded(v) for k, v in asdict(r).items()} for r in rows]}
+    (out_dir / "data" / "leaderboard.json").write_text(_json_for_web(data), encoding="utf-8")
+    return index

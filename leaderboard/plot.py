@@ -1,0 +1,151 @@
+"""The speedup-quality Pareto plot as inline SVG, drawn by our own code.
+
+No plotting library and no script: the site must work offline and from any static host, and a
+few dozen circles, a step line and two axes are easy to write by hand. Every piece of text is
+escaped here, since the result is inserted into the page as markup.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from markupsafe import Markup, escape
+
+from prunereg.registry.pareto import frontier
+from prunereg.registry.queries import family_label
+
+FAMILY_COLOURS = {
+    "dense": "#000000",
+    "static_depth": "#0072B2",
+    "dynamic_depth": "#56B4E9",
+    "static_width": "#009E73",
+    "static_cross_layer": "#9A8A00",
+    "static_k_2_4": "#E69F00",
+    "static_k_low_rank": "#D55E00",
+    "dynamic_attention": "#CC79A7",
+    "unstructured": "#7F7F7F",
+}
+"""Okabe-Ito colours, readable with the common colour-vision deficiencies."""
+
+GRID = 'stroke="#e3e3e3"'
+DENSE = 'stroke="#666" stroke-dasharray="4 3"'
+FRONT = 'fill="none" stroke="#222" stroke-width="1.5"'
+TICK = 'font-size="11" fill="#333"'
+LABEL = 'font-size="12" fill="#111"'
+POINT = 'fill-opacity="0.85" stroke="#fff" stroke-width="1"'
+
+WIDTH, HEIGHT = 760, 360
+LEFT, RIGHT, TOP, BOTTOM = 58, 200, 16, 46
+
+
+@dataclass(frozen=True)
+class PlotPoint:
+    quality_loss: float  # relative, 0.05 = 5 %
+    speedup: float
+    family: str
+    label: str
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values (1, 2, 2.5 or 5 times a power of ten) that cover [lo, hi]."""
+    if hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(i * step, 10) for i in range(first, last + 1)]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.10g}"
+
+
+class _Scale:
+    """Maps the tick range onto pixels, inset so that points on the outer ticks stay inside the frame."""
+
+    def __init__(self, ticks: list[float], start: float, end: float, inset: float = 10.0):
+        direction = 1 if end > start else -1
+        self.lo, self.hi = ticks[0], ticks[-1]
+        self.start, self.end = start + direction * inset, end - direction * inset
+
+    def __call__(self, value: float) -> float:
+        return round(self.start + (value - self.lo) / (self.hi - self.lo) * (self.end - self.start), 2)
+
+
+def _span(values: list[float], floor: float, ceiling: float) -> tuple[float, float]:
+    """The data range, always showing `floor` (no loss) and `ceiling` (dense speed)."""
+    return min(values + [floor]), max(values + [ceiling])
+
+
+def pareto_svg(points: Sequence[PlotPoint], title: str) -> Markup:
+    """x: relative quality loss in %, y: speedup over dense; the front as a step line."""
+    xs = [100 * p.quality_loss for p in points]
+    ys = [p.speedup for p in points]
+    x_ticks = nice_ticks(*_span(xs, 0.0, 1.0))
+    y_ticks = nice_ticks(*_span(ys, 1.0, 1.0))
+    x = _Scale(x_ticks, LEFT, WIDTH - RIGHT)
+    y = _Scale(y_ticks, HEIGHT - BOTTOM, TOP)
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="pareto" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'role="img" aria-label="{escape(title)}" font-family="system-ui, sans-serif">',
+        f"<title>{escape(title)}</title>",
+        f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH - LEFT - RIGHT}" height="{HEIGHT - TOP - BOTTOM}" '
+        'fill="#fafafa" stroke="#999"/>',
+    ]
+    out += _axes(x, y, x_ticks, y_ticks)
+    front = frontier(points)
+    if front:
+        steps = [f"M{x(100 * front[0].quality_loss)} {y(front[0].speedup)}"]
+        steps += [f"H{x(100 * p.quality_loss)} V{y(p.speedup)}" for p in front[1:]]
+        out.append(f'<path class="frontier" d="{" ".join(steps)}" {FRONT}/>')
+    for p in sorted(points, key=lambda p: (p.family, p.label)):
+        colour = FAMILY_COLOURS.get(p.family, "#444444")
+        tip = f"{p.label}: {100 * p.quality_loss:.2f} % loss, {p.speedup:.2f}× speedup"
+        out.append(
+            f'<circle cx="{x(100 * p.quality_loss)}" cy="{y(p.speedup)}" r="5" fill="{colour}" {POINT}>'
+            f"<title>{escape(tip)}</title></circle>"
+        )
+    order = list(FAMILY_COLOURS)
+    families = sorted({p.family for p in points}, key=lambda f: (order.index(f) if f in order else len(order), f))
+    out.extend(_legend(families))
+    out.append("</svg>")
+    return Markup("\n".join(out))
+
+
+def _axes(x: _Scale, y: _Scale, x_ticks: list[float], y_ticks: list[float]) -> list[str]:
+    out = []
+    for t in x_ticks:
+        out.append(f'<line x1="{x(t)}" x2="{x(t)}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" {GRID}/>')
+        out.append(f'<text {TICK} x="{x(t)}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{_fmt(t)}</text>')
+    for t in y_ticks:
+        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(t)}" y2="{y(t)}" {GRID}/>')
+        out.append(f'<text {TICK} x="{LEFT - 6}" y="{y(t) + 4}" text-anchor="end">{_fmt(t)}×</text>')
+    out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(1.0)}" y2="{y(1.0)}" {DENSE}/>')
+    out.append(
+        f'<text {LABEL} x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 8}" text-anchor="middle">'
+        "quality loss relative to dense (%), lower is better</text>"
+    )
+    out.append(
+        f'<text {LABEL} transform="translate(14 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" '
+        'text-anchor="middle">speedup over dense, higher is better</text>'
+    )
+    return out
+
+
+def _legend(families: list[str]) -> list[str]:
+    left = WIDTH - RIGHT + 16
+    out = [f'<text {LABEL} x="{left}" y="{TOP + 10}">family</text>']
+    for i, family in enumerate(families):
+        top = TOP + 22 + 20 * i
+        colour = FAMILY_COLOURS.get(family, "#444444")
+        out.append(f'<rect x="{left}" y="{top}" width="10" height="10" rx="5" fill="{colour}"/>')
+        out.append(f'<text {TICK} x="{left + 16}" y="{top + 9}">{escape(family_label(family))}</text>')
+    top = TOP + 22 + 20 * len(families)
+    out.append(f'<line x1="{left}" x2="{left + 10}" y1="{top + 5}" y2="{top + 5}" {FRONT}/>')
+    out.append(f'<text {TICK} x="{left + 16}" y="{top + 9}">Pareto front</text>')
+    out.append(f'<line x1="{left}" x2="{left + 10}" y1="{top + 25}" y2="{top + 25}" {DENSE}/>')
+    out.append(f'<text {TICK} x="{left + 16}" y="{top + 29}">dense speed (1×)</text>')
+    return out

@@ -1,0 +1,257 @@
+"""Store a submission and, optionally, one evaluation of it, in one transaction.
+
+Every row is got-or-created by its natural key, so ingesting the same submission and result
+twice adds nothing, and re-evaluating in the same environment never overwrites the first
+measurement. Any error rolls the whole ingestion back.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, relative_loss
+from prunereg.spec.results import QualityResult as MeasuredQuality
+from prunereg.spec.submission import QualityClaim, Reported, spec_hash
+from prunereg.spec.submission import Submission as SubmissionSpec
+
+from .schema import Base, LatencyMeasurement, Method, OperatingPoint, QualityResult, Run, Submission
+
+T = TypeVar("T", bound=Base)
+ATTEMPTS = 2
+"""A concurrent worker may insert the same key between our select and insert; one retry settles it."""
+
+
+@dataclass
+class IngestSummary:
+    method: str
+    spec_hash: str
+    added: Counter[str] = field(default_factory=Counter)
+    existing: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def changed(self) -> bool:
+        return sum(self.added.values()) > 0
+
+    def __str__(self) -> str:
+        order = [t.name for t in Base.metadata.sorted_tables]
+        added = ", ".join(f"{self.added[t]} {t}" for t in order if self.added[t]) or "nothing"
+        return f"{self.method} ({self.spec_hash[:12]}): added {added}"
+
+
+def ingest(engine: Engine, submission: SubmissionSpec, result: EvaluationResult | None = None) -> IngestSummary:
+    """Upsert the method, its submission, points and claims, and the result's runs; all or nothing."""
+    _check_matches(submission, result)
+    for attempt in range(ATTEMPTS):
+        summary = IngestSummary(submission.method.slug, submission.spec_hash())
+        try:
+            with Session(engine) as session, session.begin():
+                points = _store_submission(session, submission, summary)
+                if result is not None:
+                    for point_result in result.points:
+                        _store_run(session, points[point_result.operating_point], result, point_result, summary)
+            return summary
+        except IntegrityError:
+            if attempt == ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _check_matches(submission: SubmissionSpec, result: EvaluationResult | None) -> None:
+    names = {p.name for p in submission.adapter.operating_points}
+    for claim in submission.quality_claims:
+        if claim.operating_point not in names:
+            raise ValueError(f"quality claim names unknown operating point {claim.operating_point!r}")
+    if result is None:
+        return
+    if result.spec_hash != submission.spec_hash():
+        raise ValueError(
+            f"result is for spec {result.spec_hash[:12]}, submission {submission.method.slug} "
+            f"hashes to {submission.spec_hash()[:12]}"
+        )
+    for point in result.points:
+        if point.operating_point not in names:
+            raise ValueError(f"result names unknown operating point {point.operating_point!r}")
+
+
+def _get_or_create(
+    session: Session, summary: IngestSummary, model: type[T], key: dict[str, Any], **values: Any
+) -> tuple[T, bool]:
+    row = session.scalars(select(model).filter_by(**key)).one_or_none()
+    if row is not None:
+        summary.existing[model.__tablename__] += 1
+        return row, False
+    row = model(**key, **values)
+    session.add(row)
+    session.flush()
+    summary.added[model.__tablename__] += 1
+    return row, True
+
+
+def _method_fields(spec: SubmissionSpec) -> dict[str, Any]:
+    m = spec.method
+    return dict(
+        name=m.name,
+        family=spec.family.value,
+        authors=list(m.authors),
+        paper_title=m.paper.title,
+        arxiv=m.paper.arxiv,
+        url=m.paper.url,
+        venue=m.paper.venue,
+        year=m.paper.year,
+        license=m.license,
+        description=m.description,
+    )
+
+
+def _store_submission(session: Session, spec: SubmissionSpec, summary: IngestSummary) -> dict[str, OperatingPoint]:
+    method, _ = _get_or_create(session, summary, Method, {"slug": spec.method.slug}, **_method_fields(spec))
+    submission, created = _get_or_create(
+        session,
+        summary,
+        Submission,
+        {"spec_hash": spec.spec_hash()},
+        method_id=method.id,
+        schema_version=spec.schema_version,
+        spec=spec.model_dump_json(indent=2),
+    )
+    if created:
+        for name, value in _method_fields(spec).items():
+            setattr(method, name, value)
+    points = {}
+    for point in spec.adapter.operating_points:
+        points[point.name], _ = _get_or_create(
+            session,
+            summary,
+            OperatingPoint,
+            {"submission_id": submission.id, "name": point.name},
+            description=point.description,
+            params=point.params.model_dump(mode="json"),
+        )
+    for claim in spec.quality_claims:
+        _store_claim(session, points[claim.operating_point], claim, summary)
+    return points
+
+
+def _loss(value: float, dense_value: float, higher_is_better: bool) -> float | None:
+    return None if dense_value == 0 else relative_loss(value, dense_value, higher_is_better)
+
+
+def _store_claim(session: Session, point: OperatingPoint, claim: QualityClaim, summary: IngestSummary) -> None:
+    source = claim.provenance
+    reported = isinstance(source, Reported)
+    _get_or_create(
+        session,
+        summary,
+        QualityResult,
+        {"operating_point_id": point.id, "identity": spec_hash(claim.model_dump(mode="json"))},
+        run_id=None,
+        provenance="reported" if reported else "measured-elsewhere",
+        base_model=claim.base_model,
+        base_model_revision=claim.base_model_revision,
+        task=claim.task,
+        metric=claim.metric,
+        higher_is_better=claim.higher_is_better,
+        value=claim.value,
+        dense_value=claim.dense_value,
+        shots=claim.shots,
+        harness_name=claim.harness.name if claim.harness else None,
+        harness_version=claim.harness.version if claim.harness else None,
+        finetune_tokens=claim.finetune_tokens,
+        arxiv=source.arxiv if reported else None,
+        paper_table=source.table if reported else None,
+        measured_by=None if reported else source.by,
+        note=None if reported else (source.note or None),
+        relative_loss=_loss(claim.value, claim.dense_value, claim.higher_is_better),
+    )
+
+
+def _store_run(
+    session: Session, point: OperatingPoint, result: EvaluationResult, point_result: PointResult, summary: IngestSummary
+) -> None:
+    env = result.environment
+    stats = point_result.stats
+    run, _ = _get_or_create(
+        session,
+        summary,
+        Run,
+        {
+            "operating_point_id": point.id,
+            "model": result.model,
+            "weights": result.weights,
+            "environment_key": env.key(),
+        },
+        environment=env.model_dump(mode="json"),
+        device=env.device,
+        device_name=env.device_name,
+        torch=env.torch,
+        transformers=env.transformers,
+        prunereg_version=env.prunereg,
+        dtype=env.dtype,
+        execution_mode=env.execution_mode,
+        spec_hash=result.spec_hash,
+        parameters=stats.parameters,
+        nonzero_parameters=stats.nonzero_parameters,
+        weight_bytes=stats.weight_bytes,
+        num_layers=stats.num_layers,
+        peak_memory_bytes=stats.peak_memory_bytes,
+        dense_parameters=result.dense_stats.parameters,
+        dense_weight_bytes=result.dense_stats.weight_bytes,
+        effects=[e.model_dump(mode="json") for e in point_result.effects],
+    )
+    for latency in point_result.latency:
+        _store_latency(session, run, latency, summary)
+    for quality in point_result.quality:
+        _store_measured_quality(session, run, result, quality, summary)
+
+
+def _store_latency(session: Session, run: Run, latency: LatencyResult, summary: IngestSummary) -> None:
+    scenario = latency.scenario
+    _get_or_create(
+        session,
+        summary,
+        LatencyMeasurement,
+        {"run_id": run.id, "scenario": scenario.name},
+        phase=scenario.phase.value,
+        batch_size=scenario.batch_size,
+        seq_len=scenario.seq_len,
+        unit=latency.unit,
+        median=latency.median,
+        p20=latency.p20,
+        p80=latency.p80,
+        samples=list(latency.samples),
+        dense_median=latency.dense_median,
+        theoretical=latency.theoretical,
+        theoretical_dense=latency.theoretical_dense,
+    )
+
+
+def _store_measured_quality(
+    session: Session, run: Run, result: EvaluationResult, quality: MeasuredQuality, summary: IngestSummary
+) -> None:
+    identity = spec_hash(
+        {"run": [run.model, run.weights, run.environment_key], "task": quality.task, "metric": quality.metric}
+    )
+    _get_or_create(
+        session,
+        summary,
+        QualityResult,
+        {"operating_point_id": run.operating_point_id, "identity": identity},
+        run_id=run.id,
+        provenance="measured",
+        base_model=result.model,
+        task=quality.task,
+        metric=quality.metric,
+        higher_is_better=quality.higher_is_better,
+        value=quality.value,
+        dense_value=quality.dense_value,
+        tokens=quality.tokens,
+        harness_name="prunereg",
+        harness_version=result.environment.prunereg,
+        relative_loss=_loss(quality.value, quality.dense_value, quality.higher_is_better),
+    )

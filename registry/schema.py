@@ -1,0 +1,193 @@
+"""The registry's tables, named in the paper's words.
+
+Besides its id, every table has a natural unique key (slug, spec hash, point name, environment
+key, scenario name, quality identity). Ingestion gets-or-creates by that key, and the database
+itself refuses duplicates, so re-ingesting is harmless on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+PROVENANCES = ("measured", "reported", "measured-elsewhere")
+"""'measured': by prunereg in a run; the other two come from a submission's quality claims."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    # 64-bit integers (parameter counts pass 2**31); plain INTEGER on SQLite keeps rowid ids.
+    type_annotation_map = {int: BigInteger().with_variant(Integer, "sqlite")}
+
+
+class Method(Base):
+    """A pruning method; its identity follows the newest submission ingested for its slug."""
+
+    __tablename__ = "methods"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(120))
+    family: Mapped[str] = mapped_column(String(32))
+    authors: Mapped[list[Any]] = mapped_column(JSON)
+    paper_title: Mapped[str] = mapped_column(String(300))
+    arxiv: Mapped[str | None] = mapped_column(String(16))
+    url: Mapped[str | None] = mapped_column(String(300))
+    venue: Mapped[str | None] = mapped_column(String(100))
+    year: Mapped[int]
+    license: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+
+    submissions: Mapped[list[Submission]] = relationship(back_populates="method", order_by="Submission.id")
+
+
+class Submission(Base):
+    """One version of a method's spec, identified by the hash of its canonical JSON."""
+
+    __tablename__ = "submissions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    method_id: Mapped[int] = mapped_column(ForeignKey("methods.id", ondelete="CASCADE"), index=True)
+    spec_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    schema_version: Mapped[int]
+    spec: Mapped[str] = mapped_column(Text, doc="the submission as pretty-printed JSON")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    method: Mapped[Method] = relationship(back_populates="submissions")
+    operating_points: Mapped[list[OperatingPoint]] = relationship(
+        back_populates="submission", order_by="OperatingPoint.id"
+    )
+
+
+class OperatingPoint(Base):
+    __tablename__ = "operating_points"
+    __table_args__ = (UniqueConstraint("submission_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(40))
+    description: Mapped[str] = mapped_column(String(300), default="")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    submission: Mapped[Submission] = relationship(back_populates="operating_points")
+    runs: Mapped[list[Run]] = relationship(back_populates="operating_point", order_by="Run.id")
+    quality_results: Mapped[list[QualityResult]] = relationship(
+        back_populates="operating_point", order_by="QualityResult.id"
+    )
+
+
+class Run(Base):
+    """One operating point evaluated on one model in one environment, with what prunereg measured.
+
+    Random-weight and trained-weight runs of the same model are kept apart: `weights` is part of
+    the key, since only the latter carries quality numbers.
+    """
+
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("operating_point_id", "model", "weights", "environment_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    operating_point_id: Mapped[int] = mapped_column(ForeignKey("operating_points.id", ondelete="CASCADE"))
+    environment_key: Mapped[str] = mapped_column(String(32), index=True)
+    environment: Mapped[dict[str, Any]] = mapped_column(JSON)
+    model: Mapped[str] = mapped_column(String(200))
+    weights: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str] = mapped_column(String(8))
+    device_name: Mapped[str] = mapped_column(String(200))
+    torch: Mapped[str] = mapped_column(String(64))
+    transformers: Mapped[str] = mapped_column(String(64))
+    prunereg_version: Mapped[str] = mapped_column(String(64))
+    dtype: Mapped[str] = mapped_column(String(16))
+    execution_mode: Mapped[str] = mapped_column(String(16))
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    parameters: Mapped[int]
+    nonzero_parameters: Mapped[int]
+    weight_bytes: Mapped[int]
+    num_layers: Mapped[int]
+    peak_memory_bytes: Mapped[int | None]
+    dense_parameters: Mapped[int]
+    dense_weight_bytes: Mapped[int]
+    effects: Mapped[list[Any]] = mapped_column(JSON, doc="declared effects resolved at this point")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    operating_point: Mapped[OperatingPoint] = relationship(back_populates="runs")
+    latency: Mapped[list[LatencyMeasurement]] = relationship(back_populates="run", order_by="LatencyMeasurement.id")
+    quality: Mapped[list[QualityResult]] = relationship(back_populates="run", order_by="QualityResult.id")
+
+
+class LatencyMeasurement(Base):
+    __tablename__ = "latency_measurements"
+    __table_args__ = (UniqueConstraint("run_id", "scenario"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    scenario: Mapped[str] = mapped_column(String(64), doc="Scenario.name, e.g. decode-b1-c4096")
+    phase: Mapped[str] = mapped_column(String(16))
+    batch_size: Mapped[int]
+    seq_len: Mapped[int]
+    unit: Mapped[str] = mapped_column(String(8))
+    median: Mapped[float]
+    p20: Mapped[float]
+    p80: Mapped[float]
+    samples: Mapped[list[Any]] = mapped_column(JSON)
+    dense_median: Mapped[float]
+    theoretical: Mapped[float]
+    theoretical_dense: Mapped[float]
+
+    run: Mapped[Run] = relationship(back_populates="latency")
+
+
+class QualityResult(Base):
+    """A quality figure for an operating point, measured here (with its run) or claimed by the submitter.
+
+    `identity` is a hash of what makes two figures the same figure; SQL treats NULLs as distinct
+    in unique constraints, so a nullable run id alone could not keep claims unique.
+    """
+
+    __tablename__ = "quality_results"
+    __table_args__ = (
+        UniqueConstraint("operating_point_id", "identity"),
+        CheckConstraint(f"provenance IN {PROVENANCES!r}", name="quality_provenance"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    operating_point_id: Mapped[int] = mapped_column(ForeignKey("operating_points.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    identity: Mapped[str] = mapped_column(String(64))
+    provenance: Mapped[str] = mapped_column(String(24))
+    base_model: Mapped[str] = mapped_column(String(200))
+    base_model_revision: Mapped[str | None] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(64))
+    metric: Mapped[str] = mapped_column(String(64))
+    higher_is_better: Mapped[bool]
+    value: Mapped[float]
+    dense_value: Mapped[float]
+    shots: Mapped[int | None]
+    tokens: Mapped[int | None] = mapped_column(doc="tokens scored, for measured perplexity")
+    harness_name: Mapped[str | None] = mapped_column(String(64))
+    harness_version: Mapped[str | None] = mapped_column(String(32))
+    finetune_tokens: Mapped[int] = mapped_column(default=0)
+    arxiv: Mapped[str | None] = mapped_column(String(16))
+    paper_table: Mapped[str | None] = mapped_column(String(60))
+    measured_by: Mapped[str | None] = mapped_column(String(120))
+    note: Mapped[str | None] = mapped_column(String(300))
+    relative_loss: Mapped[float | None] = mapped_column(doc="None when the dense value is zero")
+
+    operating_point: Mapped[OperatingPoint] = relationship(back_populates="quality_results")
+    run: Mapped[Run | None] = relationship(back_populates="quality")

@@ -1,0 +1,215 @@
+"""Leaderboard: the site is built from the registry, is valid HTML5, plots the front, escapes submissions."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from conftest import make_result, make_submission
+
+from prunereg.leaderboard.build import build_site
+from prunereg.leaderboard.plot import PlotPoint, nice_ticks, pareto_svg
+from prunereg.registry.ingest import ingest
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+XSS_SCRIPT = "<script>alert(1)</script>"
+XSS_ATTR = '"><img src=x onerror=alert(1)>'
+
+
+class Page(HTMLParser):
+    """Records what a validity check needs; an unbalanced or mis-nested tag is an error."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.doctype: str | None = None
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.ids: Counter[str] = Counter()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.title = ""
+        self.feed(text)
+        self.close()
+        self.errors += [f"unclosed <{t}>" for t in self.stack]
+
+    def handle_decl(self, decl: str) -> None:
+        self.doctype = decl
+
+    def _record(self, tag: str, attrs: list[tuple[str, str | None]]) -> dict[str, str | None]:
+        if self.doctype is None:
+            self.errors.append(f"<{tag}> before the doctype")
+        attributes = dict(attrs)
+        self.tags.append((tag, attributes))
+        if "id" in attributes:
+            self.ids[attributes["id"]] += 1
+        return attributes
+
+    def handle_starttag(self, tag, attrs):
+        self._record(tag, attrs)
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self._record(tag, attrs)
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else 'nothing'}>")
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        if self.stack and self.stack[-1] == "title" and "svg" not in self.stack:
+            self.title += data
+
+
+def check_html5(path: Path) -> Page:
+    page = Page(path.read_text(encoding="utf-8"))
+    assert page.doctype and page.doctype.lower() == "doctype html", path
+    assert page.errors == [], (path, page.errors[:5])
+    html = [attrs for tag, attrs in page.tags if tag == "html"]
+    assert html and html[0].get("lang"), path
+    assert any(tag == "meta" and attrs.get("charset", "").lower() == "utf-8" for tag, attrs in page.tags), path
+    assert page.title.strip(), path
+    assert [i for i, n in page.ids.items() if n > 1] == [], path
+    for tag, attrs in page.tags:
+        assert tag not in ("script", "img", "iframe", "object"), (path, tag)
+        assert not [a for a in attrs if a.startswith("on")], (path, tag, attrs)
+        for name in ("src", "href"):
+            link = attrs.get(name) or ""
+            assert not link.lower().startswith("javascript:"), (path, link)
+            if tag != "a":
+                assert "://" not in link, f"{path} loads an external resource: {link}"
+    return page
+
+
+@pytest.fixture
+def registry(engine):
+    depth = make_submission("shortgpt-test")
+    depth_result = make_result(depth, speedups={"drop-25": 1.3, "drop-50": 1.9}, losses={"drop-25": 0.03, "drop-50": 0.20})
+    ingest(engine, depth, depth_result)
+    width = make_submission("flap-test", adapter="width", name="FLAP test", claims=[])
+    width_result = make_result(width, speedups={"width-25": 1.1, "width-50": 1.5}, losses={"width-25": 0.05, "width-50": 0.12})
+    ingest(engine, width, width_result)
+    untested = make_submission("latency-only", adapter="width", claims=[])
+    ingest(engine, untested, make_result(untested, losses={}))
+    return engine
+
+
+@pytest.fixture
+def site(registry, tmp_path) -> Path:
+    index = build_site(registry, tmp_path / "site")
+    assert index == tmp_path / "site" / "index.html"
+    return index.parent
+
+
+def test_site_files_exist(site):
+    for name in ("index.html", "methods/shortgpt-test.html", "methods/flap-test.html", "methods/latency-only.html",
+                 "data/leaderboard.json", "static/style.css"):  # fmt: skip
+        assert (site / name).is_file(), name
+
+
+def test_every_page_is_valid_html5(site):
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) == 4
+    for page in pages:
+        check_html5(page)
+
+
+def test_index_plots_one_circle_per_point_with_quality(site):
+    html = (site / "index.html").read_text()
+    svgs = re.findall(r"<svg.*?</svg>", html, re.S)
+    assert len(svgs) == 2  # prefill and decode scenarios
+    for svg in svgs:
+        assert svg.count("<circle") == 4  # the latency-only method's two points are not plotted
+        assert len(re.findall(r'<path class="frontier" d="M[^"]*H[^"]*V', svg)) == 1
+        assert "FLAP test · width-50" in svg
+    assert "2 rows have no measured quality" in html
+    assert html.count('href="methods/latency-only.html"') >= 3  # methods list + two table rows
+
+
+def test_json_rows_carry_the_known_front(site):
+    data = json.loads((site / "data" / "leaderboard.json").read_text())
+    assert data["speedup"] == "measured"
+    prefill = [r for r in data["rows"] if r["phase"] == "prefill"]
+    front = {r["operating_point"] for r in prefill if r["pareto"]}
+    assert front == {"drop-25", "drop-50", "width-50"}
+    ranks = {(r["method_slug"], r["operating_point"]): r["dominated_by"] for r in prefill}
+    assert ranks[("flap-test", "width-25")] == 1 and ranks[("latency-only", "width-25")] is None
+    assert [r["quality_loss"] for r in prefill if r["method_slug"] == "latency-only"] == [None, None]
+    keys = [(r["model"], r["phase"] != "prefill", r["method_slug"], r["operating_point"]) for r in data["rows"]]
+    assert keys == sorted(keys)
+
+
+def test_method_page_lists_effects_points_claims_and_runs(site):
+    html = (site / "methods" / "shortgpt-test.html").read_text()
+    for gemm in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "attn_score", "attn_value"):
+        assert f"<code>{gemm}</code>" in html
+    assert "M (tokens)" in html and "parameter <code>sparsity</code>" in html
+    assert "<code>sparsity=0.25</code>" in html
+    assert 'href="https://arxiv.org/abs/9999.00001"' in html and "Table 3" in html
+    assert "prefill-b1-s256" in html and "NVIDIA H200" in html
+    assert "&#34;schema_version&#34;: 1" in html or "&quot;schema_version&quot;: 1" in html
+
+
+def test_submission_text_is_escaped_everywhere(engine, tmp_path):
+    evil = make_submission(
+        "evil-method",
+        name=f"Evil {XSS_SCRIPT}",
+        authors=[XSS_ATTR, XSS_SCRIPT],
+        description=f"{XSS_ATTR} and {XSS_SCRIPT}",
+        paper={"title": XSS_ATTR, "arxiv": "2401.00001", "venue": XSS_SCRIPT, "year": 2024},
+        points={"drop-25": {"sparsity": 0.25, "seed": 0}},
+    )
+    ingest(engine, evil, make_result(evil))
+    site = build_site(engine, tmp_path / "site").parent
+    files = [p for p in site.rglob("*") if p.is_file()]
+    assert len(files) >= 4
+    for path in files:
+        text = path.read_text(encoding="utf-8").lower()
+        assert "<script" not in text, path
+        assert not re.search(r"<img[^>]*onerror", text), path
+        if path.suffix == ".html":
+            check_html5(path)
+    page = (site / "methods" / "evil-method.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    rows = json.loads((site / "data" / "leaderboard.json").read_text())["rows"]
+    assert rows[0]["method_name"] == f"Evil {XSS_SCRIPT}"  # escaped in the file, intact as data
+
+
+def test_plot_escapes_labels_and_draws_the_step_front():
+    points = [
+        PlotPoint(0.0, 1.0, "dense", "a<b"),
+        PlotPoint(0.1, 2.0, "static_depth", "x"),
+        PlotPoint(0.2, 1.5, "static_width", "y"),
+    ]
+    svg = str(pareto_svg(points, 'title "<quoted>"'))
+    assert "a&lt;b" in svg and "<quoted>" not in svg
+    assert svg.count("<circle") == 3
+    assert re.search(r'class="frontier" d="M\S+ \S+ H\S+ V\S+"', svg)  # two front points, one step
+    assert "static M, depth" in svg and "static NK, width" in svg
+
+
+def test_empty_registry_builds_a_valid_site(engine, tmp_path):
+    site = build_site(engine, tmp_path / "site").parent
+    check_html5(site / "index.html")
+    assert "<svg" not in (site / "index.html").read_text()
+    assert json.loads((site / "data" / "leaderboard.json").read_text())["rows"] == []
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "expected"),
+    [
+        (0.0, 1.0, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+        (0.9, 2.1, [0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25]),
+        (-3.0, 22.0, [-5.0, 0.0, 5.0, 10.0, 15.0, 20.0, 25.0]),
+    ],
+)
+def test_nice_ticks_cover_the_range(lo, hi, expected):
+    assert nice_ticks(lo, hi) == expected

@@ -1,0 +1,70 @@
+"""Pareto front on hand-made points whose front is known."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import pytest
+
+from prunereg.registry.pareto import dominance_rank, dominates, frontier, pareto_front
+
+
+class P(NamedTuple):
+    speedup: float
+    quality_loss: float
+
+
+def test_dominated_point_is_off_the_front():
+    points = [P(2.0, 0.10), P(1.5, 0.20), P(1.0, 0.0)]
+    assert pareto_front(points) == [True, False, True]
+    assert dominance_rank(points) == [0, 1, 0]
+
+
+def test_equal_points_are_both_on_the_front():
+    points = [P(1.5, 0.05), P(1.5, 0.05), P(1.2, 0.08)]
+    assert pareto_front(points) == [True, True, False]
+    assert dominance_rank(points) == [0, 0, 2]
+
+
+def test_equal_in_one_axis_better_in_the_other_dominates():
+    same_speed = [P(1.8, 0.10), P(1.8, 0.12)]
+    same_loss = [P(1.8, 0.10), P(2.0, 0.10)]
+    assert pareto_front(same_speed) == [True, False]
+    assert pareto_front(same_loss) == [False, True]
+
+
+def test_trade_off_curve_is_all_front():
+    points = [P(1.0 + i / 10, i / 100) for i in range(6)]
+    assert pareto_front(points) == [True] * 6
+
+
+def test_negative_loss_counts_as_better():
+    points = [P(1.0, -0.01), P(1.0, 0.0)]
+    assert pareto_front(points) == [True, False]
+
+
+def test_rank_counts_every_dominating_point():
+    points = [P(3.0, 0.0), P(2.0, 0.1), P(1.0, 0.2)]
+    assert dominance_rank(points) == [0, 1, 2]
+
+
+def test_dominates_is_strict():
+    assert dominates(P(2, 0.1), P(1, 0.1))
+    assert not dominates(P(1, 0.1), P(1, 0.1))
+    assert not dominates(P(2, 0.2), P(1, 0.1))
+
+
+def test_frontier_order_for_the_step_line():
+    points = [P(2.5, 0.20), P(1.0, 0.0), P(1.1, 0.5), P(1.6, 0.05)]
+    assert frontier(points) == [P(1.0, 0.0), P(1.6, 0.05), P(2.5, 0.20)]
+
+
+def test_empty_and_single():
+    assert pareto_front([]) == []
+    assert pareto_front([P(1.0, 0.3)]) == [True]
+
+
+def test_nan_is_refused():
+    with pytest.raises(ValueError):
+        pareto_front([P(math.nan, 0.1), P(1.0, 0.1)])
