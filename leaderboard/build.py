@@ -42,7 +42,7 @@ def _group_title(key: GroupKey, first: Row) -> str:
     model = models().get(key.model)
     length = f"{first.seq_len} prompt tokens" if first.phase == "prefill" else f"{first.seq_len}-token context"
     return (
-        f"{model.label if model else key.model} · {key.device_name} · {key.execution_mode} · "
+        f"{model.label if model else key.model} · {key.device_name} · {key.dtype} · {key.execution_mode} · "
         f"{first.phase}, batch {first.batch_size}, {length}"
     )
 

@@ -30,10 +30,11 @@ def family_label(family: str) -> str:
 
 
 class GroupKey(NamedTuple):
-    """Rows are only comparable inside one group: same model, device, execution mode and scenario."""
+    """Rows are only comparable inside one group: same model, device, dtype, execution mode and scenario."""
 
     model: str
     device_name: str
+    dtype: str
     execution_mode: str
     scenario: str
 
@@ -70,7 +71,7 @@ class Row:
 
     @property
     def group(self) -> GroupKey:
-        return GroupKey(self.model, self.device_name, self.execution_mode, self.scenario)
+        return GroupKey(self.model, self.device_name, self.dtype, self.execution_mode, self.scenario)
 
     def sort_key(self) -> tuple:
         return (

@@ -20,3 +20,14 @@ class ResolvedEffect(Frozen):
     mode: Mode
     granularity: Granularity
     fraction: float = Field(ge=0.0, le=1.0)
+
+
+def resolve(effects, params) -> list[ResolvedEffect]:
+    """Evaluate each declared effect's fraction at an operating point's parameters."""
+    resolved = []
+    for e in effects:
+        fraction = e.fraction if isinstance(e.fraction, float) else float(getattr(params, e.fraction.param))
+        resolved.append(
+            ResolvedEffect(gemm=e.gemm, dimension=e.dimension, mode=e.mode, granularity=e.granularity, fraction=fraction)
+        )
+    return resolved
