@@ -17,6 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from prunereg.spec.catalog import EMBEDDED_MODEL, devices, models, suites
+from prunereg.spec.checks import CHECKS
+from prunereg.spec.results import SavedEvaluation
 from prunereg.spec.submission import Submission, json_schema
 from prunereg.spec.validate import SCHEMA_FILE, validate_file
 
@@ -76,6 +78,7 @@ def evaluate(
     scenarios: Annotated[str, typer.Option(help="scenario suite: " + ", ".join(suites()))] = "ci",
     repeats: Annotated[int, typer.Option(min=3, max=1000, help="timed repeats per scenario")] = 15,
     warmup: Annotated[int, typer.Option(min=0, max=100, help="untimed repeats first")] = 3,
+    save: Annotated[Optional[Path], typer.Option(help="also write the result as JSON into this folder")] = None,
     db: DbOption = None,
 ) -> None:
     """Apply a submission at each operating point, measure latency and quality, store the results.
@@ -105,6 +108,39 @@ def evaluate(
     summary = ingest(connect(db), spec, result)
     console.print(results_table(spec, result))
     console.print(Text(f"stored in the registry: {summary}"))
+    if save is not None:
+        saved = SavedEvaluation(submission=spec, result=result)
+        save.mkdir(parents=True, exist_ok=True)
+        (save / saved.file_name()).write_text(saved.model_dump_json(indent=1) + "\n")
+        console.print(Text(f"saved: {save / saved.file_name()}"))
+
+
+@app.command("ingest")
+def ingest_saved(
+    files: Annotated[list[Path], typer.Argument(help="results written by `prunereg evaluate --save`")],
+    db: DbOption = None,
+) -> None:
+    """Store saved evaluations (e.g. measured on a GPU machine) in the registry; idempotent.
+
+    Example: prunereg ingest results/h200/*.json
+    """
+    from pydantic import ValidationError
+
+    from prunereg.registry.db import connect
+    from prunereg.registry.ingest import ingest
+
+    loaded = []
+    for path in files:
+        try:
+            saved = SavedEvaluation.model_validate_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValidationError) as err:
+            raise fail(f"{path}: not a saved evaluation ({' '.join(str(err).split())[:200]})") from None
+        for problem in (p for check in CHECKS for p in check(saved.submission)):
+            raise fail(f"{path}: /submission{problem.pointer}: {problem.message}")
+        loaded.append(saved)
+    engine = connect(db)
+    for path, saved in zip(files, loaded):
+        console.print(Text(f"{path}: {ingest(engine, saved.submission, saved.result)}"))
 
 
 def results_table(spec: Submission, result) -> Table:

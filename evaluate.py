@@ -10,22 +10,20 @@ import copy
 from collections.abc import Callable
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from prunereg.adapters import get_adapter
 from prunereg.adapters.embedded import EVAL_SPLIT
 from prunereg.adapters.fingerprint import environment, model_stats
 from prunereg.adapters.latency import Workload, measure_pair, summary
 from prunereg.adapters.models import load_model
-from prunereg.adapters.quality import cross_entropy, eval_windows
+from prunereg.adapters.quality import encode, mean_cross_entropy
 from prunereg.spec.catalog import ModelArchitecture, Scenario, devices, models
 from prunereg.spec.checks import point_misfit
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import resolve
 from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, QualityResult
 from prunereg.spec.submission import Submission
-
-QUALITY_WINDOW = 256
-QUALITY_MAX_TOKENS = 65_536
 
 
 class EvaluationError(Exception):
@@ -41,6 +39,7 @@ def evaluate(
     repeats: int = 15,
     on_step: Callable[[str], None] = lambda _: None,
 ) -> EvaluationResult:
+    hf_logging.disable_progress_bar()
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvaluationError("--device cuda asked for, but torch sees no CUDA device")
@@ -55,10 +54,10 @@ def evaluate(
     check_fit(submission, arch)
     env = environment(device, dtype)
     profile = devices()[env.device_profile] if env.device_profile else None
-    windows = None
+    eval_ids = None
     if loaded.weights == "trained" and loaded.tokenizer is not None:
-        windows = eval_windows(loaded.tokenizer, EVAL_SPLIT, QUALITY_WINDOW, QUALITY_MAX_TOKENS)
-        dense_loss = cross_entropy(dense, windows)
+        eval_ids, bos = encode(loaded.tokenizer, EVAL_SPLIT), loaded.tokenizer.bos_token_id
+        dense_loss, _ = mean_cross_entropy(dense, eval_ids, bos)
     adapter = get_adapter(submission.adapter.name)
     points = []
     for point in submission.adapter.operating_points:
@@ -83,15 +82,12 @@ def evaluate(
                 )
             )
         quality = []
-        if windows is not None:
+        if eval_ids is not None:
+            loss, tokens = mean_cross_entropy(pruned, eval_ids, bos)
             quality.append(
                 QualityResult(
-                    task="heldout-ppl",
-                    metric="cross_entropy",
-                    value=cross_entropy(pruned, windows),
-                    dense_value=dense_loss,
-                    higher_is_better=False,
-                    tokens=int(windows[:, 1:].numel()),
+                    task="heldout-ppl", metric="cross_entropy", value=loss, dense_value=dense_loss,
+                    higher_is_better=False, tokens=tokens,
                 )
             )
         stats = model_stats(pruned, peak_memory(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None)

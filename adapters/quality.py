@@ -2,6 +2,9 @@
 
 Cross-entropy (nats/token, lower is better) is the quality axis; its relative increase over dense
 is the "quality loss" that methods on different base models can share. Perplexity is exp of it.
+Protocol (the embedded model's card uses the same function): encode the text without special
+tokens, cut it into consecutive chunks of `seq_len - 1` tokens, put BOS before each, and average
+the cross-entropy of every chunk token given BOS and the chunk tokens before it.
 """
 
 from __future__ import annotations
@@ -12,24 +15,28 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+SEQ_LEN = 256
 
-def eval_windows(tokenizer: PreTrainedTokenizerBase, text_file: Path, window: int, max_tokens: int) -> torch.Tensor:
-    """Non-overlapping windows [n, window] of the split's first `max_tokens` tokens."""
-    ids = tokenizer(text_file.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"][:max_tokens]
-    n = len(ids) // window
-    if n == 0:
-        raise ValueError(f"{text_file} has fewer than {window} tokens")
-    return torch.tensor(ids[: n * window]).view(n, window)
+
+def encode(tokenizer: PreTrainedTokenizerBase, text_file: Path) -> torch.Tensor:
+    text = text_file.read_text(encoding="utf-8")
+    return torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 @torch.inference_mode()
-def cross_entropy(model: PreTrainedModel, windows: torch.Tensor, batch_size: int = 16) -> float:
+def mean_cross_entropy(
+    model: PreTrainedModel, ids: torch.Tensor, bos_id: int, seq_len: int = SEQ_LEN, batch_size: int = 64
+) -> tuple[float, int]:
+    """(mean cross-entropy in nats, tokens scored) under the protocol above."""
     device = next(model.parameters()).device
+    chunks = list(ids.split(seq_len - 1))
+    full, last = (chunks[:-1], chunks[-1:]) if len(chunks[-1]) < seq_len - 1 else (chunks, [])
+    batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + ([last] if last else [])
     total, count = 0.0, 0
-    for chunk in windows.split(batch_size):
-        chunk = chunk.to(device)
-        logits = model(chunk, use_cache=False).logits[:, :-1].float()
-        targets = chunk[:, 1:]
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
-        count += targets.numel()
-    return total / count
+    for group in batches:
+        body = torch.stack(group)
+        batch = torch.cat([torch.full((len(group), 1), bos_id), body], dim=1).to(device)
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum").item()
+        count += body.numel()
+    return total / count, count

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from .catalog import Frozen, Scenario
 from .effects import ResolvedEffect
+from .submission import Submission
 
 
 def relative_loss(value: float, dense_value: float, higher_is_better: bool) -> float:
@@ -114,3 +115,14 @@ class EvaluationResult(Frozen):
     environment: Environment
     dense_stats: ModelStats
     points: list[PointResult]
+
+
+class SavedEvaluation(Frozen):
+    """An evaluation written to a file: the submission as evaluated and its result, ingestable later."""
+
+    submission: Submission
+    result: EvaluationResult
+
+    def file_name(self) -> str:
+        env = self.result.environment
+        return f"{self.submission.method.slug}--{self.result.model}--{env.device_profile or env.device}-{env.key()}.json"
