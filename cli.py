@@ -145,8 +145,10 @@ def ingest_saved(
 
 def results_table(spec: Submission, result) -> Table:
     table = Table(title=f"{spec.method.name} on {result.model} ({result.environment.device_name})")
-    for column in ("operating point", "scenario", "ms", "dense ms", "speedup", "theoretical", "realization", "quality loss", "params"):
-        table.add_column(column, justify="left" if column in ("operating point", "scenario") else "right")
+    table.add_column("point", no_wrap=True)
+    table.add_column("scenario", no_wrap=True)
+    for column in ("ms", "dense ms", "speedup", "theory", "realized", "Δ quality", "params"):
+        table.add_column(column, justify="right")
     for point in result.points:
         loss = f"{point.quality[0].relative_loss:+.1%}" if point.quality else "n/a"
         for lat in point.latency:
