@@ -34,7 +34,7 @@ class Group:
     anchor: str
     title: str
     rows: list[Row]
-    plot: Markup
+    plot: Markup | None
     unplotted: int
 
 
@@ -52,7 +52,8 @@ def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
     for row in rows:
         grouped[row.group].append(row)
     groups = []
-    for i, (key, members) in enumerate(grouped.items()):
+    with_quality_first = sorted(grouped.items(), key=lambda kv: all(r.quality_loss is None for r in kv[1]))
+    for i, (key, members) in enumerate(with_quality_first):
         plotted = [r for r in members if r.quality_loss is not None]
         points = [
             PlotPoint(
@@ -65,7 +66,8 @@ def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
         ]
         title = _group_title(key, members[0])
         ordered = sorted(members, key=lambda r: (r.quality_loss is None, r.quality_loss or 0.0, -r.speedup))
-        groups.append(Group(f"group-{i + 1}", title, ordered, pareto_svg(points, title), len(members) - len(plotted)))
+        plot = pareto_svg(points, title) if points else None
+        groups.append(Group(f"group-{i + 1}", title, ordered, plot, len(members) - len(plotted)))
     return groups
 
 
