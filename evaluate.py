@@ -7,6 +7,7 @@ the result into the registry, so a failure anywhere here writes nothing.
 from __future__ import annotations
 
 import copy
+from functools import partial
 from collections.abc import Callable
 
 import torch
@@ -16,7 +17,7 @@ from prunereg.adapters import get_adapter
 from prunereg.adapters.embedded import EVAL_SPLIT
 from prunereg.adapters.fingerprint import environment, model_stats
 from prunereg.adapters.latency import Workload, measure_pair, summary
-from prunereg.adapters.models import load_model
+from prunereg.adapters.models import LoadedModel, load_model
 from prunereg.adapters.quality import encode, mean_cross_entropy
 from prunereg.spec.catalog import ModelArchitecture, Scenario, devices, models
 from prunereg.spec.checks import point_misfit
@@ -44,63 +45,66 @@ def evaluate(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvaluationError("--device cuda asked for, but torch sees no CUDA device")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    loaded = load_checked(submission, model_name, device_name, dtype)
+    env = environment(device, dtype)
+    if env.device_profile is None:
+        raise EvaluationError(f"no roofline profile for '{env.device_name}': add one to spec/data/devices.json")
+    roofline = partial(estimate, loaded.architecture, devices()[env.device_profile], dtype_bytes=dtype.itemsize)
+    quality = HeldOutQuality(loaded) if loaded.weights == "trained" and loaded.tokenizer else None
+    adapter = get_adapter(submission.adapter.name)
+    points = []
+    for point in submission.adapter.operating_points:
+        pruned = adapter.apply(copy.deepcopy(loaded.model), point.params)
+        effects = resolve(submission.effects, point.params)
+        latency = []
+        for scenario in scenarios:
+            on_step(f"{point.name} · {scenario.name}")
+            dense_ms, pruned_ms = measure_pair(loaded.model, pruned, scenario, warmup, repeats)
+            latency.append(
+                LatencyResult(
+                    scenario=scenario, samples=pruned_ms, **summary(pruned_ms), dense_median=summary(dense_ms)["median"],
+                    theoretical=roofline(scenario, effects).time_ms, theoretical_dense=roofline(scenario, ()).time_ms,
+                )
+            )
+        peak = peak_memory(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None
+        points.append(
+            PointResult(
+                operating_point=point.name, effects=effects, stats=model_stats(pruned, peak), latency=latency,
+                quality=[quality.of(pruned)] if quality else [],
+            )
+        )
+        del pruned
+    return EvaluationResult(
+        spec_hash=submission.spec_hash(), model=loaded.name, weights=loaded.weights, environment=env,
+        dense_stats=model_stats(loaded.model), points=points,
+    )
+
+
+def load_checked(submission: Submission, model_name: str, device_name: str, dtype: torch.dtype) -> LoadedModel:
+    """The model to prune, once every operating point is known to fit it."""
     if model_name in models():
         check_fit(submission, models()[model_name])  # before building a model that may be large
     try:
         loaded = load_model(model_name, device_name, dtype)
     except ValueError as err:
         raise EvaluationError(str(err)) from None
-    arch, dense = loaded.architecture, loaded.model
-    check_fit(submission, arch)
-    env = environment(device, dtype)
-    profile = devices()[env.device_profile] if env.device_profile else None
-    eval_ids = None
-    if loaded.weights == "trained" and loaded.tokenizer is not None:
-        eval_ids, bos = encode(loaded.tokenizer, EVAL_SPLIT), loaded.tokenizer.bos_token_id
-        dense_loss, _ = mean_cross_entropy(dense, eval_ids, bos)
-    adapter = get_adapter(submission.adapter.name)
-    points = []
-    for point in submission.adapter.operating_points:
-        pruned = adapter.apply(copy.deepcopy(dense), point.params)
-        effects = resolve(submission.effects, point.params)
-        latency = []
-        for scenario in scenarios:
-            on_step(f"{point.name} · {scenario.name}")
-            dense_ms, pruned_ms = measure_pair(dense, pruned, scenario, warmup, repeats)
-            dense_s, pruned_s = summary(dense_ms), summary(pruned_ms)
-            if profile is None:
-                raise EvaluationError(f"no device profile for '{env.device_name}': add one to spec/data/devices.json")
-            dtype_bytes = torch.finfo(dtype).bits // 8
-            latency.append(
-                LatencyResult(
-                    scenario=scenario,
-                    samples=pruned_ms,
-                    **pruned_s,
-                    dense_median=dense_s["median"],
-                    theoretical=estimate(arch, profile, scenario, effects, dtype_bytes).time_ms,
-                    theoretical_dense=estimate(arch, profile, scenario, (), dtype_bytes).time_ms,
-                )
-            )
-        quality = []
-        if eval_ids is not None:
-            loss, tokens = mean_cross_entropy(pruned, eval_ids, bos)
-            quality.append(
-                QualityResult(
-                    task="heldout-ppl", metric="cross_entropy", value=loss, dense_value=dense_loss,
-                    higher_is_better=False, tokens=tokens,
-                )
-            )
-        stats = model_stats(pruned, peak_memory(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None)
-        points.append(PointResult(operating_point=point.name, effects=effects, stats=stats, latency=latency, quality=quality))
-        del pruned
-    return EvaluationResult(
-        spec_hash=submission.spec_hash(),
-        model=loaded.name,
-        weights=loaded.weights,
-        environment=env,
-        dense_stats=model_stats(dense),
-        points=points,
-    )
+    check_fit(submission, loaded.architecture)
+    return loaded
+
+
+class HeldOutQuality:
+    """Cross-entropy on the embedded held-out split; the dense value is computed once."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.ids, self.bos = encode(loaded.tokenizer, EVAL_SPLIT), loaded.tokenizer.bos_token_id
+        self.dense, _ = mean_cross_entropy(loaded.model, self.ids, self.bos)
+
+    def of(self, pruned) -> QualityResult:
+        loss, tokens = mean_cross_entropy(pruned, self.ids, self.bos)
+        return QualityResult(
+            task="heldout-ppl", metric="cross_entropy", value=loss, dense_value=self.dense, higher_is_better=False,
+            tokens=tokens,
+        )
 
 
 def check_fit(submission: Submission, arch: ModelArchitecture) -> None:

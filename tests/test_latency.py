@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunereg.adapters.latency import Workload, measure_pair, summary
