@@ -21,19 +21,21 @@ from .taxonomy import Dimension, Family, Gemm, Granularity, Mode
 SCHEMA_VERSION = 1
 SCHEMA_ID = f"urn:prunereg:schema:submission:{SCHEMA_VERSION}"
 
-Text = Annotated[str, Field(min_length=1, max_length=200)]
+NO_MARKUP = r"^[^<>]*$"
+"""Names, titles and labels hold no angle brackets: a name is not a place for markup."""
+Text = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_MARKUP)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")]
 Score = Annotated[float, Field(ge=-1e6, le=1e6)]
 P = TypeVar("P", bound=Frozen)
 
 
 class Paper(Frozen):
-    title: str = Field(min_length=1, max_length=300)
+    title: str = Field(min_length=1, max_length=300, pattern=NO_MARKUP)
     arxiv: str | None = Field(None, pattern=r"^\d{4}\.\d{4,5}(v\d{1,2})?$", description="arXiv id, e.g. 2403.03853")
     url: str | None = Field(
         None, max_length=300, pattern=r"^https://[^\s\"'<>]+$", description="https link, shown only, never fetched"
     )
-    venue: str | None = Field(None, max_length=100)
+    venue: str | None = Field(None, max_length=100, pattern=NO_MARKUP)
     year: int = Field(ge=1990, le=2100)
 
     @model_validator(mode="after")
@@ -45,11 +47,11 @@ class Paper(Frozen):
 
 class Method(Frozen):
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$", description="stable identifier, also the file name")
-    name: str = Field(min_length=1, max_length=120)
+    name: str = Field(min_length=1, max_length=120, pattern=NO_MARKUP)
     authors: list[Text] = Field(min_length=1, max_length=100)
     paper: Paper
     license: str = Field(
-        min_length=1, max_length=64, description="SPDX id of the method's reference code, or 'unknown'"
+        min_length=1, max_length=64, pattern=NO_MARKUP, description="SPDX id of the method's reference code, or 'unknown'"
     )
     description: str = Field("", max_length=2000)
 
@@ -105,28 +107,28 @@ ADAPTER_FAMILIES: dict[str, frozenset[Family]] = {
 class Reported(Frozen):
     source: Literal["reported"]
     arxiv: str = Field(pattern=r"^\d{4}\.\d{4,5}(v\d{1,2})?$")
-    table: str = Field(min_length=1, max_length=60, description="where in the paper, e.g. 'Table 2'")
+    table: str = Field(min_length=1, max_length=60, pattern=NO_MARKUP, description="where in the paper, e.g. 'Table 2'")
 
 
 class MeasuredElsewhere(Frozen):
     source: Literal["measured"]
-    by: str = Field(min_length=1, max_length=120, description="who measured it")
+    by: str = Field(min_length=1, max_length=120, pattern=NO_MARKUP, description="who measured it")
     note: str = Field("", max_length=300)
 
 
 class Harness(Frozen):
-    name: str = Field(min_length=1, max_length=64, description="e.g. lm-evaluation-harness")
-    version: str = Field(min_length=1, max_length=32)
+    name: str = Field(min_length=1, max_length=64, pattern=NO_MARKUP, description="e.g. lm-evaluation-harness")
+    version: str = Field(min_length=1, max_length=32, pattern=NO_MARKUP)
 
 
 class QualityClaim(Frozen):
     """A quality number and every setting that changes such numbers."""
 
-    base_model: str = Field(min_length=1, max_length=100, description="catalog name or hub id of the dense model")
-    base_model_revision: str | None = Field(None, max_length=64)
+    base_model: str = Field(min_length=1, max_length=100, pattern=NO_MARKUP, description="catalog name or hub id of the dense model")
+    base_model_revision: str | None = Field(None, max_length=64, pattern=NO_MARKUP)
     operating_point: Name
-    task: str = Field(min_length=1, max_length=64, description="e.g. wikitext2, arc_easy")
-    metric: str = Field(min_length=1, max_length=64, description="e.g. perplexity, acc_norm")
+    task: str = Field(min_length=1, max_length=64, pattern=NO_MARKUP, description="e.g. wikitext2, arc_easy")
+    metric: str = Field(min_length=1, max_length=64, pattern=NO_MARKUP, description="e.g. perplexity, acc_norm")
     higher_is_better: bool
     value: Score
     dense_value: Score = Field(description="the dense model's value in the same setting")

@@ -17,7 +17,7 @@ from jsonschema.exceptions import best_match
 from pydantic import ValidationError
 
 from .checks import CHECKS, Problem
-from .submission import Submission
+from .submission import NO_MARKUP, Submission
 
 SCHEMA_FILE = Path(__file__).parent / "schema" / "submission.schema.json"
 MAX_BYTES = 1_000_000
@@ -97,6 +97,8 @@ def _message(error: SchemaError) -> str:
         return f"longer than {value} characters"
     if rule == "minLength":
         return "must not be empty" if value == 1 else f"shorter than {value} characters"
+    if rule == "pattern" and value == NO_MARKUP:
+        return "must not contain '<' or '>'"
     if rule == "pattern":
         return f"{_short(error.instance)} does not match the pattern {value}"
     if rule == "enum":

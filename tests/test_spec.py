@@ -53,6 +53,8 @@ REJECTED = [
     ("unknown adapter", SHORTGPT, lambda d: d["adapter"].update(name="layerdrop"), "/adapter/name",
      "did you mean 'layer_drop'"),
     ("markup in a name", SHORTGPT, lambda d: d["method"].update(slug="<script>"), "/method/slug", "does not match"),
+    ("markup in an author", SHORTGPT, lambda d: d["method"]["authors"].append('"><img src=x onerror=alert(1)>'),
+     "/method/authors/8", "must not contain '<' or '>'"),
     ("script url", SHORTGPT, lambda d: d["method"]["paper"].update(url="javascript:alert(1)"), "/method/paper/url",
      "does not match"),
     ("overlong text", SHORTGPT, lambda d: d["method"].update(name="x" * 500), "/method/name", "longer than 120"),
@@ -131,7 +133,7 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 def test_cli_validate_prints_one_line_per_problem_and_exits_1(tmp_path):
-    hostile = mutated(SHORTGPT, lambda d: (d.update(extra=1), d["method"].update(name="<b>x</b>" * 40),
+    hostile = mutated(SHORTGPT, lambda d: (d.update(extra=1), d["method"].update(name="<b>ShortGPT</b>"),
                                             d["adapter"].update(name="rm -rf /")))
     path = tmp_path / "shortgpt.json"
     path.write_text(json.dumps(hostile))
@@ -141,7 +143,7 @@ def test_cli_validate_prints_one_line_per_problem_and_exits_1(tmp_path):
     assert lines == [
         f"{path}: /adapter/name: unknown name 'rm -rf /' (known: dense, layer_drop, width)",
         f"{path}: /extra: unknown field",
-        f"{path}: /method/name: longer than 120 characters",
+        f"{path}: /method/name: must not contain '<' or '>'",
     ]
     assert "Traceback" not in result.stderr
 
