@@ -36,7 +36,7 @@ DbOption = Annotated[
 
 
 def fail(message: str) -> typer.Exit:
-    errors.print(Text(f"error: {message}"))
+    errors.print(Text(f"error: {message}"), soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -158,6 +158,99 @@ def results_table(spec: Submission, result) -> Table:
                 f"{point.stats.parameters / 1e6:.2f}M",
             )
     return table
+
+
+@app.command()
+def prune(
+    submission: Annotated[Path, typer.Argument(help="submission JSON file")],
+    point: Annotated[str, typer.Option(help="operating point name")],
+    out: Annotated[Path, typer.Option(help="folder for the checkpoint")],
+    model: Annotated[str, typer.Option(help="catalog model name or a local checkpoint folder")] = EMBEDDED_MODEL,
+) -> None:
+    """Write the model pruned at one operating point as a plain transformers checkpoint.
+
+    Example: prunereg prune submissions/shortgpt.json --point drop-25 --out pruned/shortgpt-25
+    """
+    (spec,) = load_valid([submission])
+    names = [p.name for p in spec.adapter.operating_points]
+    if point not in names:
+        raise fail(f"no operating point '{point}' in {submission} (known: {', '.join(names)})")
+    import torch
+
+    from prunereg.adapters import get_adapter
+    from prunereg.adapters.checkpoint import CheckpointRefused, save_pruned
+    from prunereg.evaluate import EvaluationError, load_checked
+
+    try:
+        loaded = load_checked(spec, model, "cpu", torch.float32)
+        adapter = get_adapter(spec.adapter.name)
+        save_pruned(adapter, adapter.apply(loaded.model, spec.point(point).params), loaded.tokenizer, out)
+    except (EvaluationError, CheckpointRefused) as err:
+        raise fail(str(err)) from None
+    console.print(Text(f"checkpoint written: {out}"))
+
+
+@app.command()
+def trace(
+    submission: Annotated[Path, typer.Argument(help="submission JSON file")],
+    point: Annotated[str, typer.Option(help="operating point name")],
+    model: Annotated[str, typer.Option(help="catalog model name or a local checkpoint folder")] = EMBEDDED_MODEL,
+    seq_len: Annotated[int, typer.Option(min=64, max=65536, help="prompt tokens of the traced prefill (batch 1), a multiple of 64")] = 128,
+) -> None:
+    """Trace the GEMMs the pruned model really runs in one prefill and check them against the declared effects.
+
+    Example: prunereg trace submissions/llm-pruner.json --point width-50
+    """
+    (spec,) = load_valid([submission])
+    names = [p.name for p in spec.adapter.operating_points]
+    if point not in names:
+        raise fail(f"no operating point '{point}' in {submission} (known: {', '.join(names)})")
+    if seq_len % 64:
+        raise fail(f"--seq-len {seq_len} is not a multiple of 64: block-sparse attention needs whole blocks")
+    import copy
+
+    import torch
+
+    from prunereg.adapters import get_adapter
+    from prunereg.adapters.trace import TOLERANCE, check_declaration
+    from prunereg.evaluate import EvaluationError, load_checked
+    from prunereg.spec.catalog import Phase, Scenario
+    from prunereg.spec.effects import resolve
+
+    try:
+        loaded = load_checked(spec, model, "cpu", torch.float32)
+    except EvaluationError as err:
+        raise fail(str(err)) from None
+    params = spec.point(point).params
+    pruned = get_adapter(spec.adapter.name).apply(copy.deepcopy(loaded.model), params)
+    scenario = Scenario(phase=Phase.prefill, batch_size=1, seq_len=seq_len)
+    rows, mismatches = check_declaration(loaded.model, pruned, loaded.architecture, scenario, resolve(spec.effects, params))
+
+    def si(flops: float) -> str:
+        scale, unit = next(((s, u) for s, u in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")) if flops >= s), (1, ""))
+        return f"{flops / scale:.3g}{unit}"
+
+    def share(value: float | None) -> str:
+        return "" if value is None else f"{value * 100:.3g} %"
+
+    table = Table(title=Text(f"{spec.method.name} · {point} on {loaded.name}, one {scenario.name} forward"), box=None)
+    for column in ("GEMM", "M×N×K", "count", "kernel", "dense\nFLOPs", "pruned\nFLOPs", "declared\nkept", "observed\nkept"):
+        table.add_column(column, justify="left" if column in ("GEMM", "kernel") else "right", no_wrap=column != "kernel",
+                         min_width=9 if column == "kernel" else None)
+    for row in rows:
+        mark = " ✗" if row.mismatch else ""
+        for i, t in enumerate(row.pruned or (None,)):
+            shape = (f"{t.m}×{t.n}×{t.k}", str(t.count), t.kernel) if t else ("", "0", "not run")
+            totals = (si(sum(d.effective_flops for d in row.dense)), si(sum(p.effective_flops for p in row.pruned)),
+                      share(row.declared), share(row.observed) + mark) if i == 0 else ("",) * 4
+            table.add_row(row.gemm if i == 0 else "", *shape, *totals)
+    console.print(table)
+    console.print(Text("FLOPs count nonzero weights and unmasked pairs only; kept = pruned / dense"))
+    for mismatch in mismatches:
+        errors.print(Text(f"mismatch: {mismatch}"), soft_wrap=True)
+    if mismatches:
+        raise typer.Exit(1)
+    console.print(Text(f"declared effects match the traced GEMMs (within {TOLERANCE:.0%} plus granularity rounding)"))
 
 
 @leaderboard_app.command("build")

@@ -7,11 +7,10 @@ the result into the registry, so a failure anywhere here writes nothing.
 from __future__ import annotations
 
 import copy
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 
 import torch
-from transformers.utils import logging as hf_logging
 
 from prunereg.adapters import get_adapter
 from prunereg.adapters.embedded import EVAL_SPLIT
@@ -19,12 +18,16 @@ from prunereg.adapters.fingerprint import environment, model_stats
 from prunereg.adapters.latency import Workload, measure_pair, summary
 from prunereg.adapters.models import LoadedModel, load_model
 from prunereg.adapters.quality import encode, mean_cross_entropy
-from prunereg.spec.catalog import ModelArchitecture, Scenario, devices, models
+from prunereg.adapters.trace import check_declaration
+from prunereg.spec.catalog import ModelArchitecture, Phase, Scenario, devices, models
 from prunereg.spec.checks import point_misfit
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import resolve
-from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, QualityResult
+from prunereg.spec.results import EvaluationResult, GemmTrace, LatencyResult, PointResult, QualityResult
 from prunereg.spec.submission import Submission
+
+TRACE_SEQ_LEN = 256
+"""Prompt length of the traced prefill that checks declared effects (whole 64-token blocks)."""
 
 
 class EvaluationError(Exception):
@@ -40,7 +43,6 @@ def evaluate(
     repeats: int = 15,
     on_step: Callable[[str], None] = lambda _: None,
 ) -> EvaluationResult:
-    hf_logging.disable_progress_bar()
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvaluationError("--device cuda asked for, but torch sees no CUDA device")
@@ -56,6 +58,8 @@ def evaluate(
     for point in submission.adapter.operating_points:
         pruned = adapter.apply(copy.deepcopy(loaded.model), point.params)
         effects = resolve(submission.effects, point.params)
+        on_step(f"{point.name} · tracing GEMMs")
+        gemms = checked_gemms(loaded, pruned, effects, point.name)
         latency = []
         for scenario in scenarios:
             on_step(f"{point.name} · {scenario.name}")
@@ -66,10 +70,10 @@ def evaluate(
                     theoretical=roofline(scenario, effects).time_ms, theoretical_dense=roofline(scenario, ()).time_ms,
                 )
             )
-        peak = peak_memory(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None
+        peak = activation_peak(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None
         points.append(
             PointResult(
-                operating_point=point.name, effects=effects, stats=model_stats(pruned, peak), latency=latency,
+                operating_point=point.name, effects=effects, gemms=gemms, stats=model_stats(pruned, peak), latency=latency,
                 quality=[quality.of(pruned)] if quality else [],
             )
         )
@@ -90,6 +94,16 @@ def load_checked(submission: Submission, model_name: str, device_name: str, dtyp
         raise EvaluationError(str(err)) from None
     check_fit(submission, loaded.architecture)
     return loaded
+
+
+def checked_gemms(loaded: LoadedModel, pruned, effects, point_name: str) -> list[GemmTrace]:
+    """The GEMMs the pruned model runs in one traced prefill; refuses a declaration they contradict."""
+    seq_len = min(TRACE_SEQ_LEN, loaded.architecture.max_position_embeddings // 64 * 64)
+    scenario = Scenario(phase=Phase.prefill, batch_size=1, seq_len=seq_len)
+    rows, mismatches = check_declaration(loaded.model, pruned, loaded.architecture, scenario, effects)
+    if mismatches:
+        raise EvaluationError(f"operating point '{point_name}' does not do what the submission declares: " + "; ".join(mismatches))
+    return [gemm for row in rows for gemm in row.pruned]
 
 
 class HeldOutQuality:
@@ -118,12 +132,11 @@ def _size(scenario: Scenario) -> int:
     return scenario.batch_size * scenario.seq_len
 
 
-def peak_memory(model, scenario: Scenario) -> int:
-    """Weights plus the activation and KV-cache peak of the largest scenario, from the CUDA allocator."""
+def activation_peak(model, scenario: Scenario) -> int:
+    """The activation and KV-cache peak of one scenario above the resident weights, from the CUDA allocator."""
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     Workload(model, scenario).step()
     torch.cuda.synchronize()
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return weights + torch.cuda.max_memory_allocated() - base
+    return torch.cuda.max_memory_allocated() - base

@@ -14,7 +14,14 @@ from .base import Adapter
 ADAPTER_MODULES: dict[str, str] = {
     "dense": "dense",
     "layer_drop": "layer_drop",
+    "sublayer_drop": "sublayer_drop",
     "width": "width",
+    "hidden_slice": "hidden_slice",
+    "semi_structured_2_4": "semi_structured",
+    "low_rank": "low_rank",
+    "token_routing": "token_routing",
+    "sparse_attention": "sparse_attention",
+    "unstructured": "unstructured",
 }
 
 

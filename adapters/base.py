@@ -20,6 +20,12 @@ class Adapter(ABC):
     """
 
     name: ClassVar[str]
+    checkpoint_refusal: ClassVar[str | None] = None
+    """Why a pruned model of this family cannot be a plain transformers checkpoint (None: it can)."""
 
     @abstractmethod
     def apply(self, model: PreTrainedModel, params: Frozen) -> PreTrainedModel: ...
+
+    def as_plain_model(self, model: PreTrainedModel) -> PreTrainedModel:
+        """The pruned model in modules a transformers config describes (e.g. factors multiplied back)."""
+        return model

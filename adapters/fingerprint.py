@@ -62,12 +62,23 @@ def git_revision() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def model_stats(model: PreTrainedModel, peak_memory_bytes: int | None = None) -> ModelStats:
+def _stored(p: torch.Tensor) -> tuple[int, int]:
+    """(nonzero values, bytes in memory) of one parameter; 2:4 sparse weights count their packed form."""
+    if isinstance(p, torch.sparse.SparseSemiStructuredTensor):
+        parts = [t for t in (p.packed, p.meta) if t is not None]
+        return p.numel() // 2, sum(t.numel() * t.element_size() for t in parts)
+    return int(torch.count_nonzero(p)), p.numel() * p.element_size()
+
+
+def model_stats(model: PreTrainedModel, activation_peak_bytes: int | None = None) -> ModelStats:
+    """Counted on the model itself; peak memory = weights + the measured activation peak (CUDA only)."""
     params = list(model.parameters())
+    stored = [_stored(p) for p in params]
+    weight_bytes = sum(size for _, size in stored)
     return ModelStats(
         parameters=sum(p.numel() for p in params),
-        nonzero_parameters=sum(int(torch.count_nonzero(p)) for p in params),
-        weight_bytes=sum(p.numel() * p.element_size() for p in params),
+        nonzero_parameters=sum(nonzero for nonzero, _ in stored),
+        weight_bytes=weight_bytes,
         num_layers=len(model.model.layers),
-        peak_memory_bytes=peak_memory_bytes,
+        peak_memory_bytes=None if activation_peak_bytes is None else weight_bytes + activation_peak_bytes,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from prunereg.spec.catalog import ModelArchitecture, models
 
@@ -30,6 +31,7 @@ class LoadedModel:
 
 
 def load_model(name_or_path: str, device: str, dtype: torch.dtype) -> LoadedModel:
+    hf_logging.disable_progress_bar()
     catalog = models()
     if name_or_path in catalog:
         arch = catalog[name_or_path]

@@ -203,6 +203,7 @@ def _store_run(
         dense_parameters=result.dense_stats.parameters,
         dense_weight_bytes=result.dense_stats.weight_bytes,
         effects=[e.model_dump(mode="json") for e in point_result.effects],
+        gemms=[g.model_dump(mode="json") for g in point_result.gemms],
     )
     for latency in point_result.latency:
         _store_latency(session, run, latency, summary)

@@ -66,6 +66,7 @@ class Row:
     quality_loss: float | None
     quality_task: str | None
     quality_metric: str | None
+    kernel_note: str | None = None
     pareto: bool = False
     dominated_by: int | None = None
 
@@ -108,6 +109,12 @@ def _first_measured_quality(session: Session) -> dict[int, QualityResult]:
     for quality in session.scalars(stmt):
         first.setdefault(quality.run_id, quality)
     return first
+
+
+def kernel_note(gemms: list[dict[str, Any]]) -> str | None:
+    """How the pruned GEMMs ran when it was not a plain dense kernel, e.g. "masked dense" (no speedup expected)."""
+    kernels = sorted({g["kernel"] for g in gemms if g["kernel"] != "dense" and g["gemm"] not in ("router", "other")})
+    return ", ".join(kernels) or None
 
 
 def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[Row]:
@@ -155,6 +162,7 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
                     quality_loss=q.relative_loss if q else None,
                     quality_task=q.task if q else None,
                     quality_metric=q.metric if q else None,
+                    kernel_note=kernel_note(run.gemms or []),
                 )
             )
     rows.sort(key=Row.sort_key)
@@ -233,6 +241,7 @@ class RunDetail:
     num_layers: int
     peak_memory_bytes: int | None
     effects: list[dict[str, Any]]
+    gemms: list[dict[str, Any]]
     latency: list[Row]
     quality: list[Quality]
 
@@ -288,7 +297,7 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
                     RunDetail(
                         r.model, r.weights, r.environment_key, dict(r.environment), r.parameters,
                         r.nonzero_parameters, r.dense_parameters, r.weight_bytes, r.num_layers,
-                        r.peak_memory_bytes, list(r.effects),
+                        r.peak_memory_bytes, list(r.effects), list(r.gemms or []),
                         by_run[(sub.spec_hash, p.name, r.model, r.weights, r.environment_key)],
                         [_quality(q) for q in r.quality],
                     )  # fmt: skip

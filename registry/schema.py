@@ -124,6 +124,7 @@ class Run(Base):
     dense_parameters: Mapped[int]
     dense_weight_bytes: Mapped[int]
     effects: Mapped[list[Any]] = mapped_column(JSON, doc="declared effects resolved at this point")
+    gemms: Mapped[list[Any]] = mapped_column(JSON, default=list, doc="traced GEMMs with the kernel each ran on")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
     operating_point: Mapped[OperatingPoint] = relationship(back_populates="runs")

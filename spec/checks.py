@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from .catalog import EMBEDDED_MODEL, ModelArchitecture, models
-from .parameters import LayerDropParams, WidthParams
+from .parameters import LayerDropParams, SemiStructuredParams, SparseAttentionParams, TokenRoutingParams, WidthParams
 from .submission import ADAPTER_FAMILIES, ParamRef, Submission
 from .taxonomy import FAMILY_EFFECTS, FAMILY_LABELS, Family
 
@@ -103,9 +103,25 @@ def point_misfit(params, arch: ModelArchitecture) -> str | None:
             params.layers_for(arch.num_hidden_layers)
         elif isinstance(params, WidthParams):
             params.kept_kv_groups(arch.num_key_value_heads)
+        elif isinstance(params, SemiStructuredParams):
+            return _misfit_2_4(params, arch)
+        elif isinstance(params, TokenRoutingParams):
+            params.capacity()
+        elif isinstance(params, SparseAttentionParams) and params.block_size >= arch.max_position_embeddings:
+            return f"block_size {params.block_size} leaves a single block in {arch.max_position_embeddings} positions: nothing to drop"
     except ValueError as err:
         return str(err)
     return None
+
+
+def _misfit_2_4(params: SemiStructuredParams, arch: ModelArchitecture) -> str | None:
+    """2:4 groups four consecutive weights along K, so each listed projection's K must divide by 4."""
+    k = {
+        "qkv_proj": arch.hidden_size, "o_proj": arch.num_attention_heads * arch.head_dim,
+        "gate_up_proj": arch.hidden_size, "down_proj": arch.intermediate_size,
+    }
+    bad = [f"{p} (K={k[p]})" for p in params.projections if k[p] % 4]
+    return f"2:4 needs K divisible by 4: {', '.join(bad)}" if bad else None
 
 
 CHECKS: list[Check] = [

@@ -27,10 +27,13 @@ Effects, each with fraction f removed, multiply when several hit one GEMM:
   weights and, for the attention core, K/V bytes shrink with it. qkv_proj N at kv_group or head
   also prunes the attention core (see `attention_heads_kept`).
 - K 2:4: executed FLOPs and stored values·(1-f), plus 2 bits of index metadata per kept value
-  (1/8 of a bf16 value), as sparse tensor cores store it.
+  (1/8 of a bf16 value), as sparse tensor cores store it; on a device without them (the CPU
+  profile) it is masked dense: only `theoretical_flops` shrink.
 - K rank: W[K,N] = A[K,r]·B[r,N] with r·(K+N) = (1-f)·K·N, so FLOPs and weights·(1-f), plus
   writing and reading the M×r intermediate.
 - K weight (unstructured): dense kernels gain nothing, so only `theoretical_flops` shrink.
+- Routing (any dynamic M effect): a router and the gather/scatter of kept tokens in every layer,
+  in `routing_s` (see `_routing`).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Estimate(Frozen):
     bytes: float
     weight_bytes: float
     kv_bytes: float
+    routing_s: float = 0.0
     time_s: float
 
     @property
@@ -111,8 +115,11 @@ def attention_heads_kept(effects: Iterable[ResolvedEffect]) -> tuple[float, floa
     return queries, kv
 
 
-def _keep(effects: Sequence[ResolvedEffect], gemm: Gemm) -> dict[str, float]:
-    """Kept share per factor of one GEMM: layers, m, n, k, sparse (2:4), rank, nonzero (unstructured)."""
+def _keep(effects: Sequence[ResolvedEffect], gemm: Gemm, device: DeviceProfile) -> dict[str, float]:
+    """Kept share per factor of one GEMM: layers, m, n, k, sparse (2:4), rank, nonzero (unstructured).
+
+    2:4 on a device without sparse tensor cores runs as masked dense: like unstructured zeros.
+    """
     keep = dict(layers=1.0, m=1.0, n=1.0, k=1.0, sparse=1.0, rank=1.0, nonzero=1.0)
     for e in effects:
         if e.gemm is not gemm:
@@ -121,7 +128,7 @@ def _keep(effects: Sequence[ResolvedEffect], gemm: Gemm) -> dict[str, float]:
         if e.dimension is Dimension.M:
             keep["layers" if e.mode is Mode.static else "m"] *= kept
         elif g is Granularity.pattern_2_4:
-            keep["sparse"] *= kept
+            keep["sparse" if device.sparse_2_4 else "nonzero"] *= kept
         elif g is Granularity.rank:
             keep["rank"] *= kept
         elif g is Granularity.weight:
@@ -157,7 +164,7 @@ def _projection(gemm, device, layers, m, k, n, keep, dtype_bytes) -> GemmCost:
 
 def _attention(gemm, arch, device, scenario, effects, dtype_bytes) -> GemmCost:
     prefill = scenario.phase is Phase.prefill
-    keep = _keep(effects, gemm)
+    keep = _keep(effects, gemm, device)
     queries, kv = attention_heads_kept(effects)
     heads, kv_heads = arch.num_attention_heads * queries, arch.num_key_value_heads * kv
     layers = arch.num_hidden_layers * keep["layers"]
@@ -171,6 +178,20 @@ def _attention(gemm, arch, device, scenario, effects, dtype_bytes) -> GemmCost:
     kv_bytes = layers * batch * keys * head_dim * kv_heads * dtype_bytes
     query_or_output = layers * m * head_dim * heads * dtype_bytes
     return _cost(gemm, device, layers * heads, m, n, k, flops, 1.0, 0.0, kv_bytes, query_or_output)
+
+
+def _routing(arch: ModelArchitecture, device: DeviceProfile, tokens: int, effects, dtype_bytes: int) -> float:
+    """Router and gather/scatter time of dynamic-M methods: the price they pay for skipping tokens.
+
+    Counted in every layer (an upper bound when only some layers route): a hidden->1 router reads
+    every token's hidden state, and the kept tokens are gathered before and scattered after.
+    """
+    skipped = max((e.fraction for e in effects if e.dimension is Dimension.M and e.mode is Mode.dynamic), default=None)
+    if skipped is None:
+        return 0.0
+    flops = 2 * tokens * arch.hidden_size
+    moved = (tokens + 4 * tokens * (1 - skipped)) * arch.hidden_size * dtype_bytes
+    return arch.num_hidden_layers * max(flops / device.matmul_flops, moved / device.memory_bandwidth)
 
 
 def estimate(
@@ -199,12 +220,14 @@ def estimate(
     rows = tuple(
         _attention(g, arch, device, scenario, effects, dtype_bytes)
         if g in (Gemm.attn_score, Gemm.attn_value)
-        else _projection(g, device, *shapes[g], _keep(effects, g), dtype_bytes)
+        else _projection(g, device, *shapes[g], _keep(effects, g, device), dtype_bytes)
         for g in Gemm
     )
+    routing_s = _routing(arch, device, tokens, effects, dtype_bytes)
     return Estimate(
         model=arch.name, device=device.name, scenario=scenario, dtype_bytes=dtype_bytes, rows=rows,
-        **{f: sum(getattr(r, f) for r in rows) for f in ("flops", "theoretical_flops", "bytes", "weight_bytes", "kv_bytes", "time_s")},
+        routing_s=routing_s, time_s=routing_s + sum(r.time_s for r in rows),
+        **{f: sum(getattr(r, f) for r in rows) for f in ("flops", "theoretical_flops", "bytes", "weight_bytes", "kv_bytes")},
     )
 
 

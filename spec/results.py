@@ -98,9 +98,27 @@ class QualityResult(Frozen):
         return relative_loss(self.value, self.dense_value, self.higher_is_better)
 
 
+class GemmTrace(Frozen):
+    """GEMMs of one kind that the pruned model really executed in one traced forward, grouped by shape.
+
+    `kernel` says how they ran: "dense" (a physically smaller or unchanged dense GEMM), "masked dense"
+    (zeros inside a dense kernel: no speedup expected), or the sparse kernel and its backend.
+    """
+
+    gemm: str = Field(description="a GEMM kind of the taxonomy, or 'router' / 'other'")
+    count: int = Field(ge=0, description="instances (per head for the attention products)")
+    m: int = Field(ge=0)
+    n: int = Field(ge=0)
+    k: int = Field(ge=0)
+    flops: float = Field(ge=0, description="2*M*N*K*count as executed")
+    effective_flops: float = Field(ge=0, description="flops on the weights/pairs that are not pruned")
+    kernel: str = Field(max_length=80)
+
+
 class PointResult(Frozen):
     operating_point: str
     effects: list[ResolvedEffect]
+    gemms: list[GemmTrace] = Field(default_factory=list, description="the traced GEMMs of one prefill forward")
     stats: ModelStats
     latency: list[LatencyResult]
     quality: list[QualityResult]

@@ -12,10 +12,21 @@ import hashlib
 import json
 from typing import Annotated, Generic, Literal, TypeVar, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
 from .catalog import Frozen
-from .parameters import DenseParams, LayerDropParams, WidthParams
+from .parameters import (
+    DenseParams,
+    HiddenSliceParams,
+    LayerDropParams,
+    LowRankParams,
+    SemiStructuredParams,
+    SparseAttentionParams,
+    SublayerDropParams,
+    TokenRoutingParams,
+    UnstructuredParams,
+    WidthParams,
+)
 from .taxonomy import Dimension, Family, Gemm, Granularity, Mode
 
 SCHEMA_VERSION = 1
@@ -58,6 +69,9 @@ class Method(Frozen):
 
 class ParamRef(Frozen):
     param: str = Field(pattern=r"^[a-z_]{1,40}$", description="name of a numeric operating-point parameter")
+    scale: float = Field(
+        1.0, gt=0.0, le=1.0, description="fraction = scale x parameter, e.g. 0.5 when only every second layer is pruned"
+    )
 
 
 class Effect(Frozen):
@@ -83,25 +97,38 @@ class DenseAdapter(Frozen):
     operating_points: list[OperatingPoint[DenseParams]] = Field(min_length=1, max_length=1)
 
 
-class LayerDropAdapter(Frozen):
-    name: Literal["layer_drop"]
-    operating_points: list[OperatingPoint[LayerDropParams]] = Field(min_length=1, max_length=32)
+def _adapter(name: str, params: type[Frozen]) -> type[Frozen]:
+    """The submission block of one adapter: its name and its operating points' parameter model."""
+    return create_model(
+        f"{''.join(part.title() for part in name.split('_'))}Adapter",
+        __base__=Frozen,
+        name=(Literal[name], ...),
+        operating_points=(list[OperatingPoint[params]], Field(min_length=1, max_length=32)),
+    )
 
 
-class WidthAdapter(Frozen):
-    name: Literal["width"]
-    operating_points: list[OperatingPoint[WidthParams]] = Field(min_length=1, max_length=32)
-
-
-Adapter = Annotated[Union[DenseAdapter, LayerDropAdapter, WidthAdapter], Field(discriminator="name")]
-"""The built-in adapters a submission can name; adding one means one class above and one entry here."""
-
-ADAPTER_FAMILIES: dict[str, frozenset[Family]] = {
-    "dense": frozenset({Family.dense}),
-    "layer_drop": frozenset({Family.static_depth}),
-    "width": frozenset({Family.static_width}),
+ADAPTER_PARAMETERS: dict[str, tuple[type[Frozen], frozenset[Family]]] = {
+    "layer_drop": (LayerDropParams, frozenset({Family.static_depth})),
+    "sublayer_drop": (SublayerDropParams, frozenset({Family.static_depth})),
+    "width": (WidthParams, frozenset({Family.static_width})),
+    "hidden_slice": (HiddenSliceParams, frozenset({Family.static_cross_layer})),
+    "semi_structured_2_4": (SemiStructuredParams, frozenset({Family.static_k_2_4})),
+    "low_rank": (LowRankParams, frozenset({Family.static_k_low_rank})),
+    "token_routing": (TokenRoutingParams, frozenset({Family.dynamic_depth})),
+    "sparse_attention": (SparseAttentionParams, frozenset({Family.dynamic_attention})),
+    "unstructured": (UnstructuredParams, frozenset({Family.unstructured})),
 }
-"""Which families each adapter realizes; a check refuses other pairings."""
+"""The built-in adapters a submission can name: parameter model and the families each realizes.
+Adding an adapter means one entry here (the schema value) and one module in adapters/."""
+
+ADAPTER_FAMILIES: dict[str, frozenset[Family]] = {"dense": frozenset({Family.dense})} | {
+    name: families for name, (_, families) in ADAPTER_PARAMETERS.items()
+}
+
+Adapter = Annotated[
+    Union[(DenseAdapter, *(_adapter(name, params) for name, (params, _) in ADAPTER_PARAMETERS.items()))],
+    Field(discriminator="name"),
+]
 
 
 class Reported(Frozen):

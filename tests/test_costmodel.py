@@ -147,3 +147,14 @@ def test_float32_doubles_bytes():
     assert estimate(LLAMA, H200, DECODE, dtype_bytes=4).bytes == 2 * estimate(LLAMA, H200, DECODE).bytes
     with pytest.raises(ValueError):
         estimate(LLAMA, H200, DECODE, dtype_bytes=0)
+
+
+def test_routing_pays_for_its_router_and_gather_scatter():
+    """Per layer: read every token's hidden state for the router, gather and scatter the kept half."""
+    mlp = [effect(g, "M", "token", 0.5, mode="dynamic") for g in (Gemm.gate_up_proj, Gemm.down_proj)]
+    routed = estimate(LLAMA, H200, PREFILL, mlp)
+    tokens, hidden = 4096, 4096
+    per_layer = max(2 * tokens * hidden / H200.matmul_flops, (tokens + 4 * tokens * 0.5) * hidden * 2 / H200.memory_bandwidth)
+    assert routed.routing_s == pytest.approx(32 * per_layer)
+    assert routed.time_s == pytest.approx(routed.routing_s + sum(r.time_s for r in routed.rows))
+    assert estimate(LLAMA, H200, PREFILL).routing_s == 0.0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from prunereg.spec import checks
-from prunereg.spec.submission import Submission, json_schema
+from prunereg.spec.submission import ADAPTER_FAMILIES, Submission, json_schema
 from prunereg.spec.validate import SCHEMA_FILE, validate_document, validate_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def test_cli_validate_prints_one_line_per_problem_and_exits_1(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines == [
-        f"{path}: /adapter/name: unknown name 'rm -rf /' (known: dense, layer_drop, width)",
+        f"{path}: /adapter/name: unknown name 'rm -rf /' (known: {', '.join(sorted(ADAPTER_FAMILIES))})",
         f"{path}: /extra: unknown field",
         f"{path}: /method/name: must not contain '<' or '>'",
     ]

@@ -1,0 +1,115 @@
+"""Static K, 2:4 (SparseGPT 2:4, Wanda 2:4): two of every four consecutive weights along K are zero.
+
+Selection is by magnitude: in each group of four input weights of an output row, the two of
+largest |w| stay. Where the hardware has sparse tensor cores (CUDA, compute capability >= 8.0,
+float16/bfloat16) and the shape meets PyTorch's constraints, the weight becomes a
+`SparseSemiStructuredTensor` (cuSPARSELt when available, else CUTLASS), so the half-size sparse
+GEMM really runs; elsewhere the masked weight stays dense and runs at full cost. `kernel_of`
+says which, so a run can record how it ran. A checkpoint holds the masked dense weights; applying
+the adapter to it again changes nothing (the zeros are the smallest of their group).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunereg.spec.parameters import SemiStructuredParams
+
+from .base import Adapter
+
+PROJECTIONS = {
+    "qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj")),
+    "o_proj": ("self_attn", ("o_proj",)),
+    "gate_up_proj": ("mlp", ("gate_proj", "up_proj")),
+    "down_proj": ("mlp", ("down_proj",)),
+}
+"""Each GEMM of the taxonomy as the Linear modules that compute it, by parent and attribute."""
+
+
+def linears(model: nn.Module, projections) -> list[nn.Linear]:
+    """The Linear modules of the listed GEMMs in every decoder layer."""
+    found = []
+    for layer in model.model.layers:
+        for projection in projections:
+            parent, names = PROJECTIONS[projection]
+            found.extend(getattr(getattr(layer, parent), name) for name in names)
+    return found
+
+
+def mask_2_4(weight: torch.Tensor) -> torch.Tensor:
+    """True for the two largest-|w| weights of every four consecutive ones along the last dim."""
+    rows, k = weight.shape
+    if k % 4:
+        raise ValueError(f"2:4 needs K divisible by 4, got {k}")
+    groups = weight.detach().abs().float().reshape(rows, k // 4, 4)
+    kept = torch.zeros_like(groups, dtype=torch.bool)
+    kept.scatter_(-1, groups.topk(2, dim=-1).indices, True)
+    return kept.reshape(rows, k)
+
+
+def _sparse_backend(weight: torch.Tensor):
+    """The semi-structured class that can hold this weight on this device, or None."""
+    if weight.device.type != "cuda" or weight.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    if torch.cuda.get_device_capability(weight.device) < (8, 0):
+        return None
+    cusparselt = torch.backends.cusparselt.is_available()
+    cls = torch.sparse.SparseSemiStructuredTensorCUSPARSELT if cusparselt else torch.sparse.SparseSemiStructuredTensorCUTLASS
+    limits = cls._DTYPE_SHAPE_CONSTRAINTS[weight.dtype]
+    rows, cols = weight.shape
+    if rows % limits.sparse_min_rows or cols % limits.sparse_min_cols:
+        return None
+    return cls
+
+
+def to_sparse(weight: torch.Tensor) -> torch.Tensor | None:
+    """The 2:4 weight as a sparse-tensor-core tensor, or None where that cannot run."""
+    cls = _sparse_backend(weight)
+    if cls is None:
+        return None
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    forced = SparseSemiStructuredTensor._FORCE_CUTLASS
+    SparseSemiStructuredTensor._FORCE_CUTLASS = cls is torch.sparse.SparseSemiStructuredTensorCUTLASS
+    try:
+        return to_sparse_semi_structured(weight.contiguous())
+    except RuntimeError:
+        return None
+    finally:
+        SparseSemiStructuredTensor._FORCE_CUTLASS = forced
+
+
+def kernel_of(linear: nn.Module) -> str:
+    """How this Linear's GEMM runs: on sparse tensor cores (which library) or as a masked dense GEMM."""
+    weight = getattr(linear, "weight", None)
+    if isinstance(weight, torch.sparse.SparseSemiStructuredTensorCUSPARSELT):
+        return "sparse 2:4 (cuSPARSELt)"
+    if isinstance(weight, torch.sparse.SparseSemiStructuredTensorCUTLASS):
+        return "sparse 2:4 (CUTLASS)"
+    return "masked dense"
+
+
+class SemiStructured24(Adapter):
+    name = "semi_structured_2_4"
+
+    def apply(self, model, params: SemiStructuredParams):
+        with torch.no_grad():
+            for linear in linears(model, params.projections):
+                masked = linear.weight * mask_2_4(linear.weight)
+                sparse = to_sparse(masked)
+                if sparse is None:
+                    linear.weight.copy_(masked)
+                else:
+                    linear.weight = nn.Parameter(sparse, requires_grad=False)
+        return model
+
+    def as_plain_model(self, model):
+        """In place: sparse-tensor-core weights back to masked dense ones."""
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and kernel_of(module) != "masked dense":
+                module.weight = nn.Parameter(module.weight.to_dense(), requires_grad=False)
+        return model
+
+
+ADAPTER = SemiStructured24()

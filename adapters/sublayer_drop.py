@@ -1,0 +1,61 @@
+"""Static depth pruning of sublayers ("What Matters in Transformers?", FFN-skip): remove the
+attention or the MLP block of chosen layers for every token, keeping the residual path.
+
+The dropped block and the RMSNorm in front of it are replaced by a module without parameters
+that adds nothing to the residual stream, so the weights are gone and no GEMM of that block runs.
+A dropped attention still writes a one-channel placeholder to its KV-cache slot: the cache's
+bookkeeping (sequence length read from slot 0, mask sizes, cropping) then stays right whichever
+layers are dropped, at b·s elements per layer instead of b·s·kv_heads·head_dim.
+
+A transformers config cannot say "layer 5 has no attention", so a pruned model cannot be saved
+as a plain checkpoint (`checkpoint_refusal`); it is rebuilt from the dense model and the point.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from prunereg.spec.parameters import SublayerDropParams
+
+from .base import Adapter
+
+
+class DroppedMLP(nn.Module):
+    """A removed MLP block: its output is zero, so the residual add leaves the stream unchanged."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states.new_zeros(()).expand_as(hidden_states)
+
+
+class DroppedAttention(nn.Module):
+    """A removed attention block, with the (output, weights) return of transformers' attention."""
+
+    def __init__(self, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    def forward(self, hidden_states, *args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None:
+            placeholder = hidden_states.new_empty((hidden_states.shape[0], 1, hidden_states.shape[1], 1))
+            cache.update(placeholder, placeholder, self.layer_idx)
+        return hidden_states.new_zeros(()).expand_as(hidden_states), None
+
+
+class SublayerDrop(Adapter):
+    name = "sublayer_drop"
+    checkpoint_refusal = "a transformers config cannot express layers without their attention or MLP block"
+
+    def apply(self, model, params: SublayerDropParams):
+        for index in params.layers_for(model.config.num_hidden_layers):
+            layer = model.model.layers[index]
+            if params.sublayer == "attention":
+                layer.self_attn = DroppedAttention(layer.self_attn.layer_idx)
+                layer.input_layernorm = nn.Identity()
+            else:
+                layer.mlp = DroppedMLP()
+                layer.post_attention_layernorm = nn.Identity()
+        return model
+
+
+ADAPTER = SublayerDrop()

@@ -1,0 +1,107 @@
+"""semi_structured_2_4: two of every four weights along K; sparse tensor cores where they exist."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from pydantic import ValidationError
+from test_adapters import ARCHITECTURES, IDS, logits, tiny
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from prunereg.adapters import get_adapter
+from prunereg.adapters.checkpoint import save_pruned
+from prunereg.adapters.semi_structured import PROJECTIONS, kernel_of, linears, mask_2_4
+from prunereg.spec.catalog import EMBEDDED_MODEL, models
+from prunereg.spec.checks import point_misfit
+from prunereg.spec.parameters import SemiStructuredParams
+
+ADAPTER = get_adapter("semi_structured_2_4")
+
+
+def hand_masked(weight: torch.Tensor) -> torch.Tensor:
+    """Zero the two smallest |w| of every group of four, one group at a time."""
+    out = weight.detach().clone()
+    for row in out:
+        for start in range(0, row.numel(), 4):
+            group = row[start : start + 4]
+            group[group.abs().argsort()[:2]] = 0
+    return out
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_every_group_of_four_keeps_exactly_two(model_type):
+    model = tiny(model_type)
+    params = SemiStructuredParams(projections=["qkv_proj", "gate_up_proj"])
+    pruned = ADAPTER.apply(copy.deepcopy(model), params)
+    for linear in linears(pruned, params.projections):
+        nonzero = (linear.weight != 0).reshape(linear.out_features, -1, 4).sum(-1)
+        assert (nonzero == 2).all()
+        assert kernel_of(linear) == "masked dense"
+    for before, after in zip(linears(model, ["o_proj", "down_proj"]), linears(pruned, ["o_proj", "down_proj"])):
+        assert torch.equal(before.weight, after.weight)
+    assert sum(p.numel() for p in pruned.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_output_equals_a_hand_masked_dense_model(model_type):
+    model = tiny(model_type)
+    pruned = ADAPTER.apply(copy.deepcopy(model), SemiStructuredParams())
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for linear in linears(reference, list(PROJECTIONS)):
+            linear.weight.copy_(hand_masked(linear.weight))
+    torch.testing.assert_close(logits(pruned, IDS), logits(reference, IDS))
+
+
+def test_k_must_be_divisible_by_four():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        mask_2_4(torch.randn(8, 6))
+
+
+def test_the_schema_refuses_an_empty_projection_list():
+    with pytest.raises(ValidationError):
+        SemiStructuredParams(projections=[])
+
+
+def _sparse_capable() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
+@pytest.mark.skipif(not _sparse_capable(), reason="needs a CUDA GPU with sparse tensor cores (compute capability >= 8.0)")
+def test_sparse_kernel_equals_masked_dense_on_cuda():
+    config = AutoConfig.for_model(
+        "llama", vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=4, head_dim=32, max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).cuda().eval()
+    pruned = ADAPTER.apply(copy.deepcopy(model), SemiStructuredParams())
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for linear in linears(reference, list(PROJECTIONS)):
+            linear.weight.mul_(mask_2_4(linear.weight))
+    for linear in linears(pruned, list(PROJECTIONS)):
+        assert isinstance(linear.weight, torch.sparse.SparseSemiStructuredTensor)
+        assert kernel_of(linear).startswith("sparse 2:4")
+    ids = torch.randint(128, (2, 64), generator=torch.Generator().manual_seed(1)).cuda()
+    torch.testing.assert_close(logits(pruned, ids), logits(reference, ids), rtol=2e-2, atol=2e-2)
+
+
+def test_a_checkpoint_reloads_and_reapplying_changes_nothing(tmp_path):
+    pruned = ADAPTER.apply(tiny("qwen2"), SemiStructuredParams())
+    save_pruned(ADAPTER, pruned, None, tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    torch.testing.assert_close(logits(reloaded, IDS), logits(pruned, IDS), rtol=0, atol=0)
+    again = ADAPTER.apply(copy.deepcopy(reloaded), SemiStructuredParams())
+    for first, second in zip(linears(reloaded, list(PROJECTIONS)), linears(again, list(PROJECTIONS))):
+        assert torch.equal(first.weight, second.weight)
+
+
+def test_validation_refuses_a_k_that_four_does_not_divide():
+    arch = models()[EMBEDDED_MODEL]
+    assert point_misfit(SemiStructuredParams(), arch) is None
+    odd = arch.model_copy(update={"intermediate_size": 386})
+    assert point_misfit(SemiStructuredParams(), odd) == "2:4 needs K divisible by 4: down_proj (K=386)"
+    assert point_misfit(SemiStructuredParams(projections=["qkv_proj"]), odd) is None
