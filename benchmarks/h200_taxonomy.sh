@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every family of the taxonomy on Llama-3.1-8B shapes (random bf16 weights) on the lent H200, eager
+# harness, prefill bs=1/4096 and decode bs=1/ctx 4096 (suite `taxonomy`), after the CUDA-only tests
+# (2:4 sparse kernel = masked dense; compiled flex attention = masked SDPA). Saved evaluations go
+# to results/h200-taxonomy/ (commit them); the Markdown table to benchmarks/h200_taxonomy.md.
+# Run from the repository root on the device machine with the wheels of pydantic, SQLAlchemy and
+# jsonschema in .whl/ (README, "Measuring on a GPU").
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/prunereg
+export PYTHONPATH=/tmp/site:/tmp/pkg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+out=${OUT:-/tmp/out}; saved=/tmp/results/h200-taxonomy; mkdir -p "$saved" "$out"
+trap 'tar czf "$out/h200-taxonomy.tgz" -C /tmp results' EXIT
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv
+python3 -c "import torch; print('torch', torch.__version__, 'cusparselt', torch.backends.cusparselt.is_available())"
+python3 -m pytest -q -p no:cacheprovider tests/test_adapter_semi_structured.py tests/test_adapter_sparse_attention.py -k cuda 2>&1 | tail -5
+for s in dense sparsegpt-2-4 shortgpt llm-pruner wanda svd-llm slicegpt attention-drop mixture-of-depths minference; do
+  timeout 240 python3 -m prunereg.cli evaluate "submissions/$s.json" --device cuda --model llama-3.1-8b --scenarios taxonomy \
+    --repeats 10 --warmup 2 --save "$saved" --db /tmp/taxonomy.db > "/tmp/results/$s.log" 2>&1 \
+    && echo "$s: ok" || { echo "$s: FAILED"; tail -3 "/tmp/results/$s.log"; }
+done
+nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv
+python3 benchmarks/markdown_table.py /tmp/taxonomy.db | tee /tmp/results/h200_taxonomy.md
