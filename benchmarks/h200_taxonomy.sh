@@ -10,14 +10,15 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/prunereg
 export PYTHONPATH=/tmp/site:/tmp/pkg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 out=${OUT:-/tmp/out}; saved=/tmp/results/h200-taxonomy; mkdir -p "$saved" "$out"
-trap 'tar czf "$out/h200-taxonomy.tgz" -C /tmp results' EXIT
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'cusparselt', torch.backends.cusparselt.is_available())"
 python3 -m pytest -q -p no:cacheprovider tests/test_adapter_semi_structured.py tests/test_adapter_sparse_attention.py -k cuda 2>&1 | tail -5
 for s in dense sparsegpt-2-4 shortgpt llm-pruner wanda svd-llm slicegpt attention-drop mixture-of-depths minference; do
-  timeout 240 python3 -m prunereg.cli evaluate "submissions/$s.json" --device cuda --model llama-3.1-8b --scenarios taxonomy \
+  timeout 150 python3 -m prunereg.cli evaluate "submissions/$s.json" --device cuda --model llama-3.1-8b --scenarios taxonomy \
     --repeats 10 --warmup 2 --save "$saved" --db /tmp/taxonomy.db > "/tmp/results/$s.log" 2>&1 \
     && echo "$s: ok" || { echo "$s: FAILED"; tail -3 "/tmp/results/$s.log"; }
+  tar czf "$out/h200-taxonomy.tgz" -C /tmp results  # after each one: a killed run still brings back the rest
 done
 nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv
 python3 benchmarks/markdown_table.py /tmp/taxonomy.db | tee /tmp/results/h200_taxonomy.md
+tar czf "$out/h200-taxonomy.tgz" -C /tmp results
