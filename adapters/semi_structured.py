@@ -90,6 +90,18 @@ def kernel_of(linear: nn.Module) -> str:
     return "masked dense"
 
 
+class SparseLinear(nn.Linear):
+    """A Linear on sparse tensor cores whose output is copied to row-major order.
+
+    The 2:4 kernels compute (W·xᵀ)ᵀ and hand back a transposed view; q/k/v built from it have a
+    strided last dimension, which makes SDPA fall back from its fused kernels to the slow math path
+    (seen on an H200). The copy is part of what a 2:4 model costs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).contiguous()
+
+
 class SemiStructured24(Adapter):
     name = "semi_structured_2_4"
 
@@ -102,6 +114,7 @@ class SemiStructured24(Adapter):
                     linear.weight.copy_(masked)
                 else:
                     linear.weight = nn.Parameter(sparse, requires_grad=False)
+                    linear.__class__ = SparseLinear
         return model
 
     def as_plain_model(self, model):
@@ -109,6 +122,7 @@ class SemiStructured24(Adapter):
         for module in model.modules():
             if isinstance(module, nn.Linear) and kernel_of(module) != "masked dense":
                 module.weight = nn.Parameter(module.weight.to_dense(), requires_grad=False)
+                module.__class__ = nn.Linear
         return model
 
 

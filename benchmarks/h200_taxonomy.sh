@@ -3,7 +3,7 @@
 # harness, prefill bs=1/4096 and decode bs=1/ctx 4096 (suite `taxonomy`), after the CUDA-only tests
 # (2:4 sparse kernel = masked dense; compiled flex attention = masked SDPA). Saved evaluations go
 # to results/h200-taxonomy/ (commit them); the Markdown table to benchmarks/h200_taxonomy.md.
-# Run from the repository root on the device machine with the wheels of pydantic, SQLAlchemy and
+# Usage: bash benchmarks/h200_taxonomy.sh [SUBMISSION...]. Run from the repository root on the device machine with the wheels of pydantic, SQLAlchemy and
 # jsonschema in .whl/ (README, "Measuring on a GPU").
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -12,8 +12,10 @@ export PYTHONPATH=/tmp/site:/tmp/pkg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 out=${OUT:-/tmp/out}; saved=/tmp/results/h200-taxonomy; mkdir -p "$saved" "$out"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'cusparselt', torch.backends.cusparselt.is_available())"
-python3 -m pytest -q -p no:cacheprovider tests/test_adapter_semi_structured.py tests/test_adapter_sparse_attention.py -k cuda 2>&1 | tail -5
-for s in dense sparsegpt-2-4 shortgpt llm-pruner wanda svd-llm slicegpt attention-drop mixture-of-depths minference; do
+python3 -m pytest -q --tb=short -p no:cacheprovider tests/test_adapter_semi_structured.py tests/test_adapter_sparse_attention.py -k cuda 2>&1 | tail -25
+submissions=("$@")  # default: every family
+[ ${#submissions[@]} -gt 0 ] || submissions=(dense sparsegpt-2-4 shortgpt llm-pruner wanda svd-llm slicegpt attention-drop mixture-of-depths minference)
+for s in "${submissions[@]}"; do
   timeout 150 python3 -m prunereg.cli evaluate "submissions/$s.json" --device cuda --model llama-3.1-8b --scenarios taxonomy \
     --repeats 10 --warmup 2 --save "$saved" --db /tmp/taxonomy.db > "/tmp/results/$s.log" 2>&1 \
     && echo "$s: ok" || { echo "$s: FAILED"; tail -3 "/tmp/results/$s.log"; }

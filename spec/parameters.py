@@ -127,10 +127,18 @@ class LowRankParams(Frozen):
     )
 
     def rank(self, k: int, n: int) -> int:
-        """r with r·(K+N) ≈ (1 − sparsity)·K·N; at 0 % the full rank min(K, N) keeps the GEMM exact."""
+        """r with r·(K+N) ≈ (1 − sparsity)·K·N; at 0 % the full rank min(K, N) keeps the GEMM exact.
+
+        On matrices of 512 and more rows and columns r is rounded down to a multiple of 8: bf16
+        tensor cores need 16-byte aligned dimensions, and an unaligned rank ran 2-3x slower than
+        dense on an H200 (benchmarks/h200_taxonomy.md).
+        """
         if self.sparsity == 0.0:
             return min(k, n)
-        return max(1, min(min(k, n), int((1.0 - self.sparsity) * k * n / (k + n))))
+        rank = int((1.0 - self.sparsity) * k * n / (k + n))
+        if min(k, n) >= 512:
+            rank -= rank % 8
+        return max(1, min(min(k, n), rank))
 
 
 class HiddenSliceParams(Frozen):
