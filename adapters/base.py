@@ -5,10 +5,31 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
+from torch import nn
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from prunereg.spec.catalog import Frozen
+
+
+PROJECTIONS = {
+    "qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj")),
+    "o_proj": ("self_attn", ("o_proj",)),
+    "gate_up_proj": ("mlp", ("gate_proj", "up_proj")),
+    "down_proj": ("mlp", ("down_proj",)),
+}
+"""Each GEMM of the taxonomy as the Linear modules that compute it, by parent and attribute."""
+
+
+def linears(model: nn.Module, projections) -> list[nn.Linear]:
+    """The Linear modules of the listed GEMMs in every decoder layer."""
+    found = []
+    for layer in model.model.layers:
+        for projection in projections:
+            parent, names = PROJECTIONS[projection]
+            found.extend(getattr(getattr(layer, parent), name) for name in names)
+    return found
 
 
 class Adapter(ABC):

@@ -15,8 +15,7 @@ from torch import nn
 
 from prunereg.spec.parameters import LowRankParams
 
-from .base import Adapter
-from .semi_structured import PROJECTIONS
+from .base import PROJECTIONS, Adapter
 
 
 class LowRankLinear(nn.Module):

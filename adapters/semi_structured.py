@@ -16,26 +16,7 @@ from torch import nn
 
 from prunereg.spec.parameters import SemiStructuredParams
 
-from .base import Adapter
-
-PROJECTIONS = {
-    "qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj")),
-    "o_proj": ("self_attn", ("o_proj",)),
-    "gate_up_proj": ("mlp", ("gate_proj", "up_proj")),
-    "down_proj": ("mlp", ("down_proj",)),
-}
-"""Each GEMM of the taxonomy as the Linear modules that compute it, by parent and attribute."""
-
-
-def linears(model: nn.Module, projections) -> list[nn.Linear]:
-    """The Linear modules of the listed GEMMs in every decoder layer."""
-    found = []
-    for layer in model.model.layers:
-        for projection in projections:
-            parent, names = PROJECTIONS[projection]
-            found.extend(getattr(getattr(layer, parent), name) for name in names)
-    return found
-
+from .base import Adapter, linears
 
 def mask_2_4(weight: torch.Tensor) -> torch.Tensor:
     """True for the two largest-|w| weights of every four consecutive ones along the last dim."""

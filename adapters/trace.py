@@ -35,8 +35,9 @@ from prunereg.spec.effects import ResolvedEffect
 from prunereg.spec.results import GemmTrace
 from prunereg.spec.taxonomy import Dimension, Gemm, Granularity
 
-NAMES = dict.fromkeys(("q_proj", "k_proj", "v_proj", "qkv_proj"), "qkv_proj") | dict.fromkeys(
-    ("gate_proj", "up_proj", "gate_up_proj"), "gate_up_proj") | {n: n for n in ("o_proj", "down_proj", "lm_head")}
+from .base import PROJECTIONS
+
+NAMES = {name: gemm for gemm, (_, names) in PROJECTIONS.items() for name in (gemm, *names)} | {"lm_head": "lm_head"}
 ATTENTION_NAMES = {"self_attn", "attn", "attention", "self_attention"}
 aten = torch.ops.aten
 PRODUCTS = {aten.mm: (0, 1), aten.addmm: (1, 2), aten.bmm: (0, 1), aten.baddbmm: (1, 2), aten.matmul: (0, 1), aten.linear: (0, 1)}

@@ -12,8 +12,7 @@ import torch
 
 from prunereg.spec.parameters import UnstructuredParams
 
-from .base import Adapter
-from .semi_structured import linears
+from .base import Adapter, linears
 
 
 def prune_rows(weight: torch.Tensor, sparsity: float) -> None:

@@ -13,7 +13,7 @@ from prunereg.adapters import get_adapter
 from prunereg.adapters.checkpoint import save_pruned
 from prunereg.adapters.latency import cache_argument
 from prunereg.adapters.low_rank import LowRankLinear
-from prunereg.adapters.semi_structured import PROJECTIONS
+from prunereg.adapters.base import PROJECTIONS
 from prunereg.spec.parameters import LowRankParams
 
 ADAPTER = get_adapter("low_rank")

@@ -12,7 +12,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
 from prunereg.adapters.checkpoint import save_pruned
-from prunereg.adapters.semi_structured import PROJECTIONS, kernel_of, linears, mask_2_4
+from prunereg.adapters.base import PROJECTIONS, linears
+from prunereg.adapters.semi_structured import kernel_of, mask_2_4
 from prunereg.spec.catalog import EMBEDDED_MODEL, models
 from prunereg.spec.checks import point_misfit
 from prunereg.spec.parameters import SemiStructuredParams

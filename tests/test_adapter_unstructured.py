@@ -9,7 +9,7 @@ import torch
 from test_adapters import ARCHITECTURES, IDS, logits, tiny
 
 from prunereg.adapters import get_adapter
-from prunereg.adapters.semi_structured import linears
+from prunereg.adapters.base import linears
 from prunereg.spec.parameters import UnstructuredParams
 
 ADAPTER = get_adapter("unstructured")
