@@ -140,7 +140,10 @@ def ingest_saved(
         loaded.append(saved)
     engine = connect(db)
     for path, saved in zip(files, loaded):
-        console.print(Text(f"{path}: {ingest(engine, saved.submission, saved.result)}"))
+        try:
+            console.print(Text(f"{path}: {ingest(engine, saved.submission, saved.result)}"))
+        except ValueError as err:
+            raise fail(f"{path}: {err}") from None
 
 
 def results_table(spec: Submission, result) -> Table:

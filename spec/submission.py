@@ -176,7 +176,8 @@ class Submission(Frozen):
     quality_claims: list[QualityClaim] = Field(default_factory=list, max_length=200)
 
     def spec_hash(self) -> str:
-        return spec_hash(self.model_dump(mode="json", exclude_defaults=False))
+        """Identity of the submission's content; defaults are left out, so a new optional field keeps old hashes."""
+        return spec_hash(self.model_dump(mode="json", exclude_defaults=True))
 
     def point(self, name: str) -> OperatingPoint:
         for point in self.adapter.operating_points:

@@ -168,3 +168,25 @@ def test_cli_evaluate_refuses_a_bad_submission_and_writes_no_registry(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"{path}: /adapter/name: adapter 'layer_drop' realizes family static_depth")
     assert not db.exists()
+
+
+def test_spec_hash_ignores_formatting_and_spelled_out_defaults():
+    """A field added later with a default must not re-key every stored submission."""
+    base, _ = validate_document(SHORTGPT)
+    spelled = mutated(SHORTGPT, lambda d: (d["effects"][0]["fraction"].update(scale=1.0), d.update(quality_claims=[])))
+    other, _ = validate_document(spelled)
+    assert base.spec_hash() == other.spec_hash()
+    changed, _ = validate_document(mutated(SHORTGPT, lambda d: d["method"].update(name="ShortGPT v2")))
+    assert changed.spec_hash() != base.spec_hash()
+
+
+def test_cli_ingest_refuses_a_result_of_another_spec_in_one_line(tmp_path):
+    saved = json.loads(next((ROOT / "results" / "h200-taxonomy").glob("shortgpt--*.json")).read_text())
+    saved["result"]["spec_hash"] = "0" * 64
+    path = tmp_path / "saved.json"
+    path.write_text(json.dumps(saved))
+    db = tmp_path / "registry.db"
+    result = run_cli("ingest", str(path), "--db", str(db))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {path}: result is for spec 000000000000, submission shortgpt hashes to "
+                                                  f"{validate_file(ROOT / 'submissions' / 'shortgpt.json')[0].spec_hash()[:12]}"]
