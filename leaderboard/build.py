@@ -1,8 +1,11 @@
 """Build the static leaderboard from the registry: plain files that work offline on any host.
 
-index.html holds one table and one Pareto plot per comparable group, methods/<slug>.html one
-page per method, data/leaderboard.json the rows (sorted, for golden tests and reuse). Jinja
-autoescapes every .html template, so submission text can never become markup.
+index.html holds, per comparable group, a Pareto plot, a realization chart (measured against
+theoretical speedup), the transition bands and a table; methods/<slug>.html one page per method,
+data/leaderboard.json the rows (sorted, for golden tests and reuse). Jinja autoescapes every .html
+template, so submission text can never become markup. The pages read completely without script;
+static/leaderboard.js (ours, no third-party code, no network) only adds the scenario selector and
+sortable tables.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from prunereg.registry.queries import GroupKey, Row, SpeedupKind, leaderboard_ro
 from prunereg.spec.catalog import models
 from prunereg.spec.taxonomy import GEMM_SHAPES, Gemm
 
-from .plot import PlotPoint, pareto_svg
+from .plot import PlotPoint, RealizationPoint, pareto_svg, realization_svg
 
 HERE = Path(__file__).parent
 DIMENSION_INDEX = {"M": 0, "K": 1, "N": 2}
@@ -36,6 +39,37 @@ class Group:
     rows: list[Row]
     plot: Markup | None
     unplotted: int
+    realization: Markup
+    bands: list[Any]
+    phase: str
+    batch_size: int
+    device_name: str
+    execution_mode: str
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One <select> of the scenario selector: the values the groups take on one axis."""
+
+    name: str
+    label: str
+    options: list[str]
+
+
+def _selectors(groups: list[Group]) -> list[Selector]:
+    axes = [
+        ("phase", "Phase", lambda g: g.phase, lambda v: (v != "prefill", v)),
+        ("batch", "Batch size", lambda g: str(g.batch_size), int),
+        ("device", "Device", lambda g: g.device_name, str),
+        ("mode", "Execution mode", lambda g: g.execution_mode, str),
+    ]
+    return [Selector(name, label, sorted({value(g) for g in groups}, key=order)) for name, label, value, order in axes]
+
+
+def _bands(rows: list[Row], speedup: SpeedupKind) -> list[Any]:
+    from prunereg.registry.analysis import transition_bands  # written alongside; imported when used
+
+    return list(transition_bands(rows, speedup=speedup))
 
 
 def _group_title(key: GroupKey, first: Row) -> str:
@@ -67,7 +101,20 @@ def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
         title = _group_title(key, members[0])
         ordered = sorted(members, key=lambda r: (r.quality_loss is None, r.quality_loss or 0.0, -r.speedup))
         plot = pareto_svg(points, title) if points else None
-        groups.append(Group(f"group-{i + 1}", title, ordered, plot, len(members) - len(plotted)))
+        realization = realization_svg(
+            [
+                RealizationPoint(r.theoretical_speedup, r.speedup, r.family, f"{r.method_name} · {r.operating_point}")
+                for r in members
+            ],
+            f"Realization: {title}",
+        )
+        first = members[0]
+        bands = _bands(members, speedup) if plotted else []
+        group = Group(
+            f"group-{i + 1}", title, ordered, plot, len(members) - len(plotted), realization, bands,
+            first.phase, first.batch_size, key.device_name, key.execution_mode,
+        )  # fmt: skip
+        groups.append(group)
     return groups
 
 
@@ -139,8 +186,9 @@ def build_site(engine: Engine, out_dir: Path, speedup: SpeedupKind = "measured")
     shutil.copytree(HERE / "static", out_dir / "static", dirs_exist_ok=True)
 
     index = out_dir / "index.html"
+    groups = _groups(rows, speedup)
     page = env.get_template("index.html").render(
-        root="", methods=summaries, groups=_groups(rows, speedup), speedup=speedup
+        root="", methods=summaries, groups=groups, selectors=_selectors(groups), speedup=speedup
     )
     index.write_text(page, encoding="utf-8")
     for summary in summaries:

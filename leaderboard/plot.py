@@ -1,4 +1,4 @@
-"""The speedup-quality Pareto plot as inline SVG, drawn by our own code.
+"""The speedup-quality Pareto plot and the realization chart as inline SVG, drawn by our own code.
 
 No plotting library and no script: the site must work offline and from any static host, and a
 few dozen circles, a step line and two axes are easy to write by hand. Every piece of text is
@@ -149,3 +149,69 @@ def _legend(families: list[str]) -> list[str]:
     out.append(f'<line x1="{left}" x2="{left + 10}" y1="{top + 25}" y2="{top + 25}" {DENSE}/>')
     out.append(f'<text {TICK} x="{left + 16}" y="{top + 29}">dense speed (1×)</text>')
     return out
+
+
+@dataclass(frozen=True)
+class RealizationPoint:
+    theoretical: float
+    measured: float
+    family: str
+    label: str
+
+
+DIAGONAL = 'stroke="#444" stroke-dasharray="5 4"'
+
+
+def realization_svg(points: Sequence[RealizationPoint], title: str) -> Markup:
+    """x: theoretical (roofline) speedup, y: measured speedup; points on the diagonal realize all of it."""
+    xs = [p.theoretical for p in points]
+    ys = [p.measured for p in points]
+    lo, hi = min(xs + ys + [1.0]), max(xs + ys + [1.0])
+    ticks = nice_ticks(lo, hi)
+    x = _Scale(ticks, LEFT, WIDTH - RIGHT)
+    y = _Scale(ticks, HEIGHT - BOTTOM, TOP)
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="realization" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'role="img" aria-label="{escape(title)}" font-family="system-ui, sans-serif">',
+        f"<title>{escape(title)}</title>",
+        f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH - LEFT - RIGHT}" height="{HEIGHT - TOP - BOTTOM}" '
+        'fill="#fafafa" stroke="#999"/>',
+    ]
+    for t in ticks:
+        out.append(f'<line x1="{x(t)}" x2="{x(t)}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" {GRID}/>')
+        out.append(f'<text {TICK} x="{x(t)}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{_fmt(t)}×</text>')
+        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(t)}" y2="{y(t)}" {GRID}/>')
+        out.append(f'<text {TICK} x="{LEFT - 6}" y="{y(t) + 4}" text-anchor="end">{_fmt(t)}×</text>')
+    out.append(
+        f'<line class="diagonal" x1="{x(ticks[0])}" y1="{y(ticks[0])}" x2="{x(ticks[-1])}" y2="{y(ticks[-1])}" {DIAGONAL}/>'
+    )
+    out.append(
+        f'<text {LABEL} x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 8}" text-anchor="middle">'
+        "theoretical (roofline) speedup over dense</text>"
+    )
+    out.append(
+        f'<text {LABEL} transform="translate(14 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" '
+        'text-anchor="middle">measured speedup over dense</text>'
+    )
+    for p in sorted(points, key=lambda p: (p.family, p.label)):
+        colour = FAMILY_COLOURS.get(p.family, "#444444")
+        realized = p.measured / p.theoretical if p.theoretical else float("nan")
+        tip = f"{p.label}: {p.measured:.2f}× measured, {p.theoretical:.2f}× theoretical ({100 * realized:.0f} % realized)"
+        out.append(
+            f'<circle cx="{x(p.theoretical)}" cy="{y(p.measured)}" r="5" fill="{colour}" {POINT}>'
+            f"<title>{escape(tip)}</title></circle>"
+        )
+    order = list(FAMILY_COLOURS)
+    families = sorted({p.family for p in points}, key=lambda f: (order.index(f) if f in order else len(order), f))
+    left = WIDTH - RIGHT + 16
+    out.append(f'<text {LABEL} x="{left}" y="{TOP + 10}">family</text>')
+    for i, family in enumerate(families):
+        top = TOP + 22 + 20 * i
+        colour = FAMILY_COLOURS.get(family, "#444444")
+        out.append(f'<rect x="{left}" y="{top}" width="10" height="10" rx="5" fill="{colour}"/>')
+        out.append(f'<text {TICK} x="{left + 16}" y="{top + 9}">{escape(family_label(family))}</text>')
+    top = TOP + 22 + 20 * len(families)
+    out.append(f'<line x1="{left}" x2="{left + 10}" y1="{top + 5}" y2="{top + 5}" {DIAGONAL}/>')
+    out.append(f'<text {TICK} x="{left + 16}" y="{top + 9}">measured = theoretical</text>')
+    out.append("</svg>")
+    return Markup("\n".join(out))

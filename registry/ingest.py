@@ -7,12 +7,14 @@ measurement. Any error rolls the whole ingestion back.
 
 from __future__ import annotations
 
+import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, relative_loss
@@ -20,11 +22,19 @@ from prunereg.spec.results import QualityResult as MeasuredQuality
 from prunereg.spec.submission import QualityClaim, Reported, spec_hash
 from prunereg.spec.submission import Submission as SubmissionSpec
 
+from .db import writer
 from .schema import Base, LatencyMeasurement, Method, OperatingPoint, QualityResult, Run, Submission
 
 T = TypeVar("T", bound=Base)
-ATTEMPTS = 2
-"""A concurrent worker may insert the same key between our select and insert; one retry settles it."""
+ATTEMPTS = 6
+"""A concurrent worker may insert the same key between our select and insert (IntegrityError), or
+PostgreSQL may abort one of two workers waiting on each other's keys (deadlock); the whole
+transaction is then retried, and finds the other worker's rows."""
+RETRY_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
+
+
+def _retryable(err: DBAPIError) -> bool:
+    return isinstance(err, IntegrityError) or getattr(err.orig, "sqlstate", None) in RETRY_SQLSTATES
 
 
 @dataclass
@@ -50,15 +60,16 @@ def ingest(engine: Engine, submission: SubmissionSpec, result: EvaluationResult 
     for attempt in range(ATTEMPTS):
         summary = IngestSummary(submission.method.slug, submission.spec_hash())
         try:
-            with Session(engine) as session, session.begin():
+            with Session(writer(engine)) as session, session.begin():
                 points = _store_submission(session, submission, summary)
                 if result is not None:
                     for point_result in result.points:
                         _store_run(session, points[point_result.operating_point], result, point_result, summary)
             return summary
-        except IntegrityError:
-            if attempt == ATTEMPTS - 1:
+        except DBAPIError as err:
+            if attempt == ATTEMPTS - 1 or not _retryable(err):
                 raise
+            time.sleep(random.uniform(0, 0.05 * 2**attempt))  # let the other transaction finish
     raise AssertionError("unreachable")
 
 

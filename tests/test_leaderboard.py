@@ -12,12 +12,14 @@ import pytest
 from conftest import make_result, make_submission
 
 from prunereg.leaderboard.build import build_site
-from prunereg.leaderboard.plot import PlotPoint, nice_ticks, pareto_svg
+from prunereg.leaderboard.plot import BOTTOM, HEIGHT, LEFT, RIGHT, TOP, WIDTH, PlotPoint, RealizationPoint, nice_ticks, pareto_svg, realization_svg
 from prunereg.registry.ingest import ingest
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_ATTR = '"><img src=x onerror=alert(1)>'
+SCRIPT_TAG = re.compile(r'<script src="(?:\.\./)?static/leaderboard\.js" defer></script>')
+"""The one script a page may load: our own file, from the site itself."""
 
 
 class Page(HTMLParser):
@@ -68,8 +70,19 @@ class Page(HTMLParser):
             self.title += data
 
 
+def check_html5_strict(text: str, path: Path) -> None:
+    """html5lib's spec parser in strict mode: any parse error (mis-nesting, bad attribute) fails."""
+    html5lib = pytest.importorskip("html5lib")
+    try:
+        html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(text)
+    except html5lib.html5parser.ParseError as error:
+        raise AssertionError(f"{path}: {error}") from error
+
+
 def check_html5(path: Path) -> Page:
-    page = Page(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    page = Page(text)
+    check_html5_strict(text, path)
     assert page.doctype and page.doctype.lower() == "doctype html", path
     assert page.errors == [], (path, page.errors[:5])
     html = [attrs for tag, attrs in page.tags if tag == "html"]
@@ -77,8 +90,10 @@ def check_html5(path: Path) -> Page:
     assert any(tag == "meta" and attrs.get("charset", "").lower() == "utf-8" for tag, attrs in page.tags), path
     assert page.title.strip(), path
     assert [i for i, n in page.ids.items() if n > 1] == [], path
+    scripts = [attrs for tag, attrs in page.tags if tag == "script"]
+    assert len(scripts) == len(SCRIPT_TAG.findall(text)) <= 1, (path, scripts)  # no inline script, no other one
     for tag, attrs in page.tags:
-        assert tag not in ("script", "img", "iframe", "object"), (path, tag)
+        assert tag not in ("img", "iframe", "object", "embed"), (path, tag)
         assert not [a for a in attrs if a.startswith("on")], (path, tag, attrs)
         for name in ("src", "href"):
             link = attrs.get(name) or ""
@@ -123,7 +138,7 @@ def test_every_page_is_valid_html5(site):
 
 def test_index_plots_one_circle_per_point_with_quality(site):
     html = (site / "index.html").read_text()
-    svgs = re.findall(r"<svg.*?</svg>", html, re.S)
+    svgs = re.findall(r'<svg[^>]*class="pareto".*?</svg>', html, re.S)
     assert len(svgs) == 2  # prefill and decode scenarios
     for svg in svgs:
         assert svg.count("<circle") == 4  # the latency-only method's two points are not plotted
@@ -131,6 +146,59 @@ def test_index_plots_one_circle_per_point_with_quality(site):
         assert "FLAP test · width-50" in svg
     assert "2 rows have no measured quality" in html
     assert html.count('href="methods/latency-only.html"') >= 3  # methods list + two table rows
+
+
+def test_realization_chart_has_one_circle_per_latency_row_and_the_diagonal(site):
+    html = (site / "index.html").read_text()
+    charts = re.findall(r'<svg[^>]*class="realization".*?</svg>', html, re.S)
+    assert len(charts) == 2  # one per group
+    for chart in charts:
+        assert chart.count("<circle") == 6  # every row with a latency, the latency-only method's too
+        diagonal = re.search(r'<line class="diagonal" x1="(\S+)" y1="(\S+)" x2="(\S+)" y2="(\S+)"', chart)
+        x1, y1, x2, y2 = map(float, diagonal.groups())
+        # both axes share one tick range, so y = x runs from corner to corner of the inset frame
+        assert (x1, y1, x2, y2) == (LEFT + 10, HEIGHT - BOTTOM - 10, WIDTH - RIGHT - 10, TOP + 10)
+        assert "Latency Only · width-50: 1.60× measured, 2.00× theoretical (80 % realized)" in chart
+
+
+def test_latency_only_groups_get_a_realization_chart(engine, tmp_path):
+    """Random-weight runs measure no quality: no Pareto plot, but the realization chart is there."""
+    sub = make_submission("random-only", claims=[])
+    ingest(engine, sub, make_result(sub, losses={}, model="llama-3.1-8b", weights="random"))
+    html = build_site(engine, tmp_path / "site").read_text()
+    assert 'class="pareto"' not in html
+    charts = re.findall(r'<svg[^>]*class="realization".*?</svg>', html, re.S)
+    assert len(charts) == 2 and all(c.count("<circle") == 2 for c in charts)
+    assert 'class="bands' not in html
+
+
+def test_scenario_selector_and_every_group_without_script(site):
+    html = (site / "index.html").read_text()
+    page = check_html5(site / "index.html")
+    selects = [attrs["name"] for tag, attrs in page.tags if tag == "select"]
+    assert selects == ["phase", "batch", "device", "mode"]
+    options = re.findall(r'<option value="([^"]*)">', html)
+    assert {"", "prefill", "decode", "1", "NVIDIA H200", "eager"} <= set(options)
+    sections = [attrs for tag, attrs in page.tags if tag == "section" and "group" in (attrs.get("class") or "")]
+    assert len(sections) == 2
+    assert all(not s.get("hidden") and "hidden" not in s for s in sections)  # the script hides, not the HTML
+    assert {s["data-phase"] for s in sections} == {"prefill", "decode"}
+    assert {(s["data-batch"], s["data-device"], s["data-mode"]) for s in sections} == {("1", "NVIDIA H200", "eager")}
+    assert re.search(r'<form id="scenario"[^>]* hidden>', html)  # shown by the script only
+    assert 'id="results"' in html and "Results: all 2 groups" in html
+    assert html.count('class="rows sortable"') == 2
+    assert (site / "static" / "leaderboard.js").is_file()
+    script = (site / "static" / "leaderboard.js").read_text()
+    assert "http" not in script and "fetch(" not in script and "XMLHttpRequest" not in script
+
+
+def test_band_table_present_when_bands_exist(site):
+    html = (site / "index.html").read_text()
+    tables = re.findall(r'<table class="bands sortable">.*?</table>', html, re.S)
+    assert len(tables) == 2
+    for table in tables:
+        assert "Transition bands" in table
+        assert "static M, depth" in table and "Shortgpt Test · drop-25" in table
 
 
 def test_json_rows_carry_the_known_front(site):
@@ -170,7 +238,7 @@ def test_submission_text_is_escaped_everywhere(engine, tmp_path):
     files = [p for p in site.rglob("*") if p.is_file()]
     assert len(files) >= 4
     for path in files:
-        text = path.read_text(encoding="utf-8").lower()
+        text = SCRIPT_TAG.sub("", path.read_text(encoding="utf-8")).lower()
         assert "<script" not in text, path
         assert not re.search(r"<img[^>]*onerror", text), path
         if path.suffix == ".html":
@@ -193,6 +261,22 @@ def test_plot_escapes_labels_and_draws_the_step_front():
     assert svg.count("<circle") == 3
     assert re.search(r'class="frontier" d="M\S+ \S+ H\S+ V\S+"', svg)  # two front points, one step
     assert "static M, depth" in svg and "static NK, width" in svg
+
+
+def test_realization_svg_escapes_and_draws_the_diagonal():
+    points = [RealizationPoint(2.0, 1.5, "static_width", 'w<"x">'), RealizationPoint(1.3, 1.35, "static_depth", "d")]
+    svg = str(realization_svg(points, "t<i>"))
+    assert "<i>" not in svg and 'w<"x">' not in svg and "w&lt;&#34;x&#34;&gt;" in svg
+    assert svg.count("<circle") == 2 and svg.count('class="diagonal"') == 1
+    assert "75 % realized" in svg
+
+
+def test_html5_strict_check_catches_misnesting(tmp_path):
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>x</title></head>'
+                   "<body><p><b>x</p></b></body></html>")  # fmt: skip
+    with pytest.raises(AssertionError):
+        check_html5_strict(bad.read_text(), bad)
 
 
 def test_empty_registry_builds_a_valid_site(engine, tmp_path):

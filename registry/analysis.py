@@ -1,0 +1,164 @@
+"""Frontier and transition-band analysis over leaderboard rows, as pure functions.
+
+The paper's headline is not one number but a shape: which pruning family is the best buy at each
+quality budget, e.g. "prefill: static depth 0–4 %, dynamic depth 5–16 %, static width 17–26 %".
+`transition_bands` recomputes that shape from a group's rows so the claim can be checked against
+any registry instead of being copied from a table.
+
+Quality here is only what prunereg measured on the same runs as the latency (the held-out
+cross-entropy of the embedded model). Quality claims reported in submissions are left out on
+purpose: they were measured on other models and machines and have no latency taken next to them,
+so putting them on one axis with a measured speedup would compare numbers from different setups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from sqlalchemy import Engine
+
+from .queries import GroupKey, Row, SpeedupKind, _mark_pareto, family_label, leaderboard_rows
+
+DENSE = "dense"
+_EPS = 1e-9  # grid tolerances are sums of floats; 0.07 must admit a loss stored as 0.07
+
+
+@dataclass(frozen=True)
+class Band:
+    family: str  # Family value, e.g. "static_depth"
+    family_label: str  # taxonomy label, e.g. "static M, depth"
+    low: float  # quality-loss tolerance where the band starts (fraction, 0.05 = 5 %)
+    high: float  # where it ends (fraction), inclusive
+    method: str  # method name · operating point giving the best speedup at `low`
+    speedup: float  # that speedup
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    family: str
+    method: str
+    speedup: float
+    loss: float
+
+
+def _speedup(row: Row, kind: SpeedupKind) -> float:
+    return row.speedup if kind == "measured" else row.theoretical_speedup
+
+
+def _candidates(rows: Sequence[Row], kind: SpeedupKind) -> list[_Candidate]:
+    """Rows with a measured loss, plus the dense baseline pinned at loss 0 and speedup 1.
+
+    A dense row's own speedup is dense timed against itself, noise around 1.0; pinning it keeps
+    that noise from deciding whether dense "beats" a family at the smallest tolerances.
+    """
+    dense_name = next((f"{r.method_name} · {r.operating_point}" for r in rows if r.family == DENSE), DENSE)
+    out = [_Candidate(DENSE, dense_name, 1.0, 0.0)]
+    for r in rows:
+        if r.quality_loss is not None and r.family != DENSE:
+            out.append(_Candidate(r.family, f"{r.method_name} · {r.operating_point}", _speedup(r, kind), r.quality_loss))
+    return out
+
+
+def _winner(candidates: list[_Candidate], tolerance: float) -> _Candidate:
+    """Fastest point within the tolerance; ties go to the smaller loss, then the family name.
+
+    Dense always fits (loss 0), so there is always a winner, and it only wins where no pruning
+    family reaches a speedup above 1 within the tolerance (or ties at exactly 1).
+    """
+    fitting = [c for c in candidates if c.loss <= tolerance + _EPS]
+    return min(fitting, key=lambda c: (-c.speedup, c.loss, c.family, c.method))
+
+
+def transition_bands(
+    rows: Sequence[Row], step: float = 0.01, speedup: Literal["measured", "theoretical"] = "measured"
+) -> list[Band]:
+    """The winning family at each tolerance 0, step, 2·step, … up to the largest measured loss.
+
+    The grid ends at the first tolerance at or above the largest loss (0.253 -> 0.26): stopping
+    below it would leave the most aggressive point, often the fastest, out of every band.
+
+    Consecutive tolerances won by the same family merge into one band [low, high]. Pass the rows
+    of one group (`Row.group`): speedups from different machines or scenarios are not comparable,
+    so mixing them raises ValueError. Rows without a quality loss are ignored.
+    """
+    if step <= 0:
+        raise ValueError(f"step must be positive, not {step}")
+    if speedup not in ("measured", "theoretical"):
+        raise ValueError(f"speedup must be 'measured' or 'theoretical', not {speedup!r}")
+    rated = [r for r in rows if r.quality_loss is not None]
+    if not rated:
+        return []
+    if len({r.group for r in rated}) > 1:
+        raise ValueError("transition_bands needs the rows of one group (model, device, dtype, mode, scenario)")
+    candidates = _candidates(rated, speedup)
+    top = max(c.loss for c in candidates)
+    steps = math.ceil(top / step - _EPS)  # the last tolerance admits the largest loss, so every point competes
+    bands: list[Band] = []
+    for i in range(steps + 1):
+        t = round(i * step, 12)
+        best = _winner(candidates, t)
+        if bands and bands[-1].family == best.family:
+            bands[-1] = replace(bands[-1], high=t)
+        else:
+            bands.append(Band(best.family, family_label(best.family), t, t, best.method, best.speedup))
+    return bands
+
+
+def ranked(rows: Sequence[Row], speedup: SpeedupKind = "measured") -> list[Row]:
+    """Rows with `pareto` and `dominated_by` set within their groups (rows without quality: None)."""
+    return _mark_pareto(list(rows), speedup)
+
+
+def frontier(rows: Sequence[Row], speedup: SpeedupKind = "measured") -> list[Row]:
+    """The rows on the Pareto front of their group, ordered by loss then speedup (a step line's order)."""
+    on_front = [r for r in ranked(rows, speedup) if r.pareto]
+    return sorted(on_front, key=lambda r: (r.quality_loss, _speedup(r, speedup), r.method_slug, r.operating_point))
+
+
+@dataclass(frozen=True)
+class ScenarioAnalysis:
+    """One group's frontier and bands. `quality_source` is always "measured": see the module doc."""
+
+    key: GroupKey
+    speedup_kind: SpeedupKind
+    rows: list[Row]  # every latency row of the group, with pareto/dominated_by
+    frontier: list[Row]  # sorted by quality loss
+    bands: list[Band]
+    quality_source: Literal["measured"] = "measured"
+
+    @property
+    def has_quality(self) -> bool:
+        return any(r.quality_loss is not None for r in self.rows)
+
+
+def scenario_analysis(
+    engine: Engine,
+    phase: str,
+    batch: int,
+    device: str | None = None,
+    model: str | None = None,
+    speedup: SpeedupKind = "measured",
+) -> list[ScenarioAnalysis]:
+    """Frontier and transition bands of each group at one phase and batch size.
+
+    `device` matches a case-insensitive substring of the device name ("h200"), `model` the exact
+    model name. Only prunereg-measured quality is used; reported claims have no latency measured
+    on the same machine and stay out. Groups come back sorted by their key.
+    """
+    selected = [
+        r for r in leaderboard_rows(engine, speedup)
+        if r.phase == phase and r.batch_size == batch
+        and (device is None or device.lower() in r.device_name.lower())
+        and (model is None or r.model == model)
+    ]  # fmt: skip
+    groups: dict[GroupKey, list[Row]] = defaultdict(list)
+    for row in selected:
+        groups[row.group].append(row)
+    return [
+        ScenarioAnalysis(key, speedup, members, frontier(members, speedup), transition_bands(members, speedup=speedup))
+        for key, members in sorted(groups.items())
+    ]

@@ -1,0 +1,105 @@
+"""The registry as two flat tables for pandas users: latency rows and quality figures.
+
+Flat records (one dict per row, scalar values only) load with `pandas.DataFrame(records)` or
+`pandas.read_csv` without any unnesting. Every latency row carries its full provenance: the
+method and spec hash, the operating point, the model and weights, and the whole environment
+fingerprint spread into `env_*` columns, because a speedup means nothing without the machine,
+library versions and dtype it was timed with. The quality table keeps prunereg's measurements
+(`provenance` "measured", with the run they belong to) and the claims reported in submissions
+("reported" / "measured-elsewhere", with arXiv id and table) side by side, never merged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from prunereg.spec.results import Environment
+
+from .queries import leaderboard_rows
+from .schema import LatencyMeasurement, Method, OperatingPoint, QualityResult, Run, Submission
+
+ENV_FIELDS = tuple(Environment.model_fields)
+LATENCY_COLUMNS = (
+    "method_slug", "method_name", "family", "family_label", "spec_hash", "operating_point", "model", "weights",
+    "environment_key", *(f"env_{f}" for f in ENV_FIELDS), "scenario", "phase", "batch_size", "seq_len",
+    "median_ms", "p20_ms", "p80_ms", "dense_median_ms", "speedup", "theoretical_speedup", "realization",
+    "kernel_note", "quality_provenance", "quality_loss", "quality_task", "quality_metric", "pareto", "dominated_by",
+)  # fmt: skip
+QUALITY_COLUMNS = (
+    "method_slug", "method_name", "family", "spec_hash", "operating_point", "provenance", "model", "weights",
+    "environment_key", "base_model", "base_model_revision", "task", "metric", "higher_is_better", "value",
+    "dense_value", "relative_loss", "shots", "tokens", "harness", "harness_version", "finetune_tokens",
+    "arxiv", "paper_table", "measured_by", "note",
+)  # fmt: skip
+
+
+def _latency_extras(session: Session) -> dict[tuple, tuple[float, float, dict[str, Any]]]:
+    """p20, p80 and the environment of each latency row, by the row's natural key."""
+    stmt = (
+        select(LatencyMeasurement, Run, OperatingPoint, Submission)
+        .join(LatencyMeasurement.run)
+        .join(Run.operating_point)
+        .join(OperatingPoint.submission)
+    )
+    return {
+        (sub.spec_hash, point.name, run.model, run.weights, run.environment_key, lat.scenario): (
+            lat.p20, lat.p80, dict(run.environment),
+        )  # fmt: skip
+        for lat, run, point, sub in session.execute(stmt)
+    }
+
+
+def latency_records(engine: Engine) -> list[dict[str, Any]]:
+    """Every latency row, in the leaderboard's order, as a flat dict with `LATENCY_COLUMNS`."""
+    rows = leaderboard_rows(engine)
+    with Session(engine) as session:
+        extras = _latency_extras(session)
+    out = []
+    for r in rows:
+        p20, p80, env = extras[(r.spec_hash, r.operating_point, r.model, r.weights, r.environment_key, r.scenario)]
+        env = {"device_name": r.device_name, "dtype": r.dtype, "execution_mode": r.execution_mode, **env}
+        record = {
+            "method_slug": r.method_slug, "method_name": r.method_name, "family": r.family,
+            "family_label": r.family_label, "spec_hash": r.spec_hash, "operating_point": r.operating_point,
+            "model": r.model, "weights": r.weights, "environment_key": r.environment_key,
+            **{f"env_{f}": env.get(f) for f in ENV_FIELDS},
+            "scenario": r.scenario, "phase": r.phase, "batch_size": r.batch_size, "seq_len": r.seq_len,
+            "median_ms": r.median_ms, "p20_ms": p20, "p80_ms": p80, "dense_median_ms": r.dense_median_ms,
+            "speedup": r.speedup, "theoretical_speedup": r.theoretical_speedup, "realization": r.realization,
+            "kernel_note": r.kernel_note, "quality_provenance": None if r.quality_loss is None else "measured",
+            "quality_loss": r.quality_loss, "quality_task": r.quality_task, "quality_metric": r.quality_metric,
+            "pareto": r.pareto, "dominated_by": r.dominated_by,
+        }  # fmt: skip
+        out.append(record)
+    return out
+
+
+def quality_records(engine: Engine) -> list[dict[str, Any]]:
+    """Every quality figure, measured and reported, as a flat dict with `QUALITY_COLUMNS`."""
+    stmt = (
+        select(QualityResult, OperatingPoint, Submission, Method, Run)
+        .join(QualityResult.operating_point)
+        .join(OperatingPoint.submission)
+        .join(Submission.method)
+        .outerjoin(QualityResult.run)
+    )
+    out = []
+    with Session(engine) as session:
+        for q, point, sub, method, run in session.execute(stmt):
+            out.append({
+                "method_slug": method.slug, "method_name": method.name, "family": method.family,
+                "spec_hash": sub.spec_hash, "operating_point": point.name, "provenance": q.provenance,
+                "model": run.model if run else None, "weights": run.weights if run else None,
+                "environment_key": run.environment_key if run else None, "base_model": q.base_model,
+                "base_model_revision": q.base_model_revision, "task": q.task, "metric": q.metric,
+                "higher_is_better": q.higher_is_better, "value": q.value, "dense_value": q.dense_value,
+                "relative_loss": q.relative_loss, "shots": q.shots, "tokens": q.tokens, "harness": q.harness_name,
+                "harness_version": q.harness_version, "finetune_tokens": q.finetune_tokens, "arxiv": q.arxiv,
+                "paper_table": q.paper_table, "measured_by": q.measured_by, "note": q.note,
+            })  # fmt: skip
+    key = ("method_slug", "spec_hash", "operating_point", "provenance", "model", "weights", "environment_key",
+           "base_model", "task", "metric")  # fmt: skip
+    return sorted(out, key=lambda rec: tuple("" if rec[k] is None else str(rec[k]) for k in key))

@@ -1,0 +1,181 @@
+"""Frontier ranks and transition bands on hand-made rows, and the `frontier` command on a real registry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import make_environment, make_result, make_submission
+
+from prunereg.registry.analysis import Band, frontier, ranked, scenario_analysis, transition_bands
+from prunereg.registry.ingest import ingest
+from prunereg.registry.queries import Row, family_label
+
+
+def row(family: str, point: str, speedup: float, loss: float | None, *, method: str | None = None,
+        theoretical: float | None = None, device: str = "NVIDIA H200") -> Row:  # fmt: skip
+    name = method or family.replace("_", " ").title()
+    theoretical = speedup if theoretical is None else theoretical
+    return Row(
+        method_slug=name.lower().replace(" ", "-"), method_name=name, family=family,
+        family_label=family_label(family), operating_point=point, spec_hash="0" * 64, model="llama-3.1-8b",
+        weights="trained", device_name=device, execution_mode="eager", dtype="bfloat16", environment_key="e" * 16,
+        scenario="prefill-b1-s4096", phase="prefill", batch_size=1, seq_len=4096, median_ms=100 / speedup,
+        dense_median_ms=100.0, speedup=speedup, theoretical_speedup=theoretical, realization=speedup / theoretical,
+        spread=0.01, quality_loss=loss, quality_task=None if loss is None else "heldout-ppl",
+        quality_metric=None if loss is None else "cross_entropy",
+    )  # fmt: skip
+
+
+PAPER_LIKE = [
+    row("dense", "dense", 1.01, 0.0, method="Dense"),
+    row("static_depth", "drop-5", 1.10, 0.0, method="ShortGPT"),
+    row("static_depth", "drop-10", 1.30, 0.03, method="ShortGPT"),
+    row("dynamic_depth", "capacity-75", 1.45, 0.05, method="MoD"),
+    row("dynamic_depth", "capacity-50", 1.60, 0.12, method="MoD"),
+    row("static_width", "width-25", 1.80, 0.17, method="LLM-Pruner"),
+    row("static_width", "width-50", 2.00, 0.26, method="LLM-Pruner"),
+    row("unstructured", "sparse-50", 1.00, 0.02, method="Wanda"),
+    row("static_depth", "no-quality", 9.00, None, method="ShortGPT"),
+]
+
+
+def test_bands_reproduce_a_three_band_paper_result():
+    bands = transition_bands(PAPER_LIKE)
+    assert [(b.family, round(b.low, 6), round(b.high, 6)) for b in bands] == [
+        ("static_depth", 0.0, 0.04),
+        ("dynamic_depth", 0.05, 0.16),
+        ("static_width", 0.17, 0.26),
+    ]
+    assert bands[0] == Band("static_depth", "static M, depth", 0.0, 0.04, "ShortGPT · drop-5", 1.10)
+    assert (bands[1].method, bands[1].speedup, bands[1].family_label) == ("MoD · capacity-75", 1.45, "dynamic M, depth")
+    assert bands[2].method == "LLM-Pruner · width-25"
+
+
+def test_bands_reach_the_largest_loss_and_ignore_rows_without_quality():
+    bands = transition_bands([*PAPER_LIKE, row("static_depth", "drop-40", 1.50, 0.30, method="ShortGPT")])
+    assert bands[-1].family == "static_width" and round(bands[-1].high, 6) == 0.30
+    assert all(b.speedup < 9 for b in bands)  # the 9x row has no quality
+    off_grid = transition_bands([row("static_depth", "a", 1.3, 0.02), row("static_width", "b", 1.9, 0.253)])
+    assert (off_grid[-1].family, off_grid[-1].low, off_grid[-1].high) == ("static_width", 0.26, 0.26)
+    assert transition_bands([row("static_depth", "x", 3.0, None)]) == []
+
+
+def test_dense_wins_only_where_nothing_faster_fits():
+    bands = transition_bands([row("static_depth", "drop-10", 1.3, 0.03, method="ShortGPT")])
+    assert [(b.family, round(b.low, 6), round(b.high, 6)) for b in bands] == [
+        ("dense", 0.0, 0.02), ("static_depth", 0.03, 0.03),
+    ]  # fmt: skip
+    assert bands[0].speedup == 1.0 and bands[0].method == "dense"
+
+
+def test_dense_only_is_one_band_at_zero():
+    assert transition_bands([row("dense", "dense", 0.98, 0.0, method="Dense")]) == [
+        Band("dense", "dense baseline", 0.0, 0.0, "Dense · dense", 1.0)
+    ]
+
+
+def test_ties_go_to_the_smaller_loss_then_the_family_name():
+    smaller_loss = [row("static_width", "a", 1.5, 0.02), row("static_depth", "b", 1.5, 0.01)]
+    assert [b.family for b in transition_bands(smaller_loss)] == ["dense", "static_depth"]
+    same_point = [row("static_width", "a", 1.5, 0.01), row("static_depth", "b", 1.5, 0.01)]
+    assert [b.family for b in transition_bands(same_point)] == ["dense", "static_depth"]
+    no_faster = [row("static_depth", "b", 1.0, 0.0)]  # only as fast as dense: dense keeps it
+    assert [b.family for b in transition_bands(no_faster)] == ["dense"]
+
+
+def test_theoretical_speedup_and_step():
+    rows = [row("static_depth", "a", 1.3, 0.02, theoretical=1.3), row("static_k_2_4", "b", 0.4, 0.02, theoretical=1.9)]
+    assert transition_bands(rows)[-1].family == "static_depth"
+    assert transition_bands(rows, speedup="theoretical")[-1].family == "static_k_2_4"
+    bands = transition_bands(rows, step=0.005)
+    assert [(b.family, b.low, b.high) for b in bands] == [("dense", 0.0, 0.015), ("static_depth", 0.02, 0.02)]
+    with pytest.raises(ValueError):
+        transition_bands(rows, step=0)
+
+
+def test_bands_refuse_rows_of_different_groups():
+    with pytest.raises(ValueError, match="one group"):
+        transition_bands([row("static_depth", "a", 1.3, 0.02), row("static_width", "b", 1.4, 0.03, device="A100")])
+
+
+def test_frontier_and_rank_on_hand_made_points():
+    a, b, c, d = (row("static_depth", "a", 1.5, 0.10), row("static_width", "b", 1.2, 0.05),
+                  row("unstructured", "c", 1.1, 0.20), row("dynamic_depth", "d", 1.0, 0.30))  # fmt: skip
+    none = row("static_k_2_4", "e", 3.0, None)
+    marked = {r.operating_point: r for r in ranked([a, b, c, d, none])}
+    assert {p: (r.pareto, r.dominated_by) for p, r in marked.items()} == {
+        "a": (True, 0), "b": (True, 0), "c": (False, 2), "d": (False, 3), "e": (False, None),
+    }  # fmt: skip
+    assert [r.operating_point for r in frontier([a, b, c, d, none])] == ["b", "a"]
+
+
+@pytest.fixture
+def registry(tmp_path):
+    from prunereg.registry.db import connect
+
+    path = tmp_path / "frontier.db"
+    engine = connect(str(path))
+    depth = make_submission("shortgpt-test", name="ShortGPT Test")
+    width = make_submission("llm-pruner-test", name="LLM Pruner Test", adapter="width", claims=[])
+    ingest(engine, depth, make_result(depth, speedups={"drop-25": 1.3, "drop-50": 1.9}, losses={"drop-25": 0.02, "drop-50": 0.30}))
+    ingest(engine, width, make_result(width, speedups={"width-25": 1.5, "width-50": 1.8}, losses={"width-25": 0.10, "width-50": 0.25}))
+    cpu = make_environment(device="cpu", device_name="x86 CPU", dtype="float32", device_profile=None)
+    ingest(engine, depth, make_result(depth, environment=cpu, losses={}))
+    yield engine, path
+    engine.dispose()
+
+
+def test_scenario_analysis_groups_filters_and_bands(registry):
+    engine, _ = registry
+    both = scenario_analysis(engine, "prefill", 1)
+    assert [a.key.device_name for a in both] == ["NVIDIA H200", "x86 CPU"]
+    (h200,) = scenario_analysis(engine, "prefill", 1, device="h200")
+    assert h200.quality_source == "measured" and h200.has_quality
+    assert [r.operating_point for r in h200.frontier] == ["drop-25", "width-25", "width-50", "drop-50"]
+    assert [(b.family, round(b.low, 6), round(b.high, 6)) for b in h200.bands] == [
+        ("dense", 0.0, 0.01), ("static_depth", 0.02, 0.09), ("static_width", 0.1, 0.29), ("static_depth", 0.3, 0.3),
+    ]  # fmt: skip
+    (cpu,) = scenario_analysis(engine, "prefill", 1, device="cpu")
+    assert not cpu.has_quality and cpu.frontier == [] and cpu.bands == []
+    assert scenario_analysis(engine, "decode", 8) == []
+    assert scenario_analysis(engine, "prefill", 1, model="llama-3.1-8b") == []
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "prunereg.cli", *args], capture_output=True, text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+
+
+def test_frontier_command_prints_frontier_bands_and_quality_source(registry):
+    _, path = registry
+    result = cli("frontier", "--phase", "prefill", "--batch", "1", "--device", "H200", "--db", str(path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "prunereg-mini · NVIDIA H200 · bfloat16 · eager · prefill-b1-s256" in out
+    assert "quality: measured by prunereg (held-out cross-entropy)" in out
+    for text in ("ShortGPT Test", "drop-25", "LLM Pruner Test", "tolerance", "best point", "2–9 %", "10–29 %", "1.50x"):
+        assert text in out, text
+    assert "x86 CPU" not in out
+
+
+def test_frontier_command_exits_1_with_one_line_when_nothing_matches(registry):
+    _, path = registry
+    result = cli("frontier", "--phase", "decode", "--batch", "32", "--db", str(path))
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "no latency rows" in result.stderr
+
+
+def test_frontier_command_does_not_import_torch(registry):
+    _, path = registry
+    code = (
+        "import sys\nfrom prunereg.cli import app\n"
+        f"try:\n    app(['frontier', '--phase', 'prefill', '--batch', '1', '--db', {str(path)!r}])\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -1,0 +1,230 @@
+"""The built site in a real browser: selector, sorting, navigation, no network, no script from submissions.
+
+Playwright drives Debian's chromium (no `playwright install`, no download): the site is built
+from a registry made with the conftest factories, one submission of which carries markup payloads
+in every free-text field the schema accepts, and is served on 127.0.0.1 by a thread. Screenshots
+of the index and a method page go to tests/screenshots/ (ignored by git) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import make_result, make_submission
+
+from prunereg.leaderboard.build import build_site
+from prunereg.registry.ingest import ingest
+from prunereg.spec.submission import Submission
+
+CHROMIUM = os.environ.get("PRUNEREG_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]  # fmt: skip
+SCREENSHOTS = Path(__file__).parent / "screenshots"
+PWN = '<img src=x onerror="window.__pwned=1">'
+PAYLOAD = f'<script>alert(1)</script> "><img src=x onerror=alert(1)> {PWN} \'><svg onload="window.__pwned=2">'
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+    pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+def hostile_submission() -> Submission:
+    """Markup in every free-text field: method and point descriptions, a measured-elsewhere note."""
+    document = make_submission("hostile-method", name="Hostile & method", description=PAYLOAD, claims=[]).model_dump(
+        mode="json", exclude_none=True
+    )
+    for point in document["adapter"]["operating_points"]:
+        point["description"] = PAYLOAD
+    document["quality_claims"] = [
+        {
+            "base_model": "llama-2-7b",
+            "operating_point": "drop-25",
+            "task": "wikitext2",
+            "metric": "perplexity",
+            "higher_is_better": False,
+            "value": 9.0,
+            "dense_value": 6.0,
+            "provenance": {"source": "measured", "by": "Someone & co", "note": PAYLOAD},
+        }
+    ]
+    return Submission.model_validate(document)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from prunereg.registry.db import connect
+
+    folder = tmp_path_factory.mktemp("browser")
+    engine = connect(f"sqlite:///{folder / 'registry.db'}")
+    depth = make_submission("shortgpt-test")
+    ingest(engine, depth, make_result(depth, speedups={"drop-25": 1.3, "drop-50": 1.9}, losses={"drop-25": 0.03, "drop-50": 0.2}))
+    width = make_submission("flap-test", adapter="width", name="FLAP test", claims=[])
+    ingest(engine, width, make_result(width, speedups={"width-25": 1.1, "width-50": 1.5}, losses={"width-25": 0.05, "width-50": 0.12}))
+    hostile = hostile_submission()
+    ingest(engine, hostile, make_result(hostile))
+    random = make_submission("random-weights", adapter="width", claims=[])
+    ingest(engine, random, make_result(random, losses={}, model="llama-3.1-8b", weights="random"))
+    site = build_site(engine, folder / "site").parent
+    engine.dispose()
+
+    handler = functools.partial(QuietHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        except Exception as error:  # a chromium that cannot start here is an environment problem
+            pytest.skip(f"chromium did not start: {error}")
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A page with every request, console error, page error and dialog recorded."""
+
+    def __init__(self, browser):
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.page = self.context.new_page()
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("request", lambda request: self.requests.append(request.url))
+        self.page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("dialog", self._dialog)
+
+    def _dialog(self, dialog):
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def assert_clean(self, origin: str) -> None:
+        assert self.errors == []
+        assert self.dialogs == []
+        assert self.requests and all(url.startswith(origin + "/") for url in self.requests), self.requests
+        assert self.page.evaluate("typeof window.__pwned") == "undefined"
+
+
+@pytest.fixture
+def watched(browser):
+    w = Watched(browser)
+    yield w
+    w.context.close()
+
+
+def visible_groups(page) -> list[str]:
+    return page.eval_on_selector_all("section.group", "els => els.filter(e => !e.hidden).map(e => e.id)")
+
+
+def test_selector_changes_the_visible_plot_and_table(served, watched):
+    page = watched.page
+    page.goto(f"{served}/index.html")
+    assert page.locator("form#scenario").is_visible()
+    groups = page.locator("section.group").count()
+    assert groups == 4  # prunereg-mini and llama-3.1-8b, prefill and decode
+    first = visible_groups(page)
+    assert 0 < len(first) < groups
+    heading = page.locator("h2#results").inner_text()
+    assert "prefill" in heading and f"of {groups} groups" in heading
+
+    page.select_option("select[name=phase]", "decode")
+    second = visible_groups(page)
+    assert second and set(second).isdisjoint(first)
+    for anchor in second:
+        assert page.locator(f"#{anchor}").get_attribute("data-phase") == "decode"
+        assert page.locator(f"#{anchor} svg.realization").is_visible()
+        assert page.locator(f"#{anchor} table.rows").is_visible()
+    for anchor in first:
+        assert not page.locator(f"#{anchor} svg.realization").is_visible()
+        assert not page.locator(f"#{anchor} table.rows").is_visible()
+    assert "decode" in page.locator("h2#results").inner_text()
+
+    page.select_option("select[name=phase]", "")
+    assert len(visible_groups(page)) == groups
+    watched.assert_clean(served)
+
+
+def test_clicking_a_header_sorts_the_table(served, watched):
+    page = watched.page
+    page.goto(f"{served}/index.html")
+    anchor = visible_groups(page)[0]
+    table = page.locator(f"#{anchor} table.rows")
+    header = table.locator("thead th", has_text="Speedup").first
+
+    def speedups() -> list[float]:
+        cells = table.locator("tbody tr td:nth-child(5)").all_inner_texts()
+        return [float(c.rstrip("×")) for c in cells]
+
+    header.click()
+    assert speedups() == sorted(speedups())
+    assert header.get_attribute("aria-sort") == "ascending"
+    header.click()
+    assert speedups() == sorted(speedups(), reverse=True)
+    assert header.get_attribute("aria-sort") == "descending"
+    table.locator("thead th", has_text="Method").first.click()
+    names = table.locator("tbody tr td:nth-child(1)").all_inner_texts()
+    assert names == sorted(names, key=str.lower) or names == sorted(names)
+    watched.assert_clean(served)
+
+
+def test_method_pages_open_from_the_index(served, watched):
+    page = watched.page
+    page.goto(f"{served}/index.html")
+    links = page.locator("ul.methods a")
+    assert links.count() == 4
+    page.locator("ul.methods a", has_text="FLAP test").click()
+    page.wait_for_url("**/methods/flap-test.html")
+    assert page.locator("h1").inner_text() == "FLAP test"
+    assert page.locator("table").count() >= 3
+    page.locator("header.site a").click()
+    page.wait_for_url("**/index.html")
+    watched.assert_clean(served)
+
+
+def test_hostile_submission_executes_nothing(served, watched):
+    page = watched.page
+    for path in ("index.html", "methods/hostile-method.html"):
+        page.goto(f"{served}/{path}")
+        page.wait_for_load_state("load")
+        page.wait_for_timeout(200)  # let any onerror or timer fire
+        assert watched.dialogs == [], f"{path} ran submission script: {watched.dialogs}"
+        assert page.evaluate("typeof window.__pwned") == "undefined", f"{path} ran a submission's event handler"
+    page.goto(f"{served}/methods/hostile-method.html")
+    page.locator("details summary").first.click()  # open the submission JSON as well
+    text = page.locator("main").inner_text()
+    assert "<script>alert(1)</script>" in text and 'onerror="window.__pwned=1"' in text  # shown as text
+    assert page.locator("main img, main script, main iframe").count() == 0
+    assert page.locator("p.description").inner_text() == PAYLOAD
+    watched.assert_clean(served)
+
+
+def test_screenshots(served, watched):
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page = watched.page
+    page.goto(f"{served}/index.html")
+    page.screenshot(path=str(SCREENSHOTS / "index.png"), full_page=True)
+    page.goto(f"{served}/methods/shortgpt-test.html")
+    page.screenshot(path=str(SCREENSHOTS / "method.png"), full_page=True)
+    for name in ("index.png", "method.png"):
+        assert (SCREENSHOTS / name).stat().st_size > 10_000
+    print(f"screenshots in {SCREENSHOTS}")
+    watched.assert_clean(served)
