@@ -7,6 +7,7 @@ Heavy modules (torch, transformers) are imported inside `evaluate` only, so `val
 from __future__ import annotations
 
 import json
+from collections import Counter
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -93,21 +94,33 @@ def evaluate(
     from prunereg.evaluate import EvaluationError, evaluate as run_evaluation
     from prunereg.registry.db import connect
     from prunereg.registry.ingest import ingest
+    from prunereg.registry.queries import stored_points
 
-    steps = len(spec.adapter.operating_points) * len(suites()[scenarios])
+    engine = connect(db)
+    names = [scenario.name for scenario in suites()[scenarios]]
+    added: Counter[str] = Counter()
+
+    def stored(model_name: str, weights: str, env) -> set[str]:
+        return stored_points(engine, spec.spec_hash(), model_name, weights, env.key(), names)
+
+    def store(partial) -> None:
+        added.update(ingest(engine, spec, partial).added)
+
     with Progress(console=errors, transient=True) as progress:
-        task = progress.add_task(f"evaluating {spec.method.slug}", total=steps)
+        task = progress.add_task(f"evaluating {spec.method.slug}", total=len(spec.adapter.operating_points) * (len(names) + 1))
 
         def on_step(label: str) -> None:
             progress.update(task, advance=1, description=f"{spec.method.slug} · {label}")
 
         try:
-            result = run_evaluation(spec, model, device.value, suites()[scenarios], warmup, repeats, on_step)
+            result = run_evaluation(spec, model, device.value, suites()[scenarios], warmup, repeats, on_step, stored, store)
         except EvaluationError as err:
             raise fail(str(err)) from None
-    summary = ingest(connect(db), spec, result)
+    reused = [p.name for p in spec.adapter.operating_points if p.name not in {r.operating_point for r in result.points}]
+    if reused:
+        console.print(Text(f"already in the registry, not measured again: {', '.join(reused)}"))
     console.print(results_table(spec, result))
-    console.print(Text(f"stored in the registry: {summary}"))
+    console.print(Text("stored in the registry: " + (", ".join(f"{n} {t}" for t, n in added.items() if n) or "nothing new")))
     if save is not None:
         saved = SavedEvaluation(submission=spec, result=result)
         save.mkdir(parents=True, exist_ok=True)

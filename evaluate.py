@@ -23,7 +23,7 @@ from prunereg.spec.catalog import ModelArchitecture, Phase, Scenario, devices, m
 from prunereg.spec.checks import point_misfit
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import resolve
-from prunereg.spec.results import EvaluationResult, GemmTrace, LatencyResult, PointResult, QualityResult
+from prunereg.spec.results import Environment, EvaluationResult, GemmTrace, LatencyResult, PointResult, QualityResult
 from prunereg.spec.submission import Submission
 
 TRACE_SEQ_LEN = 256
@@ -42,7 +42,15 @@ def evaluate(
     warmup: int = 3,
     repeats: int = 15,
     on_step: Callable[[str], None] = lambda _: None,
+    stored: Callable[[str, str, Environment], set[str]] = lambda model, weights, env: set(),
+    store: Callable[[EvaluationResult], None] = lambda partial: None,
 ) -> EvaluationResult:
+    """Measure every operating point not `stored` yet, handing each to `store` as soon as it is done.
+
+    Storing point by point makes an evaluation resumable: killed halfway, it leaves the finished
+    points in the registry (each in its own transaction, never a partial one) and a rerun measures
+    only the rest. The result returned holds the points measured by this call.
+    """
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvaluationError("--device cuda asked for, but torch sees no CUDA device")
@@ -54,8 +62,16 @@ def evaluate(
     roofline = partial(estimate, loaded.architecture, devices()[env.device_profile], dtype_bytes=dtype.itemsize)
     quality = HeldOutQuality(loaded) if loaded.weights == "trained" and loaded.tokenizer else None
     adapter = get_adapter(submission.adapter.name)
+    done = stored(loaded.name, loaded.weights, env)
+    result = partial(
+        EvaluationResult, spec_hash=submission.spec_hash(), model=loaded.name, weights=loaded.weights, environment=env,
+        dense_stats=model_stats(loaded.model),
+    )
     points = []
     for point in submission.adapter.operating_points:
+        if point.name in done:
+            on_step(f"{point.name} · already in the registry")
+            continue
         pruned = adapter.apply(copy.deepcopy(loaded.model), point.params)
         effects = resolve(submission.effects, point.params)
         on_step(f"{point.name} · tracing GEMMs")
@@ -71,17 +87,14 @@ def evaluate(
                 )
             )
         peak = activation_peak(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None
-        points.append(
-            PointResult(
-                operating_point=point.name, effects=effects, gemms=gemms, stats=model_stats(pruned, peak), latency=latency,
-                quality=[quality.of(pruned)] if quality else [],
-            )
+        measured = PointResult(
+            operating_point=point.name, effects=effects, gemms=gemms, stats=model_stats(pruned, peak), latency=latency,
+            quality=[quality.of(pruned)] if quality else [],
         )
         del pruned
-    return EvaluationResult(
-        spec_hash=submission.spec_hash(), model=loaded.name, weights=loaded.weights, environment=env,
-        dense_stats=model_stats(loaded.model), points=points,
-    )
+        store(result(points=[measured]))
+        points.append(measured)
+    return result(points=points)
 
 
 def load_checked(submission: Submission, model_name: str, device_name: str, dtype: torch.dtype) -> LoadedModel:

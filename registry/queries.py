@@ -313,3 +313,22 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
                 )  # fmt: skip
             )
         return MethodDetail(_summary(method), method.venue, method.license, method.description, submissions)
+
+
+def stored_points(engine: Engine, spec_hash: str, model: str, weights: str, environment_key: str, scenarios: list[str]) -> set[str]:
+    """Operating points of this submission already measured here in every one of `scenarios` (for resuming)."""
+    stmt = (
+        select(OperatingPoint.name, LatencyMeasurement.scenario)
+        .join(Run.operating_point)
+        .join(OperatingPoint.submission)
+        .join(Run.latency)
+        .where(
+            Submission.spec_hash == spec_hash, Run.model == model, Run.weights == weights,
+            Run.environment_key == environment_key, LatencyMeasurement.scenario.in_(scenarios),
+        )
+    )
+    found: dict[str, set[str]] = defaultdict(set)
+    with Session(engine) as session:
+        for point, scenario in session.execute(stmt):
+            found[point].add(scenario)
+    return {point for point, measured in found.items() if measured >= set(scenarios)}
