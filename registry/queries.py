@@ -111,10 +111,14 @@ def _first_measured_quality(session: Session) -> dict[int, QualityResult]:
     return first
 
 
+PLAIN_KERNELS = ("dense", "causal (SDPA)", "dense (SDPA)")
+"""What every dense model runs too; only other kernels are worth a note on the leaderboard."""
+
+
 def kernel_note(gemms: list[dict[str, Any]]) -> str | None:
     """How the pruned GEMMs ran when it was not a plain dense kernel, e.g. "masked dense" (no speedup expected)."""
-    kernels = sorted({g["kernel"] for g in gemms if g["kernel"] != "dense" and g["gemm"] not in ("router", "other")})
-    return ", ".join(kernels) or None
+    kernels = {g["kernel"] for g in gemms if g["kernel"] not in PLAIN_KERNELS and g["gemm"] not in ("router", "other")}
+    return ", ".join(sorted(kernels)) or None
 
 
 def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[Row]:
