@@ -108,9 +108,7 @@ def pareto_svg(points: Sequence[PlotPoint], title: str) -> Markup:
             f'<circle cx="{x(100 * p.quality_loss)}" cy="{y(p.speedup)}" r="5" fill="{colour}" {POINT}>'
             f"<title>{escape(tip)}</title></circle>"
         )
-    order = list(FAMILY_COLOURS)
-    families = sorted({p.family for p in points}, key=lambda f: (order.index(f) if f in order else len(order), f))
-    out.extend(_legend(families))
+    out.extend(_legend({p.family for p in points}, [(FRONT, "Pareto front"), (DENSE, "dense speed (1×)")]))
     out.append("</svg>")
     return Markup("\n".join(out))
 
@@ -135,19 +133,20 @@ def _axes(x: _Scale, y: _Scale, x_ticks: list[float], y_ticks: list[float]) -> l
     return out
 
 
-def _legend(families: list[str]) -> list[str]:
+def _legend(families: set[str], lines: list[tuple[str, str]]) -> list[str]:
+    """Family colours in taxonomy order, then the meaning of each line style drawn."""
+    order = list(FAMILY_COLOURS)
     left = WIDTH - RIGHT + 16
     out = [f'<text {LABEL} x="{left}" y="{TOP + 10}">family</text>']
-    for i, family in enumerate(families):
+    for i, family in enumerate(sorted(families, key=lambda f: (order.index(f) if f in order else len(order), f))):
         top = TOP + 22 + 20 * i
         colour = FAMILY_COLOURS.get(family, "#444444")
         out.append(f'<rect x="{left}" y="{top}" width="10" height="10" rx="5" fill="{colour}"/>')
         out.append(f'<text {TICK} x="{left + 16}" y="{top + 9}">{escape(family_label(family))}</text>')
-    top = TOP + 22 + 20 * len(families)
-    out.append(f'<line x1="{left}" x2="{left + 10}" y1="{top + 5}" y2="{top + 5}" {FRONT}/>')
-    out.append(f'<text {TICK} x="{left + 16}" y="{top + 9}">Pareto front</text>')
-    out.append(f'<line x1="{left}" x2="{left + 10}" y1="{top + 25}" y2="{top + 25}" {DENSE}/>')
-    out.append(f'<text {TICK} x="{left + 16}" y="{top + 29}">dense speed (1×)</text>')
+    for i, (style, label) in enumerate(lines):
+        top = TOP + 22 + 20 * (len(families) + i)
+        out.append(f'<line x1="{left}" x2="{left + 10}" y1="{top + 5}" y2="{top + 5}" {style}/>')
+        out.append(f'<text {TICK} x="{left + 16}" y="{top + 9}">{label}</text>')
     return out
 
 
@@ -201,17 +200,6 @@ def realization_svg(points: Sequence[RealizationPoint], title: str) -> Markup:
             f'<circle cx="{x(p.theoretical)}" cy="{y(p.measured)}" r="5" fill="{colour}" {POINT}>'
             f"<title>{escape(tip)}</title></circle>"
         )
-    order = list(FAMILY_COLOURS)
-    families = sorted({p.family for p in points}, key=lambda f: (order.index(f) if f in order else len(order), f))
-    left = WIDTH - RIGHT + 16
-    out.append(f'<text {LABEL} x="{left}" y="{TOP + 10}">family</text>')
-    for i, family in enumerate(families):
-        top = TOP + 22 + 20 * i
-        colour = FAMILY_COLOURS.get(family, "#444444")
-        out.append(f'<rect x="{left}" y="{top}" width="10" height="10" rx="5" fill="{colour}"/>')
-        out.append(f'<text {TICK} x="{left + 16}" y="{top + 9}">{escape(family_label(family))}</text>')
-    top = TOP + 22 + 20 * len(families)
-    out.append(f'<line x1="{left}" x2="{left + 10}" y1="{top + 5}" y2="{top + 5}" {DIAGONAL}/>')
-    out.append(f'<text {TICK} x="{left + 16}" y="{top + 9}">measured = theoretical</text>')
+    out.extend(_legend({p.family for p in points}, [(DIAGONAL, "measured = theoretical")]))
     out.append("</svg>")
     return Markup("\n".join(out))
