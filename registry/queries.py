@@ -29,6 +29,10 @@ def family_label(family: str) -> str:
     return _LABELS.get(family, family)
 
 
+NOISY_SPREAD = 0.03
+"""p80/p20 − 1 above which a latency is flagged as noisy on the leaderboard."""
+
+
 class GroupKey(NamedTuple):
     """Rows are only comparable inside one group: same model, device, dtype, execution mode and scenario."""
 
@@ -69,6 +73,11 @@ class Row:
     kernel_note: str | None = None
     pareto: bool = False
     dominated_by: int | None = None
+
+    @property
+    def noisy(self) -> bool:
+        """A median whose p80/p20 spread exceeds NOISY_SPREAD: shown flagged, not hidden."""
+        return self.spread > NOISY_SPREAD
 
     @property
     def group(self) -> GroupKey:
