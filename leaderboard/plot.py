@@ -88,14 +88,10 @@ def pareto_svg(points: Sequence[PlotPoint], title: str) -> Markup:
     y_ticks = nice_ticks(*_span(ys, 1.0, 1.0))
     x = _Scale(x_ticks, LEFT, WIDTH - RIGHT)
     y = _Scale(y_ticks, HEIGHT - BOTTOM, TOP)
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="pareto" viewBox="0 0 {WIDTH} {HEIGHT}" '
-        f'role="img" aria-label="{escape(title)}" font-family="system-ui, sans-serif">',
-        f"<title>{escape(title)}</title>",
-        f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH - LEFT - RIGHT}" height="{HEIGHT - TOP - BOTTOM}" '
-        'fill="#fafafa" stroke="#999"/>',
-    ]
-    out += _axes(x, y, x_ticks, y_ticks)
+    out = _frame("pareto", title)
+    out += _axes(x, y, x_ticks, y_ticks, "", "quality loss relative to dense (%), lower is better",
+                 "speedup over dense, higher is better")  # fmt: skip
+    out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(1.0)}" y2="{y(1.0)}" {DENSE}/>')
     front = frontier(points)
     if front:
         steps = [f"M{x(100 * front[0].quality_loss)} {y(front[0].speedup)}"]
@@ -113,22 +109,29 @@ def pareto_svg(points: Sequence[PlotPoint], title: str) -> Markup:
     return Markup("\n".join(out))
 
 
-def _axes(x: _Scale, y: _Scale, x_ticks: list[float], y_ticks: list[float]) -> list[str]:
+def _frame(kind: str, title: str) -> list[str]:
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="{kind}" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'role="img" aria-label="{escape(title)}" font-family="system-ui, sans-serif">',
+        f"<title>{escape(title)}</title>",
+        f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH - LEFT - RIGHT}" height="{HEIGHT - TOP - BOTTOM}" '
+        'fill="#fafafa" stroke="#999"/>',
+    ]
+
+
+def _axes(x: _Scale, y: _Scale, x_ticks: list[float], y_ticks: list[float], x_unit: str, x_label: str, y_label: str) -> list[str]:
+    """Grid lines, tick labels (y in ×, x in `x_unit`) and the two axis titles."""
     out = []
     for t in x_ticks:
         out.append(f'<line x1="{x(t)}" x2="{x(t)}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" {GRID}/>')
-        out.append(f'<text {TICK} x="{x(t)}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{_fmt(t)}</text>')
+        out.append(f'<text {TICK} x="{x(t)}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{_fmt(t)}{x_unit}</text>')
     for t in y_ticks:
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(t)}" y2="{y(t)}" {GRID}/>')
         out.append(f'<text {TICK} x="{LEFT - 6}" y="{y(t) + 4}" text-anchor="end">{_fmt(t)}×</text>')
-    out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(1.0)}" y2="{y(1.0)}" {DENSE}/>')
-    out.append(
-        f'<text {LABEL} x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 8}" text-anchor="middle">'
-        "quality loss relative to dense (%), lower is better</text>"
-    )
+    out.append(f'<text {LABEL} x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 8}" text-anchor="middle">{x_label}</text>')
     out.append(
         f'<text {LABEL} transform="translate(14 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" '
-        'text-anchor="middle">speedup over dense, higher is better</text>'
+        f'text-anchor="middle">{y_label}</text>'
     )
     return out
 
@@ -169,28 +172,10 @@ def realization_svg(points: Sequence[RealizationPoint], title: str) -> Markup:
     ticks = nice_ticks(lo, hi)
     x = _Scale(ticks, LEFT, WIDTH - RIGHT)
     y = _Scale(ticks, HEIGHT - BOTTOM, TOP)
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="realization" viewBox="0 0 {WIDTH} {HEIGHT}" '
-        f'role="img" aria-label="{escape(title)}" font-family="system-ui, sans-serif">',
-        f"<title>{escape(title)}</title>",
-        f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH - LEFT - RIGHT}" height="{HEIGHT - TOP - BOTTOM}" '
-        'fill="#fafafa" stroke="#999"/>',
-    ]
-    for t in ticks:
-        out.append(f'<line x1="{x(t)}" x2="{x(t)}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" {GRID}/>')
-        out.append(f'<text {TICK} x="{x(t)}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{_fmt(t)}×</text>')
-        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(t)}" y2="{y(t)}" {GRID}/>')
-        out.append(f'<text {TICK} x="{LEFT - 6}" y="{y(t) + 4}" text-anchor="end">{_fmt(t)}×</text>')
+    out = _frame("realization", title)
+    out += _axes(x, y, ticks, ticks, "×", "theoretical (roofline) speedup over dense", "measured speedup over dense")
     out.append(
         f'<line class="diagonal" x1="{x(ticks[0])}" y1="{y(ticks[0])}" x2="{x(ticks[-1])}" y2="{y(ticks[-1])}" {DIAGONAL}/>'
-    )
-    out.append(
-        f'<text {LABEL} x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 8}" text-anchor="middle">'
-        "theoretical (roofline) speedup over dense</text>"
-    )
-    out.append(
-        f'<text {LABEL} transform="translate(14 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" '
-        'text-anchor="middle">measured speedup over dense</text>'
     )
     for p in sorted(points, key=lambda p: (p.family, p.label)):
         colour = FAMILY_COLOURS.get(p.family, "#444444")
