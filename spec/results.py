@@ -25,6 +25,15 @@ def relative_loss(value: float, dense_value: float, higher_is_better: bool) -> f
     return change / abs(dense_value)
 
 
+ExecutionMode = Literal["eager", "graph", "compiled"]
+EXECUTION_MODES: dict[str, str] = {
+    "eager": "transformers' own forward with its dynamic KV cache, launched op by op: what a user's script times",
+    "graph": "static KV cache, each step captured once in a CUDA Graph and replayed; L2 flushed between repeats",
+    "compiled": "graph mode on a torch.compile'd forward (fused kernels)",
+}
+"""How the timed steps run; runs in different modes are never compared with each other."""
+
+
 class Environment(Frozen):
     """Where and how a run was measured; its key groups runs that are comparable."""
 
@@ -38,7 +47,7 @@ class Environment(Frozen):
     prunereg: str
     git_revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"]
-    execution_mode: Literal["eager"] = "eager"
+    execution_mode: ExecutionMode = "eager"
     threads: int = Field(ge=1)
 
     def key(self) -> str:
@@ -56,6 +65,18 @@ class ModelStats(Frozen):
     peak_memory_bytes: int | None = Field(None, ge=0, description="peak allocator memory during measurement (CUDA) or max RSS growth (CPU)")
 
 
+class GpuState(Frozen):
+    """An NVML reading of the GPU, taken right before and right after a scenario's timed repeats."""
+
+    sm_clock_mhz: int = Field(ge=0)
+    memory_clock_mhz: int = Field(ge=0)
+    temperature_c: int
+    power_w: float | None = Field(None, ge=0)
+    clock_event_reasons: list[str] = Field(
+        default_factory=list, description="active NVML clock-event (throttle) reasons, idle excluded"
+    )
+
+
 class LatencyResult(Frozen):
     scenario: Scenario
     unit: Literal["ms"] = "ms"
@@ -66,6 +87,12 @@ class LatencyResult(Frozen):
     dense_median: float = Field(gt=0, description="dense baseline, measured in the same run")
     theoretical: float = Field(gt=0, description="roofline time of the pruned model, ms")
     theoretical_dense: float = Field(gt=0, description="roofline time of the dense model, ms")
+    execution: ExecutionMode = Field(
+        "eager", description="how the dense and pruned steps really ran; differs from the environment's mode only on a fallback"
+    )
+    fallback: str | None = Field(None, max_length=300, description="why the environment's mode could not be used")
+    gpu_before: GpuState | None = None
+    gpu_after: GpuState | None = None
 
     @property
     def speedup(self) -> float:
