@@ -4,9 +4,12 @@ Flat records (one dict per row, scalar values only) load with `pandas.DataFrame(
 `pandas.read_csv` without any unnesting. Every latency row carries its full provenance: the
 method and spec hash, the operating point, the model and weights, and the whole environment
 fingerprint spread into `env_*` columns, because a speedup means nothing without the machine,
-library versions and dtype it was timed with. The quality table keeps prunereg's measurements
-(`provenance` "measured", with the run they belong to) and the claims reported in submissions
-("reported" / "measured-elsewhere", with arXiv id and table) side by side, never merged.
+library versions and dtype it was timed with. It also says how the scenario really ran
+(`execution`, and the `fallback` reason when the environment's mode failed) and carries the GPU's
+clocks and temperature before and after the repeats (`gpu_before_*`, `gpu_after_*`; empty without
+NVML). The quality table keeps prunereg's measurements (`provenance` "measured", with the run they
+belong to) and the claims reported in submissions ("reported" / "measured-elsewhere", with arXiv
+id and table) side by side, never merged.
 """
 
 from __future__ import annotations
@@ -16,17 +19,19 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from prunereg.spec.results import Environment
+from prunereg.spec.results import Environment, GpuState
 
 from .queries import leaderboard_rows
 from .schema import LatencyMeasurement, Method, OperatingPoint, QualityResult, Run, Submission
 
 ENV_FIELDS = tuple(Environment.model_fields)
+GPU_COLUMNS = tuple(f"gpu_{when}_{f}" for when in ("before", "after") for f in GpuState.model_fields)
 LATENCY_COLUMNS = (
     "method_slug", "method_name", "family", "family_label", "spec_hash", "operating_point", "model", "weights",
     "environment_key", *(f"env_{f}" for f in ENV_FIELDS), "scenario", "phase", "batch_size", "seq_len",
     "median_ms", "p20_ms", "p80_ms", "dense_median_ms", "speedup", "theoretical_speedup", "realization",
-    "kernel_note", "quality_provenance", "quality_loss", "quality_task", "quality_metric", "pareto", "dominated_by",
+    "execution", "fallback", *GPU_COLUMNS, "kernel_note", "quality_provenance", "quality_loss", "quality_task",
+    "quality_metric", "pareto", "dominated_by",
 )  # fmt: skip
 QUALITY_COLUMNS = (
     "method_slug", "method_name", "family", "spec_hash", "operating_point", "provenance", "model", "weights",
@@ -52,6 +57,14 @@ def _latency_extras(session: Session) -> dict[tuple, tuple[float, float, dict[st
     }
 
 
+def _gpu(when: str, state: dict[str, Any] | None) -> dict[str, Any]:
+    """One GPU reading as flat columns; its clock-event reasons joined by commas."""
+    state = state or {}
+    return {
+        f"gpu_{when}_{f}": ",".join(v) if isinstance(v := state.get(f), list) else v for f in GpuState.model_fields
+    }
+
+
 def latency_records(engine: Engine) -> list[dict[str, Any]]:
     """Every latency row, in the leaderboard's order, as a flat dict with `LATENCY_COLUMNS`."""
     rows = leaderboard_rows(engine)
@@ -69,7 +82,9 @@ def latency_records(engine: Engine) -> list[dict[str, Any]]:
             "scenario": r.scenario, "phase": r.phase, "batch_size": r.batch_size, "seq_len": r.seq_len,
             "median_ms": r.median_ms, "p20_ms": p20, "p80_ms": p80, "dense_median_ms": r.dense_median_ms,
             "speedup": r.speedup, "theoretical_speedup": r.theoretical_speedup, "realization": r.realization,
-            "kernel_note": r.kernel_note, "quality_provenance": None if r.quality_loss is None else "measured",
+            "execution": r.execution, "fallback": r.fallback, **_gpu("before", r.gpu_before),
+            **_gpu("after", r.gpu_after), "kernel_note": r.kernel_note,
+            "quality_provenance": None if r.quality_loss is None else "measured",
             "quality_loss": r.quality_loss, "quality_task": r.quality_task, "quality_metric": r.quality_metric,
             "pareto": r.pareto, "dominated_by": r.dominated_by,
         }  # fmt: skip

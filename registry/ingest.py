@@ -85,9 +85,17 @@ def _check_matches(submission: SubmissionSpec, result: EvaluationResult | None) 
             f"result is for spec {result.spec_hash[:12]}, submission {submission.method.slug} "
             f"hashes to {submission.spec_hash()[:12]}"
         )
+    mode = result.environment.execution_mode
     for point in result.points:
         if point.operating_point not in names:
             raise ValueError(f"result names unknown operating point {point.operating_point!r}")
+        for latency in point.latency:
+            if (latency.execution != mode) != (latency.fallback is not None):
+                raise ValueError(
+                    f"{point.operating_point} {latency.scenario.name}: ran {latency.execution} in a {mode} "
+                    f"environment with fallback {latency.fallback!r}; a scenario leaves its environment's mode "
+                    "exactly when it falls back, with the reason"
+                )
 
 
 def _get_or_create(
@@ -240,6 +248,10 @@ def _store_latency(session: Session, run: Run, latency: LatencyResult, summary: 
         dense_median=latency.dense_median,
         theoretical=latency.theoretical,
         theoretical_dense=latency.theoretical_dense,
+        execution=latency.execution,
+        fallback=latency.fallback,
+        gpu_before=latency.gpu_before.model_dump(mode="json") if latency.gpu_before else None,
+        gpu_after=latency.gpu_after.model_dump(mode="json") if latency.gpu_after else None,
     )
 
 

@@ -71,6 +71,12 @@ class Row:
     quality_task: str | None
     quality_metric: str | None
     kernel_note: str | None = None
+    execution: str = "eager"
+    """How the steps really ran: `execution_mode`, or eager when `fallback` says why that mode failed."""
+    fallback: str | None = None
+    gpu_before: dict[str, Any] | None = None
+    """spec.results.GpuState as JSON, read before the timed repeats (CUDA with NVML only)."""
+    gpu_after: dict[str, Any] | None = None
     pareto: bool = False
     dominated_by: int | None = None
 
@@ -78,6 +84,20 @@ class Row:
     def noisy(self) -> bool:
         """A median whose p80/p20 spread exceeds NOISY_SPREAD: shown flagged, not hidden."""
         return self.spread > NOISY_SPREAD
+
+    @property
+    def gpu_change(self) -> str | None:
+        """'1980→1755 MHz, 41→47 °C; sw_power_cap': clocks that dropped or a hot GPU explain an odd number."""
+        if self.gpu_before is None and self.gpu_after is None:
+            return None
+        before, after = self.gpu_before or {}, self.gpu_after or {}
+
+        def change(field: str) -> str:
+            return f"{before.get(field, '?')}→{after.get(field, '?')}"
+
+        reasons = sorted({*before.get("clock_event_reasons", []), *after.get("clock_event_reasons", [])})
+        text = f"{change('sm_clock_mhz')} MHz, {change('temperature_c')} °C"
+        return f"{text}; {', '.join(reasons)}" if reasons else text
 
     @property
     def group(self) -> GroupKey:
@@ -176,6 +196,10 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
                     quality_task=q.task if q else None,
                     quality_metric=q.metric if q else None,
                     kernel_note=kernel_note(run.gemms or []),
+                    execution=lat.execution,
+                    fallback=lat.fallback,
+                    gpu_before=lat.gpu_before,
+                    gpu_after=lat.gpu_after,
                 )
             )
     rows.sort(key=Row.sort_key)

@@ -150,6 +150,13 @@ class LatencyMeasurement(Base):
     dense_median: Mapped[float]
     theoretical: Mapped[float]
     theoretical_dense: Mapped[float]
+    execution: Mapped[str] = mapped_column(
+        String(16), server_default="eager", doc="how it really ran: the run's execution mode, or eager after a fallback"
+    )
+    fallback: Mapped[str | None] = mapped_column(String(300), doc="why the run's execution mode could not be used")
+    # none_as_null: no reading is SQL NULL, as in rows from before revision 0002, not a JSON 'null'
+    gpu_before: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), doc="NVML reading before the repeats")
+    gpu_after: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), doc="NVML reading after the repeats")
 
     run: Mapped[Run] = relationship(back_populates="latency")
 

@@ -1,17 +1,25 @@
 """Alembic owns the schema: upgrades keep every row, old create_all databases are adopted, and the
-head revision matches the ORM exactly, so a model change without a migration fails here."""
+head revision matches the ORM exactly, so a model change without a migration fails here.
+
+A registry at an old revision holding data is made by filling one at head through `ingest` and
+downgrading it: today's ORM cannot write yesterday's tables, and the downgrade is checked too.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from conftest import make_environment, make_result, make_submission
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
+from test_execution_modes import in_mode
 from test_postgres import BACKENDS, backend_url, counts
 
-from prunereg.registry.db import BASELINE, alembic_config, connect, current_revision, upgrade_schema
+from prunereg.registry.db import BASELINE, alembic_config, connect, current_revision, upgrade_schema, writer
 from prunereg.registry.ingest import ingest
 from prunereg.registry.queries import leaderboard_rows
 from prunereg.registry.schema import Base
@@ -20,11 +28,21 @@ HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def fill(engine) -> dict[str, int]:
+    """Two methods, each run in an eager and in a graph environment (with GPU readings)."""
     for slug, adapter in [("shortgpt-test", "layer_drop"), ("width-test", "width")]:
         sub = make_submission(slug, adapter=adapter)
         ingest(engine, sub, make_result(sub))
-        ingest(engine, sub, make_result(sub, environment=make_environment(git_revision="feedbeef")))
+        ingest(engine, sub, in_mode(make_result(sub, environment=make_environment(git_revision="feedbeef")), "graph"))
     return counts(engine)
+
+
+def downgrade(engine, revision: str) -> None:
+    with writer(engine).begin() as connection:
+        command.downgrade(alembic_config(connection), revision)
+
+
+def latency_columns(engine) -> set[str]:
+    return {c["name"] for c in inspect(engine).get_columns("latency_measurements")}
 
 
 def test_one_linear_history_from_the_baseline():
@@ -35,25 +53,34 @@ def test_one_linear_history_from_the_baseline():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_upgrade_from_the_baseline_keeps_every_row(backend, tmp_path):
+    """0001 -> head: rows, keys and figures survive; a latency's execution is its run's mode (0002)."""
     with backend_url(backend, tmp_path) as url:
-        engine = connect(url, upgrade=False)
-        upgrade_schema(engine, BASELINE)
-        assert current_revision(engine) == BASELINE
+        engine = connect(url)
         before = fill(engine)
         rows = leaderboard_rows(engine)
+        downgrade(engine, BASELINE)
+        assert current_revision(engine) == BASELINE
+        assert not latency_columns(engine) & {"execution", "fallback", "gpu_before", "gpu_after"}
+        assert counts(engine) == before and before["latency_measurements"] == 16
         upgrade_schema(engine)
         assert current_revision(engine) == HEAD
-        assert counts(engine) == before and before["latency_measurements"] == 16
-        assert leaderboard_rows(engine) == rows
+        assert counts(engine) == before
+        upgraded = leaderboard_rows(engine)
+        assert upgraded == [replace(r, gpu_before=None, gpu_after=None) for r in rows]  # NVML readings are 0002's
+        assert {(r.execution_mode, r.execution, r.fallback) for r in upgraded} == {
+            ("eager", "eager", None), ("graph", "graph", None),
+        }  # fmt: skip
         engine.dispose()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_create_all_database_is_stamped_then_upgraded(backend, tmp_path):
     with backend_url(backend, tmp_path) as url:
-        legacy = connect(url, upgrade=False)
-        Base.metadata.create_all(legacy)  # what prunereg did before migrations
+        legacy = connect(url)
         before = fill(legacy)
+        downgrade(legacy, BASELINE)  # revision 0001 is exactly what create_all made before migrations
+        with legacy.begin() as connection:
+            connection.execute(text("DROP TABLE alembic_version"))
         legacy.dispose()
         engine = connect(url)
         assert current_revision(engine) == HEAD
