@@ -1,6 +1,7 @@
 """Build the static leaderboard from the registry: plain files that work offline on any host.
 
-index.html holds, per comparable group, a Pareto plot, a realization chart (measured against
+index.html holds the harness tables (each point's realization under every execution mode measured,
+side by side) and, per comparable group, a Pareto plot, a realization chart (measured against
 theoretical speedup), the transition bands and a table; methods/<slug>.html one page per method,
 data/leaderboard.json the rows (sorted, for golden tests and reuse). Jinja autoescapes every .html
 template, so submission text can never become markup. The pages read completely without script;
@@ -22,8 +23,10 @@ from markupsafe import Markup
 from sqlalchemy import Engine
 
 from prunereg import __version__
+from prunereg.registry.harness import HarnessTable, harness_tables
 from prunereg.registry.queries import GroupKey, Row, SpeedupKind, leaderboard_rows, method_detail, methods
 from prunereg.spec.catalog import models
+from prunereg.spec.results import EXECUTION_MODES
 from prunereg.spec.taxonomy import GEMM_SHAPES, Gemm
 
 from .plot import PlotPoint, RealizationPoint, pareto_svg, realization_svg
@@ -72,13 +75,15 @@ def _bands(rows: list[Row], speedup: SpeedupKind) -> list[Any]:
     return list(transition_bands(rows, speedup=speedup))
 
 
-def _group_title(key: GroupKey, first: Row) -> str:
-    model = models().get(key.model)
-    length = f"{first.seq_len} prompt tokens" if first.phase == "prefill" else f"{first.seq_len}-token context"
-    return (
-        f"{model.label if model else key.model} · {key.device_name} · {key.dtype} · {key.execution_mode} · "
-        f"{first.phase}, batch {first.batch_size}, {length}"
-    )
+def _title(parts: tuple[str, ...], phase: str, batch_size: int, seq_len: int) -> str:
+    """'Llama 3.1 8B · NVIDIA H200 · bfloat16 · eager · decode, batch 1, 4096-token context'."""
+    model = models().get(parts[0])
+    length = f"{seq_len} prompt tokens" if phase == "prefill" else f"{seq_len}-token context"
+    return " · ".join([model.label if model else parts[0], *parts[1:], f"{phase}, batch {batch_size}, {length}"])
+
+
+def _harness(rows: list[Row]) -> list[tuple[str, HarnessTable]]:
+    return [(_title(t.key[:3], t.phase, t.batch_size, t.seq_len), t) for t in harness_tables(rows)]
 
 
 def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
@@ -98,7 +103,8 @@ def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
             )
             for r in plotted
         ]
-        title = _group_title(key, members[0])
+        first = members[0]
+        title = _title(key[:4], first.phase, first.batch_size, first.seq_len)  # the key without its scenario
         ordered = sorted(members, key=lambda r: (r.quality_loss is None, r.quality_loss or 0.0, -r.speedup))
         plot = pareto_svg(points, title) if points else None
         realization = realization_svg(
@@ -108,7 +114,6 @@ def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
             ],
             f"Realization: {title}",
         )
-        first = members[0]
         bands = _bands(members, speedup) if plotted else []
         group = Group(
             f"group-{i + 1}", title, ordered, plot, len(members) - len(plotted), realization, bands,
@@ -188,8 +193,9 @@ def build_site(engine: Engine, out_dir: Path, speedup: SpeedupKind = "measured")
     index = out_dir / "index.html"
     groups = _groups(rows, speedup)
     page = env.get_template("index.html").render(
-        root="", methods=summaries, groups=groups, selectors=_selectors(groups), speedup=speedup
-    )
+        root="", methods=summaries, groups=groups, selectors=_selectors(groups), speedup=speedup,
+        harness=_harness(rows), modes=EXECUTION_MODES, measured_modes=sorted({r.execution_mode for r in rows}),
+    )  # fmt: skip
     index.write_text(page, encoding="utf-8")
     for summary in summaries:
         detail = method_detail(engine, summary.slug, rows)

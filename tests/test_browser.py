@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_result, make_submission
+from test_execution_modes import CAPTURE_ERROR, in_mode
 
 from prunereg.leaderboard.build import build_site
 from prunereg.registry.ingest import ingest
@@ -67,8 +68,11 @@ def served(tmp_path_factory):
     ingest(engine, depth, make_result(depth, speedups={"drop-25": 1.3, "drop-50": 1.9}, losses={"drop-25": 0.03, "drop-50": 0.2}))
     width = make_submission("flap-test", adapter="width", name="FLAP test", claims=[])
     ingest(engine, width, make_result(width, speedups={"width-25": 1.1, "width-50": 1.5}, losses={"width-25": 0.05, "width-50": 0.12}))
+    graph = make_result(width, speedups={"width-25": 1.1, "width-50": 1.8}, losses={"width-25": 0.05, "width-50": 0.12})
+    ingest(engine, width, in_mode(graph, "graph", {"width-25": CAPTURE_ERROR}))
     hostile = hostile_submission()
     ingest(engine, hostile, make_result(hostile))
+    ingest(engine, hostile, in_mode(make_result(hostile), "graph", {"drop-25": PAYLOAD[:300]}))  # an error message is text too
     random = make_submission("random-weights", adapter="width", claims=[])
     ingest(engine, random, make_result(random, losses={}, model="llama-3.1-8b", weights="random"))
     site = build_site(engine, folder / "site").parent
@@ -140,7 +144,7 @@ def test_selector_changes_the_visible_plot_and_table(served, watched):
     page.goto(f"{served}/index.html")
     assert page.locator("form#scenario").is_visible()
     groups = page.locator("section.group").count()
-    assert groups == 4  # prunereg-mini and llama-3.1-8b, prefill and decode
+    assert groups == 6  # prunereg-mini eager and graph, llama-3.1-8b eager; prefill and decode
     first = visible_groups(page)
     assert 0 < len(first) < groups
     heading = page.locator("h2#results").inner_text()
@@ -159,7 +163,30 @@ def test_selector_changes_the_visible_plot_and_table(served, watched):
     assert "decode" in page.locator("h2#results").inner_text()
 
     page.select_option("select[name=phase]", "")
+    assert len(visible_groups(page)) == 4  # still eager only
+    page.select_option("select[name=mode]", "")
     assert len(visible_groups(page)) == groups
+    watched.assert_clean(served)
+
+
+def test_harness_tables_follow_the_scenario_but_span_the_modes(served, watched):
+    page = watched.page
+    page.goto(f"{served}/index.html")
+
+    def shown() -> list[str]:
+        return page.eval_on_selector_all("table.harness", "els => els.filter(e => !e.hidden).map(e => e.dataset.phase)")
+
+    assert page.locator("table.harness").count() == 2  # prunereg-mini prefill and decode, eager and graph
+    assert shown() == ["prefill"]
+    page.select_option("select[name=mode]", "graph")
+    assert shown() == ["prefill"]
+    page.select_option("select[name=phase]", "decode")
+    assert shown() == ["decode"]
+    table = page.locator("table.harness:not([hidden])")
+    assert table.locator("thead th").all_inner_texts()[-2:] == ["eager", "graph"]
+    line = table.locator("tbody tr", has_text="width-25")
+    assert f"fell back to eager: {CAPTURE_ERROR}" in line.inner_text()
+    assert line.locator(".fallback").is_visible()
     watched.assert_clean(served)
 
 

@@ -1,10 +1,11 @@
-"""Execution modes in the registry: how each scenario really ran, why it fell back, and the GPU's
-state around the repeats."""
+"""Execution modes in the registry and on the site: how each scenario really ran, why it fell back,
+the GPU's state around the repeats, and one point's realization under each harness side by side."""
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -14,14 +15,17 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from test_analysis import row
 from test_export import export
+from test_leaderboard import check_html5
 from test_postgres import BACKENDS, backend_url
 
+from prunereg.leaderboard.build import build_site
 from prunereg.registry.db import connect
 from prunereg.registry.export import LATENCY_COLUMNS, latency_records
+from prunereg.registry.harness import harness_tables
 from prunereg.registry.ingest import ingest
 from prunereg.registry.queries import leaderboard_rows
 from prunereg.registry.schema import LatencyMeasurement
-from prunereg.spec.results import EvaluationResult, GpuState
+from prunereg.spec.results import EXECUTION_MODES, EvaluationResult, GpuState
 
 GPU_BEFORE = GpuState(sm_clock_mhz=1980, memory_clock_mhz=3201, temperature_c=41, power_w=118.5)
 GPU_AFTER = GpuState(
@@ -131,3 +135,71 @@ def _rows_of_one_point():
     graph = replace(eager, execution_mode="graph", execution="graph", speedup=1.8, realization=1.8 / 1.87,
                     gpu_before=GPU_BEFORE.model_dump(), gpu_after=GPU_AFTER.model_dump())  # fmt: skip
     return [eager, graph]
+
+
+def test_harness_table_needs_two_modes_and_takes_medians_of_repeated_runs():
+    eager, graph = _rows_of_one_point()
+    assert harness_tables([eager]) == []
+    again = replace(eager, environment_key="f" * 16, speedup=1.1, realization=1.1 / 1.87)
+    other = replace(eager, operating_point="width-25", theoretical_speedup=1.3, realization=1.0 / 1.3)
+    (table,) = harness_tables([eager, again, graph, other])
+    assert table.modes == ["eager", "graph"] and (table.phase, table.batch_size) == ("prefill", 1)
+    assert [line.operating_point for line in table.lines] == ["width-25", "width-50"]
+    only_eager, both = table.lines
+    assert list(only_eager.modes) == ["eager"]
+    assert both.modes["eager"].runs == 2 and both.modes["eager"].speedup == pytest.approx(1.05)
+    assert both.modes["graph"].realization == pytest.approx(1.8 / 1.87) and both.modes["graph"].fallbacks == ()
+
+
+def cells(html: str, table_class: str, point: str) -> list[list[str]]:
+    """The text of every cell of each row naming `point` in tables of `table_class`."""
+    tables = re.findall(rf'<table class="{table_class}[^"]*"[^>]*>.*?</table>', html, re.S)
+    rows = [r for t in tables for r in re.findall(r"<tr[^>]*>(.*?)</tr>", t, re.S) if f"<td>{point}" in r]
+    return [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)] for r in rows]
+
+
+def test_site_sets_eager_and_graph_side_by_side_and_flags_the_fallback(engine, width, tmp_path):
+    ingest_both_modes(engine, width)
+    index = build_site(engine, tmp_path / "site")
+    html = index.read_text()
+    for page in sorted(index.parent.rglob("*.html")):
+        check_html5(page)
+
+    assert html.count('<table class="harness sortable"') == 2  # prefill and decode, each measured in both modes
+    for mode, text in EXECUTION_MODES.items():
+        assert f"<dt>{mode}</dt><dd>{text.replace(chr(39), '&#39;')}</dd>" in html
+    assert re.search(r"<th[^>]*>Theoretical</th><th[^>]*>eager</th><th[^>]*>graph</th></tr>", html)
+    (prefill, decode) = cells(html, "harness", "width-50")
+    assert prefill == decode == ["LLM-Pruner test", "static NK, width", "width-50", "1.87×",
+                                 "53.5 % (1.00×)", "96.3 % (1.80×)"]  # fmt: skip
+    fell_back = cells(html, "harness", "width-25")[0]
+    assert fell_back[4] == "75.4 % (0.98×)"
+    assert fell_back[5] == f"77.7 % (1.01×) (fell back to eager: {CAPTURE_ERROR})"
+
+    assert html.count('class="note fallback"') == 2 + 2  # the two graph groups' width-25 rows, the harness cells
+    latencies = [c[3] for c in cells(html, "rows", "width-25")]  # eager and graph groups, prefill and decode
+    assert len(latencies) == 4
+    assert sum(text.endswith(f"(fell back to eager: {CAPTURE_ERROR})") for text in latencies) == 2
+
+    method = (index.parent / "methods" / "llm-pruner-test.html").read_text()
+    assert method.count("1980→1755 MHz, 41→47 °C; sw_power_cap") == 4  # the graph runs' four scenarios
+    assert method.count(f"(fell back from graph: {CAPTURE_ERROR})") == 2
+
+
+def test_single_mode_site_says_there_is_nothing_to_compare(engine, width, tmp_path):
+    ingest(engine, width, make_result(width))
+    html = build_site(engine, tmp_path / "site").read_text()
+    assert 'class="harness sortable"' not in html
+    assert "Every scenario so far was measured in one execution mode (eager)" in html
+
+
+def test_a_fallback_reason_is_text_not_markup(engine, width, tmp_path):
+    """The reason is an exception's message, and messages quote code: "<class 'Tensor'>", or worse."""
+    reason = "RuntimeError: <script>alert(1)</script> <img src=x onerror=alert(1)>"
+    ingest(engine, width, in_mode(make_result(width), "graph", {"width-25": reason}))
+    site = build_site(engine, tmp_path / "site").parent
+    for page in (site / "index.html", site / "methods" / "llm-pruner-test.html"):
+        check_html5(page)
+        html = page.read_text()
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;img src=x onerror=alert(1)&gt;" in html
+        assert "<script>alert" not in html and "<img" not in html

@@ -5,31 +5,34 @@
 
 (function () {
   var AXES = ["phase", "batch", "device", "mode"];
+  var HARNESS_AXES = ["phase", "batch", "device"];  // a harness table spans the modes
 
   function setUpSelector() {
     var form = document.getElementById("scenario");
     if (!form) return;
     var groups = Array.prototype.slice.call(document.querySelectorAll("section.group"));
+    var harness = Array.prototype.slice.call(document.querySelectorAll("table.harness"));
     var heading = document.getElementById("results");
     var selects = {};
     AXES.forEach(function (axis) { selects[axis] = form.elements.namedItem(axis); });
 
-    function matches(section) {
-      return AXES.every(function (axis) {
+    function matches(element, axes) {
+      return axes.every(function (axis) {
         var wanted = selects[axis] ? selects[axis].value : "";
-        return wanted === "" || section.dataset[axis] === wanted;
+        return wanted === "" || element.dataset[axis] === wanted;
       });
     }
 
     function apply() {
       var shown = 0;
       groups.forEach(function (section) {
-        var visible = matches(section);
+        var visible = matches(section, AXES);
         section.hidden = !visible;
         if (visible) shown += 1;
         var entry = document.querySelector('ul.toc li[data-group="' + section.id + '"]');
         if (entry) entry.hidden = !visible;
       });
+      harness.forEach(function (table) { table.hidden = !matches(table, HARNESS_AXES); });
       var chosen = AXES.map(function (axis) {
         var select = selects[axis];
         if (!select || select.value === "") return null;
