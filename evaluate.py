@@ -23,7 +23,7 @@ from prunereg.spec.catalog import ModelArchitecture, Phase, Scenario, devices, m
 from prunereg.spec.checks import point_misfit
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import resolve
-from prunereg.spec.results import Environment, EvaluationResult, GemmTrace, LatencyResult, PointResult, QualityResult
+from prunereg.spec.results import Environment, EvaluationResult, ExecutionMode, GemmTrace, LatencyResult, PointResult, QualityResult
 from prunereg.spec.submission import Submission
 
 TRACE_SEQ_LEN = 256
@@ -41,6 +41,8 @@ def evaluate(
     scenarios: tuple[Scenario, ...],
     warmup: int = 3,
     repeats: int = 15,
+    mode: ExecutionMode = "eager",
+    only: set[str] | None = None,
     on_step: Callable[[str], None] = lambda _: None,
     stored: Callable[[str, str, Environment], set[str]] = lambda model, weights, env: set(),
     store: Callable[[EvaluationResult], None] = lambda partial: None,
@@ -49,14 +51,20 @@ def evaluate(
 
     Storing point by point makes an evaluation resumable: killed halfway, it leaves the finished
     points in the registry (each in its own transaction, never a partial one) and a rerun measures
-    only the rest. The result returned holds the points measured by this call.
+    only the rest. The result returned holds the points measured by this call; `only` limits it
+    to the named operating points.
     """
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvaluationError("--device cuda asked for, but torch sees no CUDA device")
+    if mode != "eager" and device.type != "cuda":
+        raise EvaluationError(f"--mode {mode} captures CUDA Graphs and needs --device cuda")
+    unknown = sorted((only or set()) - {p.name for p in submission.adapter.operating_points})
+    if unknown:
+        raise EvaluationError(f"no operating point named {', '.join(map(repr, unknown))} in this submission")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     loaded = load_checked(submission, model_name, device_name, dtype)
-    env = environment(device, dtype)
+    env = environment(device, dtype, mode)
     if env.device_profile is None:
         raise EvaluationError(f"no roofline profile for '{env.device_name}': add one to spec/data/devices.json")
     roofline = partial(estimate, loaded.architecture, devices()[env.device_profile], dtype_bytes=dtype.itemsize)
@@ -69,6 +77,8 @@ def evaluate(
     )
     points = []
     for point in submission.adapter.operating_points:
+        if only and point.name not in only:
+            continue
         if point.name in done:
             on_step(f"{point.name} · already in the registry")
             continue
@@ -79,11 +89,14 @@ def evaluate(
         latency = []
         for scenario in scenarios:
             on_step(f"{point.name} · {scenario.name}")
-            dense_ms, pruned_ms = measure_pair(loaded.model, pruned, scenario, warmup, repeats)
+            timing = measure_pair(loaded.model, pruned, scenario, warmup, repeats, mode)
             latency.append(
                 LatencyResult(
-                    scenario=scenario, samples=pruned_ms, **summary(pruned_ms), dense_median=summary(dense_ms)["median"],
+                    scenario=scenario, samples=timing.pruned, **summary(timing.pruned),
+                    dense_median=summary(timing.dense)["median"],
                     theoretical=roofline(scenario, effects).time_ms, theoretical_dense=roofline(scenario, ()).time_ms,
+                    execution=timing.execution, fallback=timing.fallback,
+                    gpu_before=timing.gpu_before, gpu_after=timing.gpu_after,
                 )
             )
         peak = activation_peak(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None

@@ -12,13 +12,13 @@ from transformers import PreTrainedModel
 
 import prunereg
 from prunereg.spec.catalog import devices
-from prunereg.spec.results import Environment, ModelStats
+from prunereg.spec.results import Environment, ExecutionMode, GpuState, ModelStats
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 PROFILE_FOR_GPU = {"H200": "h200", "A100": "a100", "RTX PRO 6000": "rtx-pro-6000"}
 
 
-def environment(device: torch.device, dtype: torch.dtype) -> Environment:
+def environment(device: torch.device, dtype: torch.dtype, mode: ExecutionMode = "eager") -> Environment:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         profile = next((p for key, p in PROFILE_FOR_GPU.items() if key in name), None)
@@ -37,8 +37,42 @@ def environment(device: torch.device, dtype: torch.dtype) -> Environment:
         prunereg=prunereg.__version__,
         git_revision=git_revision(),
         dtype=DTYPE_NAMES[dtype],
+        execution_mode=mode,
         threads=torch.get_num_threads(),
     )
+
+
+CLOCK_EVENT_REASONS = {
+    0x2: "applications clocks setting", 0x4: "software power cap", 0x8: "hardware slowdown",
+    0x10: "sync boost", 0x20: "software thermal slowdown", 0x40: "hardware thermal slowdown",
+    0x80: "hardware power brake", 0x100: "display clock setting",
+}
+"""NVML's clock-event (throttle) reason bits, idle (0x1) left out: a GPU between kernels is idle."""
+
+
+def gpu_state(device: torch.device) -> GpuState | None:
+    """Clocks, temperature, power and throttle reasons from NVML (nvidia-ml-py); None off CUDA or without NVML."""
+    if device.type != "cuda":
+        return None
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        props = torch.cuda.get_device_properties(device)
+        bus_id = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+        handle = pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)  # CUDA and NVML may number GPUs differently
+        reasons = pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)
+        return GpuState(
+            sm_clock_mhz=pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+            memory_clock_mhz=pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+            temperature_c=pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU),
+            power_w=pynvml.nvmlDeviceGetPowerUsage(handle) / 1000,
+            clock_event_reasons=[name for bit, name in CLOCK_EVENT_REASONS.items() if reasons & bit],
+        )
+    except pynvml.NVMLError:
+        return None
 
 
 def cpu_name() -> str:

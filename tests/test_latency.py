@@ -1,23 +1,44 @@
-"""The CPU timing path: workloads keep their scenario's shape, summaries are the right order statistics."""
+"""The timing paths: eager workloads keep their scenario's shape, static (graph-mode) workloads
+compute what eager ones compute and can be replayed, fallbacks are recorded, summaries are the
+right order statistics. Graph capture itself runs on CUDA only (the tests marked so)."""
 
 from __future__ import annotations
 
-import pytest
-from transformers import AutoConfig, AutoModelForCausalLM
+import copy
 
-from prunereg.adapters.latency import Workload, measure_pair, summary
+import pytest
+import torch
+from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
+
+from prunereg.adapters import get_adapter
+from prunereg.adapters.fingerprint import gpu_state
+from prunereg.adapters.latency import UNMASKED_SDPA, StaticWorkload, Workload, measure_pair, summary
 from prunereg.spec.catalog import Phase, Scenario
+from prunereg.spec.parameters import LayerDropParams, WidthParams
+
+DECODE = Scenario(phase=Phase.decode, batch_size=3, seq_len=20)
+PREFILL = Scenario(phase=Phase.prefill, batch_size=2, seq_len=16)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA Graph capture needs a CUDA device")
+
+
+def tiny(device: str = "cpu", dtype=torch.float32):
+    config = AutoConfig.for_model("llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
 
 
 @pytest.fixture(scope="module")
 def model():
-    config = AutoConfig.for_model("llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny()
+
+
+def pruned(model, name, params):
+    return get_adapter(name).apply(copy.deepcopy(model), params)
 
 
 def test_decode_step_keeps_the_context_length(model):
-    work = Workload(model, Scenario(phase=Phase.decode, batch_size=3, seq_len=20))
+    work = Workload(model, DECODE)
     assert work.cache.get_seq_length() == 20
     for _ in range(4):
         work.step()
@@ -27,15 +48,83 @@ def test_decode_step_keeps_the_context_length(model):
 
 
 def test_prefill_workload_has_the_scenario_shape(model):
-    work = Workload(model, Scenario(phase=Phase.prefill, batch_size=2, seq_len=16))
+    work = Workload(model, PREFILL)
     assert work.prompt.shape == (2, 16) and work.cache is None
 
 
+@pytest.mark.parametrize("variant", ["dense", "layer_drop", "width"])
+@pytest.mark.parametrize("scenario", [DECODE, PREFILL], ids=["decode", "prefill"])
+def test_static_workload_computes_what_the_eager_one_does(model, variant, scenario):
+    """Same inputs, same logits, on every replay: the static cache is rewound, not filled further."""
+    net = {
+        "dense": model,
+        "layer_drop": pruned(model, "layer_drop", LayerDropParams(sparsity=0.5)),
+        "width": pruned(model, "width", WidthParams(attention_sparsity=0.5, mlp_sparsity=0.5)),
+    }[variant]
+    expected = Workload(net, scenario).step().logits
+    work = StaticWorkload(net, scenario)
+    for _ in range(3):
+        torch.testing.assert_close(work.step().logits, expected)
+
+
+def test_static_workload_runs_sdpa_unmasked_and_restores_the_config(model, monkeypatch):
+    masks = []
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        masks.append(attention_mask)
+        return AttentionInterface._global_mapping["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, UNMASKED_SDPA, spy)
+    StaticWorkload(model, DECODE).step()
+    assert len(masks) == model.config.num_hidden_layers and all(m is None for m in masks)
+    assert model.config._attn_implementation == "sdpa"
+
+
 def test_measure_pair_returns_one_sample_per_repeat(model):
-    dense, pruned = measure_pair(model, model, Scenario(phase=Phase.decode, batch_size=1, seq_len=8), warmup=1, repeats=5)
-    assert len(dense) == len(pruned) == 5 and all(t > 0 for t in dense + pruned)
+    timing = measure_pair(model, model, Scenario(phase=Phase.decode, batch_size=1, seq_len=8), warmup=1, repeats=5)
+    assert len(timing.dense) == len(timing.pruned) == 5 and all(t > 0 for t in timing.dense + timing.pruned)
+    assert (timing.execution, timing.fallback, timing.gpu_before) == ("eager", None, None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback a capture failure causes off CUDA")
+def test_a_failed_capture_falls_back_to_eager_with_the_reason(model):
+    timing = measure_pair(model, model, DECODE, warmup=0, repeats=3, mode="graph")
+    assert timing.execution == "eager" and len(timing.pruned) == 3
+    assert timing.fallback.startswith("graph mode failed on the dense model: RuntimeError:")
+
+
+def test_gpu_state_is_not_read_off_cuda():
+    assert gpu_state(torch.device("cpu")) is None
 
 
 def test_summary_takes_median_and_20th_80th_percentiles():
     stats = summary([float(x) for x in range(1, 12)])  # 1..11
     assert stats == {"median": 6.0, "p20": 3.0, "p80": 9.0}
+
+
+@cuda
+@pytest.mark.parametrize("scenario", [DECODE, PREFILL], ids=["decode", "prefill"])
+@pytest.mark.parametrize("variant", ["dense", "layer_drop"])
+def test_graph_replay_computes_what_eager_does(variant, scenario):
+    net = tiny("cuda")
+    if variant == "layer_drop":
+        net = pruned(net, "layer_drop", LayerDropParams(sparsity=0.5))
+    expected = Workload(net, scenario).step().logits
+    work = StaticWorkload(net, scenario)
+    work.capture()
+    for _ in range(3):
+        with torch.inference_mode():  # the graph's buffers are inference tensors
+            work.output.logits.fill_(float("nan"))
+        work.step()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(work.output.logits, expected, atol=1e-4, rtol=1e-4)  # kernels may differ
+
+
+@cuda
+def test_graph_mode_measures_in_graph_mode_and_reads_the_gpu():
+    net = tiny("cuda", torch.bfloat16)
+    timing = measure_pair(net, pruned(net, "width", WidthParams(attention_sparsity=0.5, mlp_sparsity=0.5)), DECODE,
+                          warmup=2, repeats=5, mode="graph")
+    assert (timing.execution, timing.fallback) == ("graph", None)
+    pytest.importorskip("pynvml")
+    assert timing.gpu_before is not None and timing.gpu_before.sm_clock_mhz > 0

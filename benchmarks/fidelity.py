@@ -1,0 +1,143 @@
+"""Issue 4's benchmark, one round: is the harness fast enough that the method decides the result?
+
+On one GPU: the ceilings (device-to-device copy bandwidth, bf16 matmul rate), then 50 % layer_drop
+(ShortGPT drop-50) and 50 % width (LLM-Pruner width-50) on Llama-3.1-8B shapes with random bf16
+weights in the `reference` scenarios (prefill bs=1/4096 and bs=8/1024, decode bs=1/ctx 4096 and
+bs=16/ctx 1024), each in prunereg's graph mode and in transformers eager mode, dense and pruned
+interleaved within each pair. Saved evaluations go to OUT/ (ingestable; file names differ by mode); ceilings and the
+kernel-time profiles of the dense model to OUT/ceilings.json and OUT/profile-<mode>.json.
+`benchmarks/fidelity_report.py` turns two rounds into the committed table.
+
+Usage (device machine, repository root on PYTHONPATH as `prunereg`):
+    python3 benchmarks/fidelity.py OUT [--modes graph eager] [--repeats N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from prunereg.adapters.latency import StaticWorkload
+from prunereg.adapters.models import load_model
+from prunereg.evaluate import evaluate
+from prunereg.spec.catalog import Phase, Scenario, suites
+from prunereg.spec.results import SavedEvaluation
+from prunereg.spec.validate import validate_file
+
+MODEL = "llama-3.1-8b"
+POINTS = {"shortgpt": "drop-50", "llm-pruner": "width-50"}
+REPEATS = {"eager": 15, "graph": 30, "compiled": 30}
+
+
+def median_ms(fn, repeats: int = 20) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def ceilings() -> dict[str, float]:
+    """Copy bandwidth counting read + write (4 GiB each way) and the bf16 matmul rate at 8192^3."""
+    src = torch.randn(1 << 31, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    copy_ms = median_ms(lambda: dst.copy_(src))
+    del src, dst
+    a, b = (torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+    mm_ms = median_ms(lambda: a @ b)
+    return {"copy_bytes_per_s": 2 * (1 << 32) / (copy_ms / 1e3), "matmul_flops": 2 * 8192**3 / (mm_ms / 1e3)}
+
+
+KERNEL_KINDS = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+    ("GEMM", ("gemm", "gemv", "cutlass", "sm90_xmma", "nvjet", "matmul", "dot_kernel")),
+    ("copy/cast", ("copy", "cast", "index", "cat", "fill")),
+)
+
+
+def profile(mode: str, repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Kernel time per kind for the dense model's uncaptured steps in `mode`: where a gap to the floor goes.
+
+    In graph mode also the replayed step with each SDPA backend alone (it is chosen at capture).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model = load_model(MODEL, "cuda", torch.bfloat16).model
+    out = {}
+    for scenario in (Scenario(phase=Phase.prefill, batch_size=1, seq_len=4096),
+                     Scenario(phase=Phase.decode, batch_size=1, seq_len=4096)):
+        work = StaticWorkload(model, scenario, compiled=mode == "compiled")
+        work.step()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(repeats):
+                work.step()
+            torch.cuda.synchronize()
+        kinds: dict[str, float] = defaultdict(float)
+        for event in prof.key_averages():
+            if event.device_type.name != "CUDA":
+                continue
+            name = event.key.lower()
+            kind = next((k for k, words in KERNEL_KINDS if any(w in name for w in words)), "elementwise/norm/other")
+            kinds[kind] += event.device_time_total / 1e3 / repeats  # ms per step
+        work.capture()
+        kinds["step, graph replay (measured)"] = median_ms(work.step)
+        del work
+        for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION) if mode == "graph" else ():
+            with sdpa_kernel([backend]):
+                work = StaticWorkload(model, scenario)
+                work.capture()
+            kinds[f"step, graph replay, {backend.name} only"] = median_ms(work.step)
+            del work
+        out[scenario.name] = dict(kinds)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--modes", nargs="+", default=["graph", "eager"], choices=list(REPEATS))
+    parser.add_argument("--scenarios", nargs="+", help="scenario names from the reference suite (default: all)")
+    parser.add_argument("--repeats", type=int, help="override the per-mode default")
+    parser.add_argument("--profile", action="store_true", help="also profile the dense model's kernels in each mode")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    began = time.time()
+    if not (args.out / "ceilings.json").exists():  # a later mode's run into the same folder keeps the first
+        (args.out / "ceilings.json").write_text(json.dumps(ceilings(), indent=1) + "\n")
+    print("ceilings:", (args.out / "ceilings.json").read_text().strip().replace("\n", ""), flush=True)
+    scenarios = tuple(s for s in suites()["reference"] if not args.scenarios or s.name in args.scenarios)
+    for mode in args.modes:
+        for slug, point in POINTS.items():
+            spec, problems = validate_file(Path("submissions") / f"{slug}.json")
+            assert spec is not None, problems
+            result = evaluate(spec, MODEL, "cuda", scenarios, warmup=3, repeats=args.repeats or REPEATS[mode],
+                              mode=mode, only={point})
+            saved = SavedEvaluation(submission=spec, result=result)
+            (args.out / saved.file_name()).write_text(saved.model_dump_json(indent=1) + "\n")
+            for lat in result.points[0].latency:
+                print(f"{time.time() - began:6.0f}s {mode:8} {point:9} {lat.scenario.name:17} {lat.median:8.2f} ms "
+                      f"dense {lat.dense_median:8.2f} ms  speedup {lat.speedup:.2f}/{lat.theoretical_speedup:.2f}  "
+                      f"{lat.execution}{' FALLBACK ' + lat.fallback if lat.fallback else ''}", flush=True)
+            torch.cuda.empty_cache()
+    for mode in args.modes if args.profile else ():
+        if mode != "eager":
+            (args.out / f"profile-{mode}.json").write_text(json.dumps(profile(mode), indent=1) + "\n")
+            print(f"profile, {mode} mode:", (args.out / f"profile-{mode}.json").read_text(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Issue 4's table from two rounds of benchmarks/fidelity.py: times, floors, realization, targets.
+
+    python3 benchmarks/fidelity_report.py results/h200-fidelity [--out benchmarks/h200_fidelity.md]
+
+Round 1 is DIR, round 2 is DIR/round-2. "Floor" is the roofline time of the dense model at the
+catalog's H200 ceilings (what `theoretical` uses everywhere); "floor@run" the same at the ceilings
+this round measured. Every ratio compares figures of one process; the spread compares two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from prunereg.spec.catalog import devices, models, suites
+from prunereg.spec.costmodel import estimate
+from prunereg.spec.results import LatencyResult, SavedEvaluation
+
+MODEL = "llama-3.1-8b"
+TARGETS = {
+    "dense decode-b1-c4096 / floor": 1.25,
+    "dense prefill-b1-s4096 / floor": 1.2,
+    "drop-50 decode-b1-c4096 realization": 0.95,
+    "width-50 decode-b1-c4096 realization": 0.9,
+    "run-to-run spread": 0.02,
+}
+
+
+def load(folder: Path) -> dict[tuple[str, str, str], LatencyResult]:
+    """(mode, operating point, scenario) -> latency, from every saved evaluation in the folder."""
+    found = {}
+    for path in sorted(folder.glob("*--*.json")):  # saved evaluations: slug--model--device
+        saved = SavedEvaluation.model_validate_json(path.read_text())
+        mode = saved.result.environment.execution_mode
+        for point in saved.result.points:
+            for lat in point.latency:
+                found[mode, point.operating_point, lat.scenario.name] = lat
+    return found
+
+
+def change(a: float, b: float) -> float:
+    return abs(a - b) / min(a, b)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    first, second = load(args.folder), load(args.folder / "round-2")
+    ceilings = json.loads((args.folder / "ceilings.json").read_text())
+    catalog = devices()["h200"]
+    measured = catalog.model_copy(update={"matmul_flops": ceilings["matmul_flops"],
+                                          "memory_bandwidth": ceilings["copy_bytes_per_s"]})
+    arch = models()[MODEL]
+    lines = [
+        "# Harness fidelity on one H200 (issue 4)",
+        "",
+        "Made by `bash benchmarks/h200_fidelity.sh` on the device machine and `python3 benchmarks/fidelity_report.py "
+        "results/h200-fidelity --out benchmarks/h200_fidelity.md`. Llama-3.1-8B shapes, random bf16 weights; "
+        "graph = prunereg's static-cache CUDA-Graph harness, eager = transformers' own forward. Two rounds in two "
+        "processes; r1/r2 = round 1 / round 2.",
+        "",
+        f"Ceilings measured in round 1: copy {ceilings['copy_bytes_per_s'] / 1e12:.2f} TB/s (catalog "
+        f"{catalog.memory_bandwidth / 1e12:.2f}), bf16 matmul 8192³ {ceilings['matmul_flops'] / 1e12:.0f} TFLOP/s "
+        f"(catalog {catalog.matmul_flops / 1e12:.0f}).",
+        "",
+        "| scenario | point | mode | ms r1 | ms r2 | Δ | dense ms r1 | dense ms r2 | Δ dense | floor | floor@run | "
+        "dense/floor | speedup | theoretical | realization r1 | r2 |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    spreads: dict[str, list[float]] = {}
+    dense_ratio: dict[tuple[str, str], list[float]] = {}
+    for scenario in suites()["reference"]:
+        for point in ("drop-50", "width-50"):
+            for mode in ("graph", "compiled", "eager"):
+                a, b = first.get((mode, point, scenario.name)), second.get((mode, point, scenario.name))
+                if a is None:
+                    continue
+                at_run = estimate(arch, measured, scenario).time_ms
+                r2 = (b.median, b.dense_median, b.realization) if b else None
+                if b:
+                    spreads.setdefault(mode, []).extend([change(a.median, b.median), change(a.dense_median, b.dense_median)])
+                dense_ratio.setdefault((mode, scenario.name), []).append(a.dense_median / a.theoretical_dense)
+                flag = f" ({a.execution}: {a.fallback})" if a.fallback else ""
+                lines.append(
+                    f"| {scenario.name} | {point} | {mode}{flag} | {a.median:.2f} | {fmt(r2, 0, '.2f')} | "
+                    f"{fmt(r2 and change(a.median, b.median), None, '.1%')} | {a.dense_median:.2f} | {fmt(r2, 1, '.2f')} | "
+                    f"{fmt(r2 and change(a.dense_median, b.dense_median), None, '.1%')} | {a.theoretical_dense:.2f} | "
+                    f"{at_run:.2f} | {a.dense_median / a.theoretical_dense:.2f}× | {a.speedup:.2f}× | "
+                    f"{a.theoretical_speedup:.2f}× | {a.realization:.2f} | {fmt(r2, 2, '.2f')} |"
+                )
+    lines += ["", "## Targets (round 1; spread = largest r1/r2 change of any median in that mode)", "",
+              "| target | goal | graph | compiled | met |", "|---|--:|--:|--:|---|"]
+    for name, goal in TARGETS.items():
+        values = [target_value(name, mode, first, dense_ratio, spreads) for mode in ("graph", "compiled")]
+        upper = "floor" in name or "spread" in name
+        known = [v for v in values if v is not None]
+        best = (min if upper else max)(known) if known else None
+        met = "n/a" if best is None else ("yes" if (best <= goal if upper else best >= goal) else "**no**")
+        shown = ["–" if v is None else (f"{v:.1%}" if "spread" in name else f"{v:.2f}") for v in values]
+        lines.append(f"| {name} | {'≤' if upper else '≥'} {goal:g} | {shown[0]} | {shown[1]} | {met} |")
+    for mode in ("graph", "compiled"):
+        profile = args.folder / f"profile-{mode}.json"
+        if profile.exists():
+            lines += ["", f"## Where the dense model's time goes, {mode} mode (kernel time per uncaptured step, "
+                      "torch.profiler; then replayed steps)", "", "| scenario | kind | ms |", "|---|---|--:|"]
+            for scenario, kinds in json.loads(profile.read_text()).items():
+                lines += [f"| {scenario} | {kind} | {ms:.2f} |" for kind, ms in kinds.items()]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+def target_value(name: str, mode: str, first, dense_ratio, spreads) -> float | None:
+    if name.startswith("dense "):
+        return median_of(dense_ratio.get((mode, name.split()[1])))
+    if name.endswith("realization"):
+        point, scenario, _ = name.split()
+        return getattr(first.get((mode, point, scenario)), "realization", None)
+    return max(spreads[mode]) if spreads.get(mode) else None
+
+
+def fmt(values, index: int | None, spec: str) -> str:
+    if not values:
+        return "–" if values is None else format(values, spec)
+    return format(values if index is None else values[index], spec)
+
+
+def median_of(values: list[float] | None) -> float | None:
+    return statistics.median(values) if values else None
+
+
+if __name__ == "__main__":
+    main()
