@@ -87,12 +87,13 @@ def profile(mode: str, repeats: int = 5) -> dict[str, dict[str, float]]:
                 work.step()
             torch.cuda.synchronize()
         kinds: dict[str, float] = defaultdict(float)
-        for event in prof.key_averages():
-            if event.device_type.name != "CUDA":
-                continue
+        kernels = [event for event in prof.key_averages() if event.device_type.name == "CUDA"]
+        for event in kernels:
             name = event.key.lower()
             kind = next((k for k, words in KERNEL_KINDS if any(w in name for w in words)), "elementwise/norm/other")
             kinds[kind] += event.device_time_total / 1e3 / repeats  # ms per step
+        for event in sorted(kernels, key=lambda e: -e.device_time_total)[:6]:
+            kinds[f"top kernel: {event.key[:70]}"] = event.device_time_total / 1e3 / repeats
         work.capture()
         kinds["step, graph replay (measured)"] = median_ms(work.step)
         del work
