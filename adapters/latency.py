@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface, DynamicCache, PreTrainedModel, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -86,11 +85,6 @@ grouped K/V heads in place (enable_gqa) and prefill takes the causal flash path;
 transformers before 5.2x repeats every K/V head (4x the KV-cache traffic in Llama-3 decode)."""
 
 
-FASTEST_ATTENTION = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-"""SDPA backends in the order graph and compiled modes try them: on Hopper cuDNN's attention beat
-flash by 5 % in a 4096-token Llama-3.1-8B prefill (benchmarks/h200_fidelity.md); CPUs skip both."""
-
-
 class StaticWorkload(Workload):
     """Graph and compiled modes: fixed buffers, so one step can be captured and replayed as is.
 
@@ -131,7 +125,7 @@ class StaticWorkload(Workload):
 
     @torch.inference_mode()  # the cache's offsets are inference tensors: only there may they be refilled
     def _run(self):
-        with _unmasked_sdpa(self.model.config), sdpa_kernel(FASTEST_ATTENTION, set_priority=True):
+        with _unmasked_sdpa(self.model.config):
             if self.cache is None:
                 return _forward(self.forward, self.prompt, use_cache=False)
             if self.offsets is not None:
