@@ -18,7 +18,7 @@ $(BIN)/prunereg: pyproject.toml
 demo: $(BIN)/prunereg
 	$(BIN)/prunereg validate $(SUBMISSIONS:%=submissions/%.json)
 	for s in $(SUBMISSIONS); do $(BIN)/prunereg evaluate submissions/$$s.json || exit 1; done
-	$(BIN)/prunereg ingest results/*/*.json
+	$(BIN)/prunereg ingest results/*/*--*.json
 	$(BIN)/prunereg leaderboard build --out site
 
 test: $(BIN)/prunereg

@@ -392,7 +392,7 @@ def export(
 ) -> None:
     """Export the registry as flat tables for pandas: latency rows and quality figures.
 
-    latency: one row per latency measurement with its provenance (method, spec hash, operating point, model, weights, environment key and every environment field as env_* columns), the scenario, median/p20/p80 ms, dense median, measured and theoretical speedup, realization and the measured quality loss (task, metric).
+    latency: one row per latency measurement with its provenance (method, spec hash, operating point, model, weights, environment key and every environment field as env_* columns), the scenario, median/p20/p80 ms, dense median, measured and theoretical speedup, realization, how it really ran (execution, fallback reason), the GPU's NVML state before and after (gpu_before_*, gpu_after_*) and the measured quality loss (task, metric).
 
     quality: every quality figure; provenance is measured (with its run) or reported / measured-elsewhere (with arxiv and paper_table).
 

@@ -81,3 +81,25 @@ def test_an_operating_point_that_does_not_fit_the_model_is_refused():
 def test_an_unknown_model_is_refused_in_one_line():
     with pytest.raises(EvaluationError, match="neither a catalog name"):
         evaluate(load("dense"), "no-such-model", "cpu", SCENARIOS)
+
+
+def test_only_the_named_operating_points_are_measured():
+    result = evaluate(load("shortgpt"), EMBEDDED_MODEL, "cpu", SCENARIOS[:1], warmup=0, repeats=3, only={"drop-50"})
+    assert [p.operating_point for p in result.points] == ["drop-50"]
+    assert result.environment.execution_mode == "eager" and result.points[0].latency[0].execution == "eager"
+
+
+def test_an_unknown_operating_point_is_refused_before_loading_anything():
+    with pytest.raises(EvaluationError, match="no operating point named 'drop-99'"):
+        evaluate(load("shortgpt"), "no-such-model", "cpu", SCENARIOS, only={"drop-99"})
+
+
+def test_graph_mode_on_a_cpu_is_refused_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from prunereg.cli import app
+
+    out = CliRunner().invoke(app, ["evaluate", str(ROOT / "submissions" / "dense.json"), "--mode", "graph",
+                                   "--db", str(tmp_path / "r.db")])
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert "error: --mode graph captures CUDA Graphs and needs --device cuda" in out.output
