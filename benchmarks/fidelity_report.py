@@ -60,7 +60,8 @@ def main() -> None:
         "",
         "Made by `bash benchmarks/h200_fidelity.sh` on the device machine and `python3 benchmarks/fidelity_report.py "
         "results/h200-fidelity --out benchmarks/h200_fidelity.md`. Llama-3.1-8B shapes, random bf16 weights; "
-        "graph = prunereg's static-cache CUDA-Graph harness, eager = transformers' own forward. Two rounds in two "
+        "graph = prunereg's static-cache CUDA-Graph harness, compiled = the same on a torch.compile'd forward, "
+        "eager = transformers' own forward; 30 repeats in graph and compiled mode, 15 in eager (benchmarks/fidelity.py). Two rounds in two "
         "processes; r1/r2 = round 1 / round 2.",
         "",
         f"Ceilings measured in round 1: copy {ceilings['copy_bytes_per_s'] / 1e12:.2f} TB/s (catalog "
@@ -80,17 +81,18 @@ def main() -> None:
                 if a is None:
                     continue
                 at_run = estimate(arch, measured, scenario).time_ms
-                r2 = (b.median, b.dense_median, b.realization) if b else None
+                dense_ratio.setdefault((mode, scenario.name), []).append(a.dense_median / a.theoretical_dense)
                 if b:
                     spreads.setdefault(mode, []).extend([change(a.median, b.median), change(a.dense_median, b.dense_median)])
-                dense_ratio.setdefault((mode, scenario.name), []).append(a.dense_median / a.theoretical_dense)
+                    again = (f"{b.median:.2f} | {change(a.median, b.median):.1%} | {a.dense_median:.2f} | "
+                             f"{b.dense_median:.2f} | {change(a.dense_median, b.dense_median):.1%}")
+                else:
+                    again = f"– | – | {a.dense_median:.2f} | – | –"
                 flag = f" ({a.execution}: {a.fallback})" if a.fallback else ""
                 lines.append(
-                    f"| {scenario.name} | {point} | {mode}{flag} | {a.median:.2f} | {fmt(r2, 0, '.2f')} | "
-                    f"{fmt(r2 and change(a.median, b.median), None, '.1%')} | {a.dense_median:.2f} | {fmt(r2, 1, '.2f')} | "
-                    f"{fmt(r2 and change(a.dense_median, b.dense_median), None, '.1%')} | {a.theoretical_dense:.2f} | "
+                    f"| {scenario.name} | {point} | {mode}{flag} | {a.median:.2f} | {again} | {a.theoretical_dense:.2f} | "
                     f"{at_run:.2f} | {a.dense_median / a.theoretical_dense:.2f}× | {a.speedup:.2f}× | "
-                    f"{a.theoretical_speedup:.2f}× | {a.realization:.2f} | {fmt(r2, 2, '.2f')} |"
+                    f"{a.theoretical_speedup:.2f}× | {a.realization:.2f} | {f'{b.realization:.2f}' if b else '–'} |"
                 )
     states = [g for lat in [*first.values(), *second.values()] for g in (lat.gpu_before, lat.gpu_after) if g]
     if states:
@@ -171,12 +173,6 @@ def target_value(name: str, mode: str, first, dense_ratio, spreads) -> float | N
         point, scenario, _ = name.split()
         return getattr(first.get((mode, point, scenario)), "realization", None)
     return max(spreads[mode]) if spreads.get(mode) else None
-
-
-def fmt(values, index: int | None, spec: str) -> str:
-    if not values:
-        return "–" if values is None else format(values, spec)
-    return format(values if index is None else values[index], spec)
 
 
 def median_of(values: list[float] | None) -> float | None:
