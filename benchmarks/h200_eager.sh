@@ -12,6 +12,6 @@ export PYTHONPATH=/tmp/site:/tmp/pkg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 out=${OUT:-results}/h200-eager
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv
 for s in dense shortgpt llm-pruner; do
-  python3 -m prunereg.cli evaluate "submissions/$s.json" --device cuda --model prunereg-mini --scenarios ci --save "$out" --db /tmp/h200.db
-  python3 -m prunereg.cli evaluate "submissions/$s.json" --device cuda --model llama-3.1-8b --scenarios reference --save "$out" --db /tmp/h200.db
+  python3 -m prunereg.cli evaluate "submissions/$s.json" --device cuda --model prunereg-mini --scenarios ci --mode eager --save "$out" --db /tmp/h200.db
+  python3 -m prunereg.cli evaluate "submissions/$s.json" --device cuda --model llama-3.1-8b --scenarios reference --mode eager --save "$out" --db /tmp/h200.db
 done

@@ -16,7 +16,7 @@ python3 -m pytest -q --tb=short -p no:cacheprovider tests/test_adapter_semi_stru
 submissions=("$@")  # default: every family
 [ ${#submissions[@]} -gt 0 ] || submissions=(dense sparsegpt-2-4 shortgpt llm-pruner wanda svd-llm slicegpt attention-drop mixture-of-depths minference)
 for s in "${submissions[@]}"; do
-  timeout 150 python3 -m prunereg.cli evaluate "submissions/$s.json" --device cuda --model llama-3.1-8b --scenarios taxonomy \
+  timeout 150 python3 -m prunereg.cli evaluate "submissions/$s.json" --device cuda --model llama-3.1-8b --scenarios taxonomy --mode eager \
     --repeats 10 --warmup 2 --save "$saved" --db /tmp/taxonomy.db > "/tmp/results/$s.log" 2>&1 \
     && echo "$s: ok" || { echo "$s: FAILED"; tail -3 "/tmp/results/$s.log"; }
   tar czf "$out/h200-taxonomy.tgz" -C /tmp results  # after each one: a killed run still brings back the rest
