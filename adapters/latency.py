@@ -97,10 +97,7 @@ class StaticWorkload(Workload):
         super().__init__(model, scenario, seed)  # fills the static cache with the prompt, uncompiled
         self.forward = torch.compile(model, dynamic=False) if compiled else model
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.cache_position = None
         self.offsets = self._shared_offsets()
-        if self.cache is not None and "cache_position" in inspect.signature(model.forward).parameters:
-            self.cache_position = torch.full((1,), scenario.seq_len, device=self.prompt.device)  # older transformers
 
     @torch.inference_mode()
     def _shared_offsets(self) -> torch.Tensor | None:
@@ -130,9 +127,8 @@ class StaticWorkload(Workload):
                 return _forward(self.forward, self.prompt, use_cache=False)
             if self.offsets is not None:
                 self.offsets.fill_(self.scenario.seq_len)
-            extra = {} if self.cache_position is None else {"cache_position": self.cache_position}
             cache = {self.cache_arg: self.cache}
-            return _forward(self.forward, self.token, position_ids=self.position, use_cache=True, **cache, **extra)
+            return _forward(self.forward, self.token, position_ids=self.position, use_cache=True, **cache)
 
     def capture(self, warmup: int = 2) -> None:
         """Warm up on a side stream (lazy allocations, autotuning, compilation), then capture one step."""
@@ -185,23 +181,23 @@ def prepare(
     dense: PreTrainedModel, pruned: PreTrainedModel, scenario: Scenario, mode: ExecutionMode
 ) -> tuple[list[Workload], ExecutionMode, str | None]:
     """Both workloads in `mode`, or both in eager mode with the reason the mode failed."""
-    if mode == "eager":
-        return [Workload(dense, scenario), Workload(pruned, scenario)], "eager", None
-    works: list[Workload] = []
-    try:
-        for model in (dense, pruned):
-            work = StaticWorkload(model, scenario, compiled=mode == "compiled")
-            work.capture()
-            works.append(work)
-    except Exception as err:  # any capture or compile failure: recorded with the run, which goes on eagerly
-        which = "pruned" if works else "dense"
-        works.clear()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-        reason = f"{mode} mode failed on the {which} model: {type(err).__name__}: {_first_line(err)}"
-        return [Workload(dense, scenario), Workload(pruned, scenario)], "eager", reason[:300]
-    return works, mode, None
+    reason = None
+    if mode != "eager":
+        works: list[Workload] = []
+        try:
+            for model in (dense, pruned):
+                work = StaticWorkload(model, scenario, compiled=mode == "compiled")
+                work.capture()
+                works.append(work)
+            return works, mode, None
+        except Exception as err:  # any capture or compile failure: recorded with the run, which goes on eagerly
+            which = "pruned" if works else "dense"
+            works.clear()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+            reason = f"{mode} mode failed on the {which} model: {type(err).__name__}: {_first_line(err)}"[:300]
+    return [Workload(dense, scenario), Workload(pruned, scenario)], "eager", reason
 
 
 def _first_line(err: Exception) -> str:
