@@ -1,7 +1,12 @@
-"""`prunereg evaluate`: load spec -> build model -> apply adapter -> measure -> result.
+"""`prunereg evaluate`: the pipeline, one named stage per line.
 
-The whole pipeline in one short function; each stage lives in its folder. The caller ingests
-the result into the registry, so a failure anywhere here writes nothing.
+    check the request -> load the model -> for each operating point still missing:
+    apply the adapter -> trace and check the declaration -> time -> score quality -> store
+
+Each stage lives in its folder (adapters/ prunes, harness/ measures); this module only runs them
+in order. Every operating point is handed to `store` as soon as it is measured, each in its own
+registry transaction, so an evaluation killed halfway leaves whole points behind and a rerun
+measures only the ones that are missing.
 """
 
 from __future__ import annotations
@@ -13,18 +18,26 @@ from functools import partial
 import torch
 
 from prunereg.adapters import get_adapter
-from prunereg.adapters.embedded import EVAL_SPLIT
-from prunereg.adapters.fingerprint import environment, model_stats
-from prunereg.adapters.latency import Workload, measure_pair, summary
-from prunereg.adapters.models import LoadedModel, load_model
-from prunereg.adapters.quality import encode, mean_cross_entropy
-from prunereg.adapters.trace import check_declaration
+from prunereg.harness.embedded import EVAL_SPLIT
+from prunereg.harness.fingerprint import environment, model_stats
+from prunereg.harness.latency import Workload, measure_pair, summary
+from prunereg.harness.models import LoadedModel, load_model
+from prunereg.harness.quality import encode, mean_cross_entropy
+from prunereg.harness.trace import check_declaration
 from prunereg.spec.catalog import ModelArchitecture, Phase, Scenario, devices, models
 from prunereg.spec.checks import point_misfit
 from prunereg.spec.costmodel import estimate
-from prunereg.spec.effects import resolve
-from prunereg.spec.results import Environment, EvaluationResult, ExecutionMode, GemmTrace, LatencyResult, PointResult, QualityResult
-from prunereg.spec.submission import Submission
+from prunereg.spec.effects import ResolvedEffect, resolve
+from prunereg.spec.results import (
+    Environment,
+    EvaluationResult,
+    ExecutionMode,
+    GemmTrace,
+    LatencyResult,
+    PointResult,
+    QualityResult,
+)
+from prunereg.spec.submission import OperatingPoint, Submission
 
 TRACE_SEQ_LEN = 256
 """Prompt length of the traced prefill that checks declared effects (whole 64-token blocks)."""
@@ -49,11 +62,49 @@ def evaluate(
 ) -> EvaluationResult:
     """Measure every operating point not `stored` yet, handing each to `store` as soon as it is done.
 
-    Storing point by point makes an evaluation resumable: killed halfway, it leaves the finished
-    points in the registry (each in its own transaction, never a partial one) and a rerun measures
-    only the rest. The result returned holds the points measured by this call; `only` limits it
-    to the named operating points.
+    The result returned holds the points measured by this call; `only` limits the evaluation to
+    the named operating points (and only those are checked against the model).
     """
+    device, dtype = check_request(submission, device_name, mode, only)
+    points = [p for p in submission.adapter.operating_points if not only or p.name in only]
+    loaded = load_checked(submission, model_name, device_name, dtype, points)
+    env = environment(device, dtype, mode)
+    if env.device_profile is None:
+        raise EvaluationError(f"no roofline profile for '{env.device_name}': add one to spec/data/devices.json")
+    roofline = partial(estimate, loaded.architecture, devices()[env.device_profile], dtype_bytes=dtype.itemsize)
+    quality = HeldOutQuality(loaded) if loaded.weights == "trained" and loaded.tokenizer else None
+    result = partial(
+        EvaluationResult, spec_hash=submission.spec_hash(), model=loaded.name, weights=loaded.weights,
+        environment=env, dense_stats=model_stats(loaded.model),
+    )  # fmt: skip
+    done = stored(loaded.name, loaded.weights, env)
+    measured = []
+    for point in points:
+        if point.name in done:
+            on_step(f"{point.name} · already in the registry")
+            continue
+        pruned, effects = apply_point(submission, loaded, point)
+        on_step(f"{point.name} · tracing GEMMs")
+        gemms = checked_gemms(loaded, pruned, effects, point.name)
+        latency = []
+        for scenario in scenarios:
+            on_step(f"{point.name} · {scenario.name}")
+            latency.append(time_scenario(loaded, pruned, scenario, effects, roofline, warmup, repeats, mode))
+        peak = activation_peak(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None
+        point_result = PointResult(
+            operating_point=point.name, effects=effects, gemms=gemms, stats=model_stats(pruned, peak),
+            latency=latency, quality=[quality.of(pruned)] if quality else [],
+        )  # fmt: skip
+        del pruned
+        store(result(points=[point_result]))
+        measured.append(point_result)
+    return result(points=measured)
+
+
+def check_request(
+    submission: Submission, device_name: str, mode: ExecutionMode, only: set[str] | None
+) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype to measure with, once the request is known to make sense."""
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvaluationError("--device cuda asked for, but torch sees no CUDA device")
@@ -62,80 +113,81 @@ def evaluate(
     unknown = sorted((only or set()) - {p.name for p in submission.adapter.operating_points})
     if unknown:
         raise EvaluationError(f"no operating point named {', '.join(map(repr, unknown))} in this submission")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    loaded = load_checked(submission, model_name, device_name, dtype)
-    env = environment(device, dtype, mode)
-    if env.device_profile is None:
-        raise EvaluationError(f"no roofline profile for '{env.device_name}': add one to spec/data/devices.json")
-    roofline = partial(estimate, loaded.architecture, devices()[env.device_profile], dtype_bytes=dtype.itemsize)
-    quality = HeldOutQuality(loaded) if loaded.weights == "trained" and loaded.tokenizer else None
-    adapter = get_adapter(submission.adapter.name)
-    done = stored(loaded.name, loaded.weights, env)
-    result = partial(
-        EvaluationResult, spec_hash=submission.spec_hash(), model=loaded.name, weights=loaded.weights, environment=env,
-        dense_stats=model_stats(loaded.model),
-    )
-    points = []
-    for point in submission.adapter.operating_points:
-        if only and point.name not in only:
-            continue
-        if point.name in done:
-            on_step(f"{point.name} · already in the registry")
-            continue
-        pruned = adapter.apply(copy.deepcopy(loaded.model), point.params)
-        effects = resolve(submission.effects, point.params)
-        on_step(f"{point.name} · tracing GEMMs")
-        gemms = checked_gemms(loaded, pruned, effects, point.name)
-        latency = []
-        for scenario in scenarios:
-            on_step(f"{point.name} · {scenario.name}")
-            timing = measure_pair(loaded.model, pruned, scenario, warmup, repeats, mode)
-            latency.append(
-                LatencyResult(
-                    scenario=scenario, samples=timing.pruned, **summary(timing.pruned),
-                    dense_median=summary(timing.dense)["median"],
-                    theoretical=roofline(scenario, effects).time_ms, theoretical_dense=roofline(scenario, ()).time_ms,
-                    execution=timing.execution, fallback=timing.fallback,
-                    gpu_before=timing.gpu_before, gpu_after=timing.gpu_after,
-                )
-            )
-        peak = activation_peak(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None
-        measured = PointResult(
-            operating_point=point.name, effects=effects, gemms=gemms, stats=model_stats(pruned, peak), latency=latency,
-            quality=[quality.of(pruned)] if quality else [],
-        )
-        del pruned
-        store(result(points=[measured]))
-        points.append(measured)
-    return result(points=points)
+    return device, torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_checked(submission: Submission, model_name: str, device_name: str, dtype: torch.dtype) -> LoadedModel:
-    """The model to prune, once every operating point is known to fit it."""
+def load_checked(
+    submission: Submission,
+    model_name: str,
+    device_name: str,
+    dtype: torch.dtype,
+    points: list[OperatingPoint] | None = None,
+) -> LoadedModel:
+    """The model to prune, once every operating point in `points` (default: all) is known to fit it."""
+    points = list(submission.adapter.operating_points) if points is None else points
     if model_name in models():
-        check_fit(submission, models()[model_name])  # before building a model that may be large
+        check_fit(points, models()[model_name])  # before building a model that may be large
     try:
         loaded = load_model(model_name, device_name, dtype)
     except ValueError as err:
         raise EvaluationError(str(err)) from None
-    check_fit(submission, loaded.architecture)
+    check_fit(points, loaded.architecture)
     return loaded
+
+
+def check_fit(points: list[OperatingPoint], arch: ModelArchitecture) -> None:
+    for point in points:
+        problem = point_misfit(point.params, arch)
+        if problem:
+            raise EvaluationError(f"operating point '{point.name}' does not fit {arch.name}: {problem}")
+
+
+def apply_point(
+    submission: Submission, loaded: LoadedModel, point: OperatingPoint
+) -> tuple[torch.nn.Module, list[ResolvedEffect]]:
+    """A pruned copy of the loaded model at one operating point, and the effects it declares there."""
+    pruned = get_adapter(submission.adapter.name).apply(copy.deepcopy(loaded.model), point.params)
+    return pruned, resolve(submission.effects, point.params)
+
+
+def trace_point(loaded: LoadedModel, pruned, effects, seq_len: int = TRACE_SEQ_LEN):
+    """The traced GEMMs of one batch-1 prefill of the dense and the pruned model, compared with `effects`.
+
+    Returns the per-GEMM rows and the mismatches (empty when the declaration holds).
+    """
+    seq_len = min(seq_len, loaded.architecture.max_position_embeddings // 64 * 64)
+    scenario = Scenario(phase=Phase.prefill, batch_size=1, seq_len=seq_len)
+    return check_declaration(loaded.model, pruned, loaded.architecture, scenario, effects)
 
 
 def checked_gemms(loaded: LoadedModel, pruned, effects, point_name: str) -> list[GemmTrace]:
     """The GEMMs the pruned model runs in one traced prefill; refuses a declaration they contradict."""
-    seq_len = min(TRACE_SEQ_LEN, loaded.architecture.max_position_embeddings // 64 * 64)
-    scenario = Scenario(phase=Phase.prefill, batch_size=1, seq_len=seq_len)
-    rows, mismatches = check_declaration(loaded.model, pruned, loaded.architecture, scenario, effects)
+    rows, mismatches = trace_point(loaded, pruned, effects)
     if mismatches:
-        raise EvaluationError(f"operating point '{point_name}' does not do what the submission declares: " + "; ".join(mismatches))
+        raise EvaluationError(
+            f"operating point '{point_name}' does not do what the submission declares: " + "; ".join(mismatches)
+        )
     return [gemm for row in rows for gemm in row.pruned]
+
+
+def time_scenario(
+    loaded: LoadedModel, pruned, scenario: Scenario, effects, roofline, warmup: int, repeats: int, mode: ExecutionMode
+) -> LatencyResult:
+    """Dense and pruned timed side by side in one scenario, next to the roofline's times for both."""
+    timing = measure_pair(loaded.model, pruned, scenario, warmup, repeats, mode)
+    return LatencyResult(
+        scenario=scenario, samples=timing.pruned, **summary(timing.pruned),
+        dense_median=summary(timing.dense)["median"],
+        theoretical=roofline(scenario, effects).time_ms, theoretical_dense=roofline(scenario, ()).time_ms,
+        execution=timing.execution, fallback=timing.fallback, gpu_before=timing.gpu_before, gpu_after=timing.gpu_after,
+    )  # fmt: skip
 
 
 class HeldOutQuality:
     """Cross-entropy on the embedded held-out split; the dense value is computed once."""
 
     def __init__(self, loaded: LoadedModel):
+        assert loaded.tokenizer is not None
         self.ids, self.bos = encode(loaded.tokenizer, EVAL_SPLIT), loaded.tokenizer.bos_token_id
         self.dense, _ = mean_cross_entropy(loaded.model, self.ids, self.bos)
 
@@ -144,14 +196,7 @@ class HeldOutQuality:
         return QualityResult(
             task="heldout-ppl", metric="cross_entropy", value=loss, dense_value=self.dense, higher_is_better=False,
             tokens=tokens,
-        )
-
-
-def check_fit(submission: Submission, arch: ModelArchitecture) -> None:
-    for point in submission.adapter.operating_points:
-        problem = point_misfit(point.params, arch)
-        if problem:
-            raise EvaluationError(f"operating point '{point.name}' does not fit {arch.name}: {problem}")
+        )  # fmt: skip
 
 
 def _size(scenario: Scenario) -> int:

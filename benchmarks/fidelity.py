@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from prunereg.adapters.latency import StaticWorkload
-from prunereg.adapters.models import load_model
+from prunereg.harness.latency import StaticWorkload
+from prunereg.harness.models import load_model
 from prunereg.evaluate import evaluate
 from prunereg.spec.catalog import Phase, Scenario, suites
 from prunereg.spec.results import SavedEvaluation

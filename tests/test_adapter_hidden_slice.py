@@ -10,9 +10,9 @@ from test_adapters import ARCHITECTURES, IDS, logits, tiny
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from prunereg.adapters import get_adapter
-from prunereg.adapters.checkpoint import save_pruned
+from prunereg.harness.checkpoint import save_pruned
 from prunereg.adapters.hidden_slice import kept_channels
-from prunereg.adapters.latency import cache_argument
+from prunereg.harness.latency import cache_argument
 from prunereg.spec.parameters import HiddenSliceParams
 
 ADAPTER = get_adapter("hidden_slice")

@@ -10,8 +10,8 @@ from test_adapters import ARCHITECTURES, IDS, logits, tiny
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from prunereg.adapters import get_adapter
-from prunereg.adapters.checkpoint import save_pruned
-from prunereg.adapters.latency import cache_argument
+from prunereg.harness.checkpoint import save_pruned
+from prunereg.harness.latency import cache_argument
 from prunereg.adapters.low_rank import LowRankLinear
 from prunereg.adapters.base import PROJECTIONS
 from prunereg.spec.parameters import LowRankParams

@@ -11,7 +11,7 @@ from test_adapters import ARCHITECTURES, IDS, logits, tiny
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
-from prunereg.adapters.checkpoint import save_pruned
+from prunereg.harness.checkpoint import save_pruned
 from prunereg.adapters.base import PROJECTIONS, linears
 from prunereg.adapters.semi_structured import kernel_of, mask_2_4
 from prunereg.spec.catalog import EMBEDDED_MODEL, models

@@ -11,7 +11,7 @@ from test_adapters import ARCHITECTURES, logits, tiny
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 from prunereg.adapters import get_adapter
-from prunereg.adapters.latency import cache_argument
+from prunereg.harness.latency import cache_argument
 from prunereg.adapters.sparse_attention import (
     FLEX,
     MASKED,
@@ -143,7 +143,7 @@ def test_block_size_must_leave_more_than_one_block():
 
 
 def test_the_gemm_tracer_sees_the_kept_pairs_in_both_kernels():
-    from prunereg.adapters.trace import trace_forward
+    from prunereg.harness.trace import trace_forward
 
     params = SparseAttentionParams(sparsity=0.5, block_size=16, seed=2)
     kept, causal = kept_pairs(128, params)

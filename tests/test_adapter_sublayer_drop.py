@@ -10,8 +10,8 @@ from test_adapters import ARCHITECTURES, IDS, logits, tiny
 from transformers import DynamicCache
 
 from prunereg.adapters import get_adapter
-from prunereg.adapters.checkpoint import CheckpointRefused, save_pruned
-from prunereg.adapters.latency import cache_argument
+from prunereg.harness.checkpoint import CheckpointRefused, save_pruned
+from prunereg.harness.latency import cache_argument
 from prunereg.spec.parameters import SublayerDropParams
 
 ADAPTER = get_adapter("sublayer_drop")

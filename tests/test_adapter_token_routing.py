@@ -10,7 +10,7 @@ from test_adapters import ARCHITECTURES, logits, tiny
 from transformers import DynamicCache
 
 from prunereg.adapters import get_adapter
-from prunereg.adapters.latency import cache_argument
+from prunereg.harness.latency import cache_argument
 from prunereg.adapters.token_routing import RoutedMLP, routed, slot_table
 from prunereg.spec.checks import point_misfit
 from prunereg.spec.catalog import models

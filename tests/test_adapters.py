@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 from prunereg.adapters import ADAPTER_MODULES, get_adapter
-from prunereg.adapters.latency import cache_argument
+from prunereg.harness.latency import cache_argument
 from prunereg.spec.parameters import DenseParams, LayerDropParams, WidthParams
 from prunereg.spec.submission import ADAPTER_FAMILIES
 

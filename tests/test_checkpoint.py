@@ -13,8 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
-from prunereg.adapters.checkpoint import CheckpointRefused, save_pruned
-from prunereg.adapters.models import load_model
+from prunereg.harness.checkpoint import CheckpointRefused, save_pruned
+from prunereg.harness.models import load_model
 from prunereg.spec.catalog import EMBEDDED_MODEL
 from prunereg.spec.validate import validate_file
 

@@ -11,8 +11,8 @@ import torch
 from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
-from prunereg.adapters.fingerprint import gpu_state
-from prunereg.adapters.latency import UNMASKED_SDPA, StaticWorkload, Workload, measure_pair, summary
+from prunereg.harness.fingerprint import gpu_state
+from prunereg.harness.latency import UNMASKED_SDPA, StaticWorkload, Workload, measure_pair, summary
 from prunereg.spec.catalog import Phase, Scenario
 from prunereg.spec.parameters import LayerDropParams, WidthParams
 

@@ -16,8 +16,8 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from transformers import AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
-from prunereg.adapters.models import load_model
-from prunereg.adapters.trace import check_declaration, compare, declare, trace_forward
+from prunereg.harness.models import load_model
+from prunereg.harness.trace import check_declaration, compare, declare, trace_forward
 from prunereg.spec.catalog import EMBEDDED_MODEL, Phase, Scenario
 from prunereg.spec.effects import ResolvedEffect, resolve
 from prunereg.spec.results import GemmTrace

@@ -35,7 +35,7 @@ from prunereg.spec.effects import ResolvedEffect
 from prunereg.spec.results import GemmTrace
 from prunereg.spec.taxonomy import Dimension, Gemm, Granularity
 
-from .base import PROJECTIONS
+from prunereg.adapters.base import PROJECTIONS
 
 NAMES = {name: gemm for gemm, (_, names) in PROJECTIONS.items() for name in (gemm, *names)} | {"lm_head": "lm_head"}
 ATTENTION_NAMES = {"self_attn", "attn", "attention", "self_attention"}

@@ -7,7 +7,7 @@ from pathlib import Path
 from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .base import Adapter
+from prunereg.adapters.base import Adapter
 
 
 class CheckpointRefused(Exception):

@@ -17,9 +17,9 @@ evaluation split when i % 20 == 19, to the validation split (early stopping)
 when i % 20 == 9, and to the training split otherwise: a deterministic,
 interleaved split whose held-out chapters cover all six novels.
 
-Usage: ``python adapters/embedded/corpus.py [--deb PATH]`` writes
-``corpus/{train,val}.txt`` (git-ignored) and ``eval.txt`` (committed) beside
-this file.
+Usage: ``python tools/embedded/corpus.py [--deb PATH]`` writes
+``corpus/{train,val}.txt`` (git-ignored) beside this file and ``eval.txt``
+(committed) into ``harness/embedded/``, where the package finds it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CACHE_DIR = HERE / "corpus"  # git-ignored: the .deb, train.txt, val.txt
-EVAL_PATH = HERE / "eval.txt"
+EVAL_PATH = HERE.parents[1] / "harness" / "embedded" / "eval.txt"  # shipped with the package
 
 DEB_PACKAGE = "r-cran-janeaustenr"
 DEB_VERSION = "1.0.0-1"

@@ -1,6 +1,6 @@
 """Train the embedded default model: a byte-level BPE tokenizer and a small Llama.
 
-    python -m prunereg.adapters.embedded.train [--device cuda|cpu] [--out DIR]
+    python tools/embedded/train.py [--device cuda|cpu] [--out DIR]
 
 Everything is seeded and run with deterministic kernels, so one device, torch
 version and seed give the same weights every time (CPU and GPU differ in the
@@ -9,7 +9,7 @@ comes from ``corpus.py`` beside this file. Selection of the checkpoint uses the
 validation split only; ``eval.txt`` is touched once, at the end, to report the
 numbers in ``card.json``.
 
-Evaluation protocol (``prunereg.adapters.quality.mean_cross_entropy``, shared with the harness): encode
+Evaluation protocol (``prunereg.harness.quality.mean_cross_entropy``, shared with the harness): encode
 the text without special tokens, cut it into consecutive chunks of
 ``SEQ_LEN - 1`` tokens, prefix each chunk with BOS, and average the
 cross-entropy of every chunk token given BOS and the tokens before it in its
@@ -32,8 +32,8 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from prunereg.adapters.embedded import corpus
-from prunereg.adapters.quality import mean_cross_entropy
+import corpus  # beside this file
+from prunereg.harness.quality import mean_cross_entropy
 
 HERE = Path(__file__).resolve().parent
 VOCAB_SIZE = 4096
@@ -214,7 +214,7 @@ def train(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train the prunereg embedded default model.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=HERE, help="writes OUT/model/ and OUT/card.json")
+    parser.add_argument("--out", type=Path, default=HERE.parents[1] / "harness" / "embedded", help="writes OUT/model/ and OUT/card.json")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)

@@ -1,0 +1,31 @@
+"""The `prunereg` command line: one module per command group, each command registered here once.
+
+Heavy modules (torch, transformers) are imported inside the commands that build models, so
+`validate`, `list`, `schema`, `frontier` and `export` answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import leaderboard, measure, registry, submissions
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="Benchmark and registry for LLM pruning methods.")
+app.command()(submissions.validate)
+app.command("list")(submissions.list_)
+app.command()(submissions.schema)
+app.command()(measure.evaluate)
+app.command()(measure.trace)
+app.command()(measure.prune)
+app.command("ingest")(registry.ingest_saved)
+app.command()(registry.frontier)
+app.command()(registry.export)
+
+db_app = typer.Typer(no_args_is_help=True, help="The registry database.")
+db_app.command("upgrade")(registry.db_upgrade)
+app.add_typer(db_app, name="db")
+
+leaderboard_app = typer.Typer(no_args_is_help=True, help="The static leaderboard site.")
+leaderboard_app.command("build")(leaderboard.leaderboard_build)
+app.add_typer(leaderboard_app, name="leaderboard")

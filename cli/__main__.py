@@ -1,0 +1,3 @@
+from prunereg.cli import app
+
+app()

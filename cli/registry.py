@@ -1,0 +1,179 @@
+"""Commands on the registry: ingest saved evaluations, the frontier, export, migrations."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from prunereg.spec.checks import CHECKS
+from prunereg.spec.results import SavedEvaluation
+
+from .common import DbOption, console, errors, fail
+
+
+def ingest_saved(
+    files: Annotated[list[Path], typer.Argument(help="results written by `prunereg evaluate --save`")],
+    db: DbOption = None,
+) -> None:
+    """Store saved evaluations (e.g. measured on a GPU machine) in the registry; idempotent.
+
+    Example: prunereg ingest results/h200/*.json
+    """
+    from pydantic import ValidationError
+
+    from prunereg.registry.db import connect
+    from prunereg.registry.ingest import ingest
+
+    loaded = []
+    for path in files:
+        try:
+            saved = SavedEvaluation.model_validate_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValidationError) as err:
+            raise fail(f"{path}: not a saved evaluation ({' '.join(str(err).split())[:200]})") from None
+        for problem in (p for check in CHECKS for p in check(saved.submission)):
+            raise fail(f"{path}: /submission{problem.pointer}: {problem.message}")
+        loaded.append(saved)
+    engine = connect(db)
+    for path, saved in zip(files, loaded):
+        try:
+            console.print(Text(f"{path}: {ingest(engine, saved.submission, saved.result)}"))
+        except ValueError as err:
+            raise fail(f"{path}: {err}") from None
+
+
+class PhaseChoice(str, Enum):
+    prefill = "prefill"
+    decode = "decode"
+
+
+class SpeedupChoice(str, Enum):
+    measured = "measured"
+    theoretical = "theoretical"
+
+
+def percent(fraction: float) -> str:
+    return f"{round(fraction * 100, 6):g}"
+
+
+def frontier(
+    phase: Annotated[PhaseChoice, typer.Option(help="which latency: prefill (TTFT) or decode (TPOT)")],
+    batch: Annotated[int, typer.Option(min=1, help="batch size of the scenario")],
+    device: Annotated[Optional[str], typer.Option(help="part of the device name, e.g. h200")] = None,
+    model: Annotated[Optional[str], typer.Option(help="model name, e.g. prunereg-mini")] = None,
+    speedup: Annotated[SpeedupChoice, typer.Option(help="speedup axis of the frontier")] = SpeedupChoice.measured,
+    all_points: Annotated[bool, typer.Option("--all", help="list dominated points too, with their rank")] = False,
+    db: DbOption = None,
+) -> None:
+    """Pareto frontier (speedup vs quality loss) and the family winning each loss tolerance, per scenario group.
+
+    Quality is what prunereg measured (held-out cross-entropy); claims reported in submissions are not used, since no latency was measured next to them on the same machine.
+
+    Example: prunereg frontier --phase prefill --batch 1 --device h200
+    """
+    from prunereg.registry.analysis import scenario_analysis
+    from prunereg.registry.db import connect
+
+    analyses = scenario_analysis(connect(db), phase.value, batch, device, model, speedup.value)
+    if not analyses:
+        raise fail(f"no latency rows for {phase.value} at batch {batch}"
+                   + (f" on a device matching '{device}'" if device else "") + (f" for model '{model}'" if model else ""))
+    for a in analyses:
+        k = a.key
+        console.print(Text(f"{k.model} · {k.device_name} · {k.dtype} · {k.execution_mode} · {k.scenario}", style="bold"))
+        if a.has_quality:
+            title = f"Pareto frontier ({a.speedup_kind} speedup)" + (" and dominated points" if all_points else "")
+            shown = sorted((r for r in a.rows if r.quality_loss is not None),
+                           key=lambda r: (r.dominated_by, r.quality_loss, -r.speedup)) if all_points else a.frontier
+        else:  # e.g. random-weight runs of catalog models: still worth seeing the speedups
+            title = "no measured quality in this group (random weights?): no frontier, speedups only"
+            shown = sorted(a.rows, key=lambda r: (-r.speedup, r.method_slug, r.operating_point))
+        table = Table(title=Text(title))
+        for column in ("method", "family", "point", "loss %", "speedup", "theoretical", "realization", "rank"):
+            table.add_column(column, justify="right" if column in ("loss %", "speedup", "theoretical", "realization", "rank") else "left")
+        for r in shown:
+            loss = "n/a" if r.quality_loss is None else f"{r.quality_loss * 100:.1f}"
+            table.add_row(Text(r.method_name), r.family_label, Text(r.operating_point), loss, f"{r.speedup:.2f}x",
+                          f"{r.theoretical_speedup:.2f}x", f"{r.realization:.2f}", "" if r.dominated_by is None else str(r.dominated_by))
+        console.print(table)
+        if not a.has_quality:
+            continue
+        bands = Table(title="best family per quality-loss tolerance")
+        for column in ("tolerance", "family", "best point", "speedup"):
+            bands.add_column(column, justify="right" if column == "speedup" else "left")
+        for b in a.bands:
+            tolerance = f"{percent(b.low)} %" if b.low == b.high else f"{percent(b.low)}–{percent(b.high)} %"
+            bands.add_row(tolerance, b.family_label, Text(b.method), f"{b.speedup:.2f}x")
+        console.print(bands)
+    console.print(Text("quality: measured by prunereg (held-out cross-entropy); reported claims are not used "
+                       "(no latency measured with them on the same machine)"))
+
+
+class ExportFormat(str, Enum):
+    csv = "csv"
+    json = "json"
+
+
+class ExportTable(str, Enum):
+    latency = "latency"
+    quality = "quality"
+
+
+def export(
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="csv or json")] = ExportFormat.csv,
+    table: Annotated[Optional[ExportTable], typer.Option(help="only this table [csv default: latency; json default: both]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="write here instead of stdout")] = None,
+    db: DbOption = None,
+) -> None:
+    """Export the registry as flat tables for pandas: latency rows and quality figures.
+
+    latency: one row per latency measurement with its provenance (method, spec hash, operating point, model, weights, environment key and every environment field as env_* columns), the scenario, median/p20/p80 ms, dense median, measured and theoretical speedup, realization, how it really ran (execution, fallback reason), the GPU's NVML state before and after (gpu_before_*, gpu_after_*) and the measured quality loss (task, metric).
+
+    quality: every quality figure; provenance is measured (with its run) or reported / measured-elsewhere (with arxiv and paper_table).
+
+    CSV writes one table (--table, default latency): pandas.read_csv(FILE). JSON writes {"latency": [...], "quality": [...]} (or only the --table one): pandas.DataFrame(data["latency"]).
+
+    Example: prunereg export --format json --out registry.json
+    """
+    import csv
+    import io
+
+    from prunereg.registry.db import connect
+    from prunereg.registry.export import LATENCY_COLUMNS, QUALITY_COLUMNS, latency_records, quality_records
+
+    engine = connect(db)
+    if fmt is ExportFormat.json:
+        tables = [table] if table else list(ExportTable)
+        loaders = {ExportTable.latency: latency_records, ExportTable.quality: quality_records}
+        text = json.dumps({t.value: loaders[t](engine) for t in tables}, indent=1, ensure_ascii=False) + "\n"
+    else:
+        table = table or ExportTable.latency
+        columns, records = ((LATENCY_COLUMNS, latency_records(engine)) if table is ExportTable.latency
+                            else (QUALITY_COLUMNS, quality_records(engine)))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        text = buffer.getvalue()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        errors.print(Text(f"written: {out}"))
+
+
+def db_upgrade(db: DbOption = None) -> None:
+    """Bring the registry's schema to the newest migration (every command also does it on connect).
+
+    Example: prunereg db upgrade --db postgresql+psycopg://user@host/prunereg
+    """
+    from prunereg.registry.db import connect, current_revision
+
+    engine = connect(db)
+    console.print(Text(f"{engine.url.render_as_string(hide_password=True)}: at revision {current_revision(engine)}"))
+

@@ -1,0 +1,97 @@
+"""Commands on submissions as data: validate, list, schema. None of them imports torch."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from prunereg.spec.catalog import devices, models, suites
+from prunereg.spec.submission import json_schema
+from prunereg.spec.validate import SCHEMA_FILE, validate_file
+
+from .common import console, fail, load_valid
+
+
+def validate(files: Annotated[list[Path], typer.Argument(help="submission JSON files")]) -> None:
+    """Check submissions against the schema and the semantic checks.
+
+    Example: prunereg validate submissions/*.json
+    """
+    for submission, path in zip(load_valid(files), files):
+        console.print(Text(f"{path}: ok ({submission.method.name}, {len(submission.adapter.operating_points)} operating points)"))
+
+
+class Listing(str, Enum):
+    submissions = "submissions"
+    models = "models"
+    devices = "devices"
+    scenarios = "scenarios"
+    adapters = "adapters"
+
+
+def list_(
+    what: Annotated[Listing, typer.Argument(help="what to list")] = Listing.submissions,
+    folder: Annotated[Path, typer.Option(help="submissions folder")] = Path("submissions"),
+) -> None:
+    """List submissions, catalog models, device profiles, scenario suites or adapters.
+
+    Example: prunereg list models
+    """
+    table = Table()
+    if what is Listing.submissions:
+        for column in ("file", "method", "family", "adapter", "operating points"):
+            table.add_column(column)
+        for path in sorted(folder.glob("*.json")):
+            spec, problems = validate_file(path)
+            if spec is None:
+                table.add_row(Text(str(path)), Text(f"invalid: {len(problems)} problem(s)"), "", "", "")
+            else:
+                points = ", ".join(p.name for p in spec.adapter.operating_points)
+                table.add_row(Text(str(path)), Text(spec.method.name), spec.family.value, spec.adapter.name, Text(points))
+    elif what is Listing.models:
+        for column in ("name", "type", "layers", "hidden", "heads/kv", "intermediate", "vocab"):
+            table.add_column(column)
+        for m in models().values():
+            table.add_row(m.name, m.model_type, str(m.num_hidden_layers), str(m.hidden_size),
+                          f"{m.num_attention_heads}/{m.num_key_value_heads}", str(m.intermediate_size), str(m.vocab_size))
+    elif what is Listing.devices:
+        for column in ("name", "device", "TFLOP/s", "TB/s"):
+            table.add_column(column)
+        for d in devices().values():
+            table.add_row(d.name, d.label, f"{d.matmul_flops / 1e12:.1f}", f"{d.memory_bandwidth / 1e12:.3f}")
+    elif what is Listing.scenarios:
+        table.add_column("suite")
+        table.add_column("scenarios")
+        for name, scenarios in suites().items():
+            table.add_row(name, ", ".join(s.name for s in scenarios))
+    else:
+        from prunereg.adapters import ADAPTER_MODULES
+        from prunereg.spec.submission import ADAPTER_FAMILIES
+
+        table.add_column("adapter")
+        table.add_column("families")
+        for name in ADAPTER_MODULES:
+            table.add_row(name, ", ".join(sorted(f.value for f in ADAPTER_FAMILIES[name])))
+    console.print(table)
+
+
+def schema(check: Annotated[bool, typer.Option(help="only check that the committed schema is current")] = False) -> None:
+    """Write the submission JSON Schema generated from the pydantic models (or check it is current).
+
+    Example: prunereg schema --check
+    """
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if check:
+        if SCHEMA_FILE.read_text() != text:
+            raise fail(f"{SCHEMA_FILE} is out of date: run `prunereg schema`")
+        console.print(Text(f"{SCHEMA_FILE} is current"))
+        return
+    SCHEMA_FILE.write_text(text)
+    console.print(Text(f"wrote {SCHEMA_FILE}"))
+

@@ -1,0 +1,1 @@
+"""Measuring a pruned model: loading, execution modes and latency, GEMM tracing, quality, fingerprint, checkpoints."""
