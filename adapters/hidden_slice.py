@@ -41,7 +41,9 @@ class HiddenSlice(Adapter):
         embed = inner.embed_tokens
         channels = kept_channels(embed.weight, params)
         tied = model.lm_head.weight is embed.weight
-        embed.weight = nn.Parameter(embed.weight.detach()[:, channels].clone(), requires_grad=embed.weight.requires_grad)
+        embed.weight = nn.Parameter(
+            embed.weight.detach()[:, channels].clone(), requires_grad=embed.weight.requires_grad
+        )
         embed.embedding_dim = len(channels)
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp

@@ -32,7 +32,11 @@ class LowRankLinear(nn.Module):
     def as_linear(self) -> nn.Linear:
         weight = self.b.weight.detach().float() @ self.a.weight.detach().float()
         linear = nn.Linear(
-            self.in_features, self.out_features, bias=self.b.bias is not None, device=weight.device, dtype=self.a.weight.dtype
+            self.in_features,
+            self.out_features,
+            bias=self.b.bias is not None,
+            device=weight.device,
+            dtype=self.a.weight.dtype,
         )
         with torch.no_grad():
             linear.weight.copy_(weight)

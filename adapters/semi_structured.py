@@ -18,6 +18,7 @@ from prunereg.spec.parameters import SemiStructuredParams
 
 from .base import Adapter, linears
 
+
 def mask_2_4(weight: torch.Tensor) -> torch.Tensor:
     """True for the two largest-|w| weights of every four consecutive ones along the last dim."""
     rows, k = weight.shape
@@ -36,7 +37,11 @@ def _sparse_backend(weight: torch.Tensor):
     if torch.cuda.get_device_capability(weight.device) < (8, 0):
         return None
     cusparselt = torch.backends.cusparselt.is_available()
-    cls = torch.sparse.SparseSemiStructuredTensorCUSPARSELT if cusparselt else torch.sparse.SparseSemiStructuredTensorCUTLASS
+    cls = (
+        torch.sparse.SparseSemiStructuredTensorCUSPARSELT
+        if cusparselt
+        else torch.sparse.SparseSemiStructuredTensorCUTLASS
+    )
     limits = cls._DTYPE_SHAPE_CONSTRAINTS[weight.dtype]
     rows, cols = weight.shape
     if rows % limits.sparse_min_rows or cols % limits.sparse_min_cols:

@@ -138,7 +138,9 @@ def kernel_of(model) -> str:
 
 class SparseAttention(Adapter):
     name = "sparse_attention"
-    checkpoint_refusal = "block-sparse attention is a function prunereg registers at run time; a checkpoint would load dense attention"
+    checkpoint_refusal = (
+        "block-sparse attention is a function prunereg registers at run time; a checkpoint would load dense attention"
+    )
 
     def apply(self, model, params: SparseAttentionParams):
         AttentionInterface.register(NAME, block_sparse_attention)

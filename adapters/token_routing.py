@@ -97,7 +97,9 @@ class TokenRouting(Adapter):
         for rank, index in enumerate(params.routed_layers(model.config.num_hidden_layers)):
             layer = model.model.layers[index]
             generator = torch.Generator().manual_seed(params.seed * 1_000_003 + index)
-            router = make_router(model.config.hidden_size, params.router_rank, generator).to(weight.device, weight.dtype)
+            router = make_router(model.config.hidden_size, params.router_rank, generator).to(
+                weight.device, weight.dtype
+            )
             layer.mlp = RoutedMLP(layer.mlp, router, table, rank, params)
             layer.register_forward_pre_hook(_remember_positions, with_kwargs=True)
         return model

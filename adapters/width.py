@@ -24,7 +24,9 @@ def slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torc
     if cols is not None:
         weight = weight[:, cols]
     bias = linear.bias
-    sliced = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    sliced = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype
+    )
     with torch.no_grad():
         sliced.weight.copy_(weight)
         if bias is not None:

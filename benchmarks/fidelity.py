@@ -19,13 +19,14 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from prunereg.evaluate import evaluate
 from prunereg.harness.latency import StaticWorkload
 from prunereg.harness.models import load_model
-from prunereg.evaluate import evaluate
 from prunereg.spec.catalog import Phase, Scenario, suites
 from prunereg.spec.results import SavedEvaluation
 from prunereg.spec.validate import validate_file
@@ -52,7 +53,7 @@ def ceilings() -> dict[str, float]:
     """Copy bandwidth counting read + write (4 GiB each way) and the bf16 matmul rate at 8192^3."""
     src = torch.randn(1 << 31, dtype=torch.bfloat16, device="cuda")
     dst = torch.empty_like(src)
-    copy_ms = median_ms(lambda: dst.copy_(src))
+    copy_ms = median_ms(partial(dst.copy_, src))
     del src, dst
     a, b = (torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda") for _ in range(2))
     mm_ms = median_ms(lambda: a @ b)
@@ -77,8 +78,10 @@ def profile(mode: str, repeats: int = 5) -> dict[str, dict[str, float]]:
 
     model = load_model(MODEL, "cuda", torch.bfloat16).model
     out = {}
-    for scenario in (Scenario(phase=Phase.prefill, batch_size=1, seq_len=4096),
-                     Scenario(phase=Phase.decode, batch_size=1, seq_len=4096)):
+    for scenario in (
+        Scenario(phase=Phase.prefill, batch_size=1, seq_len=4096),
+        Scenario(phase=Phase.decode, batch_size=1, seq_len=4096),
+    ):
         work = StaticWorkload(model, scenario, compiled=mode == "compiled")
         work.step()
         torch.cuda.synchronize()
@@ -125,14 +128,18 @@ def main() -> None:
         for slug, point in POINTS.items():
             spec, problems = validate_file(Path("submissions") / f"{slug}.json")
             assert spec is not None, problems
-            result = evaluate(spec, MODEL, "cuda", scenarios, warmup=3, repeats=args.repeats or REPEATS[mode],
-                              mode=mode, only={point})
+            result = evaluate(
+                spec, MODEL, "cuda", scenarios, warmup=3, repeats=args.repeats or REPEATS[mode], mode=mode, only={point}
+            )
             saved = SavedEvaluation(submission=spec, result=result)
             (args.out / saved.file_name()).write_text(saved.model_dump_json(indent=1) + "\n")
             for lat in result.points[0].latency:
-                print(f"{time.time() - began:6.0f}s {mode:8} {point:9} {lat.scenario.name:17} {lat.median:8.2f} ms "
-                      f"dense {lat.dense_median:8.2f} ms  speedup {lat.speedup:.2f}/{lat.theoretical_speedup:.2f}  "
-                      f"{lat.execution}{' FALLBACK ' + lat.fallback if lat.fallback else ''}", flush=True)
+                print(
+                    f"{time.time() - began:6.0f}s {mode:8} {point:9} {lat.scenario.name:17} {lat.median:8.2f} ms "
+                    f"dense {lat.dense_median:8.2f} ms  speedup {lat.speedup:.2f}/{lat.theoretical_speedup:.2f}  "
+                    f"{lat.execution}{' FALLBACK ' + lat.fallback if lat.fallback else ''}",
+                    flush=True,
+                )
             torch.cuda.empty_cache()
     for mode in args.modes if args.profile else ():
         if mode != "eager":

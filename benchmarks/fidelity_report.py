@@ -54,8 +54,9 @@ def main() -> None:
     first, second = load(args.folder), load(args.folder / "round-2")
     ceilings = json.loads((args.folder / "ceilings.json").read_text())
     catalog = devices()["h200"]
-    measured = catalog.model_copy(update={"matmul_flops": ceilings["matmul_flops"],
-                                          "memory_bandwidth": ceilings["copy_bytes_per_s"]})
+    measured = catalog.model_copy(
+        update={"matmul_flops": ceilings["matmul_flops"], "memory_bandwidth": ceilings["copy_bytes_per_s"]}
+    )
     arch = models()[MODEL]
     lines = [
         "# Harness fidelity on one H200 (issue 4)",
@@ -85,9 +86,13 @@ def main() -> None:
                 at_run = estimate(arch, measured, scenario).time_ms
                 dense_ratio.setdefault((mode, scenario.name), []).append(a.dense_median / a.theoretical_dense)
                 if b:
-                    spreads.setdefault(mode, []).extend([change(a.median, b.median), change(a.dense_median, b.dense_median)])
-                    again = (f"{b.median:.2f} | {change(a.median, b.median):.1%} | {a.dense_median:.2f} | "
-                             f"{b.dense_median:.2f} | {change(a.dense_median, b.dense_median):.1%}")
+                    spreads.setdefault(mode, []).extend(
+                        [change(a.median, b.median), change(a.dense_median, b.dense_median)]
+                    )
+                    again = (
+                        f"{b.median:.2f} | {change(a.median, b.median):.1%} | {a.dense_median:.2f} | "
+                        f"{b.dense_median:.2f} | {change(a.dense_median, b.dense_median):.1%}"
+                    )
                 else:
                     again = f"– | – | {a.dense_median:.2f} | – | –"
                 flag = f" ({a.execution}: {a.fallback})" if a.fallback else ""
@@ -99,13 +104,21 @@ def main() -> None:
     states = [g for lat in [*first.values(), *second.values()] for g in (lat.gpu_before, lat.gpu_after) if g]
     if states:
         reasons = sorted({r for g in states for r in g.clock_event_reasons}) or ["none"]
-        lines += ["", f"NVML around each of the {len(states) // 2} timed scenarios: SM clock "
-                  f"{min(g.sm_clock_mhz for g in states)}–{max(g.sm_clock_mhz for g in states)} MHz, memory clock "
-                  f"{min(g.memory_clock_mhz for g in states)}–{max(g.memory_clock_mhz for g in states)} MHz, "
-                  f"{min(g.temperature_c for g in states)}–{max(g.temperature_c for g in states)} °C, "
-                  f"clock-event reasons: {', '.join(reasons)}."]
-    lines += ["", "## Targets (round 1; spread = largest r1/r2 change of any median in that mode)", "",
-              "| target | goal | graph | compiled | met |", "|---|--:|--:|--:|---|"]
+        lines += [
+            "",
+            f"NVML around each of the {len(states) // 2} timed scenarios: SM clock "
+            f"{min(g.sm_clock_mhz for g in states)}–{max(g.sm_clock_mhz for g in states)} MHz, memory clock "
+            f"{min(g.memory_clock_mhz for g in states)}–{max(g.memory_clock_mhz for g in states)} MHz, "
+            f"{min(g.temperature_c for g in states)}–{max(g.temperature_c for g in states)} °C, "
+            f"clock-event reasons: {', '.join(reasons)}.",
+        ]
+    lines += [
+        "",
+        "## Targets (round 1; spread = largest r1/r2 change of any median in that mode)",
+        "",
+        "| target | goal | graph | compiled | met |",
+        "|---|--:|--:|--:|---|",
+    ]
     for what, goal, point, scenario in TARGETS:
         if what == "floor":
             name, values = f"dense {scenario} / floor", [median_of(dense_ratio.get((m, scenario))) for m in MODES]
@@ -124,8 +137,14 @@ def main() -> None:
     for mode in MODES:
         profile = args.folder / f"profile-{mode}.json"
         if profile.exists():
-            lines += ["", f"## Where the dense model's time goes, {mode} mode (kernel time per uncaptured step, "
-                      "torch.profiler; then replayed steps)", "", "| scenario | kind | ms |", "|---|---|--:|"]
+            lines += [
+                "",
+                f"## Where the dense model's time goes, {mode} mode (kernel time per uncaptured step, "
+                "torch.profiler; then replayed steps)",
+                "",
+                "| scenario | kind | ms |",
+                "|---|---|--:|",
+            ]
             for scenario, kinds in json.loads(profile.read_text()).items():
                 lines += [f"| {scenario} | {kind} | {ms:.2f} |" for kind, ms in kinds.items()]
     text = "\n".join(lines) + "\n"

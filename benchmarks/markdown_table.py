@@ -1,6 +1,6 @@
 """Print a registry's leaderboard rows as a Markdown table (for the README and benchmark outputs).
 
-    python benchmarks/markdown_table.py REGISTRY [--model NAME]
+python benchmarks/markdown_table.py REGISTRY [--model NAME]
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ def main() -> None:
     parser.add_argument("db")
     parser.add_argument("--model")
     args = parser.parse_args()
-    print("| model | device | scenario | method · point | ms | dense ms | speedup | theoretical | realization | quality loss |")
+    print(
+        "| model | device | scenario | method · point | ms | dense ms | speedup | theoretical | realization | quality loss |"
+    )
     print("|---|---|---|---|--:|--:|--:|--:|--:|--:|")
     for r in leaderboard_rows(connect(args.db)):
         if args.model and r.model != args.model:

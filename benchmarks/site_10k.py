@@ -33,7 +33,9 @@ METHODS = 50
 DEVICES = [("NVIDIA H200", "h200"), ("NVIDIA A100", "a100"), ("NVIDIA RTX PRO 6000", "rtx-pro-6000"),
            ("NVIDIA H200 (2nd host)", "h200"), ("generic CPU", "cpu-generic")]  # fmt: skip
 SCENARIOS = tuple(
-    Scenario(phase=phase, batch_size=b, seq_len=1024) for phase in (Phase.prefill, Phase.decode) for b in (1, 4, 8, 16, 32)
+    Scenario(phase=phase, batch_size=b, seq_len=1024)
+    for phase in (Phase.prefill, Phase.decode)
+    for b in (1, 4, 8, 16, 32)
 )
 BUDGET_S = 10.0
 
@@ -42,7 +44,9 @@ def points(adapter: str, i: int) -> dict[str, dict]:
     fractions = [0.1 + 0.1 * k + 0.01 * (i % 7) for k in range(4)]
     if adapter == "layer_drop":
         return {f"drop-{k}": {"sparsity": round(f, 3), "seed": 0} for k, f in enumerate(fractions)}
-    return {f"width-{k}": {"attention_sparsity": round(f, 3), "mlp_sparsity": round(f, 3)} for k, f in enumerate(fractions)}
+    return {
+        f"width-{k}": {"attention_sparsity": round(f, 3), "mlp_sparsity": round(f, 3)} for k, f in enumerate(fractions)
+    }
 
 
 def fill(engine) -> None:

@@ -10,8 +10,12 @@ import typer
 
 from . import leaderboard, measure, registry, submissions
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="Benchmark and registry for LLM pruning methods.")
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="Benchmark and registry for LLM pruning methods.",
+)
 app.command()(submissions.validate)
 app.command("list")(submissions.list_)
 app.command()(submissions.schema)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,7 +16,7 @@ console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 
 DbOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--db", envvar="PRUNEREG_DB", help="SQLite file or SQLAlchemy URL [default: prunereg.db]"),
 ]
 
@@ -39,4 +39,3 @@ def load_valid(files: list[Path]) -> list[Submission]:
     if bad:
         raise typer.Exit(1)
     return loaded
-

@@ -24,4 +24,3 @@ def leaderboard_build(
 
     index = build_site(connect(db), out)
     console.print(Text(f"site written: {index}"))
-

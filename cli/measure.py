@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -34,7 +34,6 @@ class ExecutionChoice(str, Enum):
     compiled = "compiled"
 
 
-
 DEFAULT_REPEATS = {"eager": 15, "graph": 50, "compiled": 50}
 
 
@@ -44,14 +43,16 @@ def evaluate(
     device: Annotated[Device, typer.Option(help="where to measure")] = Device.cpu,
     scenarios: Annotated[str, typer.Option(help="scenario suite: " + ", ".join(suites()))] = "ci",
     mode: Annotated[
-        Optional[ExecutionChoice], typer.Option(help="execution mode (README, 'Execution modes') [default: graph on cuda, eager on cpu]")
+        ExecutionChoice | None,
+        typer.Option(help="execution mode (README, 'Execution modes') [default: graph on cuda, eager on cpu]"),
     ] = None,
     repeats: Annotated[
-        Optional[int], typer.Option(min=3, max=1000, help="timed repeats per scenario [default: 15 eager, 50 graph/compiled]")
+        int | None,
+        typer.Option(min=3, max=1000, help="timed repeats per scenario [default: 15 eager, 50 graph/compiled]"),
     ] = None,
     warmup: Annotated[int, typer.Option(min=0, max=100, help="untimed repeats first")] = 3,
-    point: Annotated[Optional[list[str]], typer.Option(help="measure only this operating point (repeatable)")] = None,
-    save: Annotated[Optional[Path], typer.Option(help="also write the result as JSON into this folder")] = None,
+    point: Annotated[list[str] | None, typer.Option(help="measure only this operating point (repeatable)")] = None,
+    save: Annotated[Path | None, typer.Option(help="also write the result as JSON into this folder")] = None,
     db: DbOption = None,
 ) -> None:
     """Apply a submission at each operating point, measure latency and quality, store the results.
@@ -65,7 +66,8 @@ def evaluate(
         raise fail(f"unknown scenario suite '{scenarios}' (known: {', '.join(suites())})")
     from rich.progress import Progress
 
-    from prunereg.evaluate import EvaluationError, evaluate as run_evaluation
+    from prunereg.evaluate import EvaluationError
+    from prunereg.evaluate import evaluate as run_evaluation
     from prunereg.registry.db import connect
     from prunereg.registry.ingest import ingest
     from prunereg.registry.queries import stored_points
@@ -81,15 +83,27 @@ def evaluate(
         added.update(ingest(engine, spec, partial).added)
 
     with Progress(console=errors, transient=True) as progress:
-        task = progress.add_task(f"evaluating {spec.method.slug}", total=len(set(point or ()) or spec.adapter.operating_points) * (len(names) + 1))
+        task = progress.add_task(
+            f"evaluating {spec.method.slug}",
+            total=len(set(point or ()) or spec.adapter.operating_points) * (len(names) + 1),
+        )
 
         def on_step(label: str) -> None:
             progress.update(task, advance=1, description=f"{spec.method.slug} · {label}")
 
         try:
             result = run_evaluation(
-                spec, model, device.value, suites()[scenarios], warmup, repeats, execution, set(point or ()),
-                on_step, stored, store,
+                spec,
+                model,
+                device.value,
+                suites()[scenarios],
+                warmup,
+                repeats,
+                execution,
+                set(point or ()),
+                on_step,
+                stored,
+                store,
             )
         except EvaluationError as err:
             raise fail(str(err)) from None
@@ -97,7 +111,9 @@ def evaluate(
     if reused:
         console.print(Text(f"already in the registry, not measured again: {', '.join(reused)}"))
     console.print(results_table(spec, result))
-    console.print(Text("stored in the registry: " + (", ".join(f"{n} {t}" for t, n in added.items() if n) or "nothing new")))
+    console.print(
+        Text("stored in the registry: " + (", ".join(f"{n} {t}" for t, n in added.items() if n) or "nothing new"))
+    )
     if save is not None:
         saved = SavedEvaluation(submission=spec, result=result)
         save.mkdir(parents=True, exist_ok=True)
@@ -116,8 +132,14 @@ def results_table(spec: Submission, result) -> Table:
         loss = f"{point.quality[0].relative_loss:+.1%}" if point.quality else "n/a"
         for lat in point.latency:
             table.add_row(
-                Text(point.operating_point), lat.scenario.name, f"{lat.median:.2f}", f"{lat.dense_median:.2f}",
-                f"{lat.speedup:.2f}x", f"{lat.theoretical_speedup:.2f}x", f"{lat.realization:.2f}", loss,
+                Text(point.operating_point),
+                lat.scenario.name,
+                f"{lat.median:.2f}",
+                f"{lat.dense_median:.2f}",
+                f"{lat.speedup:.2f}x",
+                f"{lat.theoretical_speedup:.2f}x",
+                f"{lat.realization:.2f}",
+                loss,
                 f"{point.stats.parameters / 1e6:.2f}M",
             )
     fallbacks = {lat.fallback for point in result.points for lat in point.latency if lat.fallback}
@@ -159,7 +181,9 @@ def trace(
     submission: Annotated[Path, typer.Argument(help="submission JSON file")],
     point: Annotated[str, typer.Option(help="operating point name")],
     model: Annotated[str, typer.Option(help="catalog model name or a local checkpoint folder")] = EMBEDDED_MODEL,
-    seq_len: Annotated[int, typer.Option(min=64, max=65536, help="prompt tokens of the traced prefill (batch 1), a multiple of 64")] = 128,
+    seq_len: Annotated[
+        int, typer.Option(min=64, max=65536, help="prompt tokens of the traced prefill (batch 1), a multiple of 64")
+    ] = 128,
 ) -> None:
     """Trace the GEMMs the pruned model really runs in one prefill and check them against the declared effects.
 
@@ -184,22 +208,47 @@ def trace(
     rows, mismatches = trace_point(loaded, pruned, effects, seq_len)
 
     def si(flops: float) -> str:
-        scale, unit = next(((s, u) for s, u in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")) if flops >= s), (1, ""))
+        scale, unit = next(
+            ((s, u) for s, u in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")) if flops >= s), (1, "")
+        )
         return f"{flops / scale:.3g}{unit}"
 
     def share(value: float | None) -> str:
         return "" if value is None else f"{value * 100:.3g} %"
 
-    table = Table(title=Text(f"{spec.method.name} · {point} on {loaded.name}, one prefill of {seq_len} tokens"), box=None)
-    for column in ("GEMM", "M×N×K", "count", "kernel", "dense\nFLOPs", "pruned\nFLOPs", "declared\nkept", "observed\nkept"):
-        table.add_column(column, justify="left" if column in ("GEMM", "kernel") else "right", no_wrap=column != "kernel",
-                         min_width=9 if column == "kernel" else None)
+    table = Table(
+        title=Text(f"{spec.method.name} · {point} on {loaded.name}, one prefill of {seq_len} tokens"), box=None
+    )
+    for column in (
+        "GEMM",
+        "M×N×K",
+        "count",
+        "kernel",
+        "dense\nFLOPs",
+        "pruned\nFLOPs",
+        "declared\nkept",
+        "observed\nkept",
+    ):
+        table.add_column(
+            column,
+            justify="left" if column in ("GEMM", "kernel") else "right",
+            no_wrap=column != "kernel",
+            min_width=9 if column == "kernel" else None,
+        )
     for row in rows:
         mark = " ✗" if row.mismatch else ""
         for i, t in enumerate(row.pruned or (None,)):
             shape = (f"{t.m}×{t.n}×{t.k}", str(t.count), t.kernel) if t else ("", "0", "not run")
-            totals = (si(sum(d.effective_flops for d in row.dense)), si(sum(p.effective_flops for p in row.pruned)),
-                      share(row.declared), share(row.observed) + mark) if i == 0 else ("",) * 4
+            totals = (
+                (
+                    si(sum(d.effective_flops for d in row.dense)),
+                    si(sum(p.effective_flops for p in row.pruned)),
+                    share(row.declared),
+                    share(row.observed) + mark,
+                )
+                if i == 0
+                else ("",) * 4
+            )
             table.add_row(row.gemm if i == 0 else "", *shape, *totals)
     console.print(table)
     console.print(Text("FLOPs count nonzero weights and unmasked pairs only; kept = pruned / dense"))
@@ -208,4 +257,3 @@ def trace(
     if mismatches:
         raise typer.Exit(1)
     console.print(Text(f"declared effects match the traced GEMMs (within {TOLERANCE:.0%} plus granularity rounding)"))
-

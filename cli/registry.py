@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -64,8 +64,8 @@ def percent(fraction: float) -> str:
 def frontier(
     phase: Annotated[PhaseChoice, typer.Option(help="which latency: prefill (TTFT) or decode (TPOT)")],
     batch: Annotated[int, typer.Option(min=1, help="batch size of the scenario")],
-    device: Annotated[Optional[str], typer.Option(help="part of the device name, e.g. h200")] = None,
-    model: Annotated[Optional[str], typer.Option(help="model name, e.g. prunereg-mini")] = None,
+    device: Annotated[str | None, typer.Option(help="part of the device name, e.g. h200")] = None,
+    model: Annotated[str | None, typer.Option(help="model name, e.g. prunereg-mini")] = None,
     speedup: Annotated[SpeedupChoice, typer.Option(help="speedup axis of the frontier")] = SpeedupChoice.measured,
     all_points: Annotated[bool, typer.Option("--all", help="list dominated points too, with their rank")] = False,
     db: DbOption = None,
@@ -81,25 +81,47 @@ def frontier(
 
     analyses = scenario_analysis(connect(db), phase.value, batch, device, model, speedup.value)
     if not analyses:
-        raise fail(f"no latency rows for {phase.value} at batch {batch}"
-                   + (f" on a device matching '{device}'" if device else "") + (f" for model '{model}'" if model else ""))
+        raise fail(
+            f"no latency rows for {phase.value} at batch {batch}"
+            + (f" on a device matching '{device}'" if device else "")
+            + (f" for model '{model}'" if model else "")
+        )
     for a in analyses:
         k = a.key
-        console.print(Text(f"{k.model} · {k.device_name} · {k.dtype} · {k.execution_mode} · {k.scenario}", style="bold"))
+        console.print(
+            Text(f"{k.model} · {k.device_name} · {k.dtype} · {k.execution_mode} · {k.scenario}", style="bold")
+        )
         if a.has_quality:
             title = f"Pareto frontier ({a.speedup_kind} speedup)" + (" and dominated points" if all_points else "")
-            shown = sorted((r for r in a.rows if r.quality_loss is not None),
-                           key=lambda r: (r.dominated_by, r.quality_loss, -r.speedup)) if all_points else a.frontier
+            shown = (
+                sorted(
+                    (r for r in a.rows if r.quality_loss is not None),
+                    key=lambda r: (r.dominated_by, r.quality_loss, -r.speedup),
+                )
+                if all_points
+                else a.frontier
+            )
         else:  # e.g. random-weight runs of catalog models: still worth seeing the speedups
             title = "no measured quality in this group (random weights?): no frontier, speedups only"
             shown = sorted(a.rows, key=lambda r: (-r.speedup, r.method_slug, r.operating_point))
         table = Table(title=Text(title))
         for column in ("method", "family", "point", "loss %", "speedup", "theoretical", "realization", "rank"):
-            table.add_column(column, justify="right" if column in ("loss %", "speedup", "theoretical", "realization", "rank") else "left")
+            table.add_column(
+                column,
+                justify="right" if column in ("loss %", "speedup", "theoretical", "realization", "rank") else "left",
+            )
         for r in shown:
             loss = "n/a" if r.quality_loss is None else f"{r.quality_loss * 100:.1f}"
-            table.add_row(Text(r.method_name), r.family_label, Text(r.operating_point), loss, f"{r.speedup:.2f}x",
-                          f"{r.theoretical_speedup:.2f}x", f"{r.realization:.2f}", "" if r.dominated_by is None else str(r.dominated_by))
+            table.add_row(
+                Text(r.method_name),
+                r.family_label,
+                Text(r.operating_point),
+                loss,
+                f"{r.speedup:.2f}x",
+                f"{r.theoretical_speedup:.2f}x",
+                f"{r.realization:.2f}",
+                "" if r.dominated_by is None else str(r.dominated_by),
+            )
         console.print(table)
         if not a.has_quality:
             continue
@@ -110,8 +132,12 @@ def frontier(
             tolerance = f"{percent(b.low)} %" if b.low == b.high else f"{percent(b.low)}–{percent(b.high)} %"
             bands.add_row(tolerance, b.family_label, Text(b.method), f"{b.speedup:.2f}x")
         console.print(bands)
-    console.print(Text("quality: measured by prunereg (held-out cross-entropy); reported claims are not used "
-                       "(no latency measured with them on the same machine)"))
+    console.print(
+        Text(
+            "quality: measured by prunereg (held-out cross-entropy); reported claims are not used "
+            "(no latency measured with them on the same machine)"
+        )
+    )
 
 
 class ExportFormat(str, Enum):
@@ -126,8 +152,10 @@ class ExportTable(str, Enum):
 
 def export(
     fmt: Annotated[ExportFormat, typer.Option("--format", help="csv or json")] = ExportFormat.csv,
-    table: Annotated[Optional[ExportTable], typer.Option(help="only this table [csv default: latency; json default: both]")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="write here instead of stdout")] = None,
+    table: Annotated[
+        ExportTable | None, typer.Option(help="only this table [csv default: latency; json default: both]")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
     db: DbOption = None,
 ) -> None:
     """Export the registry as flat tables for pandas: latency rows and quality figures.
@@ -153,8 +181,11 @@ def export(
         text = json.dumps({t.value: loaders[t](engine) for t in tables}, indent=1, ensure_ascii=False) + "\n"
     else:
         table = table or ExportTable.latency
-        columns, records = ((LATENCY_COLUMNS, latency_records(engine)) if table is ExportTable.latency
-                            else (QUALITY_COLUMNS, quality_records(engine)))
+        columns, records = (
+            (LATENCY_COLUMNS, latency_records(engine))
+            if table is ExportTable.latency
+            else (QUALITY_COLUMNS, quality_records(engine))
+        )
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
@@ -176,4 +207,3 @@ def db_upgrade(db: DbOption = None) -> None:
 
     engine = connect(db)
     console.print(Text(f"{engine.url.render_as_string(hide_password=True)}: at revision {current_revision(engine)}"))
-

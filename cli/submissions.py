@@ -24,7 +24,9 @@ def validate(files: Annotated[list[Path], typer.Argument(help="submission JSON f
     Example: prunereg validate submissions/*.json
     """
     for submission, path in zip(load_valid(files), files):
-        console.print(Text(f"{path}: ok ({submission.method.name}, {len(submission.adapter.operating_points)} operating points)"))
+        console.print(
+            Text(f"{path}: ok ({submission.method.name}, {len(submission.adapter.operating_points)} operating points)")
+        )
 
 
 class Listing(str, Enum):
@@ -53,13 +55,22 @@ def list_(
                 table.add_row(Text(str(path)), Text(f"invalid: {len(problems)} problem(s)"), "", "", "")
             else:
                 points = ", ".join(p.name for p in spec.adapter.operating_points)
-                table.add_row(Text(str(path)), Text(spec.method.name), spec.family.value, spec.adapter.name, Text(points))
+                table.add_row(
+                    Text(str(path)), Text(spec.method.name), spec.family.value, spec.adapter.name, Text(points)
+                )
     elif what is Listing.models:
         for column in ("name", "type", "layers", "hidden", "heads/kv", "intermediate", "vocab"):
             table.add_column(column)
         for m in models().values():
-            table.add_row(m.name, m.model_type, str(m.num_hidden_layers), str(m.hidden_size),
-                          f"{m.num_attention_heads}/{m.num_key_value_heads}", str(m.intermediate_size), str(m.vocab_size))
+            table.add_row(
+                m.name,
+                m.model_type,
+                str(m.num_hidden_layers),
+                str(m.hidden_size),
+                f"{m.num_attention_heads}/{m.num_key_value_heads}",
+                str(m.intermediate_size),
+                str(m.vocab_size),
+            )
     elif what is Listing.devices:
         for column in ("name", "device", "TFLOP/s", "TB/s"):
             table.add_column(column)
@@ -81,7 +92,9 @@ def list_(
     console.print(table)
 
 
-def schema(check: Annotated[bool, typer.Option(help="only check that the committed schema is current")] = False) -> None:
+def schema(
+    check: Annotated[bool, typer.Option(help="only check that the committed schema is current")] = False,
+) -> None:
     """Write the submission JSON Schema generated from the pydantic models (or check it is current).
 
     Example: prunereg schema --check
@@ -94,4 +107,3 @@ def schema(check: Annotated[bool, typer.Option(help="only check that the committ
         return
     SCHEMA_FILE.write_text(text)
     console.print(Text(f"wrote {SCHEMA_FILE}"))
-

@@ -16,7 +16,9 @@ class CheckpointRefused(Exception):
 
 def save_pruned(adapter: Adapter, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out: Path) -> Path:
     if adapter.checkpoint_refusal:
-        raise CheckpointRefused(f"adapter '{adapter.name}' cannot be saved as a checkpoint: {adapter.checkpoint_refusal}")
+        raise CheckpointRefused(
+            f"adapter '{adapter.name}' cannot be saved as a checkpoint: {adapter.checkpoint_refusal}"
+        )
     plain = adapter.as_plain_model(model)
     try:
         type(plain.config).from_dict(plain.config.to_dict())

@@ -43,9 +43,14 @@ def environment(device: torch.device, dtype: torch.dtype, mode: ExecutionMode = 
 
 
 CLOCK_EVENT_REASONS = {
-    0x2: "applications clocks setting", 0x4: "software power cap", 0x8: "hardware slowdown",
-    0x10: "sync boost", 0x20: "software thermal slowdown", 0x40: "hardware thermal slowdown",
-    0x80: "hardware power brake", 0x100: "display clock setting",
+    0x2: "applications clocks setting",
+    0x4: "software power cap",
+    0x8: "hardware slowdown",
+    0x10: "sync boost",
+    0x20: "software thermal slowdown",
+    0x40: "hardware thermal slowdown",
+    0x80: "hardware power brake",
+    0x100: "display clock setting",
 }
 """NVML's clock-event (throttle) reason bits, idle (0x1) left out: a GPU between kernels is idle."""
 

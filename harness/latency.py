@@ -63,7 +63,9 @@ class Workload:
     def step(self):
         if self.cache is None:
             return _forward(self.model, self.prompt, use_cache=True)
-        return _forward(self.model, self.token, position_ids=self.position, use_cache=True, **{self.cache_arg: self.cache})
+        return _forward(
+            self.model, self.token, position_ids=self.position, use_cache=True, **{self.cache_arg: self.cache}
+        )
 
     def reset(self) -> None:
         if self.cache is not None:
@@ -107,8 +109,10 @@ class StaticWorkload(Workload):
         replayed step must start from the context length each time, at the cost of one kernel.
         """
         layers = [
-            layer for layer in getattr(self.cache, "layers", ())
-            if getattr(layer, "is_initialized", False) and isinstance(getattr(layer, "cumulative_length", None), torch.Tensor)
+            layer
+            for layer in getattr(self.cache, "layers", ())
+            if getattr(layer, "is_initialized", False)
+            and isinstance(getattr(layer, "cumulative_length", None), torch.Tensor)
         ]
         if not layers:
             return None

@@ -15,9 +15,18 @@ from prunereg.spec.catalog import ModelArchitecture, models
 from .embedded import MODEL_DIR
 
 ARCHITECTURE_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "max_position_embeddings", "rope_theta", "rms_norm_eps",
-    "tie_word_embeddings", "attention_bias",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "rope_theta",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+    "attention_bias",
 )
 
 
@@ -58,6 +67,8 @@ def architecture_of(config, name: str, source: str) -> ModelArchitecture:
     """The catalog description of a transformers config, so the cost model can price it."""
     values = {f: getattr(config, f, None) for f in ARCHITECTURE_FIELDS}
     values["head_dim"] = values["head_dim"] or config.hidden_size // config.num_attention_heads
-    values["rope_theta"] = values["rope_theta"] or (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    values["rope_theta"] = values["rope_theta"] or (getattr(config, "rope_parameters", None) or {}).get(
+        "rope_theta", 10000.0
+    )
     values["attention_bias"] = bool(values["attention_bias"])
     return ModelArchitecture(name=name, label=name, model_type=config.model_type, source=source, **values)

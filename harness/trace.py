@@ -29,25 +29,47 @@ from torch._higher_order_ops.flex_attention import flex_attention as FLEX_HOP
 from torch.sparse import SparseSemiStructuredTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from prunereg.adapters.base import PROJECTIONS
 from prunereg.spec.catalog import ModelArchitecture, Scenario, devices
 from prunereg.spec.costmodel import GemmCost, estimate
 from prunereg.spec.effects import ResolvedEffect
 from prunereg.spec.results import GemmTrace
 from prunereg.spec.taxonomy import Dimension, Gemm, Granularity
 
-from prunereg.adapters.base import PROJECTIONS
-
 NAMES = {name: gemm for gemm, (_, names) in PROJECTIONS.items() for name in (gemm, *names)} | {"lm_head": "lm_head"}
 ATTENTION_NAMES = {"self_attn", "attn", "attention", "self_attention"}
 aten = torch.ops.aten
-PRODUCTS = {aten.mm: (0, 1), aten.addmm: (1, 2), aten.bmm: (0, 1), aten.baddbmm: (1, 2), aten.matmul: (0, 1), aten.linear: (0, 1)}
-SPARSE_2_4 = {getattr(aten, op): (backend, dense) for op, backend, dense in [  # dense: the activation's position
-    ("_sparse_semi_structured_linear", "CUTLASS", 0), ("_sparse_semi_structured_mm", "CUTLASS", 2),
-    ("_sparse_semi_structured_addmm", "CUTLASS", 3), ("_cslt_sparse_mm", "cuSPARSELt", 1)] if hasattr(aten, op)}
-SDPA = {getattr(aten, op) for op in (
-    "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_attention_math",
-    "_scaled_dot_product_fused_attention_overrideable") if hasattr(aten, op)}
+PRODUCTS = {
+    aten.mm: (0, 1),
+    aten.addmm: (1, 2),
+    aten.bmm: (0, 1),
+    aten.baddbmm: (1, 2),
+    aten.matmul: (0, 1),
+    aten.linear: (0, 1),
+}
+SPARSE_2_4 = {
+    getattr(aten, op): (backend, dense)
+    for op, backend, dense in [  # dense: the activation's position
+        ("_sparse_semi_structured_linear", "CUTLASS", 0),
+        ("_sparse_semi_structured_mm", "CUTLASS", 2),
+        ("_sparse_semi_structured_addmm", "CUTLASS", 3),
+        ("_cslt_sparse_mm", "cuSPARSELt", 1),
+    ]
+    if hasattr(aten, op)
+}
+SDPA = {
+    getattr(aten, op)
+    for op in (
+        "scaled_dot_product_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_attention_math",
+        "_scaled_dot_product_fused_attention_overrideable",
+    )
+    if hasattr(aten, op)
+}
 MASKED_SHARE = 0.01
 """A weight with more exact zeros than this runs as "masked dense": its zeros cost full price."""
 
@@ -77,7 +99,7 @@ class _Tracer(TorchDispatchMode):
         record[:] = record[0] + int(count), record[1] + float(executed), record[2] + float(effective)
 
     def owner(self) -> tuple[str, dict | None]:
-        """"router", the innermost known projection, or ("attention", the attention module's frame)."""
+        """ "router", the innermost known projection, or ("attention", the attention module's frame)."""
         if any(name == "router" for name, _ in self.stack):
             return "router", None
         for name, frame in reversed(self.stack):
@@ -112,7 +134,9 @@ class _Tracer(TorchDispatchMode):
             backend = "cuSPARSELt" if "CUSPARSELT" in type(b).__name__.upper() else "CUTLASS"
             return self.add(kind, batch, m, n, k, flops / 2, flops / 2, f"sparse 2:4 ({backend})")
         nonzero = float((b != 0).sum()) / max(b.numel(), 1)
-        self.add(kind, batch, m, n, k, flops, flops * nonzero, "masked dense" if nonzero < 1 - MASKED_SHARE else "dense")
+        self.add(
+            kind, batch, m, n, k, flops, flops * nonzero, "masked dense" if nonzero < 1 - MASKED_SHARE else "dense"
+        )
 
     def sparse(self, backend: str, position: int, args, out):
         """A 2:4 kernel gets packed weights: K and M come from the activation (rows, or K×M), N from the output."""
@@ -187,7 +211,9 @@ def trace_forward(model: torch.nn.Module, input_ids: torch.Tensor) -> list[GemmT
     with ExitStack() as stack:
         for path, module in model.named_modules():
             name = path.rsplit(".", 1)[-1]
-            stack.callback(module.register_forward_pre_hook(lambda m, a, kw, n=name: push(n, m, a, kw), with_kwargs=True).remove)
+            stack.callback(
+                module.register_forward_pre_hook(lambda m, a, kw, n=name: push(n, m, a, kw), with_kwargs=True).remove
+            )
             stack.callback(module.register_forward_hook(pop, always_call=True).remove)
         if hasattr(flex_module, "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG"):
             stack.enter_context(mock.patch.object(flex_module, "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG", True))
@@ -195,8 +221,10 @@ def trace_forward(model: torch.nn.Module, input_ids: torch.Tensor) -> list[GemmT
         stack.enter_context(tracer)
         model(input_ids.to(next(model.parameters()).device), use_cache=False, logits_to_keep=1)
     order = {g.value: i for i, g in enumerate(Gemm)}
-    traces = [GemmTrace(gemm=g, count=c, m=m, n=n, k=k, flops=f, effective_flops=e, kernel=kernel)
-              for (g, m, n, k, kernel), (c, f, e) in tracer.records.items()]
+    traces = [
+        GemmTrace(gemm=g, count=c, m=m, n=n, k=k, flops=f, effective_flops=e, kernel=kernel)
+        for (g, m, n, k, kernel), (c, f, e) in tracer.records.items()
+    ]
     return sorted(traces, key=lambda t: (order.get(t.gemm, len(order)), t.gemm, -t.flops))
 
 
@@ -213,9 +241,13 @@ def rounding(effect: ResolvedEffect, arch: ModelArchitecture, scenario: Scenario
     projections; 2:4 and single weights are exact.
     """
     units = {
-        Granularity.layer: arch.num_hidden_layers, Granularity.sublayer: arch.num_hidden_layers,
-        Granularity.kv_group: arch.num_key_value_heads, Granularity.head: arch.num_attention_heads,
-        Granularity.channel: arch.intermediate_size, Granularity.hidden: arch.hidden_size, Granularity.token: 16,
+        Granularity.layer: arch.num_hidden_layers,
+        Granularity.sublayer: arch.num_hidden_layers,
+        Granularity.kv_group: arch.num_key_value_heads,
+        Granularity.head: arch.num_attention_heads,
+        Granularity.channel: arch.intermediate_size,
+        Granularity.hidden: arch.hidden_size,
+        Granularity.token: 16,
         Granularity.key_block: (scenario.seq_len / 64 + 1) / 2,
         Granularity.rank: min(arch.hidden_size, arch.num_key_value_heads * arch.head_dim, arch.intermediate_size) / 4,
     }
@@ -237,8 +269,11 @@ class Declared:
         return self.pruned.theoretical_flops / self.dense.theoretical_flops if self.dense.theoretical_flops else 1.0
 
     def describe(self) -> str:
-        removed = [f"{_pct(e.fraction)} of {'heads' if inherited else e.dimension.value} removed"
-                   for e, inherited in self.effects if e.fraction > 0]
+        removed = [
+            f"{_pct(e.fraction)} of {'heads' if inherited else e.dimension.value} removed"
+            for e, inherited in self.effects
+            if e.fraction > 0
+        ]
         p = self.pruned
         return f"declared {', '.join(removed) or 'nothing removed'} (M×N×K = {p.m:g}×{p.n:g}×{p.k:g}, {p.count:g} instances)"
 
@@ -247,8 +282,13 @@ def declare(arch: ModelArchitecture, scenario: Scenario, effects) -> list[Declar
     """The cost model's dense and pruned rows per GEMM kind (FLOPs do not depend on the device)."""
     effects, device = list(effects), devices()["cpu-generic"]
     dense, pruned = estimate(arch, device, scenario, ()), estimate(arch, device, scenario, effects)
-    heads = [(e, True) for e in effects if e.gemm is Gemm.qkv_proj and e.dimension is Dimension.N
-             and e.granularity in (Granularity.kv_group, Granularity.head)]
+    heads = [
+        (e, True)
+        for e in effects
+        if e.gemm is Gemm.qkv_proj
+        and e.dimension is Dimension.N
+        and e.granularity in (Granularity.kv_group, Granularity.head)
+    ]
     declared = []
     for g in Gemm:
         own = [(e, False) for e in effects if e.gemm is g] + (heads if g in (Gemm.attn_score, Gemm.attn_value) else [])
@@ -295,7 +335,11 @@ def rows(declared: list[Declared], observed_dense, observed_pruned, tolerance: f
         out.append(Row(g, dense, pruned, d.kept, observed, problem))
     for g in sorted({t.gemm for t in (*observed_dense, *observed_pruned)} - {d.gemm.value for d in declared}):
         dense, pruned = of(observed_dense, g), of(observed_pruned, g)
-        extra = None if dense or g == "router" else f"{g}: the pruned model runs {_shapes(pruned)}, which the dense model does not"
+        extra = (
+            None
+            if dense or g == "router"
+            else f"{g}: the pruned model runs {_shapes(pruned)}, which the dense model does not"
+        )
         out.append(Row(g, dense, pruned, None, None, extra))
     return out
 
@@ -315,8 +359,15 @@ def check_declaration(
 ) -> tuple[list[Row], list[str]]:
     """Trace both models on one seeded random prompt of the scenario and compare with the declaration."""
     if scenario.seq_len % 64:
-        raise ValueError(f"seq_len {scenario.seq_len} is not a multiple of 64: block-sparse attention needs whole blocks")
-    ids = torch.randint(dense_model.config.vocab_size, (scenario.batch_size, scenario.seq_len),
-                        generator=torch.Generator().manual_seed(0))
-    table = rows(declare(arch, scenario, effects), trace_forward(dense_model, ids), trace_forward(pruned_model, ids), tolerance)
+        raise ValueError(
+            f"seq_len {scenario.seq_len} is not a multiple of 64: block-sparse attention needs whole blocks"
+        )
+    ids = torch.randint(
+        dense_model.config.vocab_size,
+        (scenario.batch_size, scenario.seq_len),
+        generator=torch.Generator().manual_seed(0),
+    )
+    table = rows(
+        declare(arch, scenario, effects), trace_forward(dense_model, ids), trace_forward(pruned_model, ids), tolerance
+    )
     return table, [r.mismatch for r in table if r.mismatch]

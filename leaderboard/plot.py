@@ -119,7 +119,9 @@ def _frame(kind: str, title: str) -> list[str]:
     ]
 
 
-def _axes(x: _Scale, y: _Scale, x_ticks: list[float], y_ticks: list[float], x_unit: str, x_label: str, y_label: str) -> list[str]:
+def _axes(
+    x: _Scale, y: _Scale, x_ticks: list[float], y_ticks: list[float], x_unit: str, x_label: str, y_label: str
+) -> list[str]:
     """Grid lines, tick labels (y in ×, x in `x_unit`) and the two axis titles."""
     out = []
     for t in x_ticks:
@@ -180,7 +182,9 @@ def realization_svg(points: Sequence[RealizationPoint], title: str) -> Markup:
     for p in sorted(points, key=lambda p: (p.family, p.label)):
         colour = FAMILY_COLOURS.get(p.family, "#444444")
         realized = p.measured / p.theoretical if p.theoretical else float("nan")
-        tip = f"{p.label}: {p.measured:.2f}× measured, {p.theoretical:.2f}× theoretical ({100 * realized:.0f} % realized)"
+        tip = (
+            f"{p.label}: {p.measured:.2f}× measured, {p.theoretical:.2f}× theoretical ({100 * realized:.0f} % realized)"
+        )
         out.append(
             f'<circle cx="{x(p.theoretical)}" cy="{y(p.measured)}" r="5" fill="{colour}" {POINT}>'
             f"<title>{escape(tip)}</title></circle>"

@@ -59,7 +59,9 @@ def _candidates(rows: Sequence[Row], kind: SpeedupKind) -> list[_Candidate]:
     out = [_Candidate(DENSE, dense_name, 1.0, 0.0)]
     for r in rows:
         if r.quality_loss is not None and r.family != DENSE:
-            out.append(_Candidate(r.family, f"{r.method_name} · {r.operating_point}", _speedup(r, kind), r.quality_loss))
+            out.append(
+                _Candidate(r.family, f"{r.method_name} · {r.operating_point}", _speedup(r, kind), r.quality_loss)
+            )
     return out
 
 

@@ -51,7 +51,9 @@ def _latency_extras(session: Session) -> dict[tuple, tuple[float, float, dict[st
     )
     return {
         (sub.spec_hash, point.name, run.model, run.weights, run.environment_key, lat.scenario): (
-            lat.p20, lat.p80, dict(run.environment),
+            lat.p20,
+            lat.p80,
+            dict(run.environment),
         )  # fmt: skip
         for lat, run, point, sub in session.execute(stmt)
     }
@@ -60,9 +62,7 @@ def _latency_extras(session: Session) -> dict[tuple, tuple[float, float, dict[st
 def _gpu(when: str, state: dict[str, Any] | None) -> dict[str, Any]:
     """One GPU reading as flat columns; its clock-event reasons joined by commas."""
     state = state or {}
-    return {
-        f"gpu_{when}_{f}": ",".join(v) if isinstance(v := state.get(f), list) else v for f in GpuState.model_fields
-    }
+    return {f"gpu_{when}_{f}": ",".join(v) if isinstance(v := state.get(f), list) else v for f in GpuState.model_fields}
 
 
 def latency_records(engine: Engine) -> list[dict[str, Any]]:

@@ -93,7 +93,11 @@ def harness_tables(rows: Sequence[Row]) -> list[HarnessTable]:
             first = members[0]
             table_lines.append(
                 HarnessLine(
-                    first.method_slug, first.method_name, first.family_label, first.operating_point, first.weights,
+                    first.method_slug,
+                    first.method_name,
+                    first.family_label,
+                    first.operating_point,
+                    first.weights,
                     median(r.theoretical_speedup for r in members),
                     {mode: _figure(by_mode[mode]) for mode in EXECUTION_MODES if mode in by_mode},
                 )  # fmt: skip

@@ -332,9 +332,18 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
             for p in sub.operating_points:
                 runs = [
                     RunDetail(
-                        r.model, r.weights, r.environment_key, dict(r.environment), r.parameters,
-                        r.nonzero_parameters, r.dense_parameters, r.weight_bytes, r.num_layers,
-                        r.peak_memory_bytes, list(r.effects), list(r.gemms or []),
+                        r.model,
+                        r.weights,
+                        r.environment_key,
+                        dict(r.environment),
+                        r.parameters,
+                        r.nonzero_parameters,
+                        r.dense_parameters,
+                        r.weight_bytes,
+                        r.num_layers,
+                        r.peak_memory_bytes,
+                        list(r.effects),
+                        list(r.gemms or []),
                         by_run[(sub.spec_hash, p.name, r.model, r.weights, r.environment_key)],
                         [_quality(q) for q in r.quality],
                     )  # fmt: skip
@@ -344,15 +353,22 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
                 points.append(PointDetail(p.name, p.description, dict(p.params), claims, runs))
             submissions.append(
                 SubmissionDetail(
-                    sub.spec_hash, sub.schema_version, sub.created_at, spec.get("family", method.family),
-                    family_label(spec.get("family", method.family)), list(spec.get("effects", [])), points,
+                    sub.spec_hash,
+                    sub.schema_version,
+                    sub.created_at,
+                    spec.get("family", method.family),
+                    family_label(spec.get("family", method.family)),
+                    list(spec.get("effects", [])),
+                    points,
                     json.dumps(spec, indent=2, ensure_ascii=False),
                 )  # fmt: skip
             )
         return MethodDetail(_summary(method), method.venue, method.license, method.description, submissions)
 
 
-def stored_points(engine: Engine, spec_hash: str, model: str, weights: str, environment_key: str, scenarios: list[str]) -> set[str]:
+def stored_points(
+    engine: Engine, spec_hash: str, model: str, weights: str, environment_key: str, scenarios: list[str]
+) -> set[str]:
     """Operating points of this submission already measured here in every one of `scenarios` (for resuming)."""
     stmt = (
         select(OperatingPoint.name, LatencyMeasurement.scenario)
@@ -360,8 +376,11 @@ def stored_points(engine: Engine, spec_hash: str, model: str, weights: str, envi
         .join(OperatingPoint.submission)
         .join(Run.latency)
         .where(
-            Submission.spec_hash == spec_hash, Run.model == model, Run.weights == weights,
-            Run.environment_key == environment_key, LatencyMeasurement.scenario.in_(scenarios),
+            Submission.spec_hash == spec_hash,
+            Run.model == model,
+            Run.weights == weights,
+            Run.environment_key == environment_key,
+            LatencyMeasurement.scenario.in_(scenarios),
         )
     )
     found: dict[str, set[str]] = defaultdict(set)

@@ -155,8 +155,12 @@ class LatencyMeasurement(Base):
     )
     fallback: Mapped[str | None] = mapped_column(String(300), doc="why the run's execution mode could not be used")
     # none_as_null: no reading is SQL NULL, as in rows from before revision 0002, not a JSON 'null'
-    gpu_before: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), doc="NVML reading before the repeats")
-    gpu_after: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), doc="NVML reading after the repeats")
+    gpu_before: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), doc="NVML reading before the repeats"
+    )
+    gpu_after: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), doc="NVML reading after the repeats"
+    )
 
     run: Mapped[Run] = relationship(back_populates="latency")
 

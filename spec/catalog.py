@@ -54,7 +54,9 @@ class DeviceProfile(Frozen):
     label: str
     matmul_flops: float = Field(gt=0, description="dense bf16 matrix FLOP/s")
     memory_bandwidth: float = Field(gt=0, description="bytes/s")
-    sparse_2_4: bool = Field(description="has 2:4 sparse tensor cores (Ampere and later); else 2:4 runs as masked dense")
+    sparse_2_4: bool = Field(
+        description="has 2:4 sparse tensor cores (Ampere and later); else 2:4 runs as masked dense"
+    )
     source: str
 
 

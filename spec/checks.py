@@ -76,9 +76,7 @@ def claims_name_operating_points(sub: Submission) -> Iterator[Problem]:
     names = {p.name for p in sub.adapter.operating_points}
     for i, claim in enumerate(sub.quality_claims):
         if claim.operating_point not in names:
-            yield Problem(
-                f"/quality_claims/{i}/operating_point", f"no operating point named '{claim.operating_point}'"
-            )
+            yield Problem(f"/quality_claims/{i}/operating_point", f"no operating point named '{claim.operating_point}'")
 
 
 def target_models(sub: Submission) -> list[ModelArchitecture]:
@@ -117,8 +115,10 @@ def point_misfit(params, arch: ModelArchitecture) -> str | None:
 def _misfit_2_4(params: SemiStructuredParams, arch: ModelArchitecture) -> str | None:
     """2:4 groups four consecutive weights along K, so each listed projection's K must divide by 4."""
     k = {
-        "qkv_proj": arch.hidden_size, "o_proj": arch.num_attention_heads * arch.head_dim,
-        "gate_up_proj": arch.hidden_size, "down_proj": arch.intermediate_size,
+        "qkv_proj": arch.hidden_size,
+        "o_proj": arch.num_attention_heads * arch.head_dim,
+        "gate_up_proj": arch.hidden_size,
+        "down_proj": arch.intermediate_size,
     }
     bad = [f"{p} (K={k[p]})" for p in params.projections if k[p] % 4]
     return f"2:4 needs K divisible by 4: {', '.join(bad)}" if bad else None

@@ -133,7 +133,9 @@ def _keep(effects: Sequence[ResolvedEffect], gemm: Gemm, device: DeviceProfile) 
             keep["rank"] *= kept
         elif g is Granularity.weight:
             keep["nonzero"] *= kept
-        elif not (gemm is Gemm.qkv_proj and e.dimension is Dimension.N and g in (Granularity.kv_group, Granularity.head)):
+        elif not (
+            gemm is Gemm.qkv_proj and e.dimension is Dimension.N and g in (Granularity.kv_group, Granularity.head)
+        ):
             keep[e.dimension.value.lower()] *= kept
     return keep
 
@@ -142,8 +144,17 @@ def _cost(gemm: Gemm, device: DeviceProfile, count, m, n, k, flops, nonzero, wei
     total = weights + kv + other
     compute, memory = flops / device.matmul_flops, total / device.memory_bandwidth
     return GemmCost(
-        gemm=gemm, count=count, m=m, n=n, k=k, flops=flops, theoretical_flops=flops * nonzero,
-        bytes=total, weight_bytes=weights, kv_bytes=kv, time_s=max(compute, memory),
+        gemm=gemm,
+        count=count,
+        m=m,
+        n=n,
+        k=k,
+        flops=flops,
+        theoretical_flops=flops * nonzero,
+        bytes=total,
+        weight_bytes=weights,
+        kv_bytes=kv,
+        time_s=max(compute, memory),
         bound="compute" if compute >= memory else "memory",
     )
 
@@ -225,9 +236,17 @@ def estimate(
     )
     routing_s = _routing(arch, device, tokens, effects, dtype_bytes)
     return Estimate(
-        model=arch.name, device=device.name, scenario=scenario, dtype_bytes=dtype_bytes, rows=rows,
-        routing_s=routing_s, time_s=routing_s + sum(r.time_s for r in rows),
-        **{f: sum(getattr(r, f) for r in rows) for f in ("flops", "theoretical_flops", "bytes", "weight_bytes", "kv_bytes")},
+        model=arch.name,
+        device=device.name,
+        scenario=scenario,
+        dtype_bytes=dtype_bytes,
+        rows=rows,
+        routing_s=routing_s,
+        time_s=routing_s + sum(r.time_s for r in rows),
+        **{
+            f: sum(getattr(r, f) for r in rows)
+            for f in ("flops", "theoretical_flops", "bytes", "weight_bytes", "kv_bytes")
+        },
     )
 
 

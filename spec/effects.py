@@ -26,8 +26,12 @@ def resolve(effects, params) -> list[ResolvedEffect]:
     """Evaluate each declared effect's fraction at an operating point's parameters."""
     resolved = []
     for e in effects:
-        fraction = e.fraction if isinstance(e.fraction, float) else e.fraction.scale * float(getattr(params, e.fraction.param))
+        fraction = (
+            e.fraction if isinstance(e.fraction, float) else e.fraction.scale * float(getattr(params, e.fraction.param))
+        )
         resolved.append(
-            ResolvedEffect(gemm=e.gemm, dimension=e.dimension, mode=e.mode, granularity=e.granularity, fraction=fraction)
+            ResolvedEffect(
+                gemm=e.gemm, dimension=e.dimension, mode=e.mode, granularity=e.granularity, fraction=fraction
+            )
         )
     return resolved

@@ -113,7 +113,10 @@ class SemiStructuredParams(Frozen):
     """2:4 sparsity along K: in every group of four consecutive input weights, two are zero."""
 
     projections: list[Projection] = Field(
-        default_factory=lambda: list(ALL_PROJECTIONS), min_length=1, max_length=4, description="which GEMMs are sparsified"
+        default_factory=lambda: list(ALL_PROJECTIONS),
+        min_length=1,
+        max_length=4,
+        description="which GEMMs are sparsified",
     )
     selection: Literal["magnitude"] = Field("magnitude", description="keep the two largest |w| of each group of four")
 
@@ -123,7 +126,10 @@ class LowRankParams(Frozen):
 
     sparsity: float = Field(ge=0.0, le=0.95, description="share of each projection's parameters removed")
     projections: list[Projection] = Field(
-        default_factory=lambda: list(ALL_PROJECTIONS), min_length=1, max_length=4, description="which GEMMs are factorised"
+        default_factory=lambda: list(ALL_PROJECTIONS),
+        min_length=1,
+        max_length=4,
+        description="which GEMMs are factorised",
     )
 
     def rank(self, k: int, n: int) -> int:
@@ -165,7 +171,8 @@ class TokenRoutingParams(Frozen):
     window: ClassVar[int] = 16
 
     sparsity: float = Field(
-        ge=0.0, le=0.95,
+        ge=0.0,
+        le=0.95,
         description="share of tokens that skip each routed MLP; a whole number of tokens of a 16-position window (multiple of 1/16)",
     )
     sublayer: Literal["mlp"] = Field("mlp", description="which sublayer is routed")
@@ -181,7 +188,9 @@ class TokenRoutingParams(Frozen):
         ),
     )
     router_rank: int = Field(
-        0, ge=0, le=1024,
+        0,
+        ge=0,
+        le=1024,
         description="the router that runs on every token (its cost is measured): 0 = linear hidden->1, r>0 = hidden->r->1",
     )
     seed: int = Field(0, ge=0, le=2**31 - 1)

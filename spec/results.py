@@ -62,7 +62,9 @@ class ModelStats(Frozen):
     nonzero_parameters: int = Field(ge=0)
     weight_bytes: int = Field(ge=0)
     num_layers: int = Field(ge=0)
-    peak_memory_bytes: int | None = Field(None, ge=0, description="peak allocator memory during measurement (CUDA) or max RSS growth (CPU)")
+    peak_memory_bytes: int | None = Field(
+        None, ge=0, description="peak allocator memory during measurement (CUDA) or max RSS growth (CPU)"
+    )
 
 
 class GpuState(Frozen):
@@ -88,7 +90,8 @@ class LatencyResult(Frozen):
     theoretical: float = Field(gt=0, description="roofline time of the pruned model, ms")
     theoretical_dense: float = Field(gt=0, description="roofline time of the dense model, ms")
     execution: ExecutionMode = Field(
-        "eager", description="how the dense and pruned steps really ran; differs from the environment's mode only on a fallback"
+        "eager",
+        description="how the dense and pruned steps really ran; differs from the environment's mode only on a fallback",
     )
     fallback: str | None = Field(None, max_length=300, description="why the environment's mode could not be used")
     gpu_before: GpuState | None = None
@@ -170,4 +173,6 @@ class SavedEvaluation(Frozen):
 
     def file_name(self) -> str:
         env = self.result.environment
-        return f"{self.submission.method.slug}--{self.result.model}--{env.device_profile or env.device}-{env.key()}.json"
+        return (
+            f"{self.submission.method.slug}--{self.result.model}--{env.device_profile or env.device}-{env.key()}.json"
+        )

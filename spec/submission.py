@@ -62,7 +62,10 @@ class Method(Frozen):
     authors: list[Text] = Field(min_length=1, max_length=100)
     paper: Paper
     license: str = Field(
-        min_length=1, max_length=64, pattern=NO_MARKUP, description="SPDX id of the method's reference code, or 'unknown'"
+        min_length=1,
+        max_length=64,
+        pattern=NO_MARKUP,
+        description="SPDX id of the method's reference code, or 'unknown'",
     )
     description: str = Field("", max_length=2000)
 
@@ -151,7 +154,9 @@ class Harness(Frozen):
 class QualityClaim(Frozen):
     """A quality number and every setting that changes such numbers."""
 
-    base_model: str = Field(min_length=1, max_length=100, pattern=NO_MARKUP, description="catalog name or hub id of the dense model")
+    base_model: str = Field(
+        min_length=1, max_length=100, pattern=NO_MARKUP, description="catalog name or hub id of the dense model"
+    )
     base_model_revision: str | None = Field(None, max_length=64, pattern=NO_MARKUP)
     operating_point: Name
     task: str = Field(min_length=1, max_length=64, pattern=NO_MARKUP, description="e.g. wikitext2, arc_easy")
@@ -162,7 +167,7 @@ class QualityClaim(Frozen):
     shots: int | None = Field(None, ge=0, le=100)
     harness: Harness | None = None
     finetune_tokens: int = Field(0, ge=0, le=10**13, description="recovery fine-tuning after pruning, in tokens")
-    provenance: Annotated[Union[Reported, MeasuredElsewhere], Field(discriminator="source")]
+    provenance: Annotated[Reported | MeasuredElsewhere, Field(discriminator="source")]
 
 
 class Submission(Frozen):

@@ -44,7 +44,9 @@ def validate_file(path: Path) -> tuple[Submission | None, list[Problem]]:
         return None, [Problem("", _one_line(str(err)))]
     submission, problems = validate_document(document)
     if submission is not None and submission.method.slug != path.stem:
-        problems.append(Problem("/method/slug", f"slug '{submission.method.slug}' must equal the file name '{path.stem}'"))
+        problems.append(
+            Problem("/method/slug", f"slug '{submission.method.slug}' must equal the file name '{path.stem}'")
+        )
         submission = None
     return submission, problems
 

@@ -10,8 +10,8 @@ from test_adapters import ARCHITECTURES, IDS, logits, tiny
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from prunereg.adapters import get_adapter
-from prunereg.harness.checkpoint import save_pruned
 from prunereg.adapters.hidden_slice import kept_channels
+from prunereg.harness.checkpoint import save_pruned
 from prunereg.harness.latency import cache_argument
 from prunereg.spec.parameters import HiddenSliceParams
 
@@ -105,7 +105,10 @@ def test_decoding_with_the_kv_cache_matches_a_full_forward(model_type):
     pruned = ADAPTER.apply(tied(model_type), HiddenSliceParams(sparsity=0.5))
     cache = DynamicCache(config=pruned.config)
     with torch.inference_mode():
-        steps = [pruned(IDS[:, t : t + 1], use_cache=True, **{cache_argument(pruned): cache}).logits for t in range(IDS.shape[1])]
+        steps = [
+            pruned(IDS[:, t : t + 1], use_cache=True, **{cache_argument(pruned): cache}).logits
+            for t in range(IDS.shape[1])
+        ]
     torch.testing.assert_close(torch.cat(steps, dim=1), logits(pruned, IDS), rtol=1e-4, atol=1e-4)
 
 

@@ -10,10 +10,10 @@ from test_adapters import ARCHITECTURES, IDS, logits, tiny
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from prunereg.adapters import get_adapter
+from prunereg.adapters.base import PROJECTIONS
+from prunereg.adapters.low_rank import LowRankLinear
 from prunereg.harness.checkpoint import save_pruned
 from prunereg.harness.latency import cache_argument
-from prunereg.adapters.low_rank import LowRankLinear
-from prunereg.adapters.base import PROJECTIONS
 from prunereg.spec.parameters import LowRankParams
 
 ADAPTER = get_adapter("low_rank")
@@ -46,7 +46,12 @@ def test_factors_have_rank_r_and_r_times_k_plus_n_parameters(model_type):
             k, n = dense.in_features, dense.out_features
             r = params.rank(k, n)
             assert isinstance(small, LowRankLinear) and small.rank == r
-            assert (small.a.in_features, small.a.out_features, small.b.in_features, small.b.out_features) == (k, r, r, n)
+            assert (small.a.in_features, small.a.out_features, small.b.in_features, small.b.out_features) == (
+                k,
+                r,
+                r,
+                n,
+            )
             assert small.a.bias is None and (small.b.bias is None) == (dense.bias is None)
             weights = sum(p.numel() for p in small.parameters()) - (n if dense.bias is not None else 0)
             assert weights == r * (k + n)
@@ -67,7 +72,9 @@ def test_error_decreases_as_the_rank_grows(model_type):
         pruned = ADAPTER.apply(copy.deepcopy(model), LowRankParams(sparsity=sparsity))
         output_errors.append((logits(pruned, IDS) - reference).norm().item())
         pairs = zip(projections(model), projections(pruned))
-        weight_errors.append([(small.b.weight @ small.a.weight - dense.weight).norm().item() for (_, dense), (_, small) in pairs])
+        weight_errors.append(
+            [(small.b.weight @ small.a.weight - dense.weight).norm().item() for (_, dense), (_, small) in pairs]
+        )
     for per_rank in zip(*weight_errors):
         assert list(per_rank) == sorted(per_rank, reverse=True) and per_rank[-1] < 1e-4
     assert output_errors[1] > output_errors[2] > output_errors[3] and output_errors[3] < 1e-3
@@ -78,7 +85,10 @@ def test_decoding_with_the_kv_cache_matches_a_full_forward(model_type):
     pruned = ADAPTER.apply(tiny(model_type), LowRankParams(sparsity=0.5))
     cache = DynamicCache(config=pruned.config)
     with torch.inference_mode():
-        steps = [pruned(IDS[:, t : t + 1], use_cache=True, **{cache_argument(pruned): cache}).logits for t in range(IDS.shape[1])]
+        steps = [
+            pruned(IDS[:, t : t + 1], use_cache=True, **{cache_argument(pruned): cache}).logits
+            for t in range(IDS.shape[1])
+        ]
     torch.testing.assert_close(torch.cat(steps, dim=1), logits(pruned, IDS), rtol=1e-4, atol=1e-4)
 
 

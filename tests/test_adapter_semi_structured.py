@@ -11,9 +11,9 @@ from test_adapters import ARCHITECTURES, IDS, logits, tiny
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
-from prunereg.harness.checkpoint import save_pruned
 from prunereg.adapters.base import PROJECTIONS, linears
 from prunereg.adapters.semi_structured import kernel_of, mask_2_4
+from prunereg.harness.checkpoint import save_pruned
 from prunereg.spec.catalog import EMBEDDED_MODEL, models
 from prunereg.spec.checks import point_misfit
 from prunereg.spec.parameters import SemiStructuredParams
@@ -70,11 +70,20 @@ def _sparse_capable() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 
 
-@pytest.mark.skipif(not _sparse_capable(), reason="needs a CUDA GPU with sparse tensor cores (compute capability >= 8.0)")
+@pytest.mark.skipif(
+    not _sparse_capable(), reason="needs a CUDA GPU with sparse tensor cores (compute capability >= 8.0)"
+)
 def test_sparse_kernel_equals_masked_dense_on_cuda():
     config = AutoConfig.for_model(
-        "llama", vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-        num_attention_heads=8, num_key_value_heads=4, head_dim=32, max_position_embeddings=128,
+        "llama",
+        vocab_size=128,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=32,
+        max_position_embeddings=128,
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).cuda().eval()

@@ -11,16 +11,16 @@ from test_adapters import ARCHITECTURES, logits, tiny
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 from prunereg.adapters import get_adapter
-from prunereg.harness.latency import cache_argument
 from prunereg.adapters.sparse_attention import (
     FLEX,
     MASKED,
     flex_sparse,
-    kernel_of,
     kept_pairs,
+    kernel_of,
     masked_sdpa,
     token_mask,
 )
+from prunereg.harness.latency import cache_argument
 from prunereg.spec.catalog import models
 from prunereg.spec.checks import point_misfit
 from prunereg.spec.parameters import SparseAttentionParams
@@ -127,8 +127,17 @@ def test_compiled_flex_equals_masked_sdpa_on_cuda():
     (With head_dim 16 and 77 keys, inductor failed to compile the flex kernel on an H200, torch 2.11.)
     """
     _flex_equals_masked("cuda", torch.bfloat16, 2e-2, compiled=True, head_dim=128, lengths=((256, 256), (1, 257)))
-    config = AutoConfig.for_model("llama", vocab_size=97, hidden_size=256, intermediate_size=128, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=512)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=97,
+        hidden_size=256,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=512,
+    )
     model = apply(AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).cuda().eval(), sparsity=0.5)
     assert kernel_of(model) == FLEX
     with torch.inference_mode():
@@ -163,5 +172,7 @@ def test_the_gemm_tracer_sees_the_kept_pairs_in_both_kernels():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        score = next(t for t in trace_forward(FlexToy(), torch.zeros(1, 128, dtype=torch.long)) if t.gemm == "attn_score")
+        score = next(
+            t for t in trace_forward(FlexToy(), torch.zeros(1, 128, dtype=torch.long)) if t.gemm == "attn_score"
+        )
     assert (score.kernel, score.effective_flops) == (FLEX, 2 * 16 * 2 * kept)

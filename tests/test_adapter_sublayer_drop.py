@@ -64,7 +64,10 @@ def test_dropped_sublayers_lose_their_weights_and_add_nothing(model_type, sublay
 
 def _decode(model, ids, cache):
     with torch.inference_mode():
-        steps = [model(ids[:, t : t + 1], use_cache=True, **{cache_argument(model): cache}).logits for t in range(ids.shape[1])]
+        steps = [
+            model(ids[:, t : t + 1], use_cache=True, **{cache_argument(model): cache}).logits
+            for t in range(ids.shape[1])
+        ]
     return torch.cat(steps, dim=1)
 
 
@@ -85,7 +88,9 @@ def test_decoding_with_the_kv_cache_matches_a_full_forward(model_type, sublayer)
 def test_dropped_attention_keeps_a_sliding_window_cache_consistent():
     model = tiny("mistral")
     model.config.sliding_window = 5
-    pruned = ADAPTER.apply(model, SublayerDropParams(sparsity=0.5, selection="explicit", layers=[0, 1, 5], sublayer="attention"))
+    pruned = ADAPTER.apply(
+        model, SublayerDropParams(sparsity=0.5, selection="explicit", layers=[0, 1, 5], sublayer="attention")
+    )
     cache = DynamicCache(config=pruned.config)
     torch.testing.assert_close(_decode(pruned, IDS, cache), logits(pruned, IDS), rtol=1e-4, atol=1e-4)
 

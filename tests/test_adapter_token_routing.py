@@ -10,10 +10,10 @@ from test_adapters import ARCHITECTURES, logits, tiny
 from transformers import DynamicCache
 
 from prunereg.adapters import get_adapter
-from prunereg.harness.latency import cache_argument
 from prunereg.adapters.token_routing import RoutedMLP, routed, slot_table
-from prunereg.spec.checks import point_misfit
+from prunereg.harness.latency import cache_argument
 from prunereg.spec.catalog import models
+from prunereg.spec.checks import point_misfit
 from prunereg.spec.parameters import TokenRoutingParams
 
 W = TokenRoutingParams.window
@@ -28,7 +28,9 @@ def mlp_rows(model, ids, **kwargs) -> dict[int, int]:
     """Rows that reach gate_proj, per layer, in one forward."""
     rows: dict[int, int] = {}
     hooks = [
-        layer.mlp.mlp.gate_proj.register_forward_hook(lambda m, a, o, i=i: rows.__setitem__(i, rows.get(i, 0) + a[0].shape[0]))
+        layer.mlp.mlp.gate_proj.register_forward_hook(
+            lambda m, a, o, i=i: rows.__setitem__(i, rows.get(i, 0) + a[0].shape[0])
+        )
         for i, layer in enumerate(model.model.layers)
         if isinstance(layer.mlp, RoutedMLP)
     ]
@@ -78,7 +80,11 @@ def test_the_mlp_runs_on_fewer_tokens_and_the_router_on_all(model_type):
         model(ids, use_cache=False)
     hook.remove()
     assert seen == [torch.Size([2, 2 * W])]
-    assert [name for name, _ in model.model.layers[1].mlp.mlp.named_children()][:3] == ["gate_proj", "up_proj", "down_proj"]
+    assert [name for name, _ in model.model.layers[1].mlp.mlp.named_children()][:3] == [
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
     assert not isinstance(model.model.layers[0].mlp, RoutedMLP)
 
 
@@ -96,7 +102,9 @@ def test_routing_equals_zeroing_the_mlp_output_of_skipped_tokens(model_type):
 
 
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
-@pytest.mark.parametrize("params", [{"sparsity": 0.5}, {"sparsity": 0.875, "layers": "all", "router_rank": 8, "seed": 9}])
+@pytest.mark.parametrize(
+    "params", [{"sparsity": 0.5}, {"sparsity": 0.875, "layers": "all", "router_rank": 8, "seed": 9}]
+)
 def test_decoding_with_the_kv_cache_matches_a_full_forward(model_type, params):
     model = apply(tiny(model_type), **params)
     cache = DynamicCache(config=model.config)

@@ -18,8 +18,15 @@ ARCHITECTURES = ["llama", "qwen2", "mistral"]
 
 def tiny(model_type: str) -> torch.nn.Module:
     config = AutoConfig.for_model(
-        model_type, vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=6,
-        num_attention_heads=8, num_key_value_heads=4, head_dim=8, max_position_embeddings=128,
+        model_type,
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=8,
+        max_position_embeddings=128,
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
@@ -87,7 +94,12 @@ def test_width_slices_whole_kv_groups_and_channels(model_type):
     assert attn.o_proj.in_features == 32
     assert (mlp.gate_proj.out_features, mlp.up_proj.out_features, mlp.down_proj.in_features) == (72, 72, 72)
     config = pruned.config
-    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.intermediate_size) == (4, 2, 8, 72)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.intermediate_size) == (
+        4,
+        2,
+        8,
+        72,
+    )
     removed_per_layer = 64 * (32 + 16 + 16) + 32 * 64 + 3 * 64 * 24
     if model_type == "qwen2":
         removed_per_layer += 32 + 16 + 16
@@ -100,7 +112,9 @@ def test_width_slices_whole_kv_groups_and_channels(model_type):
 def test_width_equals_dense_with_the_removed_units_zeroed(model_type, selection):
     """Physically sliced = masked: proves the slices of q/k/v/o and gate/up/down line up."""
     model = tiny(model_type)
-    pruned = get_adapter("width").apply(copy.deepcopy(model), WidthParams(attention_sparsity=0.25, mlp_sparsity=0.5, selection=selection))
+    pruned = get_adapter("width").apply(
+        copy.deepcopy(model), WidthParams(attention_sparsity=0.25, mlp_sparsity=0.5, selection=selection)
+    )
     masked = copy.deepcopy(model)
     for dense_layer, small in zip(masked.model.layers, pruned.model.layers):
         attn = dense_layer.self_attn

@@ -120,8 +120,16 @@ def registry(tmp_path):
     engine = connect(str(path))
     depth = make_submission("shortgpt-test", name="ShortGPT Test")
     width = make_submission("llm-pruner-test", name="LLM Pruner Test", adapter="width", claims=[])
-    ingest(engine, depth, make_result(depth, speedups={"drop-25": 1.3, "drop-50": 1.9}, losses={"drop-25": 0.02, "drop-50": 0.30}))
-    ingest(engine, width, make_result(width, speedups={"width-25": 1.5, "width-50": 1.8}, losses={"width-25": 0.10, "width-50": 0.25}))
+    ingest(
+        engine,
+        depth,
+        make_result(depth, speedups={"drop-25": 1.3, "drop-50": 1.9}, losses={"drop-25": 0.02, "drop-50": 0.30}),
+    )
+    ingest(
+        engine,
+        width,
+        make_result(width, speedups={"width-25": 1.5, "width-50": 1.8}, losses={"width-25": 0.10, "width-50": 0.25}),
+    )
     cpu = make_environment(device="cpu", device_name="x86 CPU", dtype="float32", device_profile=None)
     ingest(engine, depth, make_result(depth, environment=cpu, losses={}))
     yield engine, path

@@ -65,14 +65,24 @@ def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser")
     engine = connect(f"sqlite:///{folder / 'registry.db'}")
     depth = make_submission("shortgpt-test")
-    ingest(engine, depth, make_result(depth, speedups={"drop-25": 1.3, "drop-50": 1.9}, losses={"drop-25": 0.03, "drop-50": 0.2}))
+    ingest(
+        engine,
+        depth,
+        make_result(depth, speedups={"drop-25": 1.3, "drop-50": 1.9}, losses={"drop-25": 0.03, "drop-50": 0.2}),
+    )
     width = make_submission("flap-test", adapter="width", name="FLAP test", claims=[])
-    ingest(engine, width, make_result(width, speedups={"width-25": 1.1, "width-50": 1.5}, losses={"width-25": 0.05, "width-50": 0.12}))
+    ingest(
+        engine,
+        width,
+        make_result(width, speedups={"width-25": 1.1, "width-50": 1.5}, losses={"width-25": 0.05, "width-50": 0.12}),
+    )
     graph = make_result(width, speedups={"width-25": 1.1, "width-50": 1.8}, losses={"width-25": 0.05, "width-50": 0.12})
     ingest(engine, width, in_mode(graph, "graph", {"width-25": CAPTURE_ERROR}))
     hostile = hostile_submission()
     ingest(engine, hostile, make_result(hostile))
-    ingest(engine, hostile, in_mode(make_result(hostile), "graph", {"drop-25": PAYLOAD[:300]}))  # an error message is text too
+    ingest(
+        engine, hostile, in_mode(make_result(hostile), "graph", {"drop-25": PAYLOAD[:300]})
+    )  # an error message is text too
     random = make_submission("random-weights", adapter="width", claims=[])
     ingest(engine, random, make_result(random, losses={}, model="llama-3.1-8b", weights="random"))
     site = build_site(engine, folder / "site").parent

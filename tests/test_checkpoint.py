@@ -69,8 +69,20 @@ def test_a_family_without_a_plain_config_is_refused(embedded, tmp_path):
 def test_cli_prune_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "drop-25"
     result = subprocess.run(
-        [sys.executable, "-m", "prunereg.cli", "prune", str(ROOT / "submissions" / "shortgpt.json"), "--point", "drop-25",
-         "--out", str(out)], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "prunereg.cli",
+            "prune",
+            str(ROOT / "submissions" / "shortgpt.json"),
+            "--point",
+            "drop-25",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 6
@@ -78,7 +90,21 @@ def test_cli_prune_writes_a_loadable_checkpoint(tmp_path):
 
 def test_cli_prune_names_an_unknown_point(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "prunereg.cli", "prune", str(ROOT / "submissions" / "shortgpt.json"), "--point", "drop-99",
-         "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "prunereg.cli",
+            "prune",
+            str(ROOT / "submissions" / "shortgpt.json"),
+            "--point",
+            "drop-99",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert result.returncode == 1 and "no operating point 'drop-99'" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 1 and "no operating point 'drop-99'" in result.stderr and "Traceback" not in result.stderr
+    )

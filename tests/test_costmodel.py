@@ -36,7 +36,11 @@ WIDTH_HALF = [
 def test_catalog_matches_the_public_config():
     assert (LLAMA.hidden_size, LLAMA.intermediate_size, LLAMA.num_hidden_layers) == (HIDDEN, INTER, LAYERS)
     assert (LLAMA.num_attention_heads, LLAMA.num_key_value_heads, LLAMA.head_dim, LLAMA.vocab_size) == (
-        HEADS, KV_HEADS, HEAD_DIM, VOCAB)
+        HEADS,
+        KV_HEADS,
+        HEAD_DIM,
+        VOCAB,
+    )
     assert LAYERS * LAYER_PARAMS == pytest.approx(6.98e9, rel=1e-3)
 
 
@@ -114,7 +118,8 @@ def test_dynamic_depth_reads_all_weights_in_decode():
     assert 1.0 < theoretical_speedup(LLAMA, H200, DECODE, routed) < 1.01
     dense_prefill = estimate(LLAMA, H200, PREFILL)
     assert estimate(LLAMA, H200, PREFILL, routed).flops == pytest.approx(
-        dense_prefill.flops / 2 + dense_prefill.row(Gemm.lm_head).flops / 2, rel=1e-9)
+        dense_prefill.flops / 2 + dense_prefill.row(Gemm.lm_head).flops / 2, rel=1e-9
+    )
 
 
 def test_unstructured_reduces_theoretical_flops_only():
@@ -136,8 +141,10 @@ def test_2_4_halves_flops_and_stores_metadata():
 def test_low_rank_and_key_blocks():
     rank = estimate(LLAMA, H200, DECODE, [effect(Gemm.down_proj, "K", "rank", 0.6)])
     assert rank.row(Gemm.down_proj).weight_bytes == pytest.approx(LAYERS * 0.4 * INTER * HIDDEN * 2)
-    blocks = [effect(Gemm.attn_score, "N", "key_block", 0.75, "dynamic"),
-              effect(Gemm.attn_value, "K", "key_block", 0.75, "dynamic")]
+    blocks = [
+        effect(Gemm.attn_score, "N", "key_block", 0.75, "dynamic"),
+        effect(Gemm.attn_value, "K", "key_block", 0.75, "dynamic"),
+    ]
     sparse_attn, dense = estimate(LLAMA, H200, PREFILL, blocks), estimate(LLAMA, H200, PREFILL)
     assert sparse_attn.row(Gemm.attn_score).flops == dense.row(Gemm.attn_score).flops / 4
     assert estimate(LLAMA, H200, DECODE, blocks).kv_bytes == KV_BYTES / 4
@@ -154,7 +161,9 @@ def test_routing_pays_for_its_router_and_gather_scatter():
     mlp = [effect(g, "M", "token", 0.5, mode="dynamic") for g in (Gemm.gate_up_proj, Gemm.down_proj)]
     routed = estimate(LLAMA, H200, PREFILL, mlp)
     tokens, hidden = 4096, 4096
-    per_layer = max(2 * tokens * hidden / H200.matmul_flops, (tokens + 4 * tokens * 0.5) * hidden * 2 / H200.memory_bandwidth)
+    per_layer = max(
+        2 * tokens * hidden / H200.matmul_flops, (tokens + 4 * tokens * 0.5) * hidden * 2 / H200.memory_bandwidth
+    )
     assert routed.routing_s == pytest.approx(32 * per_layer)
     assert routed.time_s == pytest.approx(routed.routing_s + sum(r.time_s for r in routed.rows))
     assert estimate(LLAMA, H200, PREFILL).routing_s == 0.0

@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND = [sys.executable, "-m", "prunereg.cli", "evaluate", str(ROOT / "submissions" / "shortgpt.json"), "--repeats", "25"]
+COMMAND = [
+    sys.executable,
+    "-m",
+    "prunereg.cli",
+    "evaluate",
+    str(ROOT / "submissions" / "shortgpt.json"),
+    "--repeats",
+    "25",
+]
 
 
 def rows(db: Path, sql: str) -> list[tuple]:

@@ -16,7 +16,10 @@ from prunereg.spec.catalog import EMBEDDED_MODEL, Phase, Scenario
 from prunereg.spec.validate import validate_file
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = (Scenario(phase=Phase.prefill, batch_size=1, seq_len=32), Scenario(phase=Phase.decode, batch_size=2, seq_len=32))
+SCENARIOS = (
+    Scenario(phase=Phase.prefill, batch_size=1, seq_len=32),
+    Scenario(phase=Phase.decode, batch_size=2, seq_len=32),
+)
 
 
 def load(slug: str):
@@ -55,7 +58,10 @@ def test_ingesting_an_evaluation_twice_adds_nothing(tmp_path, shortgpt_result):
 
     def counts():
         with engine.connect() as connection:
-            return {t.name: connection.execute(select(func.count()).select_from(t)).scalar() for t in Base.metadata.sorted_tables}
+            return {
+                t.name: connection.execute(select(func.count()).select_from(t)).scalar()
+                for t in Base.metadata.sorted_tables
+            }
 
     first = counts()
     assert first["latency_measurements"] == 4 and first["runs"] == 2
@@ -69,11 +75,21 @@ def test_an_operating_point_that_does_not_fit_the_model_is_refused():
     submission = load("llm-pruner")
     with pytest.raises(EvaluationError, match="does not fit llama-2-7b"):
         bad = submission.model_copy(
-            update={"adapter": submission.adapter.model_copy(update={"operating_points": [
-                submission.adapter.operating_points[0].model_copy(
-                    update={"params": submission.adapter.operating_points[0].params.model_copy(update={"attention_sparsity": 0.3})}
+            update={
+                "adapter": submission.adapter.model_copy(
+                    update={
+                        "operating_points": [
+                            submission.adapter.operating_points[0].model_copy(
+                                update={
+                                    "params": submission.adapter.operating_points[0].params.model_copy(
+                                        update={"attention_sparsity": 0.3}
+                                    )
+                                }
+                            )
+                        ]
+                    }
                 )
-            ]})}
+            }
         )
         evaluate(bad, "llama-2-7b", "cpu", SCENARIOS)
 
@@ -99,7 +115,8 @@ def test_graph_mode_on_a_cpu_is_refused_in_one_line(tmp_path):
 
     from prunereg.cli import app
 
-    out = CliRunner().invoke(app, ["evaluate", str(ROOT / "submissions" / "dense.json"), "--mode", "graph",
-                                   "--db", str(tmp_path / "r.db")])
+    out = CliRunner().invoke(
+        app, ["evaluate", str(ROOT / "submissions" / "dense.json"), "--mode", "graph", "--db", str(tmp_path / "r.db")]
+    )
     assert out.exit_code == 1 and "Traceback" not in out.output
     assert "error: --mode graph captures CUDA Graphs and needs --device cuda" in out.output

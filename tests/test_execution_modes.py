@@ -98,7 +98,9 @@ def test_gpu_change_names_a_missing_reading():
 
 
 @pytest.mark.parametrize(
-    ("execution", "fallback"), [("eager", None), ("graph", CAPTURE_ERROR)], ids=["mode-left-silently", "reason-without-leaving"]
+    ("execution", "fallback"),
+    [("eager", None), ("graph", CAPTURE_ERROR)],
+    ids=["mode-left-silently", "reason-without-leaving"],
 )
 def test_ingest_refuses_a_fallback_that_does_not_add_up(engine, width, execution, fallback):
     result = in_mode(make_result(width), "graph")
@@ -116,7 +118,10 @@ def test_export_carries_execution_fallback_and_gpu_columns(engine, width, tmp_db
     assert (fell_back["execution"], fell_back["fallback"]) == ("eager", CAPTURE_ERROR)
     assert (fell_back["gpu_before_sm_clock_mhz"], fell_back["gpu_after_sm_clock_mhz"]) == (1980, 1755)
     assert (fell_back["gpu_before_temperature_c"], fell_back["gpu_after_power_w"]) == (41, 655.0)
-    assert fell_back["gpu_after_clock_event_reasons"] == "sw_power_cap" and fell_back["gpu_before_clock_event_reasons"] == ""
+    assert (
+        fell_back["gpu_after_clock_event_reasons"] == "sw_power_cap"
+        and fell_back["gpu_before_clock_event_reasons"] == ""
+    )
     eager = records[("eager", "width-50", "prefill-b1-s256")]
     assert eager["execution"] == "eager" and eager["fallback"] is None and eager["gpu_before_sm_clock_mhz"] is None
     rows = list(csv.DictReader(io.StringIO(export(tmp_db, "--format", "csv"))))
@@ -166,8 +171,8 @@ def test_site_sets_eager_and_graph_side_by_side_and_flags_the_fallback(engine, w
         check_html5(page)
 
     assert html.count('<table class="harness sortable"') == 2  # prefill and decode, each measured in both modes
-    for mode, text in EXECUTION_MODES.items():
-        assert f"<dt>{mode}</dt><dd>{text.replace(chr(39), '&#39;')}</dd>" in html
+    for mode, meaning in EXECUTION_MODES.items():
+        assert f"<dt>{mode}</dt><dd>{meaning.replace(chr(39), '&#39;')}</dd>" in html
     assert re.search(r"<th[^>]*>Theoretical</th><th[^>]*>eager</th><th[^>]*>graph</th></tr>", html)
     (prefill, decode) = cells(html, "harness", "width-50")
     assert prefill == decode == ["LLM-Pruner test", "static NK, width", "width-50", "1.87×",

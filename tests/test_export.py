@@ -56,7 +56,11 @@ def test_csv_latency_has_provenance_columns_and_one_row_per_measurement(registry
                    "env_prunereg", "env_git_revision", "env_dtype", "env_execution_mode", "p20_ms", "p80_ms"):  # fmt: skip
         assert column in rows[0], column
     first = rows[0]
-    assert (first["env_torch"], first["env_git_revision"], first["env_execution_mode"]) == ("2.11.0", "0123abcd", "eager")
+    assert (first["env_torch"], first["env_git_revision"], first["env_execution_mode"]) == (
+        "2.11.0",
+        "0123abcd",
+        "eager",
+    )
     assert float(first["p20_ms"]) < float(first["median_ms"]) < float(first["p80_ms"])
     assert float(first["speedup"]) == pytest.approx(float(first["dense_median_ms"]) / float(first["median_ms"]))
     no_quality = [r for r in rows if r["operating_point"] == "width-50"]

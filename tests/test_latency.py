@@ -22,8 +22,16 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA Graph capt
 
 
 def tiny(device: str = "cpu", dtype=torch.float32):
-    config = AutoConfig.for_model("llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
 
@@ -123,8 +131,14 @@ def test_graph_replay_computes_what_eager_does(variant, scenario):
 @cuda
 def test_graph_mode_measures_in_graph_mode_and_reads_the_gpu():
     net = tiny("cuda", torch.bfloat16)
-    timing = measure_pair(net, pruned(net, "width", WidthParams(attention_sparsity=0.5, mlp_sparsity=0.5)), DECODE,
-                          warmup=2, repeats=5, mode="graph")
+    timing = measure_pair(
+        net,
+        pruned(net, "width", WidthParams(attention_sparsity=0.5, mlp_sparsity=0.5)),
+        DECODE,
+        warmup=2,
+        repeats=5,
+        mode="graph",
+    )
     assert (timing.execution, timing.fallback) == ("graph", None)
     pytest.importorskip("pynvml")
     assert timing.gpu_before is not None and timing.gpu_before.sm_clock_mhz > 0

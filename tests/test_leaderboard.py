@@ -12,7 +12,19 @@ import pytest
 from conftest import make_result, make_submission
 
 from prunereg.leaderboard.build import build_site
-from prunereg.leaderboard.plot import BOTTOM, HEIGHT, LEFT, RIGHT, TOP, WIDTH, PlotPoint, RealizationPoint, nice_ticks, pareto_svg, realization_svg
+from prunereg.leaderboard.plot import (
+    BOTTOM,
+    HEIGHT,
+    LEFT,
+    RIGHT,
+    TOP,
+    WIDTH,
+    PlotPoint,
+    RealizationPoint,
+    nice_ticks,
+    pareto_svg,
+    realization_svg,
+)
 from prunereg.registry.ingest import ingest
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -106,10 +118,14 @@ def check_html5(path: Path) -> Page:
 @pytest.fixture
 def registry(engine):
     depth = make_submission("shortgpt-test")
-    depth_result = make_result(depth, speedups={"drop-25": 1.3, "drop-50": 1.9}, losses={"drop-25": 0.03, "drop-50": 0.20})
+    depth_result = make_result(
+        depth, speedups={"drop-25": 1.3, "drop-50": 1.9}, losses={"drop-25": 0.03, "drop-50": 0.20}
+    )
     ingest(engine, depth, depth_result)
     width = make_submission("flap-test", adapter="width", name="FLAP test", claims=[])
-    width_result = make_result(width, speedups={"width-25": 1.1, "width-50": 1.5}, losses={"width-25": 0.05, "width-50": 0.12})
+    width_result = make_result(
+        width, speedups={"width-25": 1.1, "width-50": 1.5}, losses={"width-25": 0.05, "width-50": 0.12}
+    )
     ingest(engine, width, width_result)
     untested = make_submission("latency-only", adapter="width", claims=[])
     ingest(engine, untested, make_result(untested, losses={}))

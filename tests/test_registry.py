@@ -219,7 +219,13 @@ def test_kernel_note_names_only_what_a_dense_model_would_not_run():
 
     plain = [{"gemm": "qkv_proj", "kernel": "dense"}, {"gemm": "attn_score", "kernel": "causal (SDPA)"}]
     assert kernel_note(plain) is None
-    masked = plain + [{"gemm": "down_proj", "kernel": "masked dense"}, {"gemm": "router", "kernel": "masked dense (eager)"}]
+    masked = plain + [
+        {"gemm": "down_proj", "kernel": "masked dense"},
+        {"gemm": "router", "kernel": "masked dense (eager)"},
+    ]
     assert kernel_note(masked) == "masked dense"
-    sparse = [{"gemm": "o_proj", "kernel": "sparse 2:4 (cuSPARSELt)"}, {"gemm": "attn_value", "kernel": "block-sparse (flex_attention)"}]
+    sparse = [
+        {"gemm": "o_proj", "kernel": "sparse 2:4 (cuSPARSELt)"},
+        {"gemm": "attn_value", "kernel": "block-sparse (flex_attention)"},
+    ]
     assert kernel_note(sparse) == "block-sparse (flex_attention), sparse 2:4 (cuSPARSELt)"

@@ -46,23 +46,53 @@ def mutated(base: dict, edit) -> dict:
 
 REJECTED = [
     ("unknown top-level field", SHORTGPT, lambda d: d.update(homepage="x"), "/homepage", "unknown field"),
-    ("wrong type", SHORTGPT, lambda d: d["adapter"]["operating_points"][0]["params"].update(sparsity="half"),
-     "/adapter/operating_points/0/params/sparsity", "not of type 'number'"),
-    ("out of range", SHORTGPT, lambda d: d["adapter"]["operating_points"][0]["params"].update(sparsity=1.5),
-     "/adapter/operating_points/0/params/sparsity", "maximum"),
-    ("unknown adapter", SHORTGPT, lambda d: d["adapter"].update(name="layerdrop"), "/adapter/name",
-     "did you mean 'layer_drop'"),
+    (
+        "wrong type",
+        SHORTGPT,
+        lambda d: d["adapter"]["operating_points"][0]["params"].update(sparsity="half"),
+        "/adapter/operating_points/0/params/sparsity",
+        "not of type 'number'",
+    ),
+    (
+        "out of range",
+        SHORTGPT,
+        lambda d: d["adapter"]["operating_points"][0]["params"].update(sparsity=1.5),
+        "/adapter/operating_points/0/params/sparsity",
+        "maximum",
+    ),
+    (
+        "unknown adapter",
+        SHORTGPT,
+        lambda d: d["adapter"].update(name="layerdrop"),
+        "/adapter/name",
+        "did you mean 'layer_drop'",
+    ),
     ("markup in a name", SHORTGPT, lambda d: d["method"].update(slug="<script>"), "/method/slug", "does not match"),
-    ("markup in an author", SHORTGPT, lambda d: d["method"]["authors"].append('"><img src=x onerror=alert(1)>'),
-     "/method/authors/8", "must not contain '<' or '>'"),
-    ("script url", SHORTGPT, lambda d: d["method"]["paper"].update(url="javascript:alert(1)"), "/method/paper/url",
-     "does not match"),
+    (
+        "markup in an author",
+        SHORTGPT,
+        lambda d: d["method"]["authors"].append('"><img src=x onerror=alert(1)>'),
+        "/method/authors/8",
+        "must not contain '<' or '>'",
+    ),
+    (
+        "script url",
+        SHORTGPT,
+        lambda d: d["method"]["paper"].update(url="javascript:alert(1)"),
+        "/method/paper/url",
+        "does not match",
+    ),
     ("overlong text", SHORTGPT, lambda d: d["method"].update(name="x" * 500), "/method/name", "longer than 120"),
     ("unknown GEMM", SHORTGPT, lambda d: d["effects"][0].update(gemm="qkv"), "/effects/0/gemm", "qkv_proj"),
     ("fraction above one", SHORTGPT, lambda d: d["effects"][0].update(fraction=2), "/effects/0/fraction", "maximum"),
     ("wrong schema version", SHORTGPT, lambda d: d.update(schema_version=2), "/schema_version", "1 was expected"),
-    ("layers without explicit", SHORTGPT, lambda d: d["adapter"]["operating_points"][0]["params"].update(layers=[1, 2]),
-     "/adapter/operating_points/0/params", "exactly when selection is 'explicit'"),
+    (
+        "layers without explicit",
+        SHORTGPT,
+        lambda d: d["adapter"]["operating_points"][0]["params"].update(layers=[1, 2]),
+        "/adapter/operating_points/0/params",
+        "exactly when selection is 'explicit'",
+    ),
     ("paper without id", SHORTGPT, lambda d: d["method"]["paper"].pop("arxiv"), "/method/paper", "arxiv id or url"),
 ]
 
@@ -75,27 +105,58 @@ def test_schema_rejections_name_the_json_pointer(label, base, edit, pointer, fra
 
 
 CHECKED = [
-    (checks.unique_operating_points, SHORTGPT,
-     lambda d: d["adapter"]["operating_points"][1].update(name="drop-25"), "/adapter/operating_points/1/name"),
+    (
+        checks.unique_operating_points,
+        SHORTGPT,
+        lambda d: d["adapter"]["operating_points"][1].update(name="drop-25"),
+        "/adapter/operating_points/1/name",
+    ),
     (checks.adapter_fits_family, LLM_PRUNER, lambda d: d.update(family="static_depth"), "/adapter/name"),
     (checks.effects_fit_family, SHORTGPT, lambda d: d["effects"][0].update(dimension="N"), "/effects/0"),
     (checks.unique_effects, SHORTGPT, lambda d: d["effects"][1].update(gemm="qkv_proj"), "/effects/1"),
-    (checks.effect_parameters_exist, SHORTGPT, lambda d: d["effects"][0].update(fraction={"param": "ratio"}),
-     "/effects/0/fraction/param"),
-    (checks.claims_name_operating_points, SHORTGPT, lambda d: d.update(quality_claims=[{
-        "base_model": "llama-2-7b", "operating_point": "drop-99", "task": "wikitext2", "metric": "perplexity",
-        "higher_is_better": False, "value": 10.0, "dense_value": 5.0,
-        "provenance": {"source": "measured", "by": "a test"}}]), "/quality_claims/0/operating_point"),
-    (checks.operating_points_fit_models, LLM_PRUNER,
-     lambda d: d["adapter"]["operating_points"][0]["params"].update(attention_sparsity=0.3),
-     "/adapter/operating_points/0/params"),
-    (checks.operating_points_fit_models, SHORTGPT,
-     lambda d: d["adapter"]["operating_points"][0]["params"].update(selection="explicit", layers=[2, 9]),
-     "/adapter/operating_points/0/params"),
+    (
+        checks.effect_parameters_exist,
+        SHORTGPT,
+        lambda d: d["effects"][0].update(fraction={"param": "ratio"}),
+        "/effects/0/fraction/param",
+    ),
+    (
+        checks.claims_name_operating_points,
+        SHORTGPT,
+        lambda d: d.update(
+            quality_claims=[
+                {
+                    "base_model": "llama-2-7b",
+                    "operating_point": "drop-99",
+                    "task": "wikitext2",
+                    "metric": "perplexity",
+                    "higher_is_better": False,
+                    "value": 10.0,
+                    "dense_value": 5.0,
+                    "provenance": {"source": "measured", "by": "a test"},
+                }
+            ]
+        ),
+        "/quality_claims/0/operating_point",
+    ),
+    (
+        checks.operating_points_fit_models,
+        LLM_PRUNER,
+        lambda d: d["adapter"]["operating_points"][0]["params"].update(attention_sparsity=0.3),
+        "/adapter/operating_points/0/params",
+    ),
+    (
+        checks.operating_points_fit_models,
+        SHORTGPT,
+        lambda d: d["adapter"]["operating_points"][0]["params"].update(selection="explicit", layers=[2, 9]),
+        "/adapter/operating_points/0/params",
+    ),
 ]
 
 
-@pytest.mark.parametrize("check,base,edit,pointer", CHECKED, ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(CHECKED)])
+@pytest.mark.parametrize(
+    "check,base,edit,pointer", CHECKED, ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(CHECKED)]
+)
 def test_each_semantic_check_reports_its_problem(check, base, edit, pointer):
     assert check in checks.CHECKS
     document = mutated(base, edit)
@@ -105,7 +166,9 @@ def test_each_semantic_check_reports_its_problem(check, base, edit, pointer):
 
 
 def test_grouped_query_misfit_names_model_and_groups():
-    document = mutated(LLM_PRUNER, lambda d: d["adapter"]["operating_points"][0]["params"].update(attention_sparsity=0.3))
+    document = mutated(
+        LLM_PRUNER, lambda d: d["adapter"]["operating_points"][0]["params"].update(attention_sparsity=0.3)
+    )
     _, problems = validate_document(document)
     assert "on prunereg-mini" in problems[0].message and "whole number of groups" in problems[0].message
 
@@ -119,7 +182,11 @@ def test_slug_must_match_the_file_name(tmp_path):
 
 @pytest.mark.parametrize(
     "content,fragment",
-    [("{not json", "invalid JSON at line 1"), ('{"a": 1, "a": 2}', "duplicate key 'a'"), ("[]", "not of type 'object'")],
+    [
+        ("{not json", "invalid JSON at line 1"),
+        ('{"a": 1, "a": 2}', "duplicate key 'a'"),
+        ("[]", "not of type 'object'"),
+    ],
 )
 def test_unreadable_files_get_one_problem(tmp_path, content, fragment):
     path = tmp_path / "broken.json"
@@ -129,12 +196,16 @@ def test_unreadable_files_get_one_problem(tmp_path, content, fragment):
 
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "prunereg.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "prunereg.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_validate_prints_one_line_per_problem_and_exits_1(tmp_path):
-    hostile = mutated(SHORTGPT, lambda d: (d.update(extra=1), d["method"].update(name="<b>ShortGPT</b>"),
-                                            d["adapter"].update(name="rm -rf /")))
+    hostile = mutated(
+        SHORTGPT,
+        lambda d: (d.update(extra=1), d["method"].update(name="<b>ShortGPT</b>"), d["adapter"].update(name="rm -rf /")),
+    )
     path = tmp_path / "shortgpt.json"
     path.write_text(json.dumps(hostile))
     result = run_cli("validate", str(path), str(ROOT / "submissions" / "dense.json"))
@@ -155,7 +226,9 @@ def test_cli_validate_accepts_the_shipped_submissions_without_importing_torch():
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'validation imported torch'\n"
         "sys.exit(code)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe, *map(str, SUBMISSIONS)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *map(str, SUBMISSIONS)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(": ok (") == len(SUBMISSIONS)
 
@@ -188,5 +261,7 @@ def test_cli_ingest_refuses_a_result_of_another_spec_in_one_line(tmp_path):
     db = tmp_path / "registry.db"
     result = run_cli("ingest", str(path), "--db", str(db))
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [f"error: {path}: result is for spec 000000000000, submission shortgpt hashes to "
-                                                  f"{validate_file(ROOT / 'submissions' / 'shortgpt.json')[0].spec_hash()[:12]}"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path}: result is for spec 000000000000, submission shortgpt hashes to "
+        f"{validate_file(ROOT / 'submissions' / 'shortgpt.json')[0].spec_hash()[:12]}"
+    ]

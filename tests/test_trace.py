@@ -85,7 +85,9 @@ class Routed(torch.nn.Module):
 def test_products_go_to_the_nearest_known_name_and_zeros_show_as_masked_dense():
     model = tiny("llama")
     for layer in model.model.layers:
-        layer.self_attn.q_proj = torch.nn.Sequential(torch.nn.Linear(64, 4, bias=False), torch.nn.Linear(4, 64, bias=False))
+        layer.self_attn.q_proj = torch.nn.Sequential(
+            torch.nn.Linear(64, 4, bias=False), torch.nn.Linear(4, 64, bias=False)
+        )
         layer.mlp = Routed(layer.mlp, 64)
         with torch.no_grad():
             layer.mlp.mlp.gate_proj.weight[:, ::2] = 0
@@ -104,8 +106,9 @@ class FlexToy(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.embed = torch.nn.Embedding(97, 32)
-        self.block_mask = create_block_mask(lambda b, h, q, k: (q >= k) & (q // 64 == k // 64), 1, 1, 128, 128,
-                                            device="cpu", BLOCK_SIZE=64)
+        self.block_mask = create_block_mask(
+            lambda b, h, q, k: (q >= k) & (q // 64 == k // 64), 1, 1, 128, 128, device="cpu", BLOCK_SIZE=64
+        )
 
     def forward(self, ids, **_):
         x = self.embed(ids).view(*ids.shape, 2, 16).transpose(1, 2)
@@ -168,7 +171,9 @@ def test_a_declaration_that_lies_fails_with_the_shapes(mini, tmp_path):
     submission = load(lying_copy(tmp_path))
     point = submission.point("width-50")
     pruned = get_adapter("width").apply(copy.deepcopy(mini.model), point.params)
-    _, mismatches = check_declaration(mini.model, pruned, mini.architecture, PREFILL, resolve(submission.effects, point.params))
+    _, mismatches = check_declaration(
+        mini.model, pruned, mini.architecture, PREFILL, resolve(submission.effects, point.params)
+    )
     assert mismatches[0] == GATE_UP_LIE
     assert [m.split(":")[0] for m in mismatches] == ["gate_up_proj", "down_proj"]
 
@@ -176,26 +181,43 @@ def test_a_declaration_that_lies_fails_with_the_shapes(mini, tmp_path):
 def cost_model_traces(declared, pruned: bool) -> list[GemmTrace]:
     """What a model that runs exactly the cost model's shapes would trace."""
     return [
-        GemmTrace(gemm=d.gemm.value, count=round(r.count), m=round(r.m), n=round(r.n), k=round(r.k), flops=r.flops,
-                  effective_flops=r.theoretical_flops, kernel="dense")
-        for d in declared for r in [d.pruned if pruned else d.dense]
+        GemmTrace(
+            gemm=d.gemm.value,
+            count=round(r.count),
+            m=round(r.m),
+            n=round(r.n),
+            k=round(r.k),
+            flops=r.flops,
+            effective_flops=r.theoretical_flops,
+            kernel="dense",
+        )
+        for d in declared
+        for r in [d.pruned if pruned else d.dense]
     ]
 
 
 def test_compare_allows_layer_rounding_and_routers_but_not_unexplained_products(mini):
-    effects = [ResolvedEffect(gemm=g, dimension="M", mode="static", granularity="layer", fraction=0.3)
-               for g in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "attn_score", "attn_value")]
+    effects = [
+        ResolvedEffect(gemm=g, dimension="M", mode="static", granularity="layer", fraction=0.3)
+        for g in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "attn_score", "attn_value")
+    ]
     declared = declare(mini.architecture, PREFILL, effects)  # 8 layers: 30 % rounds to 2 layers, kept 75 % not 70 %
     dense = cost_model_traces(declared, pruned=False)
     assert compare(declared, dense, cost_model_traces(declared, pruned=True)) == []
-    rounded = [t.model_copy(update={"effective_flops": t.effective_flops * 0.75 / 0.7}) if t.gemm != "lm_head" else t
-               for t in cost_model_traces(declared, pruned=True)]
+    rounded = [
+        t.model_copy(update={"effective_flops": t.effective_flops * 0.75 / 0.7}) if t.gemm != "lm_head" else t
+        for t in cost_model_traces(declared, pruned=True)
+    ]
     assert compare(declared, dense, rounded) == []
     assert compare(declared, dense, rounded, tolerance=0.0) == []  # half a layer of 8 covers 5 points
-    three_layers = [t.model_copy(update={"effective_flops": t.effective_flops * 0.5 / 0.7}) if t.gemm == "o_proj" else t
-                    for t in rounded]
+    three_layers = [
+        t.model_copy(update={"effective_flops": t.effective_flops * 0.5 / 0.7}) if t.gemm == "o_proj" else t
+        for t in rounded
+    ]
     assert [m.split(":")[0] for m in compare(declared, dense, three_layers)] == ["o_proj"]
-    extra = GemmTrace(gemm="router", count=8, m=128, n=1, k=128, flops=262144.0, effective_flops=262144.0, kernel="dense")
+    extra = GemmTrace(
+        gemm="router", count=8, m=128, n=1, k=128, flops=262144.0, effective_flops=262144.0, kernel="dense"
+    )
     assert compare(declared, dense, [*rounded, extra]) == []
     other = extra.model_copy(update={"gemm": "other"})
     assert compare(declared, dense, [*rounded, other]) == [
@@ -204,8 +226,15 @@ def test_compare_allows_layer_rounding_and_routers_but_not_unexplained_products(
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "prunereg.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, check=False, env={**os.environ, "COLUMNS": "160"})
+    return subprocess.run(
+        [sys.executable, "-m", "prunereg.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "COLUMNS": "160"},
+    )
 
 
 def test_cli_trace_prints_the_table_and_exits_0_when_the_declaration_holds():

@@ -82,8 +82,10 @@ def fetch_deb(cache: Path = CACHE_DIR) -> Path:
         subprocess.run(["apt-get", "download", f"{DEB_PACKAGE}={DEB_VERSION}"], cwd=cache, check=True)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != DEB_SHA256:
-        print(f"note: {path.name} sha256 {digest} differs from the bookworm build; "
-              "the corpus text sha256 is still checked")
+        print(
+            f"note: {path.name} sha256 {digest} differs from the bookworm build; "
+            "the corpus text sha256 is still checked"
+        )
     return path
 
 
@@ -94,10 +96,10 @@ def deb_members(deb: Path, wanted: tuple[str, ...]) -> dict[str, bytes]:
         raise ValueError(f"{deb} is not a Debian package")
     pos, data = 8, None
     while pos < len(blob):
-        name = blob[pos:pos + 16].decode().strip().rstrip("/")
-        size = int(blob[pos + 48:pos + 58].decode().strip())
+        name = blob[pos : pos + 16].decode().strip().rstrip("/")
+        size = int(blob[pos + 48 : pos + 58].decode().strip())
         if name.startswith("data.tar"):
-            data = blob[pos + 60:pos + 60 + size]
+            data = blob[pos + 60 : pos + 60 + size]
         pos += 60 + size + (size & 1)
     if data is None:
         raise ValueError(f"{deb} has no data.tar member")
@@ -156,7 +158,7 @@ class _RReader:
             n = self.int()
             if n == -1:
                 return None
-            text = self.data[self.pos:self.pos + n].decode("utf-8")
+            text = self.data[self.pos : self.pos + n].decode("utf-8")
             self.pos += n
             return text
         n = self.int()
@@ -188,7 +190,7 @@ def read_novels(deb: Path) -> dict[str, list[str]]:
     rdb = files[RDATA_DIR + "Rdata.rdb"]
     novels = {}
     for name, (offset, length) in zip(names, variables["value"]):
-        blob = rdb[offset:offset + length]
+        blob = rdb[offset : offset + length]
         (size,) = struct.unpack(">I", blob[:4])
         raw = zlib.decompress(blob[4:])
         if len(raw) != size:

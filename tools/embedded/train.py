@@ -26,13 +26,13 @@ import platform
 import time
 from pathlib import Path
 
-import torch
+import corpus  # beside this file
 import tokenizers
+import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-import corpus  # beside this file
 from prunereg.harness.quality import mean_cross_entropy
 
 HERE = Path(__file__).resolve().parent
@@ -122,7 +122,8 @@ def train(args) -> dict:
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.95),
+        lr=args.lr,
+        betas=(0.9, 0.95),
     )
     generator = torch.Generator().manual_seed(args.seed)
     train_ids = ids["train"]
@@ -146,8 +147,11 @@ def train(args) -> dict:
             history.append({"step": step, "train_loss": round(loss.item(), 4), "val_ce": round(val_ce, 4)})
             print(history[-1], flush=True)
             if val_ce < best["val_ce"]:
-                best = {"val_ce": val_ce, "step": step,
-                        "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+                best = {
+                    "val_ce": val_ce,
+                    "step": step,
+                    "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                }
     train_seconds = time.perf_counter() - started
 
     # Save the best checkpoint in bf16, then score exactly what was saved: reload it
@@ -186,7 +190,7 @@ def train(args) -> dict:
             "add_special_tokens": False,
             "dtype": "float32",
             "description": "encode eval.txt without special tokens; consecutive chunks of seq_len-1 tokens, "
-                           "each prefixed with BOS; mean cross-entropy over all chunk tokens",
+            "each prefixed with BOS; mean cross-entropy over all chunk tokens",
         },
         "eval_cpu_seconds": round(eval_seconds, 2),
         "corpus": f"Debian {corpus.DEB_PACKAGE} {corpus.DEB_VERSION}",
@@ -214,7 +218,9 @@ def train(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train the prunereg embedded default model.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=HERE.parents[1] / "harness" / "embedded", help="writes OUT/model/ and OUT/card.json")
+    parser.add_argument(
+        "--out", type=Path, default=HERE.parents[1] / "harness" / "embedded", help="writes OUT/model/ and OUT/card.json"
+    )
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)

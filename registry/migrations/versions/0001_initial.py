@@ -57,9 +57,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=40), nullable=False),
         sa.Column("description", sa.String(length=300), nullable=False),
         sa.Column("params", sa.JSON(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["submission_id"], ["submissions.id"], ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["submission_id"], ["submissions.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("submission_id", "name"),
     )
@@ -89,13 +87,9 @@ def upgrade() -> None:
         sa.Column("effects", sa.JSON(), nullable=False),
         sa.Column("gemms", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["operating_point_id"], ["operating_points.id"], ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["operating_point_id"], ["operating_points.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint(
-            "operating_point_id", "model", "weights", "environment_key"
-        ),
+        sa.UniqueConstraint("operating_point_id", "model", "weights", "environment_key"),
     )
     op.create_index(op.f("ix_runs_environment_key"), "runs", ["environment_key"])
     op.create_table(
@@ -146,9 +140,7 @@ def upgrade() -> None:
             "provenance IN ('measured', 'reported', 'measured-elsewhere')",
             name="quality_provenance",
         ),
-        sa.ForeignKeyConstraint(
-            ["operating_point_id"], ["operating_points.id"], ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["operating_point_id"], ["operating_points.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("operating_point_id", "identity"),
