@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from prunereg.spec.results import Environment, GpuState
 
 from .queries import leaderboard_rows
-from .schema import LatencyMeasurement, Method, OperatingPoint, QualityResult, Run, Submission
+from .schema import LatencyMeasurement, MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
 
 ENV_FIELDS = tuple(Environment.model_fields)
 GPU_COLUMNS = tuple(f"gpu_{when}_{f}" for when in ("before", "after") for f in GpuState.model_fields)
@@ -44,10 +44,10 @@ QUALITY_COLUMNS = (
 def _latency_extras(session: Session) -> dict[tuple, tuple[float, float, dict[str, Any]]]:
     """p20, p80 and the environment of each latency row, by the row's natural key."""
     stmt = (
-        select(LatencyMeasurement, Run, OperatingPoint, Submission)
+        select(LatencyMeasurement, Run, OperatingPointRecord, SubmissionRecord)
         .join(LatencyMeasurement.run)
         .join(Run.operating_point)
-        .join(OperatingPoint.submission)
+        .join(OperatingPointRecord.submission)
     )
     return {
         (sub.spec_hash, point.name, run.model, run.weights, run.environment_key, lat.scenario): (
@@ -95,11 +95,11 @@ def latency_records(engine: Engine) -> list[dict[str, Any]]:
 def quality_records(engine: Engine) -> list[dict[str, Any]]:
     """Every quality figure, measured and reported, as a flat dict with `QUALITY_COLUMNS`."""
     stmt = (
-        select(QualityResult, OperatingPoint, Submission, Method, Run)
-        .join(QualityResult.operating_point)
-        .join(OperatingPoint.submission)
-        .join(Submission.method)
-        .outerjoin(QualityResult.run)
+        select(QualityRecord, OperatingPointRecord, SubmissionRecord, MethodRecord, Run)
+        .join(QualityRecord.operating_point)
+        .join(OperatingPointRecord.submission)
+        .join(SubmissionRecord.method)
+        .outerjoin(QualityRecord.run)
     )
     out = []
     with Session(engine) as session:

@@ -17,13 +17,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, relative_loss
-from prunereg.spec.results import QualityResult as MeasuredQuality
-from prunereg.spec.submission import QualityClaim, Reported, spec_hash
-from prunereg.spec.submission import Submission as SubmissionSpec
+from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, QualityResult, relative_loss
+from prunereg.spec.submission import QualityClaim, Reported, Submission, spec_hash
 
 from .db import writer
-from .schema import Base, LatencyMeasurement, Method, OperatingPoint, QualityResult, Run, Submission
+from .schema import Base, LatencyMeasurement, MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
 
 T = TypeVar("T", bound=Base)
 ATTEMPTS = 6
@@ -54,7 +52,7 @@ class IngestSummary:
         return f"{self.method} ({self.spec_hash[:12]}): added {added}"
 
 
-def ingest(engine: Engine, submission: SubmissionSpec, result: EvaluationResult | None = None) -> IngestSummary:
+def ingest(engine: Engine, submission: Submission, result: EvaluationResult | None = None) -> IngestSummary:
     """Upsert the method, its submission, points and claims, and the result's runs; all or nothing."""
     _check_matches(submission, result)
     for attempt in range(ATTEMPTS):
@@ -73,7 +71,7 @@ def ingest(engine: Engine, submission: SubmissionSpec, result: EvaluationResult 
     raise AssertionError("unreachable")
 
 
-def _check_matches(submission: SubmissionSpec, result: EvaluationResult | None) -> None:
+def _check_matches(submission: Submission, result: EvaluationResult | None) -> None:
     names = {p.name for p in submission.adapter.operating_points}
     for claim in submission.quality_claims:
         if claim.operating_point not in names:
@@ -112,7 +110,7 @@ def _get_or_create(
     return row, True
 
 
-def _method_fields(spec: SubmissionSpec) -> dict[str, Any]:
+def _method_fields(spec: Submission) -> dict[str, Any]:
     m = spec.method
     return dict(
         name=m.name,
@@ -128,12 +126,12 @@ def _method_fields(spec: SubmissionSpec) -> dict[str, Any]:
     )
 
 
-def _store_submission(session: Session, spec: SubmissionSpec, summary: IngestSummary) -> dict[str, OperatingPoint]:
-    method, _ = _get_or_create(session, summary, Method, {"slug": spec.method.slug}, **_method_fields(spec))
+def _store_submission(session: Session, spec: Submission, summary: IngestSummary) -> dict[str, OperatingPointRecord]:
+    method, _ = _get_or_create(session, summary, MethodRecord, {"slug": spec.method.slug}, **_method_fields(spec))
     submission, created = _get_or_create(
         session,
         summary,
-        Submission,
+        SubmissionRecord,
         {"spec_hash": spec.spec_hash()},
         method_id=method.id,
         schema_version=spec.schema_version,
@@ -147,7 +145,7 @@ def _store_submission(session: Session, spec: SubmissionSpec, summary: IngestSum
         points[point.name], _ = _get_or_create(
             session,
             summary,
-            OperatingPoint,
+            OperatingPointRecord,
             {"submission_id": submission.id, "name": point.name},
             description=point.description,
             params=point.params.model_dump(mode="json"),
@@ -161,13 +159,13 @@ def _loss(value: float, dense_value: float, higher_is_better: bool) -> float | N
     return None if dense_value == 0 else relative_loss(value, dense_value, higher_is_better)
 
 
-def _store_claim(session: Session, point: OperatingPoint, claim: QualityClaim, summary: IngestSummary) -> None:
+def _store_claim(session: Session, point: OperatingPointRecord, claim: QualityClaim, summary: IngestSummary) -> None:
     source = claim.provenance
     reported = isinstance(source, Reported)
     _get_or_create(
         session,
         summary,
-        QualityResult,
+        QualityRecord,
         {"operating_point_id": point.id, "identity": spec_hash(claim.model_dump(mode="json"))},
         run_id=None,
         provenance="reported" if reported else "measured-elsewhere",
@@ -191,7 +189,11 @@ def _store_claim(session: Session, point: OperatingPoint, claim: QualityClaim, s
 
 
 def _store_run(
-    session: Session, point: OperatingPoint, result: EvaluationResult, point_result: PointResult, summary: IngestSummary
+    session: Session,
+    point: OperatingPointRecord,
+    result: EvaluationResult,
+    point_result: PointResult,
+    summary: IngestSummary,
 ) -> None:
     env = result.environment
     stats = point_result.stats
@@ -256,7 +258,7 @@ def _store_latency(session: Session, run: Run, latency: LatencyResult, summary: 
 
 
 def _store_measured_quality(
-    session: Session, run: Run, result: EvaluationResult, quality: MeasuredQuality, summary: IngestSummary
+    session: Session, run: Run, result: EvaluationResult, quality: QualityResult, summary: IngestSummary
 ) -> None:
     identity = spec_hash(
         {"run": [run.model, run.weights, run.environment_key], "task": quality.task, "metric": quality.metric}
@@ -264,7 +266,7 @@ def _store_measured_quality(
     _get_or_create(
         session,
         summary,
-        QualityResult,
+        QualityRecord,
         {"operating_point_id": run.operating_point_id, "identity": identity},
         run_id=run.id,
         provenance="measured",

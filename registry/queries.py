@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from prunereg.spec.taxonomy import FAMILY_LABELS
 
 from .pareto import dominance_rank
-from .schema import LatencyMeasurement, Method, OperatingPoint, QualityResult, Run, Submission
+from .schema import LatencyMeasurement, MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
 
 SpeedupKind = Literal["measured", "theoretical"]
 _LABELS = {family.value: label for family, label in FAMILY_LABELS.items()}
@@ -131,10 +131,10 @@ def _mark_pareto(rows: list[Row], speedup: SpeedupKind) -> list[Row]:
     return marked
 
 
-def _first_measured_quality(session: Session) -> dict[int, QualityResult]:
+def _first_measured_quality(session: Session) -> dict[int, QualityRecord]:
     """The first measured quality figure of each run: the harness lists its primary task first."""
-    first: dict[int, QualityResult] = {}
-    stmt = select(QualityResult).where(QualityResult.provenance == "measured").order_by(QualityResult.id)
+    first: dict[int, QualityRecord] = {}
+    stmt = select(QualityRecord).where(QualityRecord.provenance == "measured").order_by(QualityRecord.id)
     for quality in session.scalars(stmt):
         first.setdefault(quality.run_id, quality)
     return first
@@ -155,11 +155,11 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
     if speedup not in ("measured", "theoretical"):
         raise ValueError(f"speedup must be 'measured' or 'theoretical', not {speedup!r}")
     stmt = (
-        select(LatencyMeasurement, Run, OperatingPoint, Submission, Method)
+        select(LatencyMeasurement, Run, OperatingPointRecord, SubmissionRecord, MethodRecord)
         .join(LatencyMeasurement.run)
         .join(Run.operating_point)
-        .join(OperatingPoint.submission)
-        .join(Submission.method)
+        .join(OperatingPointRecord.submission)
+        .join(SubmissionRecord.method)
     )
     rows = []
     with Session(engine) as session:
@@ -221,7 +221,7 @@ class MethodSummary:
     runs: int
 
 
-def _summary(m: Method) -> MethodSummary:
+def _summary(m: MethodRecord) -> MethodSummary:
     runs = sum(len(p.runs) for s in m.submissions for p in s.operating_points)
     return MethodSummary(
         m.slug, m.name, m.family, family_label(m.family), list(m.authors), m.paper_title,
@@ -232,7 +232,7 @@ def _summary(m: Method) -> MethodSummary:
 def methods(engine: Engine) -> list[MethodSummary]:
     """All methods by slug, with how many submissions and runs each has."""
     with Session(engine) as session:
-        return [_summary(m) for m in session.scalars(select(Method).order_by(Method.slug))]
+        return [_summary(m) for m in session.scalars(select(MethodRecord).order_by(MethodRecord.slug))]
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ class Quality:
     note: str | None
 
 
-def _quality(q: QualityResult) -> Quality:
+def _quality(q: QualityRecord) -> Quality:
     harness = f"{q.harness_name} {q.harness_version or ''}".strip() if q.harness_name else None
     return Quality(
         q.provenance, q.base_model, q.base_model_revision, q.task, q.metric, q.higher_is_better, q.value,
@@ -322,7 +322,7 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
         if row.method_slug == slug:
             by_run[(row.spec_hash, row.operating_point, row.model, row.weights, row.environment_key)].append(row)
     with Session(engine) as session:
-        method = session.scalars(select(Method).where(Method.slug == slug)).one_or_none()
+        method = session.scalars(select(MethodRecord).where(MethodRecord.slug == slug)).one_or_none()
         if method is None:
             raise KeyError(f"no method {slug!r} in the registry")
         submissions = []
@@ -371,12 +371,12 @@ def stored_points(
 ) -> set[str]:
     """Operating points of this submission already measured here in every one of `scenarios` (for resuming)."""
     stmt = (
-        select(OperatingPoint.name, LatencyMeasurement.scenario)
+        select(OperatingPointRecord.name, LatencyMeasurement.scenario)
         .join(Run.operating_point)
-        .join(OperatingPoint.submission)
+        .join(OperatingPointRecord.submission)
         .join(Run.latency)
         .where(
-            Submission.spec_hash == spec_hash,
+            SubmissionRecord.spec_hash == spec_hash,
             Run.model == model,
             Run.weights == weights,
             Run.environment_key == environment_key,

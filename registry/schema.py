@@ -36,7 +36,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {int: BigInteger().with_variant(Integer, "sqlite")}
 
 
-class Method(Base):
+class MethodRecord(Base):
     """A pruning method; its identity follows the newest submission ingested for its slug."""
 
     __tablename__ = "methods"
@@ -54,10 +54,10 @@ class Method(Base):
     license: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(Text, default="")
 
-    submissions: Mapped[list[Submission]] = relationship(back_populates="method", order_by="Submission.id")
+    submissions: Mapped[list[SubmissionRecord]] = relationship(back_populates="method", order_by="SubmissionRecord.id")
 
 
-class Submission(Base):
+class SubmissionRecord(Base):
     """One version of a method's spec, identified by the hash of its canonical JSON."""
 
     __tablename__ = "submissions"
@@ -69,13 +69,13 @@ class Submission(Base):
     spec: Mapped[str] = mapped_column(Text, doc="the submission as pretty-printed JSON")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
-    method: Mapped[Method] = relationship(back_populates="submissions")
-    operating_points: Mapped[list[OperatingPoint]] = relationship(
-        back_populates="submission", order_by="OperatingPoint.id"
+    method: Mapped[MethodRecord] = relationship(back_populates="submissions")
+    operating_points: Mapped[list[OperatingPointRecord]] = relationship(
+        back_populates="submission", order_by="OperatingPointRecord.id"
     )
 
 
-class OperatingPoint(Base):
+class OperatingPointRecord(Base):
     __tablename__ = "operating_points"
     __table_args__ = (UniqueConstraint("submission_id", "name"),)
 
@@ -85,10 +85,10 @@ class OperatingPoint(Base):
     description: Mapped[str] = mapped_column(String(300), default="")
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
 
-    submission: Mapped[Submission] = relationship(back_populates="operating_points")
+    submission: Mapped[SubmissionRecord] = relationship(back_populates="operating_points")
     runs: Mapped[list[Run]] = relationship(back_populates="operating_point", order_by="Run.id")
-    quality_results: Mapped[list[QualityResult]] = relationship(
-        back_populates="operating_point", order_by="QualityResult.id"
+    quality_results: Mapped[list[QualityRecord]] = relationship(
+        back_populates="operating_point", order_by="QualityRecord.id"
     )
 
 
@@ -127,9 +127,9 @@ class Run(Base):
     gemms: Mapped[list[Any]] = mapped_column(JSON, default=list, doc="traced GEMMs with the kernel each ran on")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
-    operating_point: Mapped[OperatingPoint] = relationship(back_populates="runs")
+    operating_point: Mapped[OperatingPointRecord] = relationship(back_populates="runs")
     latency: Mapped[list[LatencyMeasurement]] = relationship(back_populates="run", order_by="LatencyMeasurement.id")
-    quality: Mapped[list[QualityResult]] = relationship(back_populates="run", order_by="QualityResult.id")
+    quality: Mapped[list[QualityRecord]] = relationship(back_populates="run", order_by="QualityRecord.id")
 
 
 class LatencyMeasurement(Base):
@@ -165,7 +165,7 @@ class LatencyMeasurement(Base):
     run: Mapped[Run] = relationship(back_populates="latency")
 
 
-class QualityResult(Base):
+class QualityRecord(Base):
     """A quality figure for an operating point, measured here (with its run) or claimed by the submitter.
 
     `identity` is a hash of what makes two figures the same figure; SQL treats NULLs as distinct
@@ -201,5 +201,5 @@ class QualityResult(Base):
     note: Mapped[str | None] = mapped_column(String(300))
     relative_loss: Mapped[float | None] = mapped_column(doc="None when the dense value is zero")
 
-    operating_point: Mapped[OperatingPoint] = relationship(back_populates="quality_results")
+    operating_point: Mapped[OperatingPointRecord] = relationship(back_populates="quality_results")
     run: Mapped[Run | None] = relationship(back_populates="quality")

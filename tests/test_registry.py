@@ -14,7 +14,7 @@ from prunereg.registry import ingest as ingest_module
 from prunereg.registry.db import DEFAULT_DB, connect, resolve_url
 from prunereg.registry.ingest import ingest
 from prunereg.registry.queries import leaderboard_rows, method_detail, methods
-from prunereg.registry.schema import Base, LatencyMeasurement, Method, QualityResult, Run
+from prunereg.registry.schema import Base, LatencyMeasurement, MethodRecord, QualityRecord, Run
 
 TABLES = ["methods", "submissions", "operating_points", "runs", "latency_measurements", "quality_results"]
 
@@ -42,9 +42,9 @@ def test_ingest_stores_expected_rows(engine):
     assert counts(engine) == expected
     assert dict(summary.added) == expected
     with Session(engine) as session:
-        method = session.scalars(select(Method)).one()
+        method = session.scalars(select(MethodRecord)).one()
         assert (method.slug, method.family, method.arxiv) == ("shortgpt-test", "static_depth", "9999.00001")
-        claim = session.scalars(select(QualityResult).where(QualityResult.run_id.is_(None))).one()
+        claim = session.scalars(select(QualityRecord).where(QualityRecord.run_id.is_(None))).one()
         assert (claim.provenance, claim.paper_table, claim.base_model) == ("reported", "Table 3", "llama-2-7b")
         assert claim.relative_loss == pytest.approx((18.0 - 6.0) / 6.0)
         run = session.scalars(select(Run).order_by(Run.id)).first()
