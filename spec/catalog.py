@@ -68,9 +68,9 @@ class Phase(str, Enum):
 class Scenario(Frozen):
     """One measurement setting. seq_len is the prompt length (prefill) or the KV-cache context (decode)."""
 
-    phase: Phase
-    batch_size: int = Field(ge=1, le=1024)
-    seq_len: int = Field(ge=1, le=1_048_576)
+    phase: Phase = Field(description="prefill (time to first token) or decode (time per output token)")
+    batch_size: int = Field(ge=1, le=1024, description="sequences per step")
+    seq_len: int = Field(ge=1, le=1_048_576, description="prompt tokens (prefill) or KV-cache context (decode)")
 
     @property
     def name(self) -> str:

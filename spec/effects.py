@@ -15,11 +15,11 @@ class ResolvedEffect(Frozen):
     GEMM runs in three layers out of four; 0.5 of N at `kv_group` means half the KV groups are gone.
     """
 
-    gemm: Gemm
-    dimension: Dimension
-    mode: Mode
-    granularity: Granularity
-    fraction: float = Field(ge=0.0, le=1.0)
+    gemm: Gemm = Field(description="the matrix product affected")
+    dimension: Dimension = Field(description="the dimension removed: M = tokens, N = outputs, K = the reduction")
+    mode: Mode = Field(description="static: the same for every input; dynamic: chosen per token or input")
+    granularity: Granularity = Field(description="the unit in which the dimension is removed")
+    fraction: float = Field(ge=0.0, le=1.0, description="share of the dimension removed at this operating point")
 
 
 def resolve(effects, params) -> list[ResolvedEffect]:

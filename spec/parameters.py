@@ -152,7 +152,7 @@ class HiddenSliceParams(Frozen):
 
     sparsity: float = Field(ge=0.0, le=0.9, description="share of hidden channels removed")
     selection: Selection = Field("magnitude", description="keep the channels of largest embedding norm, or seeded")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="used when selection is 'seeded'")
 
     def kept(self, hidden_size: int) -> int:
         return max(1, round((1.0 - self.sparsity) * hidden_size))
@@ -193,7 +193,7 @@ class TokenRoutingParams(Frozen):
         le=1024,
         description="the router that runs on every token (its cost is measured): 0 = linear hidden->1, r>0 = hidden->r->1",
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds the choice of routed positions")
 
     def capacity(self) -> int:
         """Tokens of every window that pass (raises when the sparsity is not a whole number of tokens)."""
@@ -225,7 +225,7 @@ class SparseAttentionParams(Frozen):
     sink_blocks: int = Field(1, ge=0, le=64, description="first key blocks always kept")
     local_blocks: int = Field(1, ge=1, le=64, description="most recent key blocks always kept (the diagonal included)")
     policy: Literal["seeded"] = Field("seeded", description="a seeded choice of the other key blocks per query block")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds the choice of key blocks")
 
     def required_blocks(self, query_block: int) -> set[int]:
         """The sink and local key blocks of a query block: kept whatever the sparsity."""

@@ -37,18 +37,18 @@ EXECUTION_MODES: dict[str, str] = {
 class Environment(Frozen):
     """Where and how a run was measured; its key groups runs that are comparable."""
 
-    device: Literal["cpu", "cuda"]
-    device_name: str = Field(max_length=200)
+    device: Literal["cpu", "cuda"] = Field(description="torch device type the run used")
+    device_name: str = Field(max_length=200, description="the device as the driver names it, e.g. NVIDIA H200")
     device_profile: str | None = Field(None, description="catalog device used for the roofline")
-    driver: str | None = None
-    python: str
-    torch: str
-    transformers: str
-    prunereg: str
-    git_revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"]
-    execution_mode: ExecutionMode = "eager"
-    threads: int = Field(ge=1)
+    driver: str | None = Field(None, description="GPU driver version; none on CPU")
+    python: str = Field(description="Python version")
+    torch: str = Field(description="torch version")
+    transformers: str = Field(description="transformers version")
+    prunereg: str = Field(description="prunereg version")
+    git_revision: str | None = Field(None, description="prunereg's git commit, when run from a checkout")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(description="dtype of weights and activations")
+    execution_mode: ExecutionMode = Field("eager", description="how the timed steps were meant to run")
+    threads: int = Field(ge=1, description="torch CPU threads")
 
     def key(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
@@ -58,10 +58,10 @@ class Environment(Frozen):
 class ModelStats(Frozen):
     """Measured by prunereg on the pruned model, never taken from the method's own ratio."""
 
-    parameters: int = Field(ge=0)
-    nonzero_parameters: int = Field(ge=0)
-    weight_bytes: int = Field(ge=0)
-    num_layers: int = Field(ge=0)
+    parameters: int = Field(ge=0, description="parameters stored, zeros included")
+    nonzero_parameters: int = Field(ge=0, description="parameters that are not zero")
+    weight_bytes: int = Field(ge=0, description="bytes of all weights as stored")
+    num_layers: int = Field(ge=0, description="decoder layers left")
     peak_memory_bytes: int | None = Field(
         None, ge=0, description="peak allocator memory during measurement (CUDA) or max RSS growth (CPU)"
     )
@@ -70,22 +70,22 @@ class ModelStats(Frozen):
 class GpuState(Frozen):
     """An NVML reading of the GPU, taken right before and right after a scenario's timed repeats."""
 
-    sm_clock_mhz: int = Field(ge=0)
-    memory_clock_mhz: int = Field(ge=0)
-    temperature_c: int
-    power_w: float | None = Field(None, ge=0)
+    sm_clock_mhz: int = Field(ge=0, description="streaming-multiprocessor clock, MHz")
+    memory_clock_mhz: int = Field(ge=0, description="memory clock, MHz")
+    temperature_c: int = Field(description="GPU temperature, degrees Celsius")
+    power_w: float | None = Field(None, ge=0, description="power draw in watts, where NVML reports it")
     clock_event_reasons: list[str] = Field(
         default_factory=list, description="active NVML clock-event (throttle) reasons, idle excluded"
     )
 
 
 class LatencyResult(Frozen):
-    scenario: Scenario
-    unit: Literal["ms"] = "ms"
+    scenario: Scenario = Field(description="phase, batch size and length measured")
+    unit: Literal["ms"] = Field("ms", description="unit of every time here")
     samples: list[float] = Field(description="raw per-repeat times in ms")
-    median: float = Field(gt=0)
-    p20: float = Field(gt=0)
-    p80: float = Field(gt=0)
+    median: float = Field(gt=0, description="median of the pruned model's samples, ms")
+    p20: float = Field(gt=0, description="20th percentile of the samples, ms")
+    p80: float = Field(gt=0, description="80th percentile of the samples, ms")
     dense_median: float = Field(gt=0, description="dense baseline, measured in the same run")
     theoretical: float = Field(gt=0, description="roofline time of the pruned model, ms")
     theoretical_dense: float = Field(gt=0, description="roofline time of the dense model, ms")
@@ -94,8 +94,8 @@ class LatencyResult(Frozen):
         description="how the dense and pruned steps really ran; differs from the environment's mode only on a fallback",
     )
     fallback: str | None = Field(None, max_length=300, description="why the environment's mode could not be used")
-    gpu_before: GpuState | None = None
-    gpu_after: GpuState | None = None
+    gpu_before: GpuState | None = Field(None, description="the GPU right before the timed repeats (CUDA only)")
+    gpu_after: GpuState | None = Field(None, description="the GPU right after the timed repeats (CUDA only)")
 
     @property
     def speedup(self) -> float:
@@ -118,9 +118,9 @@ class LatencyResult(Frozen):
 class QualityResult(Frozen):
     task: str = Field(description="e.g. heldout-ppl: perplexity on the model's held-out split")
     metric: str = Field(description="e.g. cross_entropy (nats per token)")
-    value: float
-    dense_value: float
-    higher_is_better: bool
+    value: float = Field(description="the pruned model's value")
+    dense_value: float = Field(description="the dense model's value on the same tokens")
+    higher_is_better: bool = Field(description="direction of the metric")
     tokens: int = Field(ge=0, description="tokens scored")
 
     @property
@@ -137,21 +137,21 @@ class GemmTrace(Frozen):
 
     gemm: str = Field(description="a GEMM kind of the taxonomy, or 'router' / 'other'")
     count: int = Field(ge=0, description="instances (per head for the attention products)")
-    m: int = Field(ge=0)
-    n: int = Field(ge=0)
-    k: int = Field(ge=0)
+    m: int = Field(ge=0, description="M: rows of the output (tokens)")
+    n: int = Field(ge=0, description="N: columns of the output")
+    k: int = Field(ge=0, description="K: the reduction")
     flops: float = Field(ge=0, description="2*M*N*K*count as executed")
     effective_flops: float = Field(ge=0, description="flops on the weights/pairs that are not pruned")
-    kernel: str = Field(max_length=80)
+    kernel: str = Field(max_length=80, description="dense, masked dense, or the sparse kernel and its backend")
 
 
 class PointResult(Frozen):
-    operating_point: str
-    effects: list[ResolvedEffect]
+    operating_point: str = Field(description="name of the submission's operating point")
+    effects: list[ResolvedEffect] = Field(description="the declared effects resolved at this point")
     gemms: list[GemmTrace] = Field(default_factory=list, description="the traced GEMMs of one prefill forward")
-    stats: ModelStats
-    latency: list[LatencyResult]
-    quality: list[QualityResult]
+    stats: ModelStats = Field(description="size of the pruned model, measured")
+    latency: list[LatencyResult] = Field(description="one entry per scenario")
+    quality: list[QualityResult] = Field(description="quality measured by prunereg; empty on random weights")
 
 
 class EvaluationResult(Frozen):
@@ -159,17 +159,17 @@ class EvaluationResult(Frozen):
 
     spec_hash: str = Field(description="sha256 of the submission's canonical JSON")
     model: str = Field(description="catalog name, or the folder name of a local checkpoint")
-    weights: Literal["trained", "random"]
-    environment: Environment
-    dense_stats: ModelStats
-    points: list[PointResult]
+    weights: Literal["trained", "random"] = Field(description="random weights give latency but no quality")
+    environment: Environment = Field(description="where and how it was measured")
+    dense_stats: ModelStats = Field(description="size of the dense model")
+    points: list[PointResult] = Field(description="one entry per operating point measured")
 
 
 class SavedEvaluation(Frozen):
     """An evaluation written to a file: the submission as evaluated and its result, ingestable later."""
 
-    submission: Submission
-    result: EvaluationResult
+    submission: Submission = Field(description="the submission exactly as evaluated")
+    result: EvaluationResult = Field(description="what the evaluation measured")
 
     def file_name(self) -> str:
         env = self.result.environment

@@ -41,13 +41,13 @@ P = TypeVar("P", bound=Frozen)
 
 
 class Paper(Frozen):
-    title: str = Field(min_length=1, max_length=300, pattern=NO_MARKUP)
+    title: str = Field(min_length=1, max_length=300, pattern=NO_MARKUP, description="the paper's title")
     arxiv: str | None = Field(None, pattern=r"^\d{4}\.\d{4,5}(v\d{1,2})?$", description="arXiv id, e.g. 2403.03853")
     url: str | None = Field(
-        None, max_length=300, pattern=r"^https://[^\s\"'<>]+$", description="https link, shown only, never fetched"
+        None, max_length=300, pattern=r"""^https://[^\s"'<>]+$""", description="https link, shown only, never fetched"
     )
-    venue: str | None = Field(None, max_length=100, pattern=NO_MARKUP)
-    year: int = Field(ge=1990, le=2100)
+    venue: str | None = Field(None, max_length=100, pattern=NO_MARKUP, description="where it appeared, e.g. ICLR 2025")
+    year: int = Field(ge=1990, le=2100, description="year of publication, or of the first preprint")
 
     @model_validator(mode="after")
     def _findable(self) -> Paper:
@@ -58,16 +58,16 @@ class Paper(Frozen):
 
 class Method(Frozen):
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$", description="stable identifier, also the file name")
-    name: str = Field(min_length=1, max_length=120, pattern=NO_MARKUP)
-    authors: list[Text] = Field(min_length=1, max_length=100)
-    paper: Paper
+    name: str = Field(min_length=1, max_length=120, pattern=NO_MARKUP, description="display name, e.g. ShortGPT")
+    authors: list[Text] = Field(min_length=1, max_length=100, description="the paper's authors, in its order")
+    paper: Paper = Field(description="the paper that introduces the method")
     license: str = Field(
         min_length=1,
         max_length=64,
         pattern=NO_MARKUP,
         description="SPDX id of the method's reference code, or 'unknown'",
     )
-    description: str = Field("", max_length=2000)
+    description: str = Field("", max_length=2000, description="what the method removes and how it chooses")
 
 
 class ParamRef(Frozen):
@@ -80,10 +80,10 @@ class ParamRef(Frozen):
 class Effect(Frozen):
     """One GEMM dimension the method removes."""
 
-    gemm: Gemm
-    dimension: Dimension
-    mode: Mode
-    granularity: Granularity
+    gemm: Gemm = Field(description="the matrix product affected")
+    dimension: Dimension = Field(description="the dimension removed: M = tokens, N = outputs, K = the reduction")
+    mode: Mode = Field(description="static: the same for every input; dynamic: chosen per token or input")
+    granularity: Granularity = Field(description="the unit in which the dimension is removed")
     fraction: Annotated[float, Field(ge=0.0, le=1.0)] | ParamRef = Field(
         description="share of the dimension removed: a number in [0, 1], or the operating-point parameter that gives it"
     )
@@ -91,13 +91,15 @@ class Effect(Frozen):
 
 class OperatingPoint(Frozen, Generic[P]):
     name: Name = Field(description="unique within the submission, e.g. drop-25")
-    description: str = Field("", max_length=300)
-    params: P
+    description: str = Field("", max_length=300, description="what this point is, e.g. a quarter of the layers")
+    params: P = Field(description="the adapter's parameters at this point")
 
 
 class DenseAdapter(Frozen):
-    name: Literal["dense"]
-    operating_points: list[OperatingPoint[DenseParams]] = Field(min_length=1, max_length=1)
+    name: Literal["dense"] = Field(description="the built-in adapter: 'dense' prunes nothing")
+    operating_points: list[OperatingPoint[DenseParams]] = Field(
+        min_length=1, max_length=1, description="the one unpruned point"
+    )
 
 
 def _adapter(name: str, params: type[Frozen]) -> type[Frozen]:
@@ -105,8 +107,11 @@ def _adapter(name: str, params: type[Frozen]) -> type[Frozen]:
     return create_model(
         f"{''.join(part.title() for part in name.split('_'))}Adapter",
         __base__=Frozen,
-        name=(Literal[name], ...),
-        operating_points=(list[OperatingPoint[params]], Field(min_length=1, max_length=32)),
+        name=(Literal[name], Field(description="the built-in adapter that applies the method")),
+        operating_points=(
+            list[OperatingPoint[params]],
+            Field(min_length=1, max_length=32, description="the settings at which the method is measured"),
+        ),
     )
 
 
@@ -135,20 +140,20 @@ Adapter = Annotated[
 
 
 class Reported(Frozen):
-    source: Literal["reported"]
-    arxiv: str = Field(pattern=r"^\d{4}\.\d{4,5}(v\d{1,2})?$")
+    source: Literal["reported"] = Field(description="'reported': the number is taken from a paper")
+    arxiv: str = Field(pattern=r"^\d{4}\.\d{4,5}(v\d{1,2})?$", description="arXiv id of the paper that reports it")
     table: str = Field(min_length=1, max_length=60, pattern=NO_MARKUP, description="where in the paper, e.g. 'Table 2'")
 
 
 class MeasuredElsewhere(Frozen):
-    source: Literal["measured"]
+    source: Literal["measured"] = Field(description="'measured': someone measured it outside prunereg")
     by: str = Field(min_length=1, max_length=120, pattern=NO_MARKUP, description="who measured it")
-    note: str = Field("", max_length=300)
+    note: str = Field("", max_length=300, description="how and where it was measured")
 
 
 class Harness(Frozen):
     name: str = Field(min_length=1, max_length=64, pattern=NO_MARKUP, description="e.g. lm-evaluation-harness")
-    version: str = Field(min_length=1, max_length=32, pattern=NO_MARKUP)
+    version: str = Field(min_length=1, max_length=32, pattern=NO_MARKUP, description="the harness's version")
 
 
 class QualityClaim(Frozen):
@@ -157,28 +162,38 @@ class QualityClaim(Frozen):
     base_model: str = Field(
         min_length=1, max_length=100, pattern=NO_MARKUP, description="catalog name or hub id of the dense model"
     )
-    base_model_revision: str | None = Field(None, max_length=64, pattern=NO_MARKUP)
-    operating_point: Name
+    base_model_revision: str | None = Field(
+        None, max_length=64, pattern=NO_MARKUP, description="hub revision (commit) of the dense model, when pinned"
+    )
+    operating_point: Name = Field(description="the submission's operating point the number belongs to")
     task: str = Field(min_length=1, max_length=64, pattern=NO_MARKUP, description="e.g. wikitext2, arc_easy")
     metric: str = Field(min_length=1, max_length=64, pattern=NO_MARKUP, description="e.g. perplexity, acc_norm")
-    higher_is_better: bool
-    value: Score
+    higher_is_better: bool = Field(description="direction of the metric: true for accuracy, false for perplexity")
+    value: Score = Field(description="the pruned model's value")
     dense_value: Score = Field(description="the dense model's value in the same setting")
-    shots: int | None = Field(None, ge=0, le=100)
-    harness: Harness | None = None
+    shots: int | None = Field(None, ge=0, le=100, description="few-shot examples per question, where the task has them")
+    harness: Harness | None = Field(None, description="the evaluation harness that computed it, if any")
     finetune_tokens: int = Field(0, ge=0, le=10**13, description="recovery fine-tuning after pruning, in tokens")
-    provenance: Annotated[Reported | MeasuredElsewhere, Field(discriminator="source")]
+    provenance: Annotated[Reported | MeasuredElsewhere, Field(discriminator="source")] = Field(
+        description="where the number comes from: a paper, or a measurement outside prunereg"
+    )
 
 
 class Submission(Frozen):
     """A pruning method: identity, declared GEMM effects, adapter with operating points, claims."""
 
     schema_version: Literal[1] = Field(description="bumped on every breaking change of this schema")
-    method: Method
-    family: Family
+    method: Method = Field(description="what the method is called and where it is published")
+    family: Family = Field(
+        description="the taxonomy family: which GEMM dimensions it removes, statically or dynamically"
+    )
     effects: list[Effect] = Field(max_length=32, description="declared GEMM effects; checked against a trace")
-    adapter: Adapter
-    quality_claims: list[QualityClaim] = Field(default_factory=list, max_length=200)
+    adapter: Adapter = Field(description="the built-in adapter that realizes the method, with its operating points")
+    quality_claims: list[QualityClaim] = Field(
+        default_factory=list,
+        max_length=200,
+        description="quality reported or measured outside prunereg: shown apart, never on the Pareto front",
+    )
 
     def spec_hash(self) -> str:
         """Identity of the submission's content; defaults are left out, so a new optional field keeps old hashes."""
