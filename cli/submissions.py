@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -12,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from prunereg.spec.catalog import devices, models, suites
-from prunereg.spec.submission import json_schema
-from prunereg.spec.validate import SCHEMA_FILE, validate_file
+from prunereg.spec.schemas import rendered
+from prunereg.spec.validate import validate_file
 
 from .common import console, fail, load_valid
 
@@ -95,15 +94,15 @@ def list_(
 def schema(
     check: Annotated[bool, typer.Option(help="only check that the committed schema is current")] = False,
 ) -> None:
-    """Write the submission JSON Schema generated from the pydantic models (or check it is current).
+    """Write the JSON Schemas of submissions and saved evaluations, generated from the models (or check them).
 
     Example: prunereg schema --check
     """
-    text = json.dumps(json_schema(), indent=2) + "\n"
-    if check:
-        if SCHEMA_FILE.read_text() != text:
-            raise fail(f"{SCHEMA_FILE} is out of date: run `prunereg schema`")
-        console.print(Text(f"{SCHEMA_FILE} is current"))
-        return
-    SCHEMA_FILE.write_text(text)
-    console.print(Text(f"wrote {SCHEMA_FILE}"))
+    for path, text in rendered().items():
+        if not check:
+            path.write_text(text)
+            console.print(Text(f"wrote {path}"))
+        elif not path.is_file() or path.read_text() != text:
+            raise fail(f"{path} is out of date: run `prunereg schema`")
+        else:
+            console.print(Text(f"{path} is current"))

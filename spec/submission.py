@@ -12,7 +12,9 @@ import hashlib
 import json
 from typing import Annotated, Generic, Literal, TypeVar, Union
 
-from pydantic import Field, create_model, model_validator
+from pydantic import BaseModel, Field, create_model, model_validator
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 from .catalog import Frozen
 from .parameters import (
@@ -212,6 +214,23 @@ def spec_hash(document: dict) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+class PortableJsonSchema(GenerateJsonSchema):
+    """pydantic's generator minus OpenAPI's `discriminator`, which is no JSON Schema keyword: strict validators refuse it.
+
+    A tagged union stays a oneOf whose branches each fix the tag with a `const`.
+    """
+
+    def tagged_union_schema(self, schema: core_schema.TaggedUnionSchema) -> JsonSchemaValue:
+        generated = super().tagged_union_schema(schema)
+        generated.pop("discriminator", None)
+        return generated
+
+
+def published(model: type[BaseModel], schema_id: str) -> dict:
+    """The JSON Schema (2020-12) of a model as published under spec/schema/."""
+    schema = model.model_json_schema(schema_generator=PortableJsonSchema)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": schema_id, **schema}
+
+
 def json_schema() -> dict:
-    schema = Submission.model_json_schema()
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
+    return published(Submission, SCHEMA_ID)

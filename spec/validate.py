@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections import Counter
 from functools import cache
 from pathlib import Path
 
@@ -69,16 +70,14 @@ def validate_document(document: object) -> tuple[Submission | None, list[Problem
 def _schema_problems(error: SchemaError) -> list[Problem]:
     """Problems of one schema error; a failed oneOf reports the branch its discriminator picked."""
     if error.validator == "oneOf" and isinstance(error.instance, dict):
-        tag_name = _discriminator(error.schema)
+        branches = _branch_errors(error)
+        tag_name = _discriminator(branches)
         if tag_name:
             tag = error.instance.get(tag_name)
-            branches: dict[int, list[SchemaError]] = {}
-            for sub in error.context or []:
-                branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-            for errors in branches.values():
-                if not any(e.validator == "const" and list(e.relative_path) == [tag_name] for e in errors):
+            for errors in branches:
+                if tag_name not in _const_refusals(errors):
                     return [p for e in errors for p in _schema_problems(e)]
-            known = sorted(_discriminator_values(error.schema))
+            known = sorted(str(_const_refusals(errors)[tag_name]) for errors in branches)
             hint = difflib.get_close_matches(str(tag), known, n=1)
             suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
             pointer = _pointer([*error.absolute_path, tag_name])
@@ -110,12 +109,32 @@ def _message(error: SchemaError) -> str:
     return error.message.replace(repr(error.instance), _short(error.instance))
 
 
-def _discriminator(schema: dict) -> str | None:
-    return (schema.get("discriminator") or {}).get("propertyName")
+def _branch_errors(error: SchemaError) -> list[list[SchemaError]]:
+    """The errors of a failed oneOf, one list per branch."""
+    branches: dict[int, list[SchemaError]] = {}
+    for sub in error.context or []:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    return list(branches.values())
 
 
-def _discriminator_values(schema: dict) -> list[str]:
-    return list((schema.get("discriminator") or {}).get("mapping", {}))
+def _const_refusals(errors: list[SchemaError]) -> dict[str, object]:
+    """Top-level properties of the instance that a branch refused by `const`, with the constant it wanted."""
+    return {
+        e.relative_path[0]: e.validator_value for e in errors if e.validator == "const" and len(e.relative_path) == 1
+    }
+
+
+def _discriminator(branches: list[list[SchemaError]]) -> str | None:
+    """The tag of a tagged union (pydantic's discriminator): the property all branches but the one it names refused.
+
+    pydantic's `discriminator` is OpenAPI, not JSON Schema, so the published schema leaves it out and each
+    branch only fixes the tag with a `const`; a failed oneOf's errors still show which property that is.
+    """
+    if len(branches) < 2:
+        return None
+    refused = Counter(name for errors in branches for name in _const_refusals(errors))
+    tags = [name for name, count in refused.items() if count >= len(branches) - 1]
+    return tags[0] if len(tags) == 1 else None
 
 
 def _pointer(parts) -> str:

@@ -1,0 +1,35 @@
+"""The published JSON Schemas: a submission and a saved evaluation, generated from the pydantic models.
+
+Both are JSON Schema 2020-12 that a strict validator in another language compiles as they are (ajv 8 in
+strict mode: tests/test_schema_strict.py), so tools outside Python can read and check prunereg's files.
+`prunereg schema` writes them; `prunereg schema --check` fails when a model changed and they did not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from .results import SavedEvaluation
+from .submission import json_schema, published
+
+SCHEMA_DIR = Path(__file__).parent / "schema"
+RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_ID = f"urn:prunereg:schema:results:{RESULTS_SCHEMA_VERSION}"
+
+
+def results_json_schema() -> dict:
+    """The schema of a saved evaluation (`prunereg evaluate --save`, the files under results/)."""
+    return published(SavedEvaluation, RESULTS_SCHEMA_ID)
+
+
+PUBLISHED: dict[Path, Callable[[], dict]] = {
+    SCHEMA_DIR / "submission.schema.json": json_schema,
+    SCHEMA_DIR / "results.schema.json": results_json_schema,
+}
+
+
+def rendered() -> dict[Path, str]:
+    """Each published schema file and the text it should have."""
+    return {path: json.dumps(generate(), indent=2) + "\n" for path, generate in PUBLISHED.items()}
