@@ -8,13 +8,45 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+import statistics
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from .catalog import Frozen, Scenario
 from .effects import ResolvedEffect
-from .submission import Submission
+from .submission import Name, Submission
+
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+"""Stored text holds no control characters (NUL, newlines, escapes, C1): one line, and storable everywhere."""
+
+
+def _text(max_length: int) -> dict[str, Any]:
+    return {"min_length": 1, "max_length": max_length, "pattern": NO_CONTROL}
+
+
+def text(max_length: int, description: str) -> Any:
+    """A required, bounded, one-line string field."""
+    return Field(**_text(max_length), description=description)
+
+
+Label = Annotated[str, Field(**_text(64))]
+MAX_REPEATS = 1000
+"""Timed repeats a latency may hold: `prunereg evaluate --repeats` accepts at most this many."""
+MAX_MS = 3_600_000.0
+"""An hour: no single forward step of a measured scenario takes longer."""
+Milliseconds = Annotated[float, Field(gt=0, le=MAX_MS)]
+Count = Annotated[int, Field(ge=0, le=10**13)]
+Bytes = Annotated[int, Field(ge=0, le=10**15)]
+Score = Annotated[float, Field(ge=-1e6, le=1e6)]
+MAX_RESULT_BYTES = 2_000_000
+"""A saved evaluation file is at most this large (the committed ones are about 13 kB)."""
+
+
+class Measured(Frozen):
+    """A part of the results contract: frozen, no unknown field, every number finite."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
 
 def relative_loss(value: float, dense_value: float, higher_is_better: bool) -> float:
@@ -34,66 +66,74 @@ EXECUTION_MODES: dict[str, str] = {
 """How the timed steps run; runs in different modes are never compared with each other."""
 
 
-class Environment(Frozen):
+class Environment(Measured):
     """Where and how a run was measured; its key groups runs that are comparable."""
 
     device: Literal["cpu", "cuda"] = Field(description="torch device type the run used")
-    device_name: str = Field(max_length=200, description="the device as the driver names it, e.g. NVIDIA H200")
-    device_profile: str | None = Field(None, description="catalog device used for the roofline")
-    driver: str | None = Field(None, description="GPU driver version; none on CPU")
-    python: str = Field(description="Python version")
-    torch: str = Field(description="torch version")
-    transformers: str = Field(description="transformers version")
-    prunereg: str = Field(description="prunereg version")
-    git_revision: str | None = Field(None, description="prunereg's git commit, when run from a checkout")
+    device_name: str = text(200, "the device as the driver names it, e.g. NVIDIA H200")
+    device_profile: str | None = Field(
+        None, max_length=40, pattern=r"^[a-z0-9][a-z0-9-]*$", description="catalog device used for the roofline"
+    )
+    driver: str | None = Field(None, **_text(64), description="GPU driver version; none on CPU")
+    python: str = text(64, "Python version")
+    torch: str = text(64, "torch version")
+    transformers: str = text(64, "transformers version")
+    prunereg: str = text(32, "prunereg version")
+    git_revision: str | None = Field(None, **_text(64), description="prunereg's git commit, when run from a checkout")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(description="dtype of weights and activations")
     execution_mode: ExecutionMode = Field("eager", description="how the timed steps were meant to run")
-    threads: int = Field(ge=1, description="torch CPU threads")
+    threads: int = Field(ge=1, le=4096, description="torch CPU threads")
 
     def key(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    @property
+    def dtype_bytes(self) -> int:
+        return 4 if self.dtype == "float32" else 2
 
-class ModelStats(Frozen):
+
+class ModelStats(Measured):
     """Measured by prunereg on the pruned model, never taken from the method's own ratio."""
 
-    parameters: int = Field(ge=0, description="parameters stored, zeros included")
-    nonzero_parameters: int = Field(ge=0, description="parameters that are not zero")
-    weight_bytes: int = Field(ge=0, description="bytes of all weights as stored")
-    num_layers: int = Field(ge=0, description="decoder layers left")
-    peak_memory_bytes: int | None = Field(
-        None, ge=0, description="peak allocator memory during measurement (CUDA) or max RSS growth (CPU)"
+    parameters: Count = Field(description="parameters stored, zeros included")
+    nonzero_parameters: Count = Field(description="parameters that are not zero")
+    weight_bytes: Bytes = Field(description="bytes of all weights as stored")
+    num_layers: int = Field(ge=0, le=10_000, description="decoder layers left")
+    peak_memory_bytes: Bytes | None = Field(
+        None, description="peak allocator memory during measurement (CUDA) or max RSS growth (CPU)"
     )
 
 
-class GpuState(Frozen):
+class GpuState(Measured):
     """An NVML reading of the GPU, taken right before and right after a scenario's timed repeats."""
 
-    sm_clock_mhz: int = Field(ge=0, description="streaming-multiprocessor clock, MHz")
-    memory_clock_mhz: int = Field(ge=0, description="memory clock, MHz")
-    temperature_c: int = Field(description="GPU temperature, degrees Celsius")
-    power_w: float | None = Field(None, ge=0, description="power draw in watts, where NVML reports it")
-    clock_event_reasons: list[str] = Field(
-        default_factory=list, description="active NVML clock-event (throttle) reasons, idle excluded"
+    sm_clock_mhz: int = Field(ge=0, le=10_000, description="streaming-multiprocessor clock, MHz")
+    memory_clock_mhz: int = Field(ge=0, le=100_000, description="memory clock, MHz")
+    temperature_c: int = Field(ge=-50, le=150, description="GPU temperature, degrees Celsius")
+    power_w: float | None = Field(None, ge=0, le=10_000, description="power draw in watts, where NVML reports it")
+    clock_event_reasons: list[Label] = Field(
+        default_factory=list, max_length=32, description="active NVML clock-event (throttle) reasons, idle excluded"
     )
 
 
-class LatencyResult(Frozen):
+class LatencyResult(Measured):
     scenario: Scenario = Field(description="phase, batch size and length measured")
     unit: Literal["ms"] = Field("ms", description="unit of every time here")
-    samples: list[float] = Field(description="raw per-repeat times in ms")
-    median: float = Field(gt=0, description="median of the pruned model's samples, ms")
-    p20: float = Field(gt=0, description="20th percentile of the samples, ms")
-    p80: float = Field(gt=0, description="80th percentile of the samples, ms")
-    dense_median: float = Field(gt=0, description="dense baseline, measured in the same run")
-    theoretical: float = Field(gt=0, description="roofline time of the pruned model, ms")
-    theoretical_dense: float = Field(gt=0, description="roofline time of the dense model, ms")
+    samples: list[Milliseconds] = Field(
+        min_length=3, max_length=MAX_REPEATS, description="raw per-repeat times in ms, in the order measured"
+    )
+    median: Milliseconds = Field(description="median of the pruned model's samples, ms")
+    p20: Milliseconds = Field(description="20th percentile of the samples (inclusive deciles), ms")
+    p80: Milliseconds = Field(description="80th percentile of the samples (inclusive deciles), ms")
+    dense_median: Milliseconds = Field(description="dense baseline, measured in the same run")
+    theoretical: Milliseconds = Field(description="roofline time of the pruned model, ms; recomputed on ingestion")
+    theoretical_dense: Milliseconds = Field(description="roofline time of the dense model, ms; recomputed on ingestion")
     execution: ExecutionMode = Field(
         "eager",
         description="how the dense and pruned steps really ran; differs from the environment's mode only on a fallback",
     )
-    fallback: str | None = Field(None, max_length=300, description="why the environment's mode could not be used")
+    fallback: str | None = Field(None, **_text(300), description="why the environment's mode could not be used")
     gpu_before: GpuState | None = Field(None, description="the GPU right before the timed repeats (CUDA only)")
     gpu_after: GpuState | None = Field(None, description="the GPU right after the timed repeats (CUDA only)")
 
@@ -115,59 +155,72 @@ class LatencyResult(Frozen):
         return self.p80 / self.p20 - 1.0
 
 
-class QualityResult(Frozen):
-    task: str = Field(description="e.g. heldout-ppl: perplexity on the model's held-out split")
-    metric: str = Field(description="e.g. cross_entropy (nats per token)")
-    value: float = Field(description="the pruned model's value")
-    dense_value: float = Field(description="the dense model's value on the same tokens")
+def latency_summary(samples: list[float]) -> dict[str, float]:
+    """Median and the 20th/80th percentiles (inclusive deciles): how the harness summarizes samples."""
+    deciles = statistics.quantiles(samples, n=10, method="inclusive")
+    return {"median": statistics.median(samples), "p20": deciles[1], "p80": deciles[7]}
+
+
+class QualityResult(Measured):
+    task: Label = Field(description="e.g. heldout-ppl: perplexity on the model's held-out split")
+    metric: Label = Field(description="e.g. cross_entropy (nats per token)")
+    value: Score = Field(description="the pruned model's value")
+    dense_value: Score = Field(description="the dense model's value on the same tokens")
     higher_is_better: bool = Field(description="direction of the metric")
-    tokens: int = Field(ge=0, description="tokens scored")
+    tokens: int = Field(ge=0, le=10**12, description="tokens scored")
 
     @property
     def relative_loss(self) -> float:
         return relative_loss(self.value, self.dense_value, self.higher_is_better)
 
 
-class GemmTrace(Frozen):
+class GemmTrace(Measured):
     """GEMMs of one kind that the pruned model really executed in one traced forward, grouped by shape.
 
     `kernel` says how they ran: "dense" (a physically smaller or unchanged dense GEMM), "masked dense"
     (zeros inside a dense kernel: no speedup expected), or the sparse kernel and its backend.
     """
 
-    gemm: str = Field(description="a GEMM kind of the taxonomy, or 'router' / 'other'")
-    count: int = Field(ge=0, description="instances (per head for the attention products)")
-    m: int = Field(ge=0, description="M: rows of the output (tokens)")
-    n: int = Field(ge=0, description="N: columns of the output")
-    k: int = Field(ge=0, description="K: the reduction")
-    flops: float = Field(ge=0, description="2*M*N*K*count as executed")
-    effective_flops: float = Field(ge=0, description="flops on the weights/pairs that are not pruned")
-    kernel: str = Field(max_length=80, description="dense, masked dense, or the sparse kernel and its backend")
+    gemm: str = text(32, "a GEMM kind of the taxonomy, or 'router' / 'other'")
+    count: int = Field(ge=0, le=10**9, description="instances (per head for the attention products)")
+    m: int = Field(ge=0, le=10**12, description="M: rows of the output (tokens)")
+    n: int = Field(ge=0, le=10**12, description="N: columns of the output")
+    k: int = Field(ge=0, le=10**12, description="K: the reduction")
+    flops: float = Field(ge=0, le=1e24, description="2*M*N*K*count as executed")
+    effective_flops: float = Field(ge=0, le=1e24, description="flops on the weights/pairs that are not pruned")
+    kernel: str = text(80, "dense, masked dense, or the sparse kernel and its backend")
 
 
-class PointResult(Frozen):
-    operating_point: str = Field(description="name of the submission's operating point")
-    effects: list[ResolvedEffect] = Field(description="the declared effects resolved at this point")
-    gemms: list[GemmTrace] = Field(default_factory=list, description="the traced GEMMs of one prefill forward")
+class PointResult(Measured):
+    operating_point: Name = Field(description="name of the submission's operating point")
+    effects: list[ResolvedEffect] = Field(max_length=32, description="the declared effects resolved at this point")
+    gemms: list[GemmTrace] = Field(
+        default_factory=list, max_length=256, description="the traced GEMMs of one prefill forward"
+    )
     stats: ModelStats = Field(description="size of the pruned model, measured")
-    latency: list[LatencyResult] = Field(description="one entry per scenario")
-    quality: list[QualityResult] = Field(description="quality measured by prunereg; empty on random weights")
+    latency: list[LatencyResult] = Field(max_length=64, description="one entry per scenario")
+    quality: list[QualityResult] = Field(
+        max_length=16, description="quality measured by prunereg; empty on random weights"
+    )
 
 
-class EvaluationResult(Frozen):
+class EvaluationResult(Measured):
     """One `prunereg evaluate` of one submission on one model in one environment."""
 
-    spec_hash: str = Field(description="sha256 of the submission's canonical JSON")
-    model: str = Field(description="catalog name, or the folder name of a local checkpoint")
+    spec_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the submission's canonical JSON")
+    model: str = text(200, "catalog name, or the folder name of a local checkpoint")
     weights: Literal["trained", "random"] = Field(description="random weights give latency but no quality")
     environment: Environment = Field(description="where and how it was measured")
     dense_stats: ModelStats = Field(description="size of the dense model")
-    points: list[PointResult] = Field(description="one entry per operating point measured")
+    points: list[PointResult] = Field(max_length=32, description="one entry per operating point measured")
 
 
-class SavedEvaluation(Frozen):
+class SavedEvaluation(Measured):
     """An evaluation written to a file: the submission as evaluated and its result, ingestable later."""
 
+    schema_version: Literal[1] = Field(
+        1, description="version of this results format; files written before version 1 had none and are version 1"
+    )
     submission: Submission = Field(description="the submission exactly as evaluated")
     result: EvaluationResult = Field(description="what the evaluation measured")
 
