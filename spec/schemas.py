@@ -15,7 +15,7 @@ from .results import SavedEvaluation
 from .submission import json_schema, published
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION: int = SavedEvaluation.model_fields["schema_version"].default
 RESULTS_SCHEMA_ID = f"urn:prunereg:schema:results:{RESULTS_SCHEMA_VERSION}"
 
 
