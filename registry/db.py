@@ -2,16 +2,21 @@
 
 Alembic owns the schema: `connect` brings the database to the newest migration, so every
 prunereg version finds the tables it expects, and a schema change is always a reviewed revision.
+A registry that cannot be opened (no such driver, no server, a folder that is missing or not
+writable, a file that is no database) raises `RegistryUnavailable` with one line naming it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 DEFAULT_DB = "prunereg.db"
 DB_ENV = "PRUNEREG_DB"
@@ -21,6 +26,10 @@ BASELINE = "0001"
 BUSY_TIMEOUT_MS = 60_000
 _WRITER = "prunereg_writer"
 _LOCK_KEY = 0x70727567  # any constant: serializes concurrent upgrades of one PostgreSQL database
+
+
+class RegistryUnavailable(Exception):
+    """The registry named by --db / $PRUNEREG_DB cannot be opened or brought up to date."""
 
 
 def resolve_url(db: str | None = None) -> str:
@@ -59,14 +68,41 @@ def writer(engine: Engine) -> Engine:
     return engine.execution_options(**{_WRITER: True})
 
 
+def display_url(url: str) -> str:
+    """The URL as safe to print: a password never shows."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _reason(err: SQLAlchemyError) -> str:
+    """The driver's own first line (e.g. 'Connection refused'), without SQLAlchemy's wrapping and links."""
+    text = str(err.orig) if isinstance(err, DBAPIError) else str(err)
+    line = (text.strip().splitlines() or [type(err).__name__])[0]
+    if "unable to open database file" in line:
+        line += " (does its folder exist, and may this user write there?)"
+    return line
+
+
 def connect(db: str | None = None, *, upgrade: bool = True) -> Engine:
     """An engine on the registry, its schema brought to the newest migration (`upgrade=False`: as is)."""
-    engine = create_engine(resolve_url(db))
+    url = resolve_url(db)
+    try:
+        engine = create_engine(url)
+    except ArgumentError as err:
+        raise RegistryUnavailable(f"'{display_url(url)}' is not a SQLite file or a database URL: {err}") from None
+    except ImportError as err:
+        raise RegistryUnavailable(f"no driver for the registry {display_url(url)}: {err}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
     if upgrade:
-        upgrade_schema(engine)
+        try:
+            upgrade_schema(engine)
+        except SQLAlchemyError as err:
+            engine.dispose()
+            raise RegistryUnavailable(f"cannot open the registry {display_url(url)}: {_reason(err)}") from None
     return engine
 
 
@@ -85,7 +121,7 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
     migrations existed; its tables are exactly revision 0001's, so it is stamped 0001 (not
     re-created) and then upgraded like any other.
     """
-    with writer(engine).begin() as connection:
+    with writer(engine).connect() as connection, foreign_keys_off(connection), connection.begin():
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         config = alembic_config(connection)
@@ -93,6 +129,24 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
         if "methods" in tables and "alembic_version" not in tables:
             command.stamp(config, BASELINE)
         command.upgrade(config, revision)
+        if connection.dialect.name == "sqlite" and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+            raise RuntimeError("a migration left rows whose parent is gone; nothing was changed")
+
+
+@contextmanager
+def foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """SQLite rebuilds a table to change its constraints (Alembic's batch mode); dropping the old
+    table with foreign keys on would delete every child row through ON DELETE CASCADE. The pragma
+    only takes effect outside a transaction, so it is set on the DBAPI connection before BEGIN."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    dbapi = connection.connection.driver_connection
+    dbapi.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        dbapi.execute("PRAGMA foreign_keys=ON")
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -1,8 +1,10 @@
-"""Store a submission and, optionally, one evaluation of it, in one transaction.
+"""Store submissions and, optionally, evaluations of them, all in one transaction.
 
 Every row is got-or-created by its natural key, so ingesting the same submission and result
-twice adds nothing, and re-evaluating in the same environment never overwrites the first
-measurement. Any error rolls the whole ingestion back.
+twice adds nothing. A run's key holds a digest of what it measured (`measurement_digest`): the
+same point, model and environment measured again with other numbers is another run, kept next
+to the first, so no measurement silently wins over another and the order of ingestion does not
+change what is stored. Any error rolls the whole ingestion back.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,18 +55,32 @@ class IngestSummary:
         return f"{self.method} ({self.spec_hash[:12]}): added {added}"
 
 
-def ingest(engine: Engine, submission: Submission, result: EvaluationResult | None = None) -> IngestSummary:
+def ingest(
+    engine: Engine, submission: Submission, result: EvaluationResult | None = None, *, update_method: bool = True
+) -> IngestSummary:
     """Upsert the method, its submission, points and claims, and the result's runs; all or nothing."""
-    _check_matches(submission, result)
+    return ingest_all(engine, [(submission, result)], update_method=update_method)[0]
+
+
+def ingest_all(
+    engine: Engine, items: Sequence[tuple[Submission, EvaluationResult | None]], *, update_method: bool = True
+) -> list[IngestSummary]:
+    """Ingest every (submission, result) pair in ONE transaction: all of them or none.
+
+    `update_method=False` (results files from contributors) creates a missing method row but never
+    changes an existing one: nothing in a results file rewrites a method's name or authors.
+    """
+    for submission, result in items:
+        _check_matches(submission, result)
     for attempt in range(ATTEMPTS):
-        summary = IngestSummary(submission.method.slug, submission.spec_hash())
+        summaries = [IngestSummary(s.method.slug, s.spec_hash()) for s, _ in items]
         try:
             with Session(writer(engine)) as session, session.begin():
-                points = _store_submission(session, submission, summary)
-                if result is not None:
-                    for point_result in result.points:
+                for (submission, result), summary in zip(items, summaries):
+                    points = _store_submission(session, submission, summary, update_method)
+                    for point_result in result.points if result is not None else ():
                         _store_run(session, points[point_result.operating_point], result, point_result, summary)
-            return summary
+            return summaries
         except DBAPIError as err:
             if attempt == ATTEMPTS - 1 or not _retryable(err):
                 raise
@@ -126,7 +143,9 @@ def _method_fields(spec: Submission) -> dict[str, Any]:
     )
 
 
-def _store_submission(session: Session, spec: Submission, summary: IngestSummary) -> dict[str, OperatingPointRecord]:
+def _store_submission(
+    session: Session, spec: Submission, summary: IngestSummary, update_method: bool = True
+) -> dict[str, OperatingPointRecord]:
     method, _ = _get_or_create(session, summary, MethodRecord, {"slug": spec.method.slug}, **_method_fields(spec))
     submission, created = _get_or_create(
         session,
@@ -137,7 +156,7 @@ def _store_submission(session: Session, spec: Submission, summary: IngestSummary
         schema_version=spec.schema_version,
         spec=spec.model_dump_json(indent=2),
     )
-    if created:
+    if created and update_method:
         for name, value in _method_fields(spec).items():
             setattr(method, name, value)
     points = {}
@@ -196,7 +215,7 @@ def _store_run(
     summary: IngestSummary,
 ) -> None:
     env = result.environment
-    stats = point_result.stats
+    measured = _measured(result, point_result)
     run, _ = _get_or_create(
         session,
         summary,
@@ -206,6 +225,7 @@ def _store_run(
             "model": result.model,
             "weights": result.weights,
             "environment_key": env.key(),
+            "measurement": measurement_digest(**measured),
         },
         environment=env.model_dump(mode="json"),
         device=env.device,
@@ -216,15 +236,8 @@ def _store_run(
         dtype=env.dtype,
         execution_mode=env.execution_mode,
         spec_hash=result.spec_hash,
-        parameters=stats.parameters,
-        nonzero_parameters=stats.nonzero_parameters,
-        weight_bytes=stats.weight_bytes,
-        num_layers=stats.num_layers,
-        peak_memory_bytes=stats.peak_memory_bytes,
-        dense_parameters=result.dense_stats.parameters,
-        dense_weight_bytes=result.dense_stats.weight_bytes,
+        **measured["run"],
         effects=[e.model_dump(mode="json") for e in point_result.effects],
-        gemms=[g.model_dump(mode="json") for g in point_result.gemms],
     )
     for latency in point_result.latency:
         _store_latency(session, run, latency, summary)
@@ -234,40 +247,33 @@ def _store_run(
 
 def _store_latency(session: Session, run: Run, latency: LatencyResult, summary: IngestSummary) -> None:
     scenario = latency.scenario
+    row = _latency_row(latency)
     _get_or_create(
         session,
         summary,
         LatencyMeasurement,
-        {"run_id": run.id, "scenario": scenario.name},
+        {"run_id": run.id, "scenario": row.pop("scenario")},
         phase=scenario.phase.value,
         batch_size=scenario.batch_size,
         seq_len=scenario.seq_len,
         unit=latency.unit,
-        median=latency.median,
-        p20=latency.p20,
-        p80=latency.p80,
-        samples=list(latency.samples),
-        dense_median=latency.dense_median,
         theoretical=latency.theoretical,
         theoretical_dense=latency.theoretical_dense,
-        execution=latency.execution,
-        fallback=latency.fallback,
-        gpu_before=latency.gpu_before.model_dump(mode="json") if latency.gpu_before else None,
-        gpu_after=latency.gpu_after.model_dump(mode="json") if latency.gpu_after else None,
+        **row,
     )
 
 
 def _store_measured_quality(
     session: Session, run: Run, result: EvaluationResult, quality: QualityResult, summary: IngestSummary
 ) -> None:
-    identity = spec_hash(
-        {"run": [run.model, run.weights, run.environment_key], "task": quality.task, "metric": quality.metric}
-    )
     _get_or_create(
         session,
         summary,
         QualityRecord,
-        {"operating_point_id": run.operating_point_id, "identity": identity},
+        {
+            "operating_point_id": run.operating_point_id,
+            "identity": measured_quality_identity(run, quality.task, quality.metric),
+        },
         run_id=run.id,
         provenance="measured",
         base_model=result.model,
@@ -280,4 +286,73 @@ def _store_measured_quality(
         harness_name="prunereg",
         harness_version=result.environment.prunereg,
         relative_loss=_loss(quality.value, quality.dense_value, quality.higher_is_better),
+    )
+
+
+MEASURED_RUN = (
+    "parameters", "nonzero_parameters", "weight_bytes", "num_layers", "peak_memory_bytes", "dense_parameters",
+    "dense_weight_bytes", "gemms",
+)  # fmt: skip
+MEASURED_LATENCY = (
+    "scenario", "samples", "median", "p20", "p80", "dense_median", "execution", "fallback", "gpu_before", "gpu_after",
+)  # fmt: skip
+MEASURED_QUALITY = ("task", "metric", "value", "dense_value", "higher_is_better", "tokens")
+
+
+def measurement_digest(run: dict[str, Any], latency: list[dict[str, Any]], quality: list[dict[str, Any]]) -> str:
+    """What a run measured, as a hash: model sizes, traced GEMMs, every latency and quality figure.
+
+    Theoretical times (recomputed from the declaration) and resolved effects (checked against it)
+    are not measurements and are left out. Columns named in MEASURED_* only, so that revision
+    0003 computes the same digest from stored rows as ingestion does from a results file.
+    """
+    blob = {
+        "run": {k: run[k] for k in MEASURED_RUN},
+        "latency": sorted(({k: row[k] for k in MEASURED_LATENCY} for row in latency), key=lambda r: r["scenario"]),
+        "quality": sorted(
+            ({k: row[k] for k in MEASURED_QUALITY} for row in quality), key=lambda r: (r["task"], r["metric"])
+        ),
+    }
+    return spec_hash(blob)[:32]
+
+
+def measured_quality_identity(run: Any, task: str, metric: str) -> str:
+    """A measured quality figure is one per run, task and metric."""
+    return spec_hash(
+        {"run": [run.model, run.weights, run.environment_key, run.measurement], "task": task, "metric": metric}
+    )
+
+
+def _measured(result: EvaluationResult, point: PointResult) -> dict[str, Any]:
+    """The measured columns of one point's run, latency and quality rows, as stored."""
+    stats = point.stats
+    run = dict(
+        parameters=stats.parameters,
+        nonzero_parameters=stats.nonzero_parameters,
+        weight_bytes=stats.weight_bytes,
+        num_layers=stats.num_layers,
+        peak_memory_bytes=stats.peak_memory_bytes,
+        dense_parameters=result.dense_stats.parameters,
+        dense_weight_bytes=result.dense_stats.weight_bytes,
+        gemms=[g.model_dump(mode="json") for g in point.gemms],
+    )
+    return dict(
+        run=run,
+        latency=[_latency_row(lat) for lat in point.latency],
+        quality=[q.model_dump(mode="json") for q in point.quality],
+    )
+
+
+def _latency_row(latency: LatencyResult) -> dict[str, Any]:
+    return dict(
+        scenario=latency.scenario.name,
+        samples=list(latency.samples),
+        median=latency.median,
+        p20=latency.p20,
+        p80=latency.p80,
+        dense_median=latency.dense_median,
+        execution=latency.execution,
+        fallback=latency.fallback,
+        gpu_before=latency.gpu_before.model_dump(mode="json") if latency.gpu_before else None,
+        gpu_after=latency.gpu_after.model_dump(mode="json") if latency.gpu_after else None,
     )

@@ -96,15 +96,22 @@ class Run(Base):
     """One operating point evaluated on one model in one environment, with what prunereg measured.
 
     Random-weight and trained-weight runs of the same model are kept apart: `weights` is part of
-    the key, since only the latter carries quality numbers.
+    the key, since only the latter carries quality numbers. So is `measurement`, a digest of what
+    the run measured: the same point measured twice in one environment with other numbers is two
+    runs, never one overwritten or one silently dropped.
     """
 
     __tablename__ = "runs"
-    __table_args__ = (UniqueConstraint("operating_point_id", "model", "weights", "environment_key"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "operating_point_id", "model", "weights", "environment_key", "measurement", name="runs_natural_key"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     operating_point_id: Mapped[int] = mapped_column(ForeignKey("operating_points.id", ondelete="CASCADE"))
     environment_key: Mapped[str] = mapped_column(String(32), index=True)
+    measurement: Mapped[str] = mapped_column(String(32), doc="registry.ingest.measurement_digest of the run")
     environment: Mapped[dict[str, Any]] = mapped_column(JSON)
     model: Mapped[str] = mapped_column(String(200))
     weights: Mapped[str] = mapped_column(String(16))
