@@ -6,7 +6,11 @@ Heavy modules (torch, transformers) are imported inside the commands that build 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+from prunereg import __version__
 
 from . import leaderboard, measure, registry, submissions
 
@@ -16,6 +20,23 @@ app = typer.Typer(
     add_completion=False,
     help="Benchmark and registry for LLM pruning methods.",
 )
+
+
+def _version(show: bool) -> None:
+    if show:
+        typer.echo(f"prunereg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Benchmark and registry for LLM pruning methods."""
+
+
 app.command()(submissions.validate)
 app.command("list")(submissions.list_)
 app.command()(submissions.schema)

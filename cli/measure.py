@@ -18,7 +18,7 @@ from prunereg.spec.catalog import EMBEDDED_MODEL, suites
 from prunereg.spec.results import SavedEvaluation
 from prunereg.spec.submission import Submission
 
-from .common import DbOption, console, errors, fail, load_valid
+from .common import DbOption, ForceOption, connect, console, errors, fail, load_valid
 
 
 class Device(str, Enum):
@@ -68,7 +68,6 @@ def evaluate(
 
     from prunereg.evaluate import EvaluationError
     from prunereg.evaluate import evaluate as run_evaluation
-    from prunereg.registry.db import connect
     from prunereg.registry.ingest import ingest
     from prunereg.registry.queries import stored_points
 
@@ -151,10 +150,13 @@ def results_table(spec: Submission, result) -> Table:
 def prune(
     submission: Annotated[Path, typer.Argument(help="submission JSON file")],
     point: Annotated[str, typer.Option(help="operating point name")],
-    out: Annotated[Path, typer.Option(help="folder for the checkpoint")],
+    out: Annotated[Path, typer.Option(help="folder for the checkpoint, replaced whole")],
     model: Annotated[str, typer.Option(help="catalog model name or a local checkpoint folder")] = EMBEDDED_MODEL,
+    force: ForceOption = False,
 ) -> None:
     """Write the model pruned at one operating point as a plain transformers checkpoint.
+
+    The checkpoint is written into a fresh folder that then replaces --out; a folder prunereg did not write is refused unless --force.
 
     Example: prunereg prune submissions/shortgpt.json --point drop-25 --out pruned/shortgpt-25
     """
@@ -167,12 +169,18 @@ def prune(
     from prunereg.adapters import get_adapter
     from prunereg.evaluate import EvaluationError, apply_point, load_checked
     from prunereg.harness.checkpoint import CheckpointRefused, save_pruned
+    from prunereg.outputs import CHECKPOINT_MARKER, OutputRefused, check_output
 
     try:
+        check_output(out, CHECKPOINT_MARKER, force)  # before loading and pruning a model for nothing
         loaded = load_checked(spec, model, "cpu", torch.float32, [spec.point(point)])
         pruned, _ = apply_point(spec, loaded, spec.point(point))
-        save_pruned(get_adapter(spec.adapter.name), pruned, loaded.tokenizer, out)
-    except (EvaluationError, CheckpointRefused) as err:
+        adapter = get_adapter(spec.adapter.name)
+        try:
+            save_pruned(adapter, pruned, loaded.tokenizer, out, force)
+        except OSError as err:
+            raise fail(f"cannot write the checkpoint to {out}: {err.strerror or err}") from None
+    except (EvaluationError, CheckpointRefused, OutputRefused) as err:
         raise fail(str(err)) from None
     console.print(Text(f"checkpoint written: {out}"))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +13,7 @@ from rich.text import Text
 from prunereg.spec.checks import CHECKS
 from prunereg.spec.results import SavedEvaluation
 
-from .common import DbOption, console, errors, fail
+from .common import DbOption, connect, console, empty_registry, fail, note, registry_name
 
 
 def ingest_saved(
@@ -27,7 +26,6 @@ def ingest_saved(
     """
     from pydantic import ValidationError
 
-    from prunereg.registry.db import connect
     from prunereg.registry.ingest import ingest
 
     loaded = []
@@ -76,15 +74,19 @@ def frontier(
 
     Example: prunereg frontier --phase prefill --batch 1 --device h200
     """
+    from prunereg.leaderboard.display import family_label
     from prunereg.registry.analysis import scenario_analysis
-    from prunereg.registry.db import connect
 
-    analyses = scenario_analysis(connect(db), phase.value, batch, device, model, speedup.value)
+    engine = connect(db)
+    if empty := empty_registry(engine):
+        raise fail(empty)
+    analyses = scenario_analysis(engine, phase.value, batch, device, model, speedup.value)
     if not analyses:
         raise fail(
             f"no latency rows for {phase.value} at batch {batch}"
             + (f" on a device matching '{device}'" if device else "")
             + (f" for model '{model}'" if model else "")
+            + f" in the registry {registry_name(engine)}"
         )
     for a in analyses:
         k = a.key
@@ -93,17 +95,10 @@ def frontier(
         )
         if a.has_quality:
             title = f"Pareto frontier ({a.speedup_kind} speedup)" + (" and dominated points" if all_points else "")
-            shown = (
-                sorted(
-                    (r for r in a.rows if r.quality_loss is not None),
-                    key=lambda r: (r.dominated_by, r.quality_loss, -r.speedup),
-                )
-                if all_points
-                else a.frontier
-            )
+            shown = a.by_rank() if all_points else a.frontier
         else:  # e.g. random-weight runs of catalog models: still worth seeing the speedups
             title = "no measured quality in this group (random weights?): no frontier, speedups only"
-            shown = sorted(a.rows, key=lambda r: (-r.speedup, r.method_slug, r.operating_point))
+            shown = a.by_rank()
         table = Table(title=Text(title))
         for column in ("method", "family", "point", "loss %", "speedup", "theoretical", "realization", "rank"):
             table.add_column(
@@ -114,7 +109,7 @@ def frontier(
             loss = "n/a" if r.quality_loss is None else f"{r.quality_loss * 100:.1f}"
             table.add_row(
                 Text(r.method_name),
-                r.family_label,
+                family_label(r.family),
                 Text(r.operating_point),
                 loss,
                 f"{r.speedup:.2f}x",
@@ -130,7 +125,7 @@ def frontier(
             bands.add_column(column, justify="right" if column == "speedup" else "left")
         for b in a.bands:
             tolerance = f"{percent(b.low)} %" if b.low == b.high else f"{percent(b.low)}–{percent(b.high)} %"
-            bands.add_row(tolerance, b.family_label, Text(b.method), f"{b.speedup:.2f}x")
+            bands.add_row(tolerance, family_label(b.family), Text(b.method), f"{b.speedup:.2f}x")
         console.print(bands)
     console.print(
         Text(
@@ -168,34 +163,23 @@ def export(
 
     Example: prunereg export --format json --out registry.json
     """
-    import csv
-    import io
-
-    from prunereg.registry.db import connect
-    from prunereg.registry.export import LATENCY_COLUMNS, QUALITY_COLUMNS, latency_records, quality_records
+    from prunereg.registry.export import export_csv, export_json
 
     engine = connect(db)
+    if empty := empty_registry(engine):
+        note(f"{empty}; the export has no rows")
     if fmt is ExportFormat.json:
-        tables = [table] if table else list(ExportTable)
-        loaders = {ExportTable.latency: latency_records, ExportTable.quality: quality_records}
-        text = json.dumps({t.value: loaders[t](engine) for t in tables}, indent=1, ensure_ascii=False) + "\n"
+        text = export_json(engine, [table.value] if table else [t.value for t in ExportTable])
     else:
-        table = table or ExportTable.latency
-        columns, records = (
-            (LATENCY_COLUMNS, latency_records(engine))
-            if table is ExportTable.latency
-            else (QUALITY_COLUMNS, quality_records(engine))
-        )
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(records)
-        text = buffer.getvalue()
+        text = export_csv(engine, (table or ExportTable.latency).value)
     if out is None:
         typer.echo(text, nl=False)
     else:
-        out.write_text(text, encoding="utf-8")
-        errors.print(Text(f"written: {out}"))
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise fail(f"cannot write {out}: {err.strerror}") from None
+        note(f"written: {out}")
 
 
 def db_upgrade(db: DbOption = None) -> None:
@@ -203,7 +187,7 @@ def db_upgrade(db: DbOption = None) -> None:
 
     Example: prunereg db upgrade --db postgresql+psycopg://user@host/prunereg
     """
-    from prunereg.registry.db import connect, current_revision
+    from prunereg.registry.db import current_revision
 
     engine = connect(db)
-    console.print(Text(f"{engine.url.render_as_string(hide_password=True)}: at revision {current_revision(engine)}"))
+    console.print(Text(f"{registry_name(engine)}: at revision {current_revision(engine)}"))

@@ -1,4 +1,8 @@
-"""Write a pruned model as a checkpoint that `AutoModelForCausalLM.from_pretrained` loads with no prunereg code."""
+"""Write a pruned model as a checkpoint that `AutoModelForCausalLM.from_pretrained` loads with no prunereg code.
+
+The checkpoint folder is written fresh and replaces an earlier one whole (prunereg.outputs), so
+shards of a larger earlier model never stay behind next to the new ones.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,23 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prunereg.adapters.base import Adapter
+from prunereg.outputs import CHECKPOINT_MARKER, check_output, replaced_folder
 
 
 class CheckpointRefused(Exception):
     """The pruned shapes differ per layer or per token, which no transformers config can express."""
 
 
-def save_pruned(adapter: Adapter, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out: Path) -> Path:
+def save_pruned(
+    adapter: Adapter,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out: Path,
+    force: bool = False,
+) -> Path:
+    """Raises CheckpointRefused for a model no config describes, prunereg.outputs.OutputRefused for an
+    `out` that is a link, a file or a folder prunereg did not write (unless `force`)."""
+    check_output(Path(out), CHECKPOINT_MARKER, force)
     if adapter.checkpoint_refusal:
         raise CheckpointRefused(
             f"adapter '{adapter.name}' cannot be saved as a checkpoint: {adapter.checkpoint_refusal}"
@@ -25,7 +39,8 @@ def save_pruned(adapter: Adapter, model: PreTrainedModel, tokenizer: PreTrainedT
     except (ValueError, TypeError, StrictDataclassError) as err:
         reason = " ".join(str(err).split()[-16:])
         raise CheckpointRefused(f"this transformers version refuses the pruned config: {reason}") from None
-    plain.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    with replaced_folder(Path(out), CHECKPOINT_MARKER, force) as fresh:
+        plain.save_pretrained(fresh)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(fresh)
     return out

@@ -3,7 +3,8 @@
 index.html holds the harness tables (each point's realization under every execution mode measured,
 side by side) and, per comparable group, a Pareto plot, a realization chart (measured against
 theoretical speedup), the transition bands and a table; methods/<slug>.html one page per method,
-data/leaderboard.json the rows (sorted, for golden tests and reuse). Jinja autoescapes every .html
+data/leaderboard.json the rows (sorted, for golden tests and reuse). The site is written into a
+fresh folder that replaces the earlier build whole (prunereg.outputs). Jinja autoescapes every .html
 template, so submission text can never become markup. The pages read completely without script;
 static/leaderboard.js (ours, no third-party code, no network) only adds the scenario selector and
 sortable tables.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,15 @@ from markupsafe import Markup
 from sqlalchemy import Engine
 
 from prunereg import __version__
+from prunereg.outputs import SITE_MARKER, replaced_folder
+from prunereg.registry.analysis import Band, transition_bands
 from prunereg.registry.harness import HarnessTable, harness_tables
 from prunereg.registry.queries import GroupKey, Row, SpeedupKind, leaderboard_rows, method_detail, methods
 from prunereg.spec.catalog import models
 from prunereg.spec.results import EXECUTION_MODES
 from prunereg.spec.taxonomy import GEMM_SHAPES, Gemm
 
+from . import display
 from .plot import PlotPoint, RealizationPoint, pareto_svg, realization_svg
 
 HERE = Path(__file__).parent
@@ -43,7 +47,7 @@ class Group:
     plot: Markup | None
     unplotted: int
     realization: Markup
-    bands: list[Any]
+    bands: list[Band]
     phase: str
     batch_size: int
     device_name: str
@@ -67,12 +71,6 @@ def _selectors(groups: list[Group]) -> list[Selector]:
         ("mode", "Execution mode", lambda g: g.execution_mode, str),
     ]
     return [Selector(name, label, sorted({value(g) for g in groups}, key=order)) for name, label, value, order in axes]
-
-
-def _bands(rows: list[Row], speedup: SpeedupKind) -> list[Any]:
-    from prunereg.registry.analysis import transition_bands  # written alongside; imported when used
-
-    return list(transition_bands(rows, speedup=speedup))
 
 
 def _title(parts: tuple[str, ...], phase: str, batch_size: int, seq_len: int) -> str:
@@ -114,7 +112,7 @@ def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
             ],
             f"Realization: {title}",
         )
-        bands = _bands(members, speedup) if plotted else []
+        bands = transition_bands(members, speedup=speedup) if plotted else []
         group = Group(
             f"group-{i + 1}", title, ordered, plot, len(members) - len(plotted), realization, bands,
             first.phase, first.batch_size, key.device_name, key.execution_mode,
@@ -166,6 +164,10 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(times=_times, percent=_percent, ms=_ms, number=_number, param=_param, dimension=_dimension)
+    env.filters.update(
+        family_label=display.family_label, kernel_note=display.kernel_note, gpu_change=display.gpu_change
+    )
+    env.tests["noisy"] = display.noisy
     env.globals["version"] = __version__
     return env
 
@@ -180,28 +182,48 @@ def _rounded(value: Any) -> Any:
     return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
-def build_site(engine: Engine, out_dir: Path, speedup: SpeedupKind = "measured") -> Path:
-    """Write the site into out_dir and return the path of its index.html."""
+NOT_IN_JSON = ("environment", "kernels")
+"""Per-run data repeated on every row; the method pages show it once per run, keyed by environment_key."""
+
+
+def _json_row(row: Row) -> dict[str, Any]:
+    data = {f.name: getattr(row, f.name) for f in fields(row) if f.name not in NOT_IN_JSON}
+    data.update(
+        family_label=display.family_label(row.family), kernel_note=display.kernel_note(row.kernels), spread=row.spread
+    )
+    return {k: _rounded(v) for k, v in data.items()}
+
+
+def build_site(engine: Engine, out_dir: Path, speedup: SpeedupKind = "measured", force: bool = False) -> Path:
+    """Write the site into out_dir, replacing an earlier build whole, and return the path of its index.html.
+
+    Raises prunereg.outputs.OutputRefused for a link, a file, or a folder prunereg did not write
+    (unless `force`).
+    """
     out_dir = Path(out_dir)
     rows = leaderboard_rows(engine, speedup)
     summaries = methods(engine)
+    with replaced_folder(out_dir, SITE_MARKER, force) as fresh:
+        _write(engine, fresh, rows, summaries, speedup)
+    return out_dir / "index.html"
+
+
+def _write(engine: Engine, out_dir: Path, rows: list[Row], summaries: list, speedup: SpeedupKind) -> None:
     env = _environment()
     for sub in ("methods", "data"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copytree(HERE / "static", out_dir / "static", dirs_exist_ok=True)
+        (out_dir / sub).mkdir()
+    shutil.copytree(HERE / "static", out_dir / "static")
 
-    index = out_dir / "index.html"
     groups = _groups(rows, speedup)
     page = env.get_template("index.html").render(
         root="", methods=summaries, groups=groups, selectors=_selectors(groups), speedup=speedup,
         harness=_harness(rows), modes=EXECUTION_MODES, measured_modes=sorted({r.execution_mode for r in rows}),
     )  # fmt: skip
-    index.write_text(page, encoding="utf-8")
+    (out_dir / "index.html").write_text(page, encoding="utf-8")
     for summary in summaries:
         detail = method_detail(engine, summary.slug, rows)
         page = env.get_template("method.html").render(root="../", method=detail, m=summary)
         (out_dir / "methods" / f"{summary.slug}.html").write_text(page, encoding="utf-8")
 
-    data = {"speedup": speedup, "rows": [{k: _rounded(v) for k, v in asdict(r).items()} for r in rows]}
+    data = {"speedup": speedup, "rows": [_json_row(r) for r in rows]}
     (out_dir / "data" / "leaderboard.json").write_text(_json_for_web(data), encoding="utf-8")
-    return index

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from markupsafe import Markup, escape
 
 from prunereg.registry.pareto import frontier
-from prunereg.registry.queries import family_label
+
+from .display import family_label
 
 FAMILY_COLOURS = {
     "dense": "#000000",

@@ -21,7 +21,8 @@ from typing import Literal
 
 from sqlalchemy import Engine
 
-from .queries import GroupKey, Row, SpeedupKind, _mark_pareto, family_label, leaderboard_rows
+from .pareto import SpeedupKind, axes, frontier
+from .queries import GroupKey, Row, leaderboard_rows
 
 DENSE = "dense"
 _EPS = 1e-9  # grid tolerances are sums of floats; 0.07 must admit a loss stored as 0.07
@@ -30,7 +31,6 @@ _EPS = 1e-9  # grid tolerances are sums of floats; 0.07 must admit a loss stored
 @dataclass(frozen=True)
 class Band:
     family: str  # Family value, e.g. "static_depth"
-    family_label: str  # taxonomy label, e.g. "static M, depth"
     low: float  # quality-loss tolerance where the band starts (fraction, 0.05 = 5 %)
     high: float  # where it ends (fraction), inclusive
     method: str  # method name · operating point giving the best speedup at `low`
@@ -45,10 +45,6 @@ class _Candidate:
     loss: float
 
 
-def _speedup(row: Row, kind: SpeedupKind) -> float:
-    return row.speedup if kind == "measured" else row.theoretical_speedup
-
-
 def _candidates(rows: Sequence[Row], kind: SpeedupKind) -> list[_Candidate]:
     """Rows with a measured loss, plus the dense baseline pinned at loss 0 and speedup 1.
 
@@ -58,10 +54,8 @@ def _candidates(rows: Sequence[Row], kind: SpeedupKind) -> list[_Candidate]:
     dense_name = next((f"{r.method_name} · {r.operating_point}" for r in rows if r.family == DENSE), DENSE)
     out = [_Candidate(DENSE, dense_name, 1.0, 0.0)]
     for r in rows:
-        if r.quality_loss is not None and r.family != DENSE:
-            out.append(
-                _Candidate(r.family, f"{r.method_name} · {r.operating_point}", _speedup(r, kind), r.quality_loss)
-            )
+        if (a := axes(r, kind)) is not None and r.family != DENSE:
+            out.append(_Candidate(r.family, f"{r.method_name} · {r.operating_point}", a.speedup, a.quality_loss))
     return out
 
 
@@ -106,19 +100,8 @@ def transition_bands(
         if bands and bands[-1].family == best.family:
             bands[-1] = replace(bands[-1], high=t)
         else:
-            bands.append(Band(best.family, family_label(best.family), t, t, best.method, best.speedup))
+            bands.append(Band(best.family, t, t, best.method, best.speedup))
     return bands
-
-
-def ranked(rows: Sequence[Row], speedup: SpeedupKind = "measured") -> list[Row]:
-    """Rows with `pareto` and `dominated_by` set within their groups (rows without quality: None)."""
-    return _mark_pareto(list(rows), speedup)
-
-
-def frontier(rows: Sequence[Row], speedup: SpeedupKind = "measured") -> list[Row]:
-    """The rows on the Pareto front of their group, ordered by loss then speedup (a step line's order)."""
-    on_front = [r for r in ranked(rows, speedup) if r.pareto]
-    return sorted(on_front, key=lambda r: (r.quality_loss, _speedup(r, speedup), r.method_slug, r.operating_point))
 
 
 @dataclass(frozen=True)
@@ -135,6 +118,13 @@ class ScenarioAnalysis:
     @property
     def has_quality(self) -> bool:
         return any(r.quality_loss is not None for r in self.rows)
+
+    def by_rank(self) -> list[Row]:
+        """Rows with quality by dominance rank (the front first), then loss; without quality: fastest first."""
+        if not self.has_quality:
+            return sorted(self.rows, key=lambda r: (-r.speedup, r.method_slug, r.operating_point))
+        rated = (r for r in self.rows if r.quality_loss is not None)
+        return sorted(rated, key=lambda r: (r.dominated_by, r.quality_loss, -r.speedup))
 
 
 def scenario_analysis(

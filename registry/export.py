@@ -7,13 +7,18 @@ fingerprint spread into `env_*` columns, because a speedup means nothing without
 library versions and dtype it was timed with. It also says how the scenario really ran
 (`execution`, and the `fallback` reason when the environment's mode failed) and carries the GPU's
 clocks and temperature before and after the repeats (`gpu_before_*`, `gpu_after_*`; empty without
-NVML). The quality table keeps prunereg's measurements (`provenance` "measured", with the run they
+NVML) and the kernels the run's GEMMs ran on (`kernels`; what they mean for a speedup is the
+leaderboard's to say). The quality table keeps prunereg's measurements (`provenance` "measured", with the run they
 belong to) and the claims reported in submissions ("reported" / "measured-elsewhere", with arXiv
 id and table) side by side, never merged.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -21,16 +26,16 @@ from sqlalchemy.orm import Session
 
 from prunereg.spec.results import Environment, GpuState
 
-from .queries import leaderboard_rows
-from .schema import LatencyMeasurement, MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
+from .queries import Row, leaderboard_rows
+from .schema import MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
 
 ENV_FIELDS = tuple(Environment.model_fields)
 GPU_COLUMNS = tuple(f"gpu_{when}_{f}" for when in ("before", "after") for f in GpuState.model_fields)
 LATENCY_COLUMNS = (
-    "method_slug", "method_name", "family", "family_label", "spec_hash", "operating_point", "model", "weights",
+    "method_slug", "method_name", "family", "spec_hash", "operating_point", "model", "weights",
     "environment_key", *(f"env_{f}" for f in ENV_FIELDS), "scenario", "phase", "batch_size", "seq_len",
     "median_ms", "p20_ms", "p80_ms", "dense_median_ms", "speedup", "theoretical_speedup", "realization",
-    "execution", "fallback", *GPU_COLUMNS, "kernel_note", "quality_provenance", "quality_loss", "quality_task",
+    "execution", "fallback", *GPU_COLUMNS, "kernels", "quality_provenance", "quality_loss", "quality_task",
     "quality_metric", "pareto", "dominated_by",
 )  # fmt: skip
 QUALITY_COLUMNS = (
@@ -41,55 +46,32 @@ QUALITY_COLUMNS = (
 )  # fmt: skip
 
 
-def _latency_extras(session: Session) -> dict[tuple, tuple[float, float, dict[str, Any]]]:
-    """p20, p80 and the environment of each latency row, by the row's natural key."""
-    stmt = (
-        select(LatencyMeasurement, Run, OperatingPointRecord, SubmissionRecord)
-        .join(LatencyMeasurement.run)
-        .join(Run.operating_point)
-        .join(OperatingPointRecord.submission)
-    )
-    return {
-        (sub.spec_hash, point.name, run.model, run.weights, run.environment_key, lat.scenario): (
-            lat.p20,
-            lat.p80,
-            dict(run.environment),
-        )  # fmt: skip
-        for lat, run, point, sub in session.execute(stmt)
-    }
-
-
 def _gpu(when: str, state: dict[str, Any] | None) -> dict[str, Any]:
     """One GPU reading as flat columns; its clock-event reasons joined by commas."""
     state = state or {}
     return {f"gpu_{when}_{f}": ",".join(v) if isinstance(v := state.get(f), list) else v for f in GpuState.model_fields}
 
 
+def latency_record(r: Row) -> dict[str, Any]:
+    """One leaderboard row as a flat dict with `LATENCY_COLUMNS`."""
+    return {
+        "method_slug": r.method_slug, "method_name": r.method_name, "family": r.family, "spec_hash": r.spec_hash,
+        "operating_point": r.operating_point, "model": r.model, "weights": r.weights,
+        "environment_key": r.environment_key, **{f"env_{f}": r.environment.get(f) for f in ENV_FIELDS},
+        "scenario": r.scenario, "phase": r.phase, "batch_size": r.batch_size, "seq_len": r.seq_len,
+        "median_ms": r.median_ms, "p20_ms": r.p20_ms, "p80_ms": r.p80_ms, "dense_median_ms": r.dense_median_ms,
+        "speedup": r.speedup, "theoretical_speedup": r.theoretical_speedup, "realization": r.realization,
+        "execution": r.execution, "fallback": r.fallback, **_gpu("before", r.gpu_before),
+        **_gpu("after", r.gpu_after), "kernels": ",".join(r.kernels),
+        "quality_provenance": None if r.quality_loss is None else "measured",
+        "quality_loss": r.quality_loss, "quality_task": r.quality_task, "quality_metric": r.quality_metric,
+        "pareto": r.pareto, "dominated_by": r.dominated_by,
+    }  # fmt: skip
+
+
 def latency_records(engine: Engine) -> list[dict[str, Any]]:
     """Every latency row, in the leaderboard's order, as a flat dict with `LATENCY_COLUMNS`."""
-    rows = leaderboard_rows(engine)
-    with Session(engine) as session:
-        extras = _latency_extras(session)
-    out = []
-    for r in rows:
-        p20, p80, env = extras[(r.spec_hash, r.operating_point, r.model, r.weights, r.environment_key, r.scenario)]
-        env = {"device_name": r.device_name, "dtype": r.dtype, "execution_mode": r.execution_mode, **env}
-        record = {
-            "method_slug": r.method_slug, "method_name": r.method_name, "family": r.family,
-            "family_label": r.family_label, "spec_hash": r.spec_hash, "operating_point": r.operating_point,
-            "model": r.model, "weights": r.weights, "environment_key": r.environment_key,
-            **{f"env_{f}": env.get(f) for f in ENV_FIELDS},
-            "scenario": r.scenario, "phase": r.phase, "batch_size": r.batch_size, "seq_len": r.seq_len,
-            "median_ms": r.median_ms, "p20_ms": p20, "p80_ms": p80, "dense_median_ms": r.dense_median_ms,
-            "speedup": r.speedup, "theoretical_speedup": r.theoretical_speedup, "realization": r.realization,
-            "execution": r.execution, "fallback": r.fallback, **_gpu("before", r.gpu_before),
-            **_gpu("after", r.gpu_after), "kernel_note": r.kernel_note,
-            "quality_provenance": None if r.quality_loss is None else "measured",
-            "quality_loss": r.quality_loss, "quality_task": r.quality_task, "quality_metric": r.quality_metric,
-            "pareto": r.pareto, "dominated_by": r.dominated_by,
-        }  # fmt: skip
-        out.append(record)
-    return out
+    return [latency_record(r) for r in leaderboard_rows(engine)]
 
 
 def quality_records(engine: Engine) -> list[dict[str, Any]]:
@@ -118,3 +100,21 @@ def quality_records(engine: Engine) -> list[dict[str, Any]]:
     key = ("method_slug", "spec_hash", "operating_point", "provenance", "model", "weights", "environment_key",
            "base_model", "task", "metric")  # fmt: skip
     return sorted(out, key=lambda rec: tuple("" if rec[k] is None else str(rec[k]) for k in key))
+
+
+TABLES = {"latency": (LATENCY_COLUMNS, latency_records), "quality": (QUALITY_COLUMNS, quality_records)}
+
+
+def export_csv(engine: Engine, table: str = "latency") -> str:
+    """One table as CSV with a header row: `pandas.read_csv`."""
+    columns, records = TABLES[table]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records(engine))
+    return buffer.getvalue()
+
+
+def export_json(engine: Engine, tables: Sequence[str] = tuple(TABLES)) -> str:
+    """{"latency": [...], "quality": [...]} (the tables asked for): `pandas.DataFrame(data["latency"])`."""
+    return json.dumps({t: TABLES[t][1](engine) for t in tables}, indent=1, ensure_ascii=False) + "\n"

@@ -44,7 +44,7 @@ class ModeFigure:
 class HarnessLine:
     method_slug: str
     method_name: str
-    family_label: str
+    family: str
     operating_point: str
     weights: str
     theoretical_speedup: float
@@ -95,7 +95,7 @@ def harness_tables(rows: Sequence[Row]) -> list[HarnessTable]:
                 HarnessLine(
                     first.method_slug,
                     first.method_name,
-                    first.family_label,
+                    first.family,
                     first.operating_point,
                     first.weights,
                     median(r.theoretical_speedup for r in members),

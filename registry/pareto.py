@@ -1,16 +1,21 @@
-"""The speedup-quality Pareto frontier, as pure functions.
+"""The speedup-quality Pareto frontier, as pure functions: the one place dominance is decided.
 
 A point dominates another when it is at least as fast and loses at most as much quality, and
 is strictly better on one of the two. Equal points do not dominate each other, so ties share
 the front. Groups on a leaderboard hold tens of points, so the plain quadratic scan is kept
-for being obviously right.
+for being obviously right. Queries rank rows with `ranked`, analysis and the plot draw the front
+with `frontier`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Protocol
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from dataclasses import replace
+from typing import Literal, NamedTuple, Protocol, TypeVar
+
+SpeedupKind = Literal["measured", "theoretical"]
 
 
 class Point(Protocol):
@@ -18,16 +23,46 @@ class Point(Protocol):
     def speedup(self) -> float: ...  # higher is better
 
     @property
-    def quality_loss(self) -> float: ...  # lower is better
+    def quality_loss(self) -> float | None: ...  # lower is better; None: not rated, never on a front
 
 
-def dominates(a: Point, b: Point) -> bool:
+class Measured(Point, Protocol):
+    """A leaderboard row: a point with a roofline speedup too, comparable only inside its group."""
+
+    @property
+    def theoretical_speedup(self) -> float: ...
+
+    @property
+    def group(self) -> Hashable: ...
+
+
+class Axes(NamedTuple):
+    speedup: float
+    quality_loss: float
+
+
+P = TypeVar("P", bound=Point)
+R = TypeVar("R", bound=Measured)
+
+
+def axes(point: Point, speedup: SpeedupKind = "measured") -> Axes | None:
+    """The two numbers a point is ranked by; None when it has no quality loss to rank."""
+    if point.quality_loss is None:
+        return None
+    if speedup == "measured":
+        return Axes(point.speedup, point.quality_loss)
+    if speedup == "theoretical":
+        return Axes(point.theoretical_speedup, point.quality_loss)  # type: ignore[attr-defined]
+    raise ValueError(f"speedup must be 'measured' or 'theoretical', not {speedup!r}")
+
+
+def dominates(a: Axes, b: Axes) -> bool:
     at_least_as_good = a.speedup >= b.speedup and a.quality_loss <= b.quality_loss
     strictly_better = a.speedup > b.speedup or a.quality_loss < b.quality_loss
     return at_least_as_good and strictly_better
 
 
-def dominance_rank(points: Sequence[Point]) -> list[int]:
+def dominance_rank(points: Sequence[Axes]) -> list[int]:
     """For each point, how many points dominate it (0 = on the front)."""
     for p in points:
         if math.isnan(p.speedup) or math.isnan(p.quality_loss):
@@ -35,12 +70,30 @@ def dominance_rank(points: Sequence[Point]) -> list[int]:
     return [sum(dominates(other, p) for other in points) for p in points]
 
 
-def pareto_front(points: Sequence[Point]) -> list[bool]:
+def pareto_front(points: Sequence[Axes]) -> list[bool]:
     """For each point, whether no other point dominates it."""
     return [rank == 0 for rank in dominance_rank(points)]
 
 
-def frontier(points: Sequence[Point]) -> list[Point]:
-    """The front ordered by quality loss, then speedup: the order a step line is drawn in."""
-    on_front = [p for p, front in zip(points, pareto_front(points)) if front]
-    return sorted(on_front, key=lambda p: (p.quality_loss, p.speedup))
+def frontier(points: Sequence[P], speedup: SpeedupKind = "measured") -> list[P]:
+    """The points of one group on its front, by quality loss then speedup: the order a step line is drawn in.
+
+    Points without a quality loss are left out; ties keep the order they came in.
+    """
+    rated = [(p, a) for p in points if (a := axes(p, speedup)) is not None]
+    ranks = dominance_rank([a for _, a in rated])
+    on_front = [(p, a) for (p, a), rank in zip(rated, ranks) if rank == 0]
+    return [p for p, _ in sorted(on_front, key=lambda pa: (pa[1].quality_loss, pa[1].speedup))]
+
+
+def ranked(rows: Sequence[R], speedup: SpeedupKind = "measured") -> list[R]:
+    """The rows with `pareto` and `dominated_by` set within their groups (rows without quality: None)."""
+    groups: dict[Hashable, list[tuple[int, Axes]]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        if (a := axes(row, speedup)) is not None:
+            groups[row.group].append((i, a))
+    marked = list(rows)
+    for members in groups.values():
+        for (i, _), rank in zip(members, dominance_rank([a for _, a in members])):
+            marked[i] = replace(rows[i], pareto=rank == 0, dominated_by=rank)  # type: ignore[type-var]
+    return marked

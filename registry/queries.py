@@ -1,36 +1,38 @@
-"""Read the registry into plain, frozen records for the leaderboard and the CLI.
+"""Read the registry into plain, frozen records: the one read model of the leaderboard, the CLI and export.
 
 The site never sees ORM objects: these records are everything it may show, so the schema can
-move under them. A leaderboard row is one latency measurement with its method, environment,
-measured quality loss and its place on the Pareto front of its group.
+move under them. A leaderboard row is one latency measurement with its method, percentiles, whole
+environment fingerprint, measured quality loss and its place on the Pareto front of its group.
+Records hold data only; how it reads on a page (family labels, kernel notes, noise flags) is
+leaderboard/display.py's.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from prunereg.spec.taxonomy import FAMILY_LABELS
-
-from .pareto import dominance_rank
+from .pareto import SpeedupKind, ranked
 from .schema import LatencyMeasurement, MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
 
-SpeedupKind = Literal["measured", "theoretical"]
-_LABELS = {family.value: label for family, label in FAMILY_LABELS.items()}
-
-
-def family_label(family: str) -> str:
-    return _LABELS.get(family, family)
-
-
-NOISY_SPREAD = 0.03
-"""p80/p20 − 1 above which a latency is flagged as noisy on the leaderboard."""
+__all__ = [
+    "SpeedupKind",
+    "GroupKey",
+    "Row",
+    "leaderboard_rows",
+    "methods",
+    "method_detail",
+    "stored_points",
+    "is_empty",
+]
+MODEL_GEMMS_ONLY = ("router", "other")
+"""Traced GEMM kinds that are not the model's matrix products; their kernels say nothing about the pruning."""
 
 
 class GroupKey(NamedTuple):
@@ -48,7 +50,6 @@ class Row:
     method_slug: str
     method_name: str
     family: str
-    family_label: str
     operating_point: str
     spec_hash: str
     model: str
@@ -62,15 +63,19 @@ class Row:
     batch_size: int
     seq_len: int
     median_ms: float
+    p20_ms: float
+    p80_ms: float
     dense_median_ms: float
     speedup: float
     theoretical_speedup: float
     realization: float
-    spread: float
     quality_loss: float | None
     quality_task: str | None
     quality_metric: str | None
-    kernel_note: str | None = None
+    environment: dict[str, Any]
+    """The run's whole fingerprint (spec.results.Environment as JSON); `environment_key` is its hash."""
+    kernels: tuple[str, ...] = ()
+    """Distinct kernels the run's traced model GEMMs ran on (dense, masked dense, sparse 2:4, ...)."""
     execution: str = "eager"
     """How the steps really ran: `execution_mode`, or eager when `fallback` says why that mode failed."""
     fallback: str | None = None
@@ -81,23 +86,9 @@ class Row:
     dominated_by: int | None = None
 
     @property
-    def noisy(self) -> bool:
-        """A median whose p80/p20 spread exceeds NOISY_SPREAD: shown flagged, not hidden."""
-        return self.spread > NOISY_SPREAD
-
-    @property
-    def gpu_change(self) -> str | None:
-        """'1980→1755 MHz, 41→47 °C; sw_power_cap': clocks that dropped or a hot GPU explain an odd number."""
-        if self.gpu_before is None and self.gpu_after is None:
-            return None
-        before, after = self.gpu_before or {}, self.gpu_after or {}
-
-        def change(field: str) -> str:
-            return f"{before.get(field, '?')}→{after.get(field, '?')}"
-
-        reasons = sorted({*before.get("clock_event_reasons", []), *after.get("clock_event_reasons", [])})
-        text = f"{change('sm_clock_mhz')} MHz, {change('temperature_c')} °C"
-        return f"{text}; {', '.join(reasons)}" if reasons else text
+    def spread(self) -> float:
+        """p80/p20 − 1 of the pruned latency: how far the median can be trusted."""
+        return self.p80_ms / self.p20_ms - 1.0
 
     @property
     def group(self) -> GroupKey:
@@ -110,27 +101,6 @@ class Row:
         )  # fmt: skip
 
 
-class _Axes(NamedTuple):
-    speedup: float
-    quality_loss: float
-
-
-def _mark_pareto(rows: list[Row], speedup: SpeedupKind) -> list[Row]:
-    groups: dict[GroupKey, list[int]] = defaultdict(list)
-    for i, row in enumerate(rows):
-        if row.quality_loss is not None:
-            groups[row.group].append(i)
-    marked = list(rows)
-    for members in groups.values():
-        axes = [
-            _Axes(rows[i].speedup if speedup == "measured" else rows[i].theoretical_speedup, rows[i].quality_loss)
-            for i in members
-        ]
-        for i, rank in zip(members, dominance_rank(axes)):
-            marked[i] = replace(rows[i], pareto=rank == 0, dominated_by=rank)
-    return marked
-
-
 def _first_measured_quality(session: Session) -> dict[int, QualityRecord]:
     """The first measured quality figure of each run: the harness lists its primary task first."""
     first: dict[int, QualityRecord] = {}
@@ -140,14 +110,13 @@ def _first_measured_quality(session: Session) -> dict[int, QualityRecord]:
     return first
 
 
-PLAIN_KERNELS = ("dense", "causal (SDPA)", "dense (SDPA)")
-"""What every dense model runs too; only other kernels are worth a note on the leaderboard."""
+def _environment(run: Run) -> dict[str, Any]:
+    """The stored fingerprint, completed by the run's columns for fingerprints older than those fields."""
+    return {"device_name": run.device_name, "dtype": run.dtype, "execution_mode": run.execution_mode, **run.environment}
 
 
-def kernel_note(gemms: list[dict[str, Any]]) -> str | None:
-    """How the pruned GEMMs ran when it was not a plain dense kernel, e.g. "masked dense" (no speedup expected)."""
-    kernels = {g["kernel"] for g in gemms if g["kernel"] not in PLAIN_KERNELS and g["gemm"] not in ("router", "other")}
-    return ", ".join(sorted(kernels)) or None
+def _kernels(run: Run) -> tuple[str, ...]:
+    return tuple(sorted({g["kernel"] for g in run.gemms or [] if g["gemm"] not in MODEL_GEMMS_ONLY}))
 
 
 def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[Row]:
@@ -164,8 +133,12 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
     rows = []
     with Session(engine) as session:
         quality = _first_measured_quality(session)
+        per_run: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}
         for lat, run, point, submission, method in session.execute(stmt):
             q = quality.get(run.id)
+            if run.id not in per_run:  # one shared dict per run, however many scenarios it timed
+                per_run[run.id] = (_environment(run), _kernels(run))
+            environment, kernels = per_run[run.id]
             measured = lat.dense_median / lat.median
             theoretical = lat.theoretical_dense / lat.theoretical
             rows.append(
@@ -173,7 +146,6 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
                     method_slug=method.slug,
                     method_name=method.name,
                     family=method.family,
-                    family_label=family_label(method.family),
                     operating_point=point.name,
                     spec_hash=submission.spec_hash,
                     model=run.model,
@@ -187,15 +159,17 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
                     batch_size=lat.batch_size,
                     seq_len=lat.seq_len,
                     median_ms=lat.median,
+                    p20_ms=lat.p20,
+                    p80_ms=lat.p80,
                     dense_median_ms=lat.dense_median,
                     speedup=measured,
                     theoretical_speedup=theoretical,
                     realization=measured / theoretical,
-                    spread=lat.p80 / lat.p20 - 1.0,
                     quality_loss=q.relative_loss if q else None,
                     quality_task=q.task if q else None,
                     quality_metric=q.metric if q else None,
-                    kernel_note=kernel_note(run.gemms or []),
+                    environment=environment,
+                    kernels=kernels,
                     execution=lat.execution,
                     fallback=lat.fallback,
                     gpu_before=lat.gpu_before,
@@ -203,7 +177,7 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
                 )
             )
     rows.sort(key=Row.sort_key)
-    return _mark_pareto(rows, speedup)
+    return ranked(rows, speedup)
 
 
 @dataclass(frozen=True)
@@ -211,7 +185,6 @@ class MethodSummary:
     slug: str
     name: str
     family: str
-    family_label: str
     authors: list[str]
     paper_title: str
     arxiv: str | None
@@ -224,7 +197,7 @@ class MethodSummary:
 def _summary(m: MethodRecord) -> MethodSummary:
     runs = sum(len(p.runs) for s in m.submissions for p in s.operating_points)
     return MethodSummary(
-        m.slug, m.name, m.family, family_label(m.family), list(m.authors), m.paper_title,
+        m.slug, m.name, m.family, list(m.authors), m.paper_title,
         m.arxiv, m.url, m.year, len(m.submissions), runs,
     )  # fmt: skip
 
@@ -298,7 +271,6 @@ class SubmissionDetail:
     schema_version: int
     created_at: datetime
     family: str
-    family_label: str
     effects: list[dict[str, Any]]
     points: list[PointDetail]
     spec_json: str
@@ -357,7 +329,6 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
                     sub.schema_version,
                     sub.created_at,
                     spec.get("family", method.family),
-                    family_label(spec.get("family", method.family)),
                     list(spec.get("effects", [])),
                     points,
                     json.dumps(spec, indent=2, ensure_ascii=False),
@@ -388,3 +359,9 @@ def stored_points(
         for point, scenario in session.execute(stmt):
             found[point].add(scenario)
     return {point for point, measured in found.items() if measured >= set(scenarios)}
+
+
+def is_empty(engine: Engine) -> bool:
+    """No method stored yet: a fresh registry, or a --db naming another one than meant."""
+    with Session(engine) as session:
+        return session.scalars(select(MethodRecord.id).limit(1)).first() is None

@@ -1,0 +1,57 @@
+"""How registry data reads to a person: family labels, kernel notes, noise flags, GPU-state changes.
+
+The registry's records hold data only; the words put next to it live here, once, for the site
+and for the command line (`prunereg frontier` labels families with `family_label` too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prunereg.registry.queries import Row
+from prunereg.spec.taxonomy import FAMILY_LABELS
+
+_LABELS = {family.value: label for family, label in FAMILY_LABELS.items()}
+
+NOISY_SPREAD = 0.03
+"""p80/p20 − 1 above which a latency is flagged as noisy: shown flagged, not hidden."""
+
+PLAIN_KERNELS = ("dense", "causal (SDPA)", "dense (SDPA)")
+"""What every dense model runs too; only other kernels are worth a note."""
+
+NO_SPEEDUP_KERNELS = ("masked dense",)
+"""Kernels that compute the pruned weights' zeros anyway: their speedup is noise around 1."""
+
+
+def family_label(family: str) -> str:
+    """The taxonomy's name of a family, e.g. "static M, depth"; an unknown value as it is."""
+    return _LABELS.get(family, family)
+
+
+def kernel_note(kernels: Iterable[str]) -> str | None:
+    """How the pruned GEMMs ran when it was not a plain dense kernel, e.g. "masked dense: no kernel speedup expected"."""
+    shown = sorted(set(kernels) - set(PLAIN_KERNELS))
+    if not shown:
+        return None
+    note = ", ".join(shown)
+    return f"{note}: no kernel speedup expected" if set(shown) <= set(NO_SPEEDUP_KERNELS) else note
+
+
+def noisy(row: Row) -> bool:
+    return row.spread > NOISY_SPREAD
+
+
+def gpu_change(row: Row) -> str | None:
+    """'1980→1755 MHz, 41→47 °C; sw_power_cap': clocks that dropped or a hot GPU explain an odd number."""
+    if row.gpu_before is None and row.gpu_after is None:
+        return None
+    before: dict[str, Any] = row.gpu_before or {}
+    after: dict[str, Any] = row.gpu_after or {}
+
+    def change(field: str) -> str:
+        return f"{before.get(field, '?')}→{after.get(field, '?')}"
+
+    reasons = sorted({*before.get("clock_event_reasons", []), *after.get("clock_event_reasons", [])})
+    text = f"{change('sm_clock_mhz')} MHz, {change('temperature_c')} °C"
+    return f"{text}; {', '.join(reasons)}" if reasons else text
