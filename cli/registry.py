@@ -10,39 +10,47 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from prunereg.spec.checks import CHECKS
-from prunereg.spec.results import SavedEvaluation
-
-from .common import DbOption, connect, console, empty_registry, fail, note, registry_name
+from .common import DbOption, connect, console, empty_registry, errors, fail, note, registry_name
 
 
 def ingest_saved(
     files: Annotated[list[Path], typer.Argument(help="results written by `prunereg evaluate --save`")],
+    submissions: Annotated[
+        Path, typer.Option(help="the registered submissions; each result's embedded submission must equal its own")
+    ] = Path("submissions"),
     db: DbOption = None,
 ) -> None:
-    """Store saved evaluations (e.g. measured on a GPU machine) in the registry; idempotent.
+    """Store saved evaluations (e.g. measured on a GPU machine) in the registry: all files or none.
+
+    A results file is untrusted: it is read with size and encoding limits, its statistics must be
+    those of its samples, its theoretical times those prunereg computes, and its submission the one
+    in --submissions. Every problem of every file is printed as FILE: /json/pointer: message, and
+    then nothing is stored. Ingesting a file twice adds nothing; a differing measurement of the same
+    point and environment is stored as another run.
 
     Example: prunereg ingest results/h200/*.json
     """
-    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
 
-    from prunereg.registry.ingest import ingest
+    from prunereg.registry.ingest import ingest_all
+    from prunereg.spec.result_checks import load_saved
 
-    loaded = []
+    loaded, bad = [], False
     for path in files:
-        try:
-            saved = SavedEvaluation.model_validate_json(path.read_text(encoding="utf-8"))
-        except (OSError, ValidationError) as err:
-            raise fail(f"{path}: not a saved evaluation ({' '.join(str(err).split())[:200]})") from None
-        for problem in (p for check in CHECKS for p in check(saved.submission)):
-            raise fail(f"{path}: /submission{problem.pointer}: {problem.message}")
-        loaded.append(saved)
-    engine = connect(db)
-    for path, saved in zip(files, loaded):
-        try:
-            console.print(Text(f"{path}: {ingest(engine, saved.submission, saved.result)}"))
-        except ValueError as err:
-            raise fail(f"{path}: {err}") from None
+        saved, problems = load_saved(path, submissions)
+        for problem in problems:
+            errors.print(Text(f"{path}: {problem.pointer or '/'}: {problem.message}"), soft_wrap=True)
+        bad = bad or bool(problems)
+        if saved is not None:
+            loaded.append(saved)
+    if bad:
+        raise typer.Exit(1)
+    try:
+        summaries = ingest_all(connect(db), [(s.submission, s.result) for s in loaded], update_method=False)
+    except (SQLAlchemyError, ValueError) as err:
+        raise fail(f"nothing stored: {' '.join(str(err).split())[:300]}") from None
+    for path, summary in zip(files, summaries):
+        console.print(Text(f"{path}: {summary}"))
 
 
 class PhaseChoice(str, Enum):

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from prunereg.spec.catalog import ModelArchitecture, models
+from prunereg.spec.jsonfile import JsonFileError, read_json
 
 from .embedded import MODEL_DIR
 
@@ -28,6 +30,13 @@ ARCHITECTURE_FIELDS = (
     "tie_word_embeddings",
     "attention_bias",
 )
+
+
+CONFIG_BYTES = 1_000_000
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, ImportError, SafetensorError)
+"""What transformers and safetensors raise on a folder they cannot load (missing or corrupt files,
+an unknown model type, shapes that do not match the config)."""
 
 
 @dataclass
@@ -51,16 +60,36 @@ def load_model(name_or_path: str, device: str, dtype: torch.dtype) -> LoadedMode
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         return LoadedModel(arch.name, arch, model.eval(), None, "random")
     path = Path(name_or_path)
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").exists() and not (path / "config.json").is_symlink():
         known = ", ".join(catalog)
         raise ValueError(f"model '{name_or_path}' is neither a catalog name ({known}) nor a checkpoint folder")
+    check_checkpoint(path)
     return _from_checkpoint(path, path.name, device, dtype)
 
 
+def check_checkpoint(path: Path) -> None:
+    """A local checkpoint folder is read like any input: its config.json through the safe JSON reader,
+    and a tokenizer must be there, before transformers loads gigabytes of weights."""
+    try:
+        config = read_json(path / "config.json", CONFIG_BYTES)
+    except JsonFileError as err:
+        raise ValueError(f"{path / 'config.json'}: {err}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ValueError(f"{path / 'config.json'}: no model_type: not a transformers model config")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"{path}: no tokenizer ({', '.join(TOKENIZER_FILES)}); save one with the model")
+
+
 def _from_checkpoint(path: Path, name: str, device: str, dtype: torch.dtype) -> LoadedModel:
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return LoadedModel(name, architecture_of(model.config, name, str(path)), model, tokenizer, "trained")
+    """The checkpoint and its tokenizer; whatever transformers raises on a broken folder becomes one line."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        architecture = architecture_of(model.config, name, str(path))
+    except LOAD_ERRORS as err:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise ValueError(f"cannot load the checkpoint {path}: {reason}") from None
+    return LoadedModel(name, architecture, model, tokenizer, "trained")
 
 
 def architecture_of(config, name: str, source: str) -> ModelArchitecture:

@@ -18,6 +18,7 @@ from jsonschema.exceptions import best_match
 from pydantic import ValidationError
 
 from .checks import CHECKS, Problem
+from .jsonfile import JsonFileError, read_json
 from .submission import NO_MARKUP, Submission
 
 SCHEMA_FILE = Path(__file__).parent / "schema" / "submission.schema.json"
@@ -33,16 +34,9 @@ def validator() -> Draft202012Validator:
 def validate_file(path: Path) -> tuple[Submission | None, list[Problem]]:
     """The loaded submission (None if invalid) and every problem found."""
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            return None, [Problem("", f"file is {size} bytes; a submission is at most {MAX_BYTES}")]
-        document = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (OSError, UnicodeDecodeError) as err:
-        return None, [Problem("", f"cannot read file: {_one_line(str(err))}")]
-    except json.JSONDecodeError as err:
-        return None, [Problem("", f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}")]
-    except ValueError as err:
-        return None, [Problem("", _one_line(str(err)))]
+        document = read_json(path, MAX_BYTES)
+    except JsonFileError as err:
+        return None, [Problem("", str(err))]
     submission, problems = validate_document(document)
     if submission is not None and submission.method.slug != path.stem:
         problems.append(
@@ -153,14 +147,6 @@ def _pointer_from_loc(document: object, loc: tuple) -> str:
             continue
         parts.append(key)
     return _pointer(parts)
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    keys = [k for k, _ in pairs]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate key {_short(duplicates[0])} in one object")
-    return dict(pairs)
 
 
 def _short(value: object) -> str:

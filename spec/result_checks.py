@@ -1,0 +1,250 @@
+"""The results-file gate: what a saved evaluation must satisfy beyond its pydantic model. One small check per concern.
+
+A saved evaluation comes from a contributor's machine, so nothing in it is taken on trust that
+prunereg can recompute: statistics must be those of their samples, resolved effects those of
+the declaration, and theoretical times those of the cost model on the catalog model and device
+profile (`with_roofline` then stores prunereg's own figures). Each check yields Problems whose
+pointer is into the results file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .catalog import devices, models
+from .checks import CHECKS, Problem
+from .costmodel import estimate
+from .effects import resolve
+from .jsonfile import JsonFileError, read_json
+from .results import MAX_RESULT_BYTES, NO_CONTROL, EvaluationResult, SavedEvaluation, latency_summary
+from .validate import _one_line, _pointer, _pointer_from_loc, validate_file
+
+REL_TOL = 1e-6
+"""Relative tolerance of recomputed figures: JSON keeps floats exactly, so this only absorbs float rounding."""
+MAX_PROBLEMS = 100
+
+ResultCheck = Callable[[SavedEvaluation], Iterator[Problem]]
+
+
+def _differs(stored: float, recomputed: float) -> bool:
+    return not math.isclose(stored, recomputed, rel_tol=REL_TOL, abs_tol=0.0)
+
+
+def _latencies(saved: SavedEvaluation):
+    for i, point in enumerate(saved.result.points):
+        for j, latency in enumerate(point.latency):
+            yield f"/result/points/{i}/latency/{j}", point, latency
+
+
+def result_is_for_the_submission(saved: SavedEvaluation) -> Iterator[Problem]:
+    expected = saved.submission.spec_hash()
+    if saved.result.spec_hash != expected:
+        yield Problem("/result/spec_hash", f"is not the embedded submission's hash {expected[:12]}")
+
+
+def points_are_the_submissions(saved: SavedEvaluation) -> Iterator[Problem]:
+    names = {p.name for p in saved.submission.adapter.operating_points}
+    seen: set[str] = set()
+    for i, point in enumerate(saved.result.points):
+        if point.operating_point not in names:
+            yield Problem(f"/result/points/{i}/operating_point", f"no operating point named '{point.operating_point}'")
+        elif point.operating_point in seen:
+            yield Problem(f"/result/points/{i}/operating_point", f"'{point.operating_point}' is measured twice")
+        seen.add(point.operating_point)
+
+
+def scenarios_and_tasks_unique(saved: SavedEvaluation) -> Iterator[Problem]:
+    for i, point in enumerate(saved.result.points):
+        scenarios = [lat.scenario.name for lat in point.latency]
+        for j, name in enumerate(scenarios):
+            if name in scenarios[:j]:
+                yield Problem(f"/result/points/{i}/latency/{j}/scenario", f"scenario {name} is measured twice")
+        tasks = [(q.task, q.metric) for q in point.quality]
+        for j, task in enumerate(tasks):
+            if task in tasks[:j]:
+                yield Problem(f"/result/points/{i}/quality/{j}", f"{task[0]} {task[1]} is given twice")
+
+
+def effects_are_the_declaration(saved: SavedEvaluation) -> Iterator[Problem]:
+    """Resolved effects equal `resolve(submission.effects, point.params)`: the cost model prices these."""
+    params = {p.name: p.params for p in saved.submission.adapter.operating_points}
+    for i, point in enumerate(saved.result.points):
+        if point.operating_point in params:
+            declared = resolve(saved.submission.effects, params[point.operating_point])
+            if [e.model_dump() for e in point.effects] != [e.model_dump() for e in declared]:
+                yield Problem(f"/result/points/{i}/effects", "are not the submission's effects resolved at this point")
+
+
+def statistics_are_the_samples(saved: SavedEvaluation) -> Iterator[Problem]:
+    """median, p20 and p80 are the samples' median and inclusive 20th/80th percentiles."""
+    for pointer, _, latency in _latencies(saved):
+        for name, value in latency_summary(latency.samples).items():
+            if _differs(getattr(latency, name), value):
+                yield Problem(f"{pointer}/{name}", f"is {getattr(latency, name):g}, the samples give {value:g}")
+
+
+def fallback_explained(saved: SavedEvaluation) -> Iterator[Problem]:
+    """A scenario leaves its environment's execution mode exactly when it falls back, with the reason."""
+    mode = saved.result.environment.execution_mode
+    for pointer, _, latency in _latencies(saved):
+        if (latency.execution != mode) != (latency.fallback is not None):
+            yield Problem(
+                f"{pointer}/execution",
+                f"ran {latency.execution} in a {mode} environment with fallback {latency.fallback!r}; "
+                "a scenario leaves its environment's mode exactly when it falls back, with the reason",
+            )
+
+
+def catalog_model_and_device(saved: SavedEvaluation) -> Iterator[Problem]:
+    """Theoretical times can only be recomputed on a catalog model and a catalog device profile."""
+    result = saved.result
+    if result.model not in models():
+        yield Problem("/result/model", f"is not a catalog model ({', '.join(models())}): its roofline is unknown")
+    profile = result.environment.device_profile
+    if profile not in devices():
+        yield Problem("/result/environment/device_profile", f"is not a catalog device ({', '.join(devices())})")
+
+
+def theoretical_is_the_roofline(saved: SavedEvaluation) -> Iterator[Problem]:
+    """theoretical and theoretical_dense are spec/costmodel.py's times for the declaration."""
+    roofline = _roofline(saved.result)
+    if roofline is None:
+        return
+    params = {p.name: p.params for p in saved.submission.adapter.operating_points}
+    for pointer, point, latency in _latencies(saved):
+        if point.operating_point not in params:
+            continue
+        effects = resolve(saved.submission.effects, params[point.operating_point])
+        for name, value in (
+            ("theoretical", roofline(latency.scenario, effects)),
+            ("theoretical_dense", roofline(latency.scenario, ())),
+        ):
+            if _differs(getattr(latency, name), value):
+                yield Problem(
+                    f"{pointer}/{name}", f"is {getattr(latency, name):g} ms, the cost model gives {value:g} ms"
+                )
+
+
+def sizes_consistent(saved: SavedEvaluation) -> Iterator[Problem]:
+    stats = [("/result/dense_stats", saved.result.dense_stats)]
+    stats += [(f"/result/points/{i}/stats", p.stats) for i, p in enumerate(saved.result.points)]
+    for pointer, s in stats:
+        if s.nonzero_parameters > s.parameters:
+            yield Problem(f"{pointer}/nonzero_parameters", "exceeds the parameters stored")
+
+
+def quality_needs_trained_weights(saved: SavedEvaluation) -> Iterator[Problem]:
+    if saved.result.weights == "random":
+        for i, point in enumerate(saved.result.points):
+            if point.quality:
+                yield Problem(f"/result/points/{i}/quality", "random weights have no quality to measure")
+
+
+CONTROL = re.compile(NO_CONTROL.removeprefix("^[^").removesuffix("]*$").join("[]"))
+
+
+def one_line_text(saved: SavedEvaluation) -> Iterator[Problem]:
+    """No stored string holds a control character (NUL included): the embedded submission's free text too."""
+    stack: list[tuple[object, list]] = [(saved.model_dump(mode="json"), [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((v, [*path, k]) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, [*path, i]) for i, v in enumerate(node))
+        elif isinstance(node, str) and CONTROL.search(node):
+            yield Problem(_pointer(path), "holds a control character (U+0000-U+001F, U+007F-U+009F)")
+
+
+RESULT_CHECKS: list[ResultCheck] = [
+    result_is_for_the_submission,
+    points_are_the_submissions,
+    scenarios_and_tasks_unique,
+    effects_are_the_declaration,
+    statistics_are_the_samples,
+    fallback_explained,
+    catalog_model_and_device,
+    theoretical_is_the_roofline,
+    sizes_consistent,
+    quality_needs_trained_weights,
+    one_line_text,
+]
+"""What `prunereg ingest` runs on every results file, in order."""
+
+
+def _roofline(result: EvaluationResult):
+    profile = result.environment.device_profile
+    if result.model not in models() or profile not in devices():
+        return None
+    arch, device, dtype_bytes = models()[result.model], devices()[profile], result.environment.dtype_bytes
+    return lambda scenario, effects: estimate(arch, device, scenario, effects, dtype_bytes).time_ms
+
+
+def with_roofline(saved: SavedEvaluation) -> SavedEvaluation:
+    """The evaluation with prunereg's own theoretical times (those a checked file agrees with to REL_TOL)."""
+    roofline = _roofline(saved.result)
+    assert roofline is not None, "run catalog_model_and_device first"
+    document = saved.model_dump(mode="json")
+    for point, point_result in zip(document["result"]["points"], saved.result.points):
+        effects = resolve(saved.submission.effects, saved.submission.point(point_result.operating_point).params)
+        for latency, latency_result in zip(point["latency"], point_result.latency):
+            latency["theoretical"] = roofline(latency_result.scenario, effects)
+            latency["theoretical_dense"] = roofline(latency_result.scenario, ())
+    return SavedEvaluation.model_validate(document)
+
+
+def registered_submission(saved: SavedEvaluation, submissions: Path) -> Iterator[Problem]:
+    """The embedded submission is exactly (same spec hash) the one under `submissions/` with its slug."""
+    slug = saved.submission.method.slug
+    path = submissions / f"{slug}.json"
+    if not path.exists() and not path.is_symlink():
+        yield Problem("/submission/method/slug", f"no submission '{slug}' in {submissions}: submit the method first")
+        return
+    registered, problems = validate_file(path)
+    if registered is None:
+        reasons = "; ".join(f"{p.pointer or '/'}: {p.message}" for p in problems[:3])
+        yield Problem("/submission", _one_line(f"{path} is not a valid submission ({reasons})"))
+    elif registered.spec_hash() != saved.submission.spec_hash():
+        yield Problem(
+            "/submission", f"differs from {path} (spec {registered.spec_hash()[:12]}): only that one is evaluated"
+        )
+
+
+def load_saved(path: Path, submissions: Path) -> tuple[SavedEvaluation | None, list[Problem]]:
+    """A checked results file (theoretical times prunereg's own) or None, and every problem found."""
+    try:
+        document = read_json(path, MAX_RESULT_BYTES)
+    except JsonFileError as err:
+        return None, [Problem("", str(err))]
+    try:
+        saved = SavedEvaluation.model_validate(document)
+    except ValidationError as err:
+        return None, _capped([_validation_problem(document, e) for e in err.errors()])
+    problems = [Problem(f"/submission{p.pointer}", p.message) for check in CHECKS for p in check(saved.submission)]
+    problems += [p for check in RESULT_CHECKS for p in check(saved)]
+    problems += list(registered_submission(saved, submissions))
+    return (None, _capped(problems)) if problems else (with_roofline(saved), [])
+
+
+PYDANTIC_MESSAGES = {"missing": "is required", "extra_forbidden": "unknown field"}
+
+
+def _validation_problem(document: object, error) -> Problem:
+    pointer = _pointer_from_loc(document, error["loc"])
+    if error["type"] == "missing":
+        pointer = pointer.rstrip("/") + _pointer([error["loc"][-1]])
+    if error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == NO_CONTROL:
+        return Problem(pointer, "holds a control character (U+0000-U+001F, U+007F-U+009F)")
+    message = PYDANTIC_MESSAGES.get(error["type"]) or error["msg"].removeprefix("Value error, ")
+    return Problem(pointer, _one_line(message))
+
+
+def _capped(problems: list[Problem]) -> list[Problem]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return [*problems[:MAX_PROBLEMS], Problem("", f"and {len(problems) - MAX_PROBLEMS} more problems")]
