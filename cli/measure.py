@@ -106,7 +106,8 @@ def evaluate(
             )
         except EvaluationError as err:
             raise fail(str(err)) from None
-    reused = [p.name for p in spec.adapter.operating_points if p.name not in {r.operating_point for r in result.points}]
+    asked = [p.name for p in spec.adapter.operating_points if not point or p.name in point]
+    reused = [name for name in asked if name not in {r.operating_point for r in result.points}]
     if reused:
         console.print(Text(f"already in the registry, not measured again: {', '.join(reused)}"))
     console.print(results_table(spec, result))
@@ -164,15 +165,19 @@ def prune(
     names = [p.name for p in spec.adapter.operating_points]
     if point not in names:
         raise fail(f"no operating point '{point}' in {submission} (known: {', '.join(names)})")
+    from prunereg.outputs import CHECKPOINT_MARKER, OutputRefused, check_output
+
+    try:
+        check_output(out, CHECKPOINT_MARKER, force)  # before loading torch and a model for nothing
+    except OutputRefused as err:
+        raise fail(str(err)) from None
     import torch
 
     from prunereg.adapters import get_adapter
     from prunereg.evaluate import EvaluationError, apply_point, load_checked
     from prunereg.harness.checkpoint import CheckpointRefused, save_pruned
-    from prunereg.outputs import CHECKPOINT_MARKER, OutputRefused, check_output
 
     try:
-        check_output(out, CHECKPOINT_MARKER, force)  # before loading and pruning a model for nothing
         loaded = load_checked(spec, model, "cpu", torch.float32, [spec.point(point)])
         pruned, _ = apply_point(spec, loaded, spec.point(point))
         adapter = get_adapter(spec.adapter.name)
