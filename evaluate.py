@@ -25,7 +25,6 @@ from prunereg.harness.models import LoadedModel, load_model
 from prunereg.harness.quality import encode, mean_cross_entropy
 from prunereg.harness.trace import check_declaration
 from prunereg.spec.catalog import ModelArchitecture, Phase, Scenario, devices, models
-from prunereg.spec.checks import point_misfit
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import ResolvedEffect, resolve
 from prunereg.spec.results import (
@@ -137,7 +136,7 @@ def load_checked(
 
 def check_fit(points: list[OperatingPoint], arch: ModelArchitecture) -> None:
     for point in points:
-        problem = point_misfit(point.params, arch)
+        problem = point.params.misfit(arch)
         if problem:
             raise EvaluationError(f"operating point '{point.name}' does not fit {arch.name}: {problem}")
 

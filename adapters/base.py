@@ -1,23 +1,21 @@
-"""The one interface every pruning family implements."""
+"""The one interface every pruning family implements, built-in or from a plugin package."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
-from torch import nn
+from prunereg.spec.parameters import PROJECTION_LINEARS
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the interface itself needs no torch, so the adapter lookup stays light
+    from torch import nn
     from transformers import PreTrainedModel
 
     from prunereg.spec.catalog import Frozen
 
-
 PROJECTIONS = {
-    "qkv_proj": ("self_attn", ("q_proj", "k_proj", "v_proj")),
-    "o_proj": ("self_attn", ("o_proj",)),
-    "gate_up_proj": ("mlp", ("gate_proj", "up_proj")),
-    "down_proj": ("mlp", ("down_proj",)),
+    projection: ("self_attn" if projection in ("qkv_proj", "o_proj") else "mlp", names)
+    for projection, names in PROJECTION_LINEARS.items()
 }
 """Each GEMM of the taxonomy as the Linear modules that compute it, by parent and attribute."""
 

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from prunereg.spec.adapters import adapters, family_table
 from prunereg.spec.catalog import devices, models, suites
 from prunereg.spec.schemas import rendered
 from prunereg.spec.validate import validate_file
@@ -39,11 +40,22 @@ class Listing(str, Enum):
 def list_(
     what: Annotated[Listing, typer.Argument(help="what to list")] = Listing.submissions,
     folder: Annotated[Path, typer.Option(help="submissions folder")] = Path("submissions"),
+    markdown: Annotated[
+        bool, typer.Option(help="adapters only: print the README's family table (built-ins, with the submissions)")
+    ] = False,
 ) -> None:
-    """List submissions, catalog models, device profiles, scenario suites or adapters.
+    """List submissions, catalog models, device profiles, scenario suites or adapters (built-in and plugins).
 
     Example: prunereg list models
     """
+    if what is Listing.adapters and markdown:
+        slugs: dict[str, list[str]] = {}
+        for path in sorted(folder.glob("*.json")):
+            spec, _ = validate_file(path)
+            if spec is not None:
+                slugs.setdefault(spec.adapter.name, []).append(spec.method.slug)
+        typer.echo(family_table(slugs), nl=False)
+        return
     table = Table()
     if what is Listing.submissions:
         for column in ("file", "method", "family", "adapter", "operating points"):
@@ -81,13 +93,11 @@ def list_(
         for name, scenarios in suites().items():
             table.add_row(name, ", ".join(s.name for s in scenarios))
     else:
-        from prunereg.adapters import ADAPTER_MODULES
-        from prunereg.spec.submission import ADAPTER_FAMILIES
-
-        table.add_column("adapter")
-        table.add_column("families")
-        for name in ADAPTER_MODULES:
-            table.add_row(name, ", ".join(sorted(f.value for f in ADAPTER_FAMILIES[name])))
+        for column in ("adapter", "families", "parameters", "division", "provided by"):
+            table.add_column(column)
+        for row in adapters().values():
+            families = ", ".join(sorted(f.value for f in row.families))
+            table.add_row(row.name, families, row.params.__name__, row.division, Text(row.provider))
     console.print(table)
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+from .adapters import adapters
 from .catalog import EMBEDDED_MODEL, ModelArchitecture, models
-from .parameters import LayerDropParams, SemiStructuredParams, SparseAttentionParams, TokenRoutingParams, WidthParams
-from .submission import ADAPTER_FAMILIES, ParamRef, Submission
+from .submission import ParamRef, Submission
 from .taxonomy import FAMILY_EFFECTS, FAMILY_LABELS, Family
 
 
@@ -31,8 +31,17 @@ def unique_operating_points(sub: Submission) -> Iterator[Problem]:
         seen.add(point.name)
 
 
+def operating_points_within_adapter_limit(sub: Submission) -> Iterator[Problem]:
+    """The table bounds how many points an adapter takes (the dense baseline has exactly one)."""
+    limit = adapters()[sub.adapter.name].max_operating_points
+    if len(sub.adapter.operating_points) > limit:
+        yield Problem(
+            "/adapter/operating_points", f"adapter '{sub.adapter.name}' takes at most {limit} operating point(s)"
+        )
+
+
 def adapter_fits_family(sub: Submission) -> Iterator[Problem]:
-    allowed = ADAPTER_FAMILIES[sub.adapter.name]
+    allowed = adapters()[sub.adapter.name].families
     if sub.family not in allowed:
         names = ", ".join(f.value for f in sorted(allowed, key=lambda f: f.value))
         yield Problem("/adapter/name", f"adapter '{sub.adapter.name}' realizes family {names}, not {sub.family.value}")
@@ -87,45 +96,17 @@ def target_models(sub: Submission) -> list[ModelArchitecture]:
 
 
 def operating_points_fit_models(sub: Submission) -> Iterator[Problem]:
+    """Each point's own fit check (its parameter model's `misfit`) on every target model."""
     for arch in target_models(sub):
         for i, point in enumerate(sub.adapter.operating_points):
-            problem = point_misfit(point.params, arch)
+            problem = point.params.misfit(arch)
             if problem:
                 yield Problem(f"/adapter/operating_points/{i}/params", f"on {arch.name}: {problem}")
 
 
-def point_misfit(params, arch: ModelArchitecture) -> str | None:
-    """Why these parameters cannot be applied to this architecture, or None."""
-    try:
-        if isinstance(params, LayerDropParams):
-            params.layers_for(arch.num_hidden_layers)
-        elif isinstance(params, WidthParams):
-            params.kept_kv_groups(arch.num_key_value_heads)
-        elif isinstance(params, SemiStructuredParams):
-            return _misfit_2_4(params, arch)
-        elif isinstance(params, TokenRoutingParams):
-            params.capacity()
-        elif isinstance(params, SparseAttentionParams) and params.block_size >= arch.max_position_embeddings:
-            return f"block_size {params.block_size} leaves a single block in {arch.max_position_embeddings} positions: nothing to drop"
-    except ValueError as err:
-        return str(err)
-    return None
-
-
-def _misfit_2_4(params: SemiStructuredParams, arch: ModelArchitecture) -> str | None:
-    """2:4 groups four consecutive weights along K, so each listed projection's K must divide by 4."""
-    k = {
-        "qkv_proj": arch.hidden_size,
-        "o_proj": arch.num_attention_heads * arch.head_dim,
-        "gate_up_proj": arch.hidden_size,
-        "down_proj": arch.intermediate_size,
-    }
-    bad = [f"{p} (K={k[p]})" for p in params.projections if k[p] % 4]
-    return f"2:4 needs K divisible by 4: {', '.join(bad)}" if bad else None
-
-
 CHECKS: list[Check] = [
     unique_operating_points,
+    operating_points_within_adapter_limit,
     adapter_fits_family,
     effects_fit_family,
     unique_effects,

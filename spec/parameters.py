@@ -1,7 +1,9 @@
 """Operating-point parameters of each built-in adapter, with the bounds the schema enforces.
 
 One adapter, one parameter model. These live in spec/ (no torch) so that validating a
-submission never imports the code that applies it; adapters/ implements each name.
+submission never imports the code that applies it; adapters/ implements each name. Every
+model says, from a catalog architecture alone, whether a point fits it (`misfit`) and what the
+pruned model's config and parameter count are: the contract each adapter is tested against.
 """
 
 from __future__ import annotations
@@ -11,16 +13,80 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from .catalog import Frozen
+from .catalog import Frozen, ModelArchitecture
 
 Selection = Literal["magnitude", "seeded"]
 
 
-class DenseParams(Frozen):
+def linear_shapes(arch: ModelArchitecture) -> dict[str, tuple[int, int]]:
+    """(K, N) = (in, out) features of each Linear of a decoder layer, by its transformers attribute name."""
+    h, i = arch.hidden_size, arch.intermediate_size
+    q, kv = arch.num_attention_heads * arch.head_dim, arch.num_key_value_heads * arch.head_dim
+    return {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
+
+
+def attention_parameters(arch: ModelArchitecture) -> int:
+    """Weights and biases of one attention block (Qwen2 biases q/k/v; Llama's attention_bias also o)."""
+    shapes = linear_shapes(arch)
+    weights = sum(k * n for name, (k, n) in shapes.items() if name in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    if not arch.attention_bias:
+        return weights
+    biased = ("q_proj", "k_proj", "v_proj") if arch.model_type == "qwen2" else ("q_proj", "k_proj", "v_proj", "o_proj")
+    return weights + sum(shapes[name][1] for name in biased)
+
+
+def mlp_parameters(arch: ModelArchitecture) -> int:
+    return 3 * arch.hidden_size * arch.intermediate_size
+
+
+def parameter_count(arch: ModelArchitecture) -> int:
+    """Parameters of the model an architecture describes: embeddings, layers with their two norms, final norm."""
+    layer = attention_parameters(arch) + mlp_parameters(arch) + 2 * arch.hidden_size
+    embeddings = arch.vocab_size * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
+    return embeddings + arch.num_hidden_layers * layer + arch.hidden_size
+
+
+class AdapterParams(Frozen):
+    """What every adapter's parameter model answers about a model architecture, without torch.
+
+    The defaults describe an adapter that changes no shape (masks, routing, sparse attention).
+    """
+
+    def misfit(self, arch: ModelArchitecture) -> str | None:
+        """Why this point cannot be applied to `arch`, or None."""
+        return None
+
+    def architecture_after(self, arch: ModelArchitecture) -> ModelArchitecture:
+        """The architecture the pruned model's config describes."""
+        return arch
+
+    def parameters_after(self, arch: ModelArchitecture) -> int:
+        """Parameters of the pruned model (zeroed weights still count: they are stored and multiplied)."""
+        return parameter_count(self.architecture_after(arch))
+
+
+def _refusal(check, *args) -> str | None:
+    """The message of the ValueError `check(*args)` raises, or None."""
+    try:
+        check(*args)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+class DenseParams(AdapterParams):
     """The unpruned model: the baseline every speedup and quality loss is measured against."""
 
 
-class LayerDropParams(Frozen):
+class LayerDropParams(AdapterParams):
     """Static depth pruning: remove whole decoder layers."""
 
     sparsity: float = Field(ge=0.0, le=0.9, description="fraction of decoder layers removed")
@@ -67,8 +133,15 @@ class LayerDropParams(Frozen):
             return list(range(num_layers - 1 - n, num_layers - 1))
         return sorted(random.Random(self.seed).sample(range(1, num_layers - 1), n))
 
+    def misfit(self, arch: ModelArchitecture) -> str | None:
+        return _refusal(self.layers_for, arch.num_hidden_layers)
 
-class WidthParams(Frozen):
+    def architecture_after(self, arch: ModelArchitecture) -> ModelArchitecture:
+        dropped = len(self.layers_for(arch.num_hidden_layers))
+        return arch.model_copy(update={"num_hidden_layers": arch.num_hidden_layers - dropped})
+
+
+class WidthParams(AdapterParams):
     """Static width pruning: attention heads in whole KV groups, and MLP channels."""
 
     attention_sparsity: float = Field(
@@ -95,9 +168,30 @@ class WidthParams(Frozen):
     def kept_channels(self, intermediate_size: int) -> int:
         return max(1, round((1.0 - self.mlp_sparsity) * intermediate_size))
 
+    def misfit(self, arch: ModelArchitecture) -> str | None:
+        return _refusal(self.kept_kv_groups, arch.num_key_value_heads)
+
+    def architecture_after(self, arch: ModelArchitecture) -> ModelArchitecture:
+        """Whole KV groups go, so heads per group and head_dim stay."""
+        groups = self.kept_kv_groups(arch.num_key_value_heads)
+        return arch.model_copy(
+            update={
+                "num_attention_heads": groups * arch.queries_per_kv_group,
+                "num_key_value_heads": groups,
+                "intermediate_size": self.kept_channels(arch.intermediate_size),
+            }
+        )
+
 
 Projection = Literal["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 ALL_PROJECTIONS: list[Projection] = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+PROJECTION_LINEARS: dict[Projection, tuple[str, ...]] = {
+    "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+    "o_proj": ("o_proj",),
+    "gate_up_proj": ("gate_proj", "up_proj"),
+    "down_proj": ("down_proj",),
+}
+"""Each GEMM of the taxonomy as the transformers Linear attributes that compute it."""
 
 
 class SublayerDropParams(LayerDropParams):
@@ -108,8 +202,16 @@ class SublayerDropParams(LayerDropParams):
 
     sublayer: Literal["attention", "mlp"] = Field(description="which block of the chosen layers is removed")
 
+    def architecture_after(self, arch: ModelArchitecture) -> ModelArchitecture:
+        """No config field says "layer 5 has no attention": the config keeps every layer."""
+        return arch
 
-class SemiStructuredParams(Frozen):
+    def parameters_after(self, arch: ModelArchitecture) -> int:
+        block = attention_parameters(arch) if self.sublayer == "attention" else mlp_parameters(arch)
+        return parameter_count(arch) - len(self.layers_for(arch.num_hidden_layers)) * (block + arch.hidden_size)
+
+
+class SemiStructuredParams(AdapterParams):
     """2:4 sparsity along K: in every group of four consecutive input weights, two are zero."""
 
     projections: list[Projection] = Field(
@@ -120,8 +222,15 @@ class SemiStructuredParams(Frozen):
     )
     selection: Literal["magnitude"] = Field("magnitude", description="keep the two largest |w| of each group of four")
 
+    def misfit(self, arch: ModelArchitecture) -> str | None:
+        """2:4 groups four consecutive weights along K, so each listed projection's K must divide by 4."""
+        shapes = linear_shapes(arch)
+        k = {projection: shapes[PROJECTION_LINEARS[projection][0]][0] for projection in self.projections}
+        bad = [f"{p} (K={k[p]})" for p in self.projections if k[p] % 4]
+        return f"2:4 needs K divisible by 4: {', '.join(bad)}" if bad else None
 
-class LowRankParams(Frozen):
+
+class LowRankParams(AdapterParams):
     """W[K,N] becomes A[K,r]·B[r,N] by truncated SVD, r chosen so a `sparsity` share of the parameters goes."""
 
     sparsity: float = Field(ge=0.0, le=0.95, description="share of each projection's parameters removed")
@@ -146,8 +255,15 @@ class LowRankParams(Frozen):
             rank -= rank % 8
         return max(1, min(min(k, n), rank))
 
+    def parameters_after(self, arch: ModelArchitecture) -> int:
+        """Each factorised Linear keeps r·(K+N) weights instead of K·N (its bias moves to B)."""
+        shapes = linear_shapes(arch)
+        factorised = [shapes[name] for projection in self.projections for name in PROJECTION_LINEARS[projection]]
+        saved = sum(k * n - self.rank(k, n) * (k + n) for k, n in factorised)
+        return parameter_count(arch) - arch.num_hidden_layers * saved
 
-class HiddenSliceParams(Frozen):
+
+class HiddenSliceParams(AdapterParams):
     """Cross-layer width: remove a share of the residual hidden dimension everywhere (SliceGPT-style)."""
 
     sparsity: float = Field(ge=0.0, le=0.9, description="share of hidden channels removed")
@@ -157,8 +273,12 @@ class HiddenSliceParams(Frozen):
     def kept(self, hidden_size: int) -> int:
         return max(1, round((1.0 - self.sparsity) * hidden_size))
 
+    def architecture_after(self, arch: ModelArchitecture) -> ModelArchitecture:
+        """Heads keep their size: head_dim stays while the hidden size shrinks."""
+        return arch.model_copy(update={"hidden_size": self.kept(arch.hidden_size)})
 
-class TokenRoutingParams(Frozen):
+
+class TokenRoutingParams(AdapterParams):
     """Dynamic depth (Mixture-of-Depths on the MLP): per token, a routing rule decides whether a routed MLP runs.
 
     Routed tokens are gathered, run through the MLP on a smaller M and scattered back; the others
@@ -208,8 +328,17 @@ class TokenRoutingParams(Frozen):
     def routed_layers(self, num_layers: int) -> list[int]:
         return list(range(num_layers)) if self.layers == "all" else list(range(1, num_layers, 2))
 
+    def misfit(self, arch: ModelArchitecture) -> str | None:
+        return _refusal(self.capacity)
 
-class SparseAttentionParams(Frozen):
+    def parameters_after(self, arch: ModelArchitecture) -> int:
+        """Each routed layer adds its router: hidden->1, or hidden->r->1, without biases."""
+        h, r = arch.hidden_size, self.router_rank
+        router = h * r + r if r else h
+        return parameter_count(arch) + len(self.routed_layers(arch.num_hidden_layers)) * router
+
+
+class SparseAttentionParams(AdapterParams):
     """Dynamic NK of attention: each query block keeps a share of its causal key blocks (sink and local always).
 
     Query block i (positions i*block_size ...) sees key blocks 0..i. It keeps the first `sink_blocks`,
@@ -233,6 +362,11 @@ class SparseAttentionParams(Frozen):
         local = range(max(0, query_block - self.local_blocks + 1), query_block + 1)
         return set(sink) | set(local)
 
+    def misfit(self, arch: ModelArchitecture) -> str | None:
+        if self.block_size >= arch.max_position_embeddings:
+            return f"block_size {self.block_size} leaves a single block in {arch.max_position_embeddings} positions: nothing to drop"
+        return None
+
     def kept_block_count(self, query_block: int) -> int:
         causal = query_block + 1
         return min(causal, max(len(self.required_blocks(query_block)), round((1.0 - self.sparsity) * causal)))
@@ -245,7 +379,7 @@ class SparseAttentionParams(Frozen):
         return sorted(required | set(others[: self.kept_block_count(query_block) - len(required)]))
 
 
-class UnstructuredParams(Frozen):
+class UnstructuredParams(AdapterParams):
     """Single weights set to zero by magnitude; dense kernels run them at full cost."""
 
     sparsity: float = Field(ge=0.0, le=0.99, description="share of each projection's weights zeroed")

@@ -3,32 +3,24 @@
 These frozen pydantic models are the single source of the JSON Schema in
 spec/schema/submission.schema.json (regenerate with `prunereg schema`); every field has a
 description that lands in the schema and on the site. Nothing in a submission is ever
-imported, executed or fetched: it names a built-in adapter and gives it bounded parameters.
+imported, executed or fetched: it names an adapter of the table in spec/adapters.py and gives
+it bounded parameters.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Generic, Literal, TypeVar, Union
+import re
+from typing import TYPE_CHECKING, Annotated, Generic, Literal, TypeVar, Union, get_args
 
-from pydantic import BaseModel, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from .adapters import BUILT_IN, AdapterRow, adapters
 from .catalog import Frozen
-from .parameters import (
-    DenseParams,
-    HiddenSliceParams,
-    LayerDropParams,
-    LowRankParams,
-    SemiStructuredParams,
-    SparseAttentionParams,
-    SublayerDropParams,
-    TokenRoutingParams,
-    UnstructuredParams,
-    WidthParams,
-)
+from .parameters import AdapterParams
 from .taxonomy import Dimension, Family, Gemm, Granularity, Mode
 
 SCHEMA_VERSION = 1
@@ -40,6 +32,7 @@ Text = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_MARKUP)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")]
 Score = Annotated[float, Field(ge=-1e6, le=1e6)]
 P = TypeVar("P", bound=Frozen)
+N = TypeVar("N", bound=str)
 
 
 class Paper(Frozen):
@@ -97,48 +90,39 @@ class OperatingPoint(Frozen, Generic[P]):
     params: P = Field(description="the adapter's parameters at this point")
 
 
-class DenseAdapter(Frozen):
-    name: Literal["dense"] = Field(description="the built-in adapter: 'dense' prunes nothing")
-    operating_points: list[OperatingPoint[DenseParams]] = Field(
-        min_length=1, max_length=1, description="the one unpruned point"
+class AdapterSpecOf(Frozen, Generic[N, P]):
+    """A submission's adapter block, for the adapter named N with parameter model P (a row of spec/adapters.py)."""
+
+    name: N = Field(description="the adapter that applies the method: a name in `prunereg list adapters`")
+    operating_points: list[OperatingPoint[P]] = Field(
+        min_length=1, max_length=32, description="the settings at which the method is measured"
     )
 
-
-def _adapter(name: str, params: type[Frozen]) -> type[Frozen]:
-    """The submission block of one adapter: its name and its operating points' parameter model."""
-    return create_model(
-        f"{''.join(part.title() for part in name.split('_'))}Adapter",
-        __base__=Frozen,
-        name=(Literal[name], Field(description="the built-in adapter that applies the method")),
-        operating_points=(
-            list[OperatingPoint[params]],
-            Field(min_length=1, max_length=32, description="the settings at which the method is measured"),
-        ),
-    )
+    @classmethod
+    def model_parametrized_name(cls, params: tuple[type, ...]) -> str:
+        (name,) = get_args(params[0])
+        return block_name(name)
 
 
-ADAPTER_PARAMETERS: dict[str, tuple[type[Frozen], frozenset[Family]]] = {
-    "layer_drop": (LayerDropParams, frozenset({Family.static_depth})),
-    "sublayer_drop": (SublayerDropParams, frozenset({Family.static_depth})),
-    "width": (WidthParams, frozenset({Family.static_width})),
-    "hidden_slice": (HiddenSliceParams, frozenset({Family.static_cross_layer})),
-    "semi_structured_2_4": (SemiStructuredParams, frozenset({Family.static_k_2_4})),
-    "low_rank": (LowRankParams, frozenset({Family.static_k_low_rank})),
-    "token_routing": (TokenRoutingParams, frozenset({Family.dynamic_depth})),
-    "sparse_attention": (SparseAttentionParams, frozenset({Family.dynamic_attention})),
-    "unstructured": (UnstructuredParams, frozenset({Family.unstructured})),
-}
-"""The built-in adapters a submission can name: parameter model and the families each realizes.
-Adding an adapter means one entry here (the schema value) and one module in adapters/."""
+def block_name(adapter: str) -> str:
+    """The schema name of an adapter's block, e.g. LayerDropAdapter."""
+    return "".join(part.title() for part in adapter.split("_")) + "Adapter"
 
-ADAPTER_FAMILIES: dict[str, frozenset[Family]] = {"dense": frozenset({Family.dense})} | {
-    name: families for name, (_, families) in ADAPTER_PARAMETERS.items()
-}
 
-Adapter = Annotated[
-    Union[(DenseAdapter, *(_adapter(name, params) for name, (params, _) in ADAPTER_PARAMETERS.items()))],
-    Field(discriminator="name"),
-]
+def adapter_spec_union(rows: list[AdapterRow]):
+    """The tagged union of the adapter blocks of these rows, told apart by `name`."""
+    blocks = tuple(AdapterSpecOf[Literal[row.name], row.params] for row in rows)  # type: ignore[valid-type]
+    return Annotated[Union[blocks], Field(discriminator="name")]  # noqa: UP007 (a tuple of members)
+
+
+if TYPE_CHECKING:
+    AdapterSpec = AdapterSpecOf[str, AdapterParams]
+    BuiltInAdapterSpec = AdapterSpecOf[str, AdapterParams]
+else:
+    AdapterSpec = adapter_spec_union(list(adapters().values()))
+    """Every adapter installed here: the built-ins and those of plugin packages."""
+    BuiltInAdapterSpec = adapter_spec_union(list(BUILT_IN))
+    """The built-in adapters only: what the committed JSON Schema documents."""
 
 
 class Reported(Frozen):
@@ -190,7 +174,7 @@ class Submission(Frozen):
         description="the taxonomy family: which GEMM dimensions it removes, statically or dynamically"
     )
     effects: list[Effect] = Field(max_length=32, description="declared GEMM effects; checked against a trace")
-    adapter: Adapter = Field(description="the built-in adapter that realizes the method, with its operating points")
+    adapter: AdapterSpec = Field(description="the adapter that realizes the method, with its operating points")
     quality_claims: list[QualityClaim] = Field(
         default_factory=list,
         max_length=200,
@@ -225,6 +209,11 @@ class PortableJsonSchema(GenerateJsonSchema):
         generated.pop("discriminator", None)
         return generated
 
+    def normalize_name(self, name: str) -> str:
+        """`LayerDropAdapter` rather than `AdapterSpecOf_Literal__layer_drop___LayerDropParams_` in `$defs`."""
+        block = re.fullmatch(r"AdapterSpecOf\[Literal\['(\w+)'\],\w+\]", name)
+        return block_name(block[1]) if block else super().normalize_name(name)
+
 
 def published(model: type[BaseModel], schema_id: str) -> dict:
     """The JSON Schema (2020-12) of a model as published under spec/schema/."""
@@ -232,5 +221,14 @@ def published(model: type[BaseModel], schema_id: str) -> dict:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": schema_id, **schema}
 
 
-def json_schema() -> dict:
-    return published(Submission, SCHEMA_ID)
+class BuiltInSubmission(Submission):
+    # A submission as the committed schema documents it: with the built-in adapters only. Its
+    # docstring and title are Submission's, so the published schema reads the same.
+    __doc__ = Submission.__doc__
+    model_config = ConfigDict(title="Submission")
+    adapter: BuiltInAdapterSpec = Field(description="the adapter that realizes the method, with its operating points")
+
+
+def json_schema(installed: bool = False) -> dict:
+    """The submission schema: for the built-in adapters (the committed file), or for every installed one."""
+    return published(Submission if installed else BuiltInSubmission, SCHEMA_ID)

@@ -17,9 +17,10 @@ from jsonschema.exceptions import ValidationError as SchemaError
 from jsonschema.exceptions import best_match
 from pydantic import ValidationError
 
+from .adapters import BUILT_IN, adapters
 from .checks import CHECKS, Problem
 from .jsonfile import JsonFileError, read_json
-from .submission import NO_MARKUP, Submission
+from .submission import NO_MARKUP, Submission, json_schema
 
 SCHEMA_FILE = Path(__file__).parent / "schema" / "submission.schema.json"
 MAX_BYTES = 1_000_000
@@ -28,7 +29,9 @@ MAX_MESSAGE = 240
 
 @cache
 def validator() -> Draft202012Validator:
-    return Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    """The committed schema; where plugin packages add adapters, the same schema generated with them."""
+    plugins = set(adapters()) - {row.name for row in BUILT_IN}
+    return Draft202012Validator(json_schema(installed=True) if plugins else json.loads(SCHEMA_FILE.read_text()))
 
 
 def validate_file(path: Path) -> tuple[Submission | None, list[Problem]]:
@@ -75,7 +78,10 @@ def _schema_problems(error: SchemaError) -> list[Problem]:
             hint = difflib.get_close_matches(str(tag), known, n=1)
             suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
             pointer = _pointer([*error.absolute_path, tag_name])
-            return [Problem(pointer, f"unknown {tag_name} {_short(tag)} (known: {', '.join(known)}){suggestion}")]
+            unknown = f"unknown {tag_name} {_short(tag)}"
+            if pointer == "/adapter/name":
+                unknown = f"adapter {_short(tag)} is not built in and no installed package provides it"
+            return [Problem(pointer, f"{unknown} (known: {', '.join(known)}){suggestion}")]
     if error.validator in ("anyOf", "oneOf") and error.context:
         matching_type = [e for e in error.context if not (e.validator == "type" and not e.relative_path)]
         return _schema_problems(best_match(matching_type or error.context))

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from pydantic import ValidationError
-from test_adapters import ARCHITECTURES, IDS, logits, tiny
+from tiny_models import ARCHITECTURES, IDS, logits, tiny
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
@@ -15,7 +15,6 @@ from prunereg.adapters.base import PROJECTIONS, linears
 from prunereg.adapters.semi_structured import kernel_of, mask_2_4
 from prunereg.harness.checkpoint import save_pruned
 from prunereg.spec.catalog import EMBEDDED_MODEL, models
-from prunereg.spec.checks import point_misfit
 from prunereg.spec.parameters import SemiStructuredParams
 
 ADAPTER = get_adapter("semi_structured_2_4")
@@ -111,7 +110,7 @@ def test_a_checkpoint_reloads_and_reapplying_changes_nothing(tmp_path):
 
 def test_validation_refuses_a_k_that_four_does_not_divide():
     arch = models()[EMBEDDED_MODEL]
-    assert point_misfit(SemiStructuredParams(), arch) is None
+    assert SemiStructuredParams().misfit(arch) is None
     odd = arch.model_copy(update={"intermediate_size": 386})
-    assert point_misfit(SemiStructuredParams(), odd) == "2:4 needs K divisible by 4: down_proj (K=386)"
-    assert point_misfit(SemiStructuredParams(projections=["qkv_proj"]), odd) is None
+    assert SemiStructuredParams().misfit(odd) == "2:4 needs K divisible by 4: down_proj (K=386)"
+    assert SemiStructuredParams(projections=["qkv_proj"]).misfit(odd) is None

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from test_adapters import ARCHITECTURES, IDS, logits, tiny
+from tiny_models import ARCHITECTURES, IDS, logits, tiny
 from transformers import DynamicCache
 
 from prunereg.adapters import get_adapter
@@ -33,14 +33,6 @@ def zeroed(model, layers, sublayer):
             if out.bias is not None:
                 out.bias.zero_()
     return reference
-
-
-@pytest.mark.parametrize("model_type", ARCHITECTURES)
-@pytest.mark.parametrize("sublayer", SUBLAYERS)
-def test_zero_pruning_equals_dense(model_type, sublayer):
-    model = tiny(model_type)
-    pruned = ADAPTER.apply(copy.deepcopy(model), SublayerDropParams(sparsity=0.0, sublayer=sublayer))
-    torch.testing.assert_close(logits(pruned, IDS), logits(model, IDS))
 
 
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
@@ -73,13 +65,13 @@ def _decode(model, ids, cache):
 
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
 @pytest.mark.parametrize("sublayer", SUBLAYERS)
-def test_decoding_with_the_kv_cache_matches_a_full_forward(model_type, sublayer):
-    """Layer 0 dropped too: the cache's sequence length is read from slot 0."""
+def test_a_cropped_cache_decodes_like_a_full_forward(model_type, sublayer):
+    """Layer 0 dropped too: the cache's sequence length is read from slot 0, also after a crop."""
     params = SublayerDropParams(sparsity=0.5, selection="explicit", layers=[0, 3, 4], sublayer=sublayer)
     pruned = ADAPTER.apply(tiny(model_type), params)
     cache = DynamicCache(config=pruned.config)
     full = logits(pruned, IDS)
-    torch.testing.assert_close(_decode(pruned, IDS, cache), full, rtol=1e-4, atol=1e-4)
+    _decode(pruned, IDS, cache)
     cache.crop(-3)  # the latency harness rolls the cache back after every decode step
     assert cache.get_seq_length() == IDS.shape[1] - 3
     torch.testing.assert_close(_decode(pruned, IDS[:, -3:], cache), full[:, -3:], rtol=1e-4, atol=1e-4)

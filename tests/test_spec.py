@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 
 from prunereg.spec import checks
-from prunereg.spec.submission import ADAPTER_FAMILIES, Submission, json_schema
+from prunereg.spec.adapters import adapters
+from prunereg.spec.submission import Submission, json_schema
 from prunereg.spec.validate import SCHEMA_FILE, validate_document, validate_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = sorted((ROOT / "submissions").glob("*.json"))
 SHORTGPT = json.loads((ROOT / "submissions" / "shortgpt.json").read_text())
 LLM_PRUNER = json.loads((ROOT / "submissions" / "llm-pruner.json").read_text())
+DENSE = json.loads((ROOT / "submissions" / "dense.json").read_text())
 
 
 @pytest.mark.parametrize("path", SUBMISSIONS, ids=lambda p: p.name)
@@ -110,6 +112,12 @@ CHECKED = [
         SHORTGPT,
         lambda d: d["adapter"]["operating_points"][1].update(name="drop-25"),
         "/adapter/operating_points/1/name",
+    ),
+    (
+        checks.operating_points_within_adapter_limit,
+        DENSE,
+        lambda d: d["adapter"]["operating_points"].append({"name": "again", "params": {}}),
+        "/adapter/operating_points",
     ),
     (checks.adapter_fits_family, LLM_PRUNER, lambda d: d.update(family="static_depth"), "/adapter/name"),
     (checks.effects_fit_family, SHORTGPT, lambda d: d["effects"][0].update(dimension="N"), "/effects/0"),
@@ -212,7 +220,8 @@ def test_cli_validate_prints_one_line_per_problem_and_exits_1(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines == [
-        f"{path}: /adapter/name: unknown name 'rm -rf /' (known: {', '.join(sorted(ADAPTER_FAMILIES))})",
+        f"{path}: /adapter/name: adapter 'rm -rf /' is not built in and no installed package provides it "
+        f"(known: {', '.join(sorted(adapters()))})",
         f"{path}: /extra: unknown field",
         f"{path}: /method/name: must not contain '<' or '>'",
     ]
