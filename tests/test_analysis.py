@@ -7,27 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_environment, make_result, make_submission
+from factories import make_environment, make_result, make_submission, row
 
 from prunereg.registry.analysis import Band, frontier, ranked, scenario_analysis, transition_bands
 from prunereg.registry.ingest import ingest
-from prunereg.registry.queries import Row, family_label
-
-
-def row(family: str, point: str, speedup: float, loss: float | None, *, method: str | None = None,
-        theoretical: float | None = None, device: str = "NVIDIA H200") -> Row:  # fmt: skip
-    name = method or family.replace("_", " ").title()
-    theoretical = speedup if theoretical is None else theoretical
-    return Row(
-        method_slug=name.lower().replace(" ", "-"), method_name=name, family=family,
-        family_label=family_label(family), operating_point=point, spec_hash="0" * 64, model="llama-3.1-8b",
-        weights="trained", device_name=device, execution_mode="eager", dtype="bfloat16", environment_key="e" * 16,
-        scenario="prefill-b1-s4096", phase="prefill", batch_size=1, seq_len=4096, median_ms=100 / speedup,
-        dense_median_ms=100.0, speedup=speedup, theoretical_speedup=theoretical, realization=speedup / theoretical,
-        spread=0.01, quality_loss=loss, quality_task=None if loss is None else "heldout-ppl",
-        quality_metric=None if loss is None else "cross_entropy",
-    )  # fmt: skip
-
 
 PAPER_LIKE = [
     row("dense", "dense", 1.01, 0.0, method="Dense"),

@@ -15,8 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import make_result, make_submission
-from test_execution_modes import CAPTURE_ERROR, in_mode
+from factories import CAPTURE_ERROR, in_mode, make_result, make_submission
 
 from prunereg.leaderboard.build import build_site
 from prunereg.registry.ingest import ingest

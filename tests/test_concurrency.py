@@ -11,7 +11,7 @@ import random
 from collections import Counter
 
 import pytest
-from test_postgres import BACKENDS, backend_url, counts
+from backends import BACKENDS, backend_url, counts
 
 WORKERS = 8
 SLUGS = [f"method-{i}" for i in range(4)]
@@ -19,7 +19,7 @@ ENVIRONMENTS = ["aaaa0001", "bbbb0002"]
 
 
 def work(url: str, worker: int, barrier, added) -> None:
-    from conftest import make_environment, make_result, make_submission
+    from factories import make_environment, make_result, make_submission
 
     from prunereg.registry.db import connect
     from prunereg.registry.ingest import ingest

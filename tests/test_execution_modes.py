@@ -6,17 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Mapping
 from dataclasses import replace
 
 import pytest
-from conftest import make_result, make_submission
+from backends import BACKENDS, backend_url
+from factories import CAPTURE_ERROR, GPU_AFTER, GPU_BEFORE, in_mode, make_result, make_submission, row
+from pages import check_html5, export
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
-from test_analysis import row
-from test_export import export
-from test_leaderboard import check_html5
-from test_postgres import BACKENDS, backend_url
 
 from prunereg.leaderboard.build import build_site
 from prunereg.registry.db import connect
@@ -25,31 +22,11 @@ from prunereg.registry.harness import harness_tables
 from prunereg.registry.ingest import ingest
 from prunereg.registry.queries import leaderboard_rows
 from prunereg.registry.schema import LatencyMeasurement
-from prunereg.spec.results import EXECUTION_MODES, EvaluationResult, GpuState
+from prunereg.spec.results import EXECUTION_MODES, EvaluationResult
 
-GPU_BEFORE = GpuState(sm_clock_mhz=1980, memory_clock_mhz=3201, temperature_c=41, power_w=118.5)
-GPU_AFTER = GpuState(
-    sm_clock_mhz=1755, memory_clock_mhz=3201, temperature_c=47, power_w=655.0, clock_event_reasons=["sw_power_cap"]
-)
-CAPTURE_ERROR = "graph mode failed on the pruned model: RuntimeError: operation not permitted when stream is capturing"
 THEORETICAL = {"width-25": 1.30, "width-50": 1.87}
 EAGER = {"width-25": 0.98, "width-50": 1.00}  # launch-bound eager decode hides width pruning's gain
 GRAPH = {"width-25": 1.01, "width-50": 1.80}  # width-25 fell back, so its figure is an eager one
-
-
-def in_mode(result: EvaluationResult, mode: str, fallbacks: Mapping[str, str] | None = None) -> EvaluationResult:
-    """`result` measured in `mode`, with NVML readings around every scenario; the points named in
-    `fallbacks` could not use the mode and ran eagerly, for the reason given."""
-    document = result.model_dump(mode="json")
-    document["environment"]["execution_mode"] = mode
-    for point in document["points"]:
-        reason = (fallbacks or {}).get(point["operating_point"])
-        for latency in point["latency"]:
-            latency.update(
-                execution="eager" if reason else mode, fallback=reason,
-                gpu_before=GPU_BEFORE.model_dump(), gpu_after=GPU_AFTER.model_dump(),
-            )  # fmt: skip
-    return EvaluationResult.model_validate(document)
 
 
 @pytest.fixture

@@ -5,11 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import make_result, make_submission
+from factories import make_result, make_submission
+from pages import export
 
 from prunereg.registry.export import LATENCY_COLUMNS, QUALITY_COLUMNS, latency_records, quality_records
 from prunereg.registry.ingest import ingest
@@ -27,14 +26,6 @@ def registry(tmp_path):
     ingest(engine, width, make_result(width, losses={"width-25": 0.1}))  # width-50: no quality measured
     yield engine, path
     engine.dispose()
-
-
-def export(path, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "prunereg.cli", "export", "--db", str(path), *args], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def test_records_are_flat_and_complete(registry):

@@ -14,10 +14,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from conftest import make_environment, make_result, make_submission
+from backends import BACKENDS, backend_url, counts
+from factories import in_mode, make_environment, make_result, make_submission
 from sqlalchemy import inspect, text
-from test_execution_modes import in_mode
-from test_postgres import BACKENDS, backend_url, counts
 
 from prunereg.registry.db import BASELINE, alembic_config, connect, current_revision, upgrade_schema, writer
 from prunereg.registry.ingest import ingest

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_environment, make_result, make_submission
+from factories import make_environment, make_result, make_submission
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_adapters import tiny
+from tiny_models import tiny
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from transformers import AutoModelForCausalLM
 
