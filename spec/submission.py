@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import TYPE_CHECKING, Annotated, Generic, Literal, TypeVar, Union, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -99,7 +99,7 @@ class AdapterSpecOf(Frozen, Generic[N, P]):
     )
 
     @classmethod
-    def model_parametrized_name(cls, params: tuple[type, ...]) -> str:
+    def model_parametrized_name(cls, params: tuple[Any, ...]) -> str:
         (name,) = get_args(params[0])
         return block_name(name)
 
@@ -111,7 +111,7 @@ def block_name(adapter: str) -> str:
 
 def adapter_spec_union(rows: list[AdapterRow]):
     """The tagged union of the adapter blocks of these rows, told apart by `name`."""
-    blocks = tuple(AdapterSpecOf[Literal[row.name], row.params] for row in rows)  # type: ignore[valid-type]
+    blocks = tuple(AdapterSpecOf[Literal[row.name], row.params] for row in rows)  # type: ignore[name-defined]
     return Annotated[Union[blocks], Field(discriminator="name")]  # noqa: UP007 (a tuple of members)
 
 

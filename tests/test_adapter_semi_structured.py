@@ -69,6 +69,7 @@ def _sparse_capable() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(
     not _sparse_capable(), reason="needs a CUDA GPU with sparse tensor cores (compute capability >= 8.0)"
 )

@@ -103,6 +103,7 @@ def test_flex_block_mask_equals_masked_sdpa_on_cpu_eager():
         _flex_equals_masked("cpu", torch.float32, 1e-5, compiled=False)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_flex_equals_masked_sdpa_on_cuda():
     """The shapes the harness runs: head_dim 128, a whole-block prefill and a decode step one key past it.
