@@ -27,7 +27,15 @@ from prunereg import __version__
 from prunereg.outputs import SITE_MARKER, replaced_folder
 from prunereg.registry.analysis import Band, transition_bands
 from prunereg.registry.harness import HarnessTable, harness_tables
-from prunereg.registry.queries import GroupKey, Row, SpeedupKind, leaderboard_rows, method_detail, methods
+from prunereg.registry.queries import (
+    GroupKey,
+    MethodSummary,
+    Row,
+    SpeedupKind,
+    leaderboard_rows,
+    method_detail,
+    methods,
+)
 from prunereg.spec.catalog import models
 from prunereg.spec.results import EXECUTION_MODES
 from prunereg.spec.taxonomy import GEMM_SHAPES, Gemm
@@ -208,7 +216,9 @@ def build_site(engine: Engine, out_dir: Path, speedup: SpeedupKind = "measured",
     return out_dir / "index.html"
 
 
-def _write(engine: Engine, out_dir: Path, rows: list[Row], summaries: list, speedup: SpeedupKind) -> None:
+def _write(
+    engine: Engine, out_dir: Path, rows: list[Row], summaries: list[MethodSummary], speedup: SpeedupKind
+) -> None:
     env = _environment()
     for sub in ("methods", "data"):
         (out_dir / sub).mkdir()

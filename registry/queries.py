@@ -21,16 +21,6 @@ from sqlalchemy.orm import Session
 from .pareto import SpeedupKind, ranked
 from .schema import LatencyMeasurement, MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
 
-__all__ = [
-    "SpeedupKind",
-    "GroupKey",
-    "Row",
-    "leaderboard_rows",
-    "methods",
-    "method_detail",
-    "stored_points",
-    "is_empty",
-]
 MODEL_GEMMS_ONLY = ("router", "other")
 """Traced GEMM kinds that are not the model's matrix products; their kernels say nothing about the pruning."""
 

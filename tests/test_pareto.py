@@ -68,3 +68,23 @@ def test_empty_and_single():
 def test_nan_is_refused():
     with pytest.raises(ValueError):
         pareto_front([P(math.nan, 0.1), P(1.0, 0.1)])
+
+
+def test_rows_are_ranked_within_their_group_on_the_chosen_speedup():
+    from factories import row
+
+    from prunereg.registry.pareto import ranked
+
+    fast, slow = (
+        row("static_depth", "a", 1.5, 0.10, theoretical=1.2),
+        row("static_width", "b", 1.2, 0.20, theoretical=1.9),
+    )
+    alone = row("static_width", "c", 1.0, 0.30, device="A100")  # dominated by both, but in another group
+    unrated = row("static_depth", "d", 3.0, None)
+    marked = ranked([fast, slow, alone, unrated])
+    assert [(r.pareto, r.dominated_by) for r in marked] == [(True, 0), (False, 1), (True, 0), (False, None)]
+    by_roofline = ranked([fast, slow], "theoretical")
+    assert [r.pareto for r in by_roofline] == [True, True]
+    assert frontier([slow, fast, unrated]) == [fast]
+    with pytest.raises(ValueError, match="measured' or 'theoretical"):
+        ranked([fast], "guessed")  # type: ignore[arg-type]
