@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from prunereg.registry.schema import Base
 
 POSTGRES_ENV = "PRUNEREG_TEST_POSTGRES_URL"
-BACKENDS = ["sqlite", "postgresql"]
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 @contextmanager

@@ -30,6 +30,7 @@ SCREENSHOTS = Path(__file__).parent / "screenshots"
 PWN = '<img src=x onerror="window.__pwned=1">'
 PAYLOAD = f'<script>alert(1)</script> "><img src=x onerror=alert(1)> {PWN} \'><svg onload="window.__pwned=2">'
 
+pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
     pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)

@@ -66,6 +66,7 @@ def test_a_family_without_a_plain_config_is_refused(embedded, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_prune_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "drop-25"
     result = subprocess.run(

@@ -36,6 +36,7 @@ def work(url: str, worker: int, barrier, added) -> None:
     added.put(dict(total))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_eight_processes_ingest_overlapping_results(backend, tmp_path):
     ctx = multiprocessing.get_context("spawn")

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = [
     sys.executable,
@@ -33,6 +35,7 @@ def runs_stored(db: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_sigkill_after_the_first_point_then_resume(tmp_path):
     db = tmp_path / "registry.db"
     process = subprocess.Popen([*COMMAND, "--db", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -33,6 +33,7 @@ def shortgpt_result():
     return load("shortgpt"), evaluate(load("shortgpt"), EMBEDDED_MODEL, "cpu", SCENARIOS, warmup=1, repeats=3)
 
 
+@pytest.mark.slow
 def test_evaluation_measures_every_point_and_scenario(shortgpt_result):
     _, result = shortgpt_result
     assert result.weights == "trained" and result.environment.device == "cpu"
@@ -51,6 +52,7 @@ def test_evaluation_measures_every_point_and_scenario(shortgpt_result):
     assert 0 < losses[0] < losses[1], "removing more layers must cost more quality"
 
 
+@pytest.mark.slow
 def test_ingesting_an_evaluation_twice_adds_nothing(tmp_path, shortgpt_result):
     submission, result = shortgpt_result
     engine = connect(str(tmp_path / "registry.db"))
@@ -99,6 +101,7 @@ def test_an_unknown_model_is_refused_in_one_line():
         evaluate(load("dense"), "no-such-model", "cpu", SCENARIOS)
 
 
+@pytest.mark.slow
 def test_only_the_named_operating_points_are_measured():
     result = evaluate(load("shortgpt"), EMBEDDED_MODEL, "cpu", SCENARIOS[:1], warmup=0, repeats=3, only={"drop-50"})
     assert [p.operating_point for p in result.points] == ["drop-50"]

@@ -71,6 +71,7 @@ def test_csv_quality_table_keeps_reported_claims_apart(registry):
     assert all(r["model"] == "prunereg-mini" for r in rows if r["provenance"] == "measured")
 
 
+@pytest.mark.slow
 def test_json_round_trips_with_both_tables_and_provenance(registry, tmp_path):
     _, path = registry
     data = json.loads(export(path, "--format", "json"))

@@ -18,7 +18,7 @@ from prunereg.spec.parameters import LayerDropParams, WidthParams
 
 DECODE = Scenario(phase=Phase.decode, batch_size=3, seq_len=20)
 PREFILL = Scenario(phase=Phase.prefill, batch_size=2, seq_len=16)
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA Graph capture needs a CUDA device")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA Graph capture needs a CUDA device")
 
 
 def tiny(device: str = "cpu", dtype=torch.float32):
@@ -110,7 +110,8 @@ def test_summary_takes_median_and_20th_80th_percentiles():
     assert stats == {"median": 6.0, "p20": 3.0, "p80": 9.0}
 
 
-@cuda
+@pytest.mark.cuda
+@needs_cuda
 @pytest.mark.parametrize("scenario", [DECODE, PREFILL], ids=["decode", "prefill"])
 @pytest.mark.parametrize("variant", ["dense", "layer_drop"])
 def test_graph_replay_computes_what_eager_does(variant, scenario):
@@ -128,7 +129,8 @@ def test_graph_replay_computes_what_eager_does(variant, scenario):
         torch.testing.assert_close(work.output.logits, expected, atol=1e-4, rtol=1e-4)  # kernels may differ
 
 
-@cuda
+@pytest.mark.cuda
+@needs_cuda
 def test_graph_mode_measures_in_graph_mode_and_reads_the_gpu():
     net = tiny("cuda", torch.bfloat16)
     timing = measure_pair(

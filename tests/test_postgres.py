@@ -1,7 +1,7 @@
 """PostgreSQL: the same registry code by URL. Each test gets a fresh schema (via search_path),
 dropped afterwards, so reruns start clean. Skipped unless PRUNEREG_TEST_POSTGRES_URL is set.
 
-`backend_url` is also imported by the migration and concurrency tests to run on both back ends.
+Tests that run on both back ends take them from backends.BACKENDS.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from sqlalchemy import text
 from prunereg.registry import ingest as ingest_module
 from prunereg.registry.db import connect
 from prunereg.registry.ingest import ingest
+
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture

@@ -237,6 +237,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_trace_prints_the_table_and_exits_0_when_the_declaration_holds():
     result = run_cli("trace", "submissions/shortgpt.json", "--point", "drop-25")
     assert result.returncode == 0, result.stderr
@@ -245,6 +246,7 @@ def test_cli_trace_prints_the_table_and_exits_0_when_the_declaration_holds():
     assert "declared effects match" in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_trace_exits_1_and_names_the_lying_gemm(tmp_path):
     result = run_cli("trace", str(lying_copy(tmp_path)), "--point", "width-50")
     assert result.returncode == 1 and "Traceback" not in result.stderr
