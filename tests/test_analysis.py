@@ -9,8 +9,9 @@ import sys
 import pytest
 from factories import make_environment, make_result, make_submission, row
 
-from prunereg.registry.analysis import Band, frontier, ranked, scenario_analysis, transition_bands
+from prunereg.registry.analysis import Band, scenario_analysis, transition_bands
 from prunereg.registry.ingest import ingest
+from prunereg.registry.pareto import frontier, ranked
 
 PAPER_LIKE = [
     row("dense", "dense", 1.01, 0.0, method="Dense"),
@@ -32,8 +33,8 @@ def test_bands_reproduce_a_three_band_paper_result():
         ("dynamic_depth", 0.05, 0.16),
         ("static_width", 0.17, 0.26),
     ]
-    assert bands[0] == Band("static_depth", "static M, depth", 0.0, 0.04, "ShortGPT · drop-5", 1.10)
-    assert (bands[1].method, bands[1].speedup, bands[1].family_label) == ("MoD · capacity-75", 1.45, "dynamic M, depth")
+    assert bands[0] == Band("static_depth", 0.0, 0.04, "ShortGPT · drop-5", 1.10)
+    assert (bands[1].method, bands[1].speedup, bands[1].family) == ("MoD · capacity-75", 1.45, "dynamic_depth")
     assert bands[2].method == "LLM-Pruner · width-25"
 
 
@@ -56,7 +57,7 @@ def test_dense_wins_only_where_nothing_faster_fits():
 
 def test_dense_only_is_one_band_at_zero():
     assert transition_bands([row("dense", "dense", 0.98, 0.0, method="Dense")]) == [
-        Band("dense", "dense baseline", 0.0, 0.0, "Dense · dense", 1.0)
+        Band("dense", 0.0, 0.0, "Dense · dense", 1.0)
     ]
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from prunereg.leaderboard.build import build_site
+from prunereg.leaderboard.display import gpu_change
 from prunereg.registry.db import connect
 from prunereg.registry.export import LATENCY_COLUMNS, latency_records
 from prunereg.registry.harness import harness_tables
@@ -64,14 +65,14 @@ def test_ingest_stores_how_each_scenario_ran(backend, width, tmp_path):
             ("width-25", "eager", CAPTURE_ERROR), ("width-50", "graph", None),
         }  # fmt: skip
         assert all(r.gpu_before == GPU_BEFORE.model_dump() and r.gpu_after == GPU_AFTER.model_dump() for r in graph)
-        assert {r.gpu_change for r in rows} == {None, "1980→1755 MHz, 41→47 °C; sw_power_cap"}
+        assert {gpu_change(r) for r in rows} == {None, "1980→1755 MHz, 41→47 °C; sw_power_cap"}
         engine.dispose()
 
 
 def test_gpu_change_names_a_missing_reading():
     (row,) = [r for r in _rows_of_one_point() if r.execution_mode == "graph"]
-    assert replace(row, gpu_before=None).gpu_change == "?→1755 MHz, ?→47 °C; sw_power_cap"
-    assert replace(row, gpu_after=None).gpu_change == "1980→? MHz, 41→? °C"
+    assert gpu_change(replace(row, gpu_before=None)) == "?→1755 MHz, ?→47 °C; sw_power_cap"
+    assert gpu_change(replace(row, gpu_after=None)) == "1980→? MHz, 41→? °C"
 
 
 @pytest.mark.parametrize(
