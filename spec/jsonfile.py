@@ -48,15 +48,17 @@ def read_bytes(path: Path, max_bytes: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
         raise JsonFileError(f"cannot open: {err.strerror or err}") from None
-    with os.fdopen(fd, "rb") as handle:
+    try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a fifo, socket or device)"
             raise JsonFileError(f"is {kind}")
-        try:
+        with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(max_bytes + 1)
-        except OSError as err:
-            raise JsonFileError(f"cannot read: {err.strerror or err}") from None
+    except OSError as err:
+        raise JsonFileError(f"cannot read: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise JsonFileError(f"larger than {max_bytes} bytes")
     return data

@@ -35,10 +35,10 @@ MAX_REPEATS = 1000
 """Timed repeats a latency may hold: `prunereg evaluate --repeats` accepts at most this many."""
 MAX_MS = 3_600_000.0
 """An hour: no single forward step of a measured scenario takes longer."""
-Milliseconds = Annotated[float, Field(gt=0, le=MAX_MS)]
-Count = Annotated[int, Field(ge=0, le=10**13)]
-Bytes = Annotated[int, Field(ge=0, le=10**15)]
-Score = Annotated[float, Field(ge=-1e6, le=1e6)]
+Milliseconds = Annotated[float, Field(strict=True, gt=0, le=MAX_MS)]
+Count = Annotated[int, Field(strict=True, ge=0, le=10**13)]
+Bytes = Annotated[int, Field(strict=True, ge=0, le=10**15)]
+Score = Annotated[float, Field(strict=True, ge=-1e6, le=1e6)]
 MAX_RESULT_BYTES = 2_000_000
 """A saved evaluation file is at most this large (the committed ones are about 13 kB)."""
 
@@ -82,7 +82,7 @@ class Environment(Measured):
     git_revision: str | None = Field(None, **_text(64), description="prunereg's git commit, when run from a checkout")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(description="dtype of weights and activations")
     execution_mode: ExecutionMode = Field("eager", description="how the timed steps were meant to run")
-    threads: int = Field(ge=1, le=4096, description="torch CPU threads")
+    threads: int = Field(strict=True, ge=1, le=4096, description="torch CPU threads")
 
     def key(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
@@ -99,7 +99,7 @@ class ModelStats(Measured):
     parameters: Count = Field(description="parameters stored, zeros included")
     nonzero_parameters: Count = Field(description="parameters that are not zero")
     weight_bytes: Bytes = Field(description="bytes of all weights as stored")
-    num_layers: int = Field(ge=0, le=10_000, description="decoder layers left")
+    num_layers: int = Field(strict=True, ge=0, le=10_000, description="decoder layers left")
     peak_memory_bytes: Bytes | None = Field(
         None, description="peak allocator memory during measurement (CUDA) or max RSS growth (CPU)"
     )
@@ -108,10 +108,12 @@ class ModelStats(Measured):
 class GpuState(Measured):
     """An NVML reading of the GPU, taken right before and right after a scenario's timed repeats."""
 
-    sm_clock_mhz: int = Field(ge=0, le=10_000, description="streaming-multiprocessor clock, MHz")
-    memory_clock_mhz: int = Field(ge=0, le=100_000, description="memory clock, MHz")
-    temperature_c: int = Field(ge=-50, le=150, description="GPU temperature, degrees Celsius")
-    power_w: float | None = Field(None, ge=0, le=10_000, description="power draw in watts, where NVML reports it")
+    sm_clock_mhz: int = Field(strict=True, ge=0, le=10_000, description="streaming-multiprocessor clock, MHz")
+    memory_clock_mhz: int = Field(strict=True, ge=0, le=100_000, description="memory clock, MHz")
+    temperature_c: int = Field(strict=True, ge=-50, le=150, description="GPU temperature, degrees Celsius")
+    power_w: float | None = Field(
+        None, strict=True, ge=0, le=10_000, description="power draw in watts, where NVML reports it"
+    )
     clock_event_reasons: list[Label] = Field(
         default_factory=list, max_length=32, description="active NVML clock-event (throttle) reasons, idle excluded"
     )
@@ -166,8 +168,8 @@ class QualityResult(Measured):
     metric: Label = Field(description="e.g. cross_entropy (nats per token)")
     value: Score = Field(description="the pruned model's value")
     dense_value: Score = Field(description="the dense model's value on the same tokens")
-    higher_is_better: bool = Field(description="direction of the metric")
-    tokens: int = Field(ge=0, le=10**12, description="tokens scored")
+    higher_is_better: bool = Field(strict=True, description="direction of the metric")
+    tokens: int = Field(strict=True, ge=0, le=10**12, description="tokens scored")
 
     @property
     def relative_loss(self) -> float:
@@ -182,12 +184,14 @@ class GemmTrace(Measured):
     """
 
     gemm: str = text(32, "a GEMM kind of the taxonomy, or 'router' / 'other'")
-    count: int = Field(ge=0, le=10**9, description="instances (per head for the attention products)")
-    m: int = Field(ge=0, le=10**12, description="M: rows of the output (tokens)")
-    n: int = Field(ge=0, le=10**12, description="N: columns of the output")
-    k: int = Field(ge=0, le=10**12, description="K: the reduction")
-    flops: float = Field(ge=0, le=1e24, description="2*M*N*K*count as executed")
-    effective_flops: float = Field(ge=0, le=1e24, description="flops on the weights/pairs that are not pruned")
+    count: int = Field(strict=True, ge=0, le=10**9, description="instances (per head for the attention products)")
+    m: int = Field(strict=True, ge=0, le=10**12, description="M: rows of the output (tokens)")
+    n: int = Field(strict=True, ge=0, le=10**12, description="N: columns of the output")
+    k: int = Field(strict=True, ge=0, le=10**12, description="K: the reduction")
+    flops: float = Field(strict=True, ge=0, le=1e24, description="2*M*N*K*count as executed")
+    effective_flops: float = Field(
+        strict=True, ge=0, le=1e24, description="flops on the weights/pairs that are not pruned"
+    )
     kernel: str = text(80, "dense, masked dense, or the sparse kernel and its backend")
 
 

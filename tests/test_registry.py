@@ -71,13 +71,21 @@ def test_ingest_twice_adds_nothing(engine):
     assert sum(again.existing.values()) == sum(before.values())
 
 
-def test_reevaluation_in_same_environment_keeps_first_measurement(engine):
+def test_reevaluation_in_same_environment_keeps_both_measurements(engine):
+    """Another measurement of the same point and environment is another run: neither silently wins."""
     sub = make_submission()
     ingest(engine, sub, make_result(sub))
     before = counts(engine)
     ingest(engine, sub, make_result(sub, speedups={"drop-25": 9.0, "drop-50": 9.0}))
-    assert counts(engine) == before
-    assert {round(r.speedup, 6) for r in leaderboard_rows(engine)} == {1.2, 1.6}
+    assert counts(engine)["runs"] == 2 * before["runs"]
+    assert {round(r.speedup, 6) for r in leaderboard_rows(engine)} == {1.2, 1.6, 9.0}
+
+
+def test_results_never_rewrite_a_method(engine):
+    ingest(engine, make_submission(name="Registered Name"))
+    renamed = make_submission(name="Hijacked Name", authors=["Mallory"])
+    ingest(engine, renamed, make_result(renamed), update_method=False)
+    assert [(m.name, m.authors) for m in methods(engine)] == [("Registered Name", ["Ada Example", "Bo Test"])]
 
 
 def test_new_environment_adds_runs_not_methods(engine):

@@ -271,6 +271,7 @@ def test_cli_ingest_refuses_a_result_of_another_spec_in_one_line(tmp_path):
     result = run_cli("ingest", str(path), "--db", str(db))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"error: {path}: result is for spec 000000000000, submission shortgpt hashes to "
+        f"{path}: /result/spec_hash: is not the embedded submission's hash "
         f"{validate_file(ROOT / 'submissions' / 'shortgpt.json')[0].spec_hash()[:12]}"
     ]
+    assert not db.exists()

@@ -1,0 +1,456 @@
+"""`prunereg ingest` is a trust boundary: hostile results files, through the real CLI, on both back ends.
+
+Every variant starts from one genuine saved evaluation (the shared factories, with statistics and
+roofline times made the way the harness makes them) and breaks one thing that a hostile or careless
+contributor could. Each must exit 1 with one `FILE: /pointer: message` line per problem, no
+traceback, and leave the registry exactly as it was: on SQLite the file's bytes after a WAL
+checkpoint, on both back ends a dump of every table. Accepted files (every committed one under
+results/ too) still ingest, and the commands that read the registry work afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backends import BACKENDS, backend_url
+from factories import make_environment, make_result, make_submission
+from sqlalchemy import create_engine, select, text
+from typer.testing import CliRunner
+
+from prunereg.cli import app
+from prunereg.registry.schema import Base
+from prunereg.spec.catalog import Scenario, devices, models
+from prunereg.spec.costmodel import estimate
+from prunereg.spec.effects import resolve
+from prunereg.spec.results import SavedEvaluation, latency_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+SLUG = "shortgpt-test"
+LINE = re.compile(r"^(?P<file>.+?): (?P<pointer>/\S*): (?P<message>.+)$")
+Document = dict[str, Any]
+
+
+def genuine(samples: tuple[float, ...] = (9.7, 10.0, 10.2, 10.4, 11.0), **environment: Any) -> Document:
+    """A saved evaluation as `prunereg evaluate --save` writes it: summaries of its samples, roofline times."""
+    sub = make_submission(SLUG)
+    result = make_result(sub, environment=make_environment(**environment)).model_dump(mode="json")
+    arch, device = models()[result["model"]], devices()["h200"]
+    for point, declared in zip(result["points"], sub.adapter.operating_points):
+        effects = resolve(sub.effects, declared.params)
+        for i, latency in enumerate(point["latency"]):
+            scenario = Scenario.model_validate(latency["scenario"])
+            pruned = [s * (1 + 0.1 * i) for s in samples]
+            latency.update(samples=pruned, **latency_summary(pruned))
+            latency["theoretical"] = estimate(arch, device, scenario, effects).time_ms
+            latency["theoretical_dense"] = estimate(arch, device, scenario, ()).time_ms
+    return SavedEvaluation.model_validate({"submission": sub.model_dump(mode="json"), "result": result}).model_dump(
+        mode="json"
+    )
+
+
+def write(folder: Path, name: str, content: Document | bytes | str) -> Path:
+    path = folder / name
+    if isinstance(content, dict):
+        content = json.dumps(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def submissions(tmp_path_factory) -> Path:
+    """The registered submissions: the one every genuine results file embeds."""
+    folder = tmp_path_factory.mktemp("submissions")
+    write(folder, f"{SLUG}.json", make_submission(SLUG).model_dump(mode="json", exclude_defaults=True))
+    return folder
+
+
+def ingest(db: str, submissions: Path, *files: Path):
+    return CliRunner().invoke(app, ["ingest", *map(str, files), "--db", db, "--submissions", str(submissions)])
+
+
+def dump(url: str) -> dict[str, list[tuple]]:
+    """Every row of every table, in id order."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {
+                t.name: [tuple(r) for r in connection.execute(select(t).order_by(*t.primary_key.columns))]
+                for t in Base.metadata.sorted_tables
+            }
+    finally:
+        engine.dispose()
+
+
+def sqlite_bytes(url: str) -> bytes | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return Path(url.removeprefix("sqlite:///")).read_bytes()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def registry(request, tmp_path_factory, submissions):
+    """A registry holding one genuine ingestion; every refused variant must leave it byte for byte."""
+    folder = tmp_path_factory.mktemp("registry")
+    with backend_url(request.param, folder) as url:
+        result = ingest(url, submissions, write(folder, "genuine.json", genuine()))
+        assert result.exit_code == 0, result.output
+        yield url
+
+
+# --- the hostile variants: each returns the files to ingest (a Path or a list of them) --------------------
+
+
+def edit(change: Callable[[Document], Any]) -> Callable[[Path], Path]:
+    """A variant that edits the genuine document (the change may mutate it or return a replacement)."""
+
+    def make(folder: Path) -> Path:
+        document = genuine()
+        replaced = change(document)
+        return write(folder, "hostile.json", document if replaced is None else replaced)
+
+    return make
+
+
+def raw(content: bytes | str) -> Callable[[Path], Path]:
+    return lambda folder: write(folder, "hostile.json", content)
+
+
+def text_edit(old: str, new: str) -> Callable[[Path], Path]:
+    """A variant made on the JSON text, for what json.dumps cannot write (NaN literals, duplicate keys)."""
+
+    def make(folder: Path) -> Path:
+        source = json.dumps(genuine())
+        assert old in source
+        return write(folder, "hostile.json", source.replace(old, new, 1))
+
+    return make
+
+
+def latency(document: Document, point: int = 0, scenario: int = 0) -> Document:
+    return document["result"]["points"][point]["latency"][scenario]
+
+
+def put(path: str, value: Any) -> Callable[[Document], None]:
+    """Set the value at a JSON pointer of the genuine document."""
+
+    def change(document: Document) -> None:
+        *parents, last = path.strip("/").split("/")
+        node = document
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[int(last) if isinstance(node, list) else last] = value
+
+    return change
+
+
+LAT = "/result/points/0/latency/0"
+ENV = "/result/environment"
+
+
+def _scaled(field: str, factor: float) -> Callable[[Document], None]:
+    def change(document: Document) -> None:
+        latency(document)[field] *= factor
+
+    return change
+
+
+def _samples(document: Document, samples: list[float]) -> None:
+    latency(document).update(samples=samples, **latency_summary(samples))
+
+
+def _unknown_point(document: Document) -> None:
+    document["result"]["points"][0]["operating_point"] = "drop-99"
+
+
+def _point_twice(document: Document) -> None:
+    points = document["result"]["points"]
+    points[1] = json.loads(json.dumps(points[0]))
+
+
+def _scenario_twice(document: Document) -> None:
+    lat = document["result"]["points"][0]["latency"]
+    lat[1] = json.loads(json.dumps(lat[0]))
+
+
+def _fraction(document: Document) -> None:
+    document["result"]["points"][0]["effects"][0]["fraction"] = 0.75
+
+
+def _no_effects(document: Document) -> None:
+    document["result"]["points"][0]["effects"] = []
+
+
+def resubmitted(change: Callable[[Document], None]) -> Callable[[Document], None]:
+    """Edit the embedded submission and re-hash it, as a forger would, so only the registry can tell."""
+
+    def forge(document: Document) -> None:
+        change(document["submission"])
+        points = {**document["result"], "points": []}
+        saved = SavedEvaluation.model_validate({**document, "result": points})
+        document["result"]["spec_hash"] = saved.submission.spec_hash()
+
+    return forge
+
+
+def _latin1(folder: Path) -> Path:
+    document = genuine()
+    document["result"]["environment"]["device_name"] = "Tésla"
+    return write(folder, "hostile.json", json.dumps(document, ensure_ascii=False).encode("latin-1"))
+
+
+def _random_with_quality(document: Document) -> None:
+    document["result"]["weights"] = "random"
+
+
+def _fallback_without_change(document: Document) -> None:
+    latency(document)["fallback"] = "it felt like it"
+
+
+def _deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+def _nested_extra(document: Document) -> None:
+    node: list = []
+    document["result"]["extra"] = node
+    for _ in range(40):
+        node.append([])
+        node = node[0]
+
+
+VARIANTS: dict[str, Callable[[Path], Path | list[Path]]] = {
+    # non-finite and out-of-range numbers
+    "nan-median": text_edit('"median": ', '"median": NaN, "x": '),
+    "infinity-sample": text_edit('"samples": [', '"samples": [Infinity, '),
+    "minus-infinity-dense": text_edit('"dense_median": ', '"dense_median": -Infinity, "y": '),
+    "overflow-1e400": text_edit('"theoretical": ', '"theoretical": 1e400, "z": '),
+    "negative-sample": edit(lambda d: _samples(d, [-1.0, 10.0, 11.0])),
+    "zero-median": edit(put(f"{LAT}/median", 0.0)),
+    "median-over-an-hour": edit(lambda d: _samples(d, [1e9, 1e9, 1e9])),
+    "thirty-digit-integer": text_edit('"tokens": 65536', '"tokens": 123456789012345678901234567890'),
+    "quality-1e30": edit(put("/result/points/0/quality/0/value", 1e30)),
+    "temperature-1000": edit(put(f"{LAT}/gpu_before", {"sm_clock_mhz": 1980, "memory_clock_mhz": 3201, "temperature_c": 1000})),
+    "negative-power": edit(put(f"{LAT}/gpu_after", {"sm_clock_mhz": 1, "memory_clock_mhz": 1, "temperature_c": 40, "power_w": -5})),
+    "negative-parameters": edit(put("/result/points/0/stats/parameters", -1)),
+    "nonzero-above-parameters": edit(put("/result/dense_stats/nonzero_parameters", 10**12)),
+    "zero-threads": edit(put(f"{ENV}/threads", 0)),
+    "boolean-as-number": edit(put(f"{LAT}/median", True)),
+    # statistics that are not their samples'
+    "median-not-of-samples": edit(_scaled("median", 1.01)),
+    "p20-above-median": edit(lambda d: latency(d).update(p20=latency(d)["median"] * 1.1)),
+    "p80-below-median": edit(lambda d: latency(d).update(p80=latency(d)["median"] * 0.9)),
+    "p20-not-of-samples": edit(_scaled("p20", 0.999)),
+    "p80-not-of-samples": edit(_scaled("p80", 1.001)),
+    "two-samples": edit(lambda d: _samples(d, [10.0, 10.5])),
+    "thousand-and-one-samples": edit(lambda d: _samples(d, [10.0 + i / 1000 for i in range(1001)])),
+    "ten-million-samples": raw(b'{"submission": {}, "result": {"points": [{"latency": [{"samples": [' + b"1.0," * 10_000_000 + b"1.0]}]}]}}"),
+    # forged speedups and theoretical times
+    "speedup-field": edit(put(f"{LAT}/speedup", 9.0)),
+    "theoretical-halved": edit(_scaled("theoretical", 0.5)),
+    "theoretical-dense-doubled": edit(_scaled("theoretical_dense", 2.0)),
+    "theoretical-off-by-1e-4": edit(_scaled("theoretical", 1.0001)),
+    "model-not-in-catalog": edit(put("/result/model", "my-own-model")),
+    "unknown-device-profile": edit(put(f"{ENV}/device_profile", "h9000")),
+    "float32-priced-as-bf16": edit(put(f"{ENV}/dtype", "float32")),
+    # inconsistent with the declaration
+    "effects-changed": edit(_fraction),
+    "effects-removed": edit(_no_effects),
+    "wrong-spec-hash": edit(put("/result/spec_hash", "0" * 64)),
+    "spec-hash-not-hex": edit(put("/result/spec_hash", "Z" * 64)),
+    "unknown-operating-point": edit(_unknown_point),
+    "point-measured-twice": edit(_point_twice),
+    "scenario-measured-twice": edit(_scenario_twice),
+    "random-weights-with-quality": edit(_random_with_quality),
+    "fallback-without-leaving-the-mode": edit(_fallback_without_change),
+    "unit-seconds": edit(put(f"{LAT}/unit", "s")),
+    # edited embedded submissions
+    "renamed-method": edit(resubmitted(put("/method/name", "Hijacked"))),
+    "other-authors": edit(resubmitted(put("/method/authors", ["Mallory"]))),
+    "changed-params": edit(resubmitted(put("/adapter/operating_points/0/params/sparsity", 0.3))),
+    "unregistered-slug": edit(resubmitted(put("/method/slug", "not-registered"))),
+    "extra-submission-field": edit(put("/submission/method/homepage", "https://example.org")),
+    "schema-version-2": edit(put("/schema_version", 2)),
+    "nul-in-submission-description": edit(resubmitted(put("/method/description", "ok\u0000DROP TABLE methods"))),
+    # oversized fields and files
+    "fifty-megabyte-string": raw(b'{"result": {"model": "' + b"a" * 50_000_000 + b'"}}'),
+    "ten-thousand-character-device-name": edit(put(f"{ENV}/device_name", "x" * 10_000)),
+    "megabyte-kernel-name": edit(put("/result/points/0/gemms", [{"gemm": "o_proj", "count": 1, "m": 1, "n": 1, "k": 1, "flops": 2, "effective_flops": 2, "kernel": "k" * 1_000_000}])),
+    "ten-thousand-throttle-reasons": edit(put(f"{LAT}/gpu_before", {"sm_clock_mhz": 1, "memory_clock_mhz": 1, "temperature_c": 40, "clock_event_reasons": ["x"] * 10_000})),
+    "long-torch-version": edit(put(f"{ENV}/torch", "2." + "1" * 100)),
+    "empty-device-name": edit(put(f"{ENV}/device_name", "")),
+    # control characters
+    "nul-in-device-name": edit(put(f"{ENV}/device_name", "NVIDIA\u0000H200")),
+    "newline-in-fallback": edit(lambda d: latency(d).update(execution="graph", fallback="line one\nline two")),
+    "escape-in-task": edit(put("/result/points/0/quality/0/task", "heldout\u001b[31m-ppl")),
+    "c1-control-in-git-revision": edit(put(f"{ENV}/git_revision", "abc\u0085def")),
+    "delete-in-driver": edit(put(f"{ENV}/driver", "570\u007f")),
+    # duplicate keys
+    "duplicate-top-level-key": text_edit('{"schema_version": 1, ', '{"schema_version": 1, "schema_version": 1, '),
+    "duplicate-nested-key": text_edit('"median": ', '"median": 1.0, "median": '),
+    # wrong encodings and malformed JSON
+    "latin-1": _latin1,
+    "utf-16-with-bom": lambda folder: write(folder, "hostile.json", json.dumps(genuine()).encode("utf-16")),
+    "utf-16-le-without-bom": lambda folder: write(folder, "hostile.json", json.dumps(genuine()).encode("utf-16-le")),
+    "utf-8-bom": lambda folder: write(folder, "hostile.json", b"\xef\xbb\xbf" + json.dumps(genuine()).encode()),
+    "lone-high-surrogate": text_edit('"device_name": "NVIDIA H200"', '"device_name": "NVIDIA \\ud800"'),
+    "lone-low-surrogate-key": text_edit('"threads": ', '"\\udc00": 1, "threads": '),
+    "empty-file": raw(b""),
+    "whitespace-only": raw(b"  \n\t "),
+    "binary": raw(bytes(range(256)) * 4),
+    "truncated": lambda folder: write(folder, "hostile.json", json.dumps(genuine())[:5000]),
+    "top-level-array": raw(b"[1, 2, 3]"),
+    "top-level-null": raw(b"null"),
+    "nested-100000-deep": raw(_deep(100_000)),
+    "nested-40-deep-extra": edit(_nested_extra),
+    # what is not a regular file
+    "symlink": lambda folder: _symlink(folder),
+    "fifo": lambda folder: _fifo(folder),
+    "directory": lambda folder: _directory(folder),
+    "missing": lambda folder: folder / "no-such-file.json",
+    "character-device": lambda folder: Path("/dev/null"),
+    # one bad file among good ones: all or nothing
+    "good-then-bad": lambda folder: [_conflicting(folder, "good.json", 1.0), edit(put(f"{LAT}/median", -1.0))(folder)],
+    "bad-then-good": lambda folder: [raw(b"{")(folder), _conflicting(folder, "good.json", 1.02)],
+    "two-good-one-bad": lambda folder: [_conflicting(folder, "a.json", 1.03), raw(b"NaN")(folder), _conflicting(folder, "b.json", 1.04)],
+}  # fmt: skip
+
+
+def _symlink(folder: Path) -> Path:
+    target = write(folder, "target.json", genuine(git_revision="symlinked"))
+    link = folder / "hostile.json"
+    link.symlink_to(target)
+    return link
+
+
+def _fifo(folder: Path) -> Path:
+    path = folder / "hostile.json"
+    os.mkfifo(path)
+    return path
+
+
+def _directory(folder: Path) -> Path:
+    path = folder / "hostile.json"
+    path.mkdir()
+    return path
+
+
+def _conflicting(folder: Path, name: str, scale: float) -> Path:
+    """A genuine file of the same point and environment with other numbers: acceptable on its own."""
+    return write(folder, name, genuine(samples=tuple(s * scale for s in (9.7, 10.0, 10.2, 10.4, 11.0))))
+
+
+def test_at_least_sixty_variants():
+    assert len(VARIANTS) >= 60
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_hostile_file_is_refused_and_changes_nothing(variant, registry, submissions, tmp_path):
+    made = VARIANTS[variant](tmp_path)
+    files = made if isinstance(made, list) else [made]
+    before = (sqlite_bytes(registry), dump(registry))
+    result = ingest(registry, submissions, *files)
+    assert result.exit_code == 1, (variant, result.output)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines, "a refusal names its problems"
+    for line in lines:
+        match = LINE.match(line)
+        assert match, line
+        assert match["file"] in {str(f) for f in files}, line
+        assert len(line) < 400, line
+    assert (sqlite_bytes(registry), dump(registry)) == before
+
+
+# --- what is accepted --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_files_at_every_bound_are_accepted_by_both_back_ends(backend, submissions, tmp_path):
+    """Longest texts (non-ASCII), most samples and the largest numbers the contract allows store alike."""
+    document = genuine(
+        device_name="Ω" * 200, driver="д" * 64, python="3" * 64, torch="t" * 64, transformers="x" * 64,
+        prunereg="p" * 32, git_revision="g" * 64, threads=4096,
+    )  # fmt: skip
+    _samples(document, [3_600_000.0] * 500 + [1e-9] * 500)
+    latency(document)["dense_median"] = 3_600_000.0
+    document["result"]["environment"]["execution_mode"] = "graph"
+    for point in document["result"]["points"]:
+        for row in point["latency"]:
+            row["execution"] = "graph"
+    latency(document, 0, 1).update(execution="eager", fallback="é" * 300)
+    with backend_url(backend, tmp_path) as url:
+        result = ingest(url, submissions, write(tmp_path, "bounds.json", document))
+        assert result.exit_code == 0, result.output
+        assert dump(url)["latency_measurements"]
+
+
+def content(url: str) -> dict[str, list[tuple]]:
+    """The registry without surrogate ids and timestamps: what ingestion order may not change."""
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        tables = {}
+        for table in Base.metadata.sorted_tables:
+            columns = [c for c in table.columns if not (c.primary_key or c.foreign_keys or c.name == "created_at")]
+            rows = connection.execute(select(*columns)).all()
+            tables[table.name] = sorted(tuple(json.dumps(v, sort_keys=True) for v in r) for r in rows)
+    engine.dispose()
+    return tables
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conflicting_measurements_are_kept_whatever_the_order(backend, submissions, tmp_path):
+    a = _conflicting(tmp_path, "a.json", 1.0)
+    b = _conflicting(tmp_path, "b.json", 1.05)
+    stored = []
+    for order in ([a, b], [b, a]):
+        folder = tmp_path / "-".join(p.stem for p in order)
+        folder.mkdir()
+        with backend_url(backend, folder) as url:
+            for path in order:
+                assert ingest(url, submissions, path).exit_code == 0
+            assert ingest(url, submissions, a, b).stdout.count("added nothing") == 2  # identical files add nothing
+            stored.append(content(url))
+    assert stored[0] == stored[1]
+    assert len(stored[0]["runs"]) == 4  # two points, each measured twice: both measurements kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_committed_results_ingest_and_the_registry_commands_work(backend, tmp_path):
+    files = sorted(p for p in (ROOT / "results").rglob("*--*.json"))
+    assert len(files) >= 25
+    runner = CliRunner()
+    with backend_url(backend, tmp_path) as url:
+        result = runner.invoke(
+            app, ["ingest", *map(str, files), "--db", url, "--submissions", str(ROOT / "submissions")]
+        )
+        assert result.exit_code == 0, result.output
+        again = runner.invoke(
+            app, ["ingest", *map(str, files), "--db", url, "--submissions", str(ROOT / "submissions")]
+        )
+        assert again.stdout.count("added nothing") == len(files)
+        for command in (
+            ["leaderboard", "build", "--out", str(tmp_path / "site")],
+            ["export", "--format", "json", "--out", str(tmp_path / "export.json")],
+            ["export", "--format", "csv"],
+            ["frontier", "--phase", "decode", "--batch", "1"],
+            ["frontier", "--phase", "prefill", "--batch", "1", "--all"],
+        ):
+            result = runner.invoke(app, [*command, "--db", url])
+            assert result.exit_code == 0, (command, result.output)
+        rows = json.loads((tmp_path / "export.json").read_text())["latency"]
+        assert rows and all(row["theoretical_speedup"] > 0 for row in rows)
+        with create_engine(url).connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM runs")).scalar() > 0
