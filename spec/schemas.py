@@ -11,17 +11,27 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ConfigDict, Field
+
 from .results import SavedEvaluation
-from .submission import json_schema, published
+from .submission import BuiltInSubmission, json_schema, published
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 RESULTS_SCHEMA_VERSION: int = SavedEvaluation.model_fields["schema_version"].default
 RESULTS_SCHEMA_ID = f"urn:prunereg:schema:results:{RESULTS_SCHEMA_VERSION}"
 
 
+class BuiltInSavedEvaluation(SavedEvaluation):
+    # A saved evaluation as the committed schema documents it: its submission names a built-in adapter,
+    # so plugin packages installed where `prunereg schema` runs never change the published file.
+    __doc__ = SavedEvaluation.__doc__
+    model_config = ConfigDict(title="SavedEvaluation")
+    submission: BuiltInSubmission = Field(description=SavedEvaluation.model_fields["submission"].description)
+
+
 def results_json_schema() -> dict:
     """The schema of a saved evaluation (`prunereg evaluate --save`, the files under results/)."""
-    return published(SavedEvaluation, RESULTS_SCHEMA_ID)
+    return published(BuiltInSavedEvaluation, RESULTS_SCHEMA_ID)
 
 
 PUBLISHED: dict[Path, Callable[[], dict]] = {

@@ -210,9 +210,10 @@ class PortableJsonSchema(GenerateJsonSchema):
         return generated
 
     def normalize_name(self, name: str) -> str:
-        """`LayerDropAdapter` rather than `AdapterSpecOf_Literal__layer_drop___LayerDropParams_` in `$defs`."""
+        """`LayerDropAdapter` rather than `AdapterSpecOf_Literal__layer_drop___LayerDropParams_` in `$defs`,
+        and `Submission` for `BuiltInSubmission`: the published schemas name the model the file holds."""
         block = re.fullmatch(r"AdapterSpecOf\[Literal\['(\w+)'\],\w+\]", name)
-        return block_name(block[1]) if block else super().normalize_name(name)
+        return block_name(block[1]) if block else super().normalize_name(name.removeprefix("BuiltIn"))
 
 
 def published(model: type[BaseModel], schema_id: str) -> dict:
