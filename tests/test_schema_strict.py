@@ -110,6 +110,7 @@ def test_committed_saved_evaluations_pass_both_validators(ajv):
 
 
 def _set(document: dict, pointer: str, value: object) -> dict:
+    """A copy of `document` with `value` at the JSON pointer (a new key where the last part is not there)."""
     document = copy.deepcopy(document)
     *parents, last = pointer.strip("/").split("/")
     node = document
