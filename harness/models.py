@@ -68,10 +68,11 @@ def load_model(name_or_path: str, device: str, dtype: torch.dtype) -> LoadedMode
 
 
 def check_checkpoint(path: Path) -> None:
-    """A local checkpoint folder is read like any input: its config.json through the safe JSON reader,
-    and a tokenizer must be there, before transformers loads gigabytes of weights."""
+    """A local checkpoint folder is read like any input: its config.json through the safe JSON reader
+    (a symlink is followed, since the Hugging Face cache links every file of a snapshot), and a
+    tokenizer must be there, before transformers loads gigabytes of weights."""
     try:
-        config = read_json(path / "config.json", CONFIG_BYTES)
+        config = read_json(path / "config.json", CONFIG_BYTES, follow_symlinks=True)  # hub cache snapshots link
     except JsonFileError as err:
         raise ValueError(f"{path / 'config.json'}: {err}") from None
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):

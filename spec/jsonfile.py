@@ -24,9 +24,9 @@ class JsonFileError(ValueError):
     """Why a file is not acceptable JSON, in one line."""
 
 
-def read_json(path: Path, max_bytes: int, max_depth: int = MAX_DEPTH) -> object:
+def read_json(path: Path, max_bytes: int, max_depth: int = MAX_DEPTH, *, follow_symlinks: bool = False) -> object:
     """The parsed document of `path`, or JsonFileError."""
-    text = _decode(read_bytes(path, max_bytes))
+    text = _decode(read_bytes(path, max_bytes, follow_symlinks=follow_symlinks))
     try:
         document = json.loads(
             text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant, parse_float=_finite,
@@ -40,12 +40,14 @@ def read_json(path: Path, max_bytes: int, max_depth: int = MAX_DEPTH) -> object:
     return document
 
 
-def read_bytes(path: Path, max_bytes: int) -> bytes:
-    """The bytes of a regular file of at most `max_bytes`; symlinks and special files are refused."""
+def read_bytes(path: Path, max_bytes: int, *, follow_symlinks: bool = False) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; special files are refused, and so are
+    symlinks unless `follow_symlinks` (then the file linked to must be regular)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
-        if stat.S_ISLNK(os.lstat(path).st_mode):
+        if not follow_symlinks and stat.S_ISLNK(os.lstat(path).st_mode):
             raise JsonFileError("is a symbolic link; give the file itself")
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except OSError as err:
         raise JsonFileError(f"cannot open: {err.strerror or err}") from None
     try:
