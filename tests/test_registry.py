@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from factories import make_environment, make_result, make_submission
@@ -237,3 +238,28 @@ def test_kernel_note_names_only_what_a_dense_model_would_not_run():
         {"gemm": "attn_value", "kernel": "block-sparse (flex_attention)"},
     ]
     assert kernel_note(sparse) == "block-sparse (flex_attention), sparse 2:4 (cuSPARSELt)"
+
+
+def test_cli_ingest_stores_all_files_or_none(engine, tmp_db, monkeypatch):
+    """The database failing on the second file rolls the first one back too: one line, exit 1, nothing stored."""
+    from sqlalchemy.exc import OperationalError
+    from typer.testing import CliRunner
+
+    from prunereg.cli import app
+
+    root = Path(__file__).resolve().parents[1]
+    files = [next((root / "results" / "h200-taxonomy").glob(f"{slug}--*.json")) for slug in ("dense", "shortgpt")]
+    original = ingest_module._store_run
+
+    def fail_on_second_file(session, point, result, point_result, summary):
+        if summary.method == "shortgpt":
+            raise OperationalError("INSERT INTO runs", {}, Exception("disk I/O error"))
+        return original(session, point, result, point_result, summary)
+
+    monkeypatch.setattr(ingest_module, "_store_run", fail_on_second_file)
+    args = ["ingest", *map(str, files), "--db", tmp_db, "--submissions", str(root / "submissions")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: nothing stored: ") and "disk I/O error" in line
+    assert counts(engine) == dict.fromkeys(TABLES, 0)
