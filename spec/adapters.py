@@ -53,6 +53,7 @@ class AdapterRow:
     unpruned: AdapterParams | None = None
     """A point that removes nothing, so the pruned model must equal the dense one; None if there is none."""
     max_operating_points: int = 32
+    """At most this many points per submission (checks.py; the dense baseline has exactly one)."""
     provider: str = "prunereg"
     """The distribution that registers the row: prunereg itself, or the plugin package."""
 
