@@ -1,8 +1,9 @@
 """The registry's tables, named in the paper's words.
 
 Besides its id, every table has a natural unique key (slug, spec hash, point name, environment
-key, scenario name, quality identity). Ingestion gets-or-creates by that key, and the database
-itself refuses duplicates, so re-ingesting is harmless on SQLite and PostgreSQL alike.
+key and measurement digest, scenario name, quality identity). Ingestion gets-or-creates by that
+key, and the database itself refuses duplicates, so re-ingesting is harmless on SQLite and
+PostgreSQL alike.
 """
 
 from __future__ import annotations
