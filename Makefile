@@ -1,4 +1,5 @@
-# Two set-up-and-go targets: `make demo` and `make test`. Both create .venv and install on first use.
+# Two set-up-and-go targets: `make demo` and `make test` (which runs `make lint` first). Both create
+# .venv and install on first use.
 # torch: a torch already in .venv is kept (GPU users: install your CUDA build there first);
 # otherwise TORCH is installed, by default the CPU-friendly pin below.
 VENV  ?= .venv
@@ -6,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN   := $(VENV)/bin
 SUBMISSIONS := dense shortgpt llm-pruner
 
-.PHONY: demo test
+.PHONY: demo lint test
 
 $(BIN)/prunereg: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -21,5 +22,12 @@ demo: $(BIN)/prunereg
 	$(BIN)/prunereg ingest results/*/*--*.json
 	$(BIN)/prunereg leaderboard build --out site
 
-test: $(BIN)/prunereg
+# mypy reads the package through build/mypy/prunereg, a link to this folder (see [tool.mypy]).
+lint: $(BIN)/prunereg
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	mkdir -p build/mypy && ln -sfn ../.. build/mypy/prunereg
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/pytest -q

@@ -48,4 +48,4 @@ def backend_url(backend: str, tmp_path) -> Iterator[str]:
 
 def counts(engine) -> dict[str, int]:
     with Session(engine) as session:
-        return {t.name: session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+        return {t.name: session.scalars(select(func.count()).select_from(t)).one() for t in Base.metadata.sorted_tables}

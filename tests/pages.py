@@ -39,8 +39,9 @@ class Page(HTMLParser):
             self.errors.append(f"<{tag}> before the doctype")
         attributes = dict(attrs)
         self.tags.append((tag, attributes))
-        if "id" in attributes:
-            self.ids[attributes["id"]] += 1
+        identifier = attributes.get("id")
+        if identifier is not None:
+            self.ids[identifier] += 1
         return attributes
 
     def handle_starttag(self, tag, attrs):
@@ -81,7 +82,7 @@ def check_html5(path: Path) -> Page:
     assert page.errors == [], (path, page.errors[:5])
     html = [attrs for tag, attrs in page.tags if tag == "html"]
     assert html and html[0].get("lang"), path
-    assert any(tag == "meta" and attrs.get("charset", "").lower() == "utf-8" for tag, attrs in page.tags), path
+    assert any(tag == "meta" and (attrs.get("charset") or "").lower() == "utf-8" for tag, attrs in page.tags), path
     assert page.title.strip(), path
     assert [i for i, n in page.ids.items() if n > 1] == [], path
     scripts = [attrs for tag, attrs in page.tags if tag == "script"]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 ARCHITECTURES = ["llama", "qwen2", "mistral"]
 
 
-def tiny(model_type: str) -> torch.nn.Module:
+def tiny(model_type: str) -> PreTrainedModel:
     config = AutoConfig.for_model(
         model_type,
         vocab_size=97,
@@ -29,7 +29,7 @@ def tiny(model_type: str) -> torch.nn.Module:
     return model
 
 
-def logits(model, ids):
+def logits(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return model(ids, use_cache=False).logits
 
