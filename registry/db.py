@@ -142,6 +142,7 @@ def foreign_keys_off(connection: Connection) -> Iterator[None]:
         yield
         return
     dbapi = connection.connection.driver_connection
+    assert dbapi is not None, "a pooled connection always has its DBAPI connection"
     dbapi.execute("PRAGMA foreign_keys=OFF")
     try:
         yield

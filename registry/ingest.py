@@ -78,8 +78,9 @@ def ingest_all(
             with Session(writer(engine)) as session, session.begin():
                 for (submission, result), summary in zip(items, summaries):
                     points = _store_submission(session, submission, summary, update_method)
-                    for point_result in result.points if result is not None else ():
-                        _store_run(session, points[point_result.operating_point], result, point_result, summary)
+                    if result is not None:
+                        for point_result in result.points:
+                            _store_run(session, points[point_result.operating_point], result, point_result, summary)
             return summaries
         except DBAPIError as err:
             if attempt == ATTEMPTS - 1 or not _retryable(err):
@@ -180,7 +181,7 @@ def _loss(value: float, dense_value: float, higher_is_better: bool) -> float | N
 
 def _store_claim(session: Session, point: OperatingPointRecord, claim: QualityClaim, summary: IngestSummary) -> None:
     source = claim.provenance
-    reported = isinstance(source, Reported)
+    reported, elsewhere = (source, None) if isinstance(source, Reported) else (None, source)
     _get_or_create(
         session,
         summary,
@@ -199,10 +200,10 @@ def _store_claim(session: Session, point: OperatingPointRecord, claim: QualityCl
         harness_name=claim.harness.name if claim.harness else None,
         harness_version=claim.harness.version if claim.harness else None,
         finetune_tokens=claim.finetune_tokens,
-        arxiv=source.arxiv if reported else None,
-        paper_table=source.table if reported else None,
-        measured_by=None if reported else source.by,
-        note=None if reported else (source.note or None),
+        arxiv=reported.arxiv if reported else None,
+        paper_table=reported.table if reported else None,
+        measured_by=elsewhere.by if elsewhere else None,
+        note=(elsewhere.note or None) if elsewhere else None,
         relative_loss=_loss(claim.value, claim.dense_value, claim.higher_is_better),
     )
 

@@ -78,12 +78,12 @@ def _decode(data: bytes) -> str:
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise JsonFileError(f"duplicate key {short(duplicate)} in one object")
-    return document
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise JsonFileError(f"duplicate key {short(key)} in one object")
+        seen.add(key)
+    return dict(pairs)
 
 
 def _no_constant(name: str) -> object:
