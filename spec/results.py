@@ -2,6 +2,9 @@
 
 Every latency keeps its unit, raw samples and percentiles; every quality figure carries its
 direction, so the Pareto code never guesses. Exported to JSON Schema like the submission.
+A results file comes from someone else's machine: every field is bounded here (numbers finite,
+strictly typed and physically plausible, text one line and short), and what one field cannot
+say (statistics of the samples, the roofline, the declaration) spec/result_checks.py checks.
 """
 
 from __future__ import annotations
