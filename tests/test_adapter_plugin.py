@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
@@ -26,22 +27,32 @@ SUBMISSION = EXAMPLE / "mlp-channels.json"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def builds_wheels_offline() -> bool:
+    try:
+        setuptools = tuple(int(part) for part in version("setuptools").split(".")[:2])
+    except PackageNotFoundError:
+        return False
+    return setuptools >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
 @pytest.fixture(scope="module")
 def plugin_path(tmp_path_factory) -> Path:
     """A folder holding the installed plugin (its module and dist-info with the entry point).
 
-    pip builds from a copy, so no build folder lands in tests/. With setuptools importable here the
-    build runs without isolation and needs no network; otherwise pip fetches setuptools from PyPI.
+    pip builds from a copy, so no build folder lands in tests/. Where this environment can build a
+    wheel itself (setuptools >= 70.1, or an older one with `wheel`), the build needs no network;
+    otherwise pip fetches setuptools from PyPI.
     """
     source = shutil.copytree(EXAMPLE, tmp_path_factory.mktemp("source") / "plugin")
     target = tmp_path_factory.mktemp("site")
-    offline = ["--no-build-isolation", "--no-index"] if importlib.util.find_spec("setuptools") else []
-    subprocess.run(
+    offline = ["--no-build-isolation", "--no-index"] if builds_wheels_offline() else []
+    installed = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *offline, "--target", str(target), str(source)],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert installed.returncode == 0, installed.stderr
     return target
 
 
