@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+from transformers import PreTrainedModel
 
 from prunereg.adapters import get_adapter
 from prunereg.harness.embedded import EVAL_SPLIT
@@ -143,7 +144,7 @@ def check_fit(points: list[OperatingPoint], arch: ModelArchitecture) -> None:
 
 def apply_point(
     submission: Submission, loaded: LoadedModel, point: OperatingPoint
-) -> tuple[torch.nn.Module, list[ResolvedEffect]]:
+) -> tuple[PreTrainedModel, list[ResolvedEffect]]:
     """A pruned copy of the loaded model at one operating point, and the effects it declares there."""
     pruned = get_adapter(submission.adapter.name).apply(copy.deepcopy(loaded.model), point.params)
     return pruned, resolve(submission.effects, point.params)

@@ -30,7 +30,8 @@ def kept_channels(embedding: torch.Tensor, params: HiddenSliceParams) -> torch.T
 
 
 def slice_norm(norm: nn.Module, channels: torch.Tensor) -> None:
-    norm.weight = nn.Parameter(norm.weight.detach()[channels].clone(), requires_grad=norm.weight.requires_grad)
+    weight = norm.get_parameter("weight")
+    norm.weight = nn.Parameter(weight.detach()[channels].clone(), requires_grad=weight.requires_grad)
 
 
 class HiddenSlice(Adapter):

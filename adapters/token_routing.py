@@ -64,6 +64,8 @@ def make_router(hidden: int, rank: int, generator: torch.Generator) -> nn.Module
 class RoutedMLP(nn.Module):
     """Runs `mlp` (the original module, projections untouched) on the routed tokens only."""
 
+    table: torch.Tensor
+
     def __init__(self, mlp: nn.Module, router: nn.Module, table: torch.Tensor, rank: int, params: TokenRoutingParams):
         super().__init__()
         self.mlp, self.router, self.rank, self.params = mlp, router, rank, params
@@ -81,9 +83,9 @@ class RoutedMLP(nn.Module):
             out.index_copy_(0, chosen, self.mlp(flat.index_select(0, chosen)))
         return out.view_as(x)
 
-
-def _remember_positions(layer: nn.Module, args: tuple, kwargs: dict) -> None:
-    layer.mlp.positions = kwargs.get("position_ids")
+    def remember_positions(self, layer: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook on the decoder layer, whose position_ids the MLP's own call does not get."""
+        self.positions = kwargs.get("position_ids")
 
 
 class TokenRouting(Adapter):
@@ -101,7 +103,7 @@ class TokenRouting(Adapter):
                 weight.device, weight.dtype
             )
             layer.mlp = RoutedMLP(layer.mlp, router, table, rank, params)
-            layer.register_forward_pre_hook(_remember_positions, with_kwargs=True)
+            layer.register_forward_pre_hook(layer.mlp.remember_positions, with_kwargs=True)
         return model
 
 

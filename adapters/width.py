@@ -8,12 +8,33 @@ count is kept in every layer, so the pruned model is an ordinary config that tra
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 
 from prunereg.spec.parameters import WidthParams
 
 from .base import Adapter
+
+
+class GroupedQueryAttention(Protocol):
+    """The attention module of Llama, Qwen2 and Mistral: projections by name, query heads in KV groups."""
+
+    head_dim: int
+    num_key_value_groups: int
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    v_proj: nn.Linear
+    o_proj: nn.Linear
+
+
+class GatedMLP(Protocol):
+    """The MLP of the same models: SiLU(gate) * up, then down."""
+
+    gate_proj: nn.Linear
+    up_proj: nn.Linear
+    down_proj: nn.Linear
 
 
 def slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
@@ -48,7 +69,9 @@ def _row_norms(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return weight.detach().float().reshape(groups, -1).pow(2).sum(dim=1)
 
 
-def prune_attention(attn: nn.Module, kept_groups: int, num_kv: int, params: WidthParams, layer: int) -> None:
+def prune_attention(
+    attn: GroupedQueryAttention, kept_groups: int, num_kv: int, params: WidthParams, layer: int
+) -> None:
     head_dim = attn.head_dim
     per_group = attn.num_key_value_groups
     scores = (
@@ -67,7 +90,7 @@ def prune_attention(attn: nn.Module, kept_groups: int, num_kv: int, params: Widt
     attn.o_proj = slice_linear(attn.o_proj, cols=q_rows)
 
 
-def prune_mlp(mlp: nn.Module, kept: int, params: WidthParams, layer: int) -> None:
+def prune_mlp(mlp: GatedMLP, kept: int, params: WidthParams, layer: int) -> None:
     channels = mlp.gate_proj.out_features
     scores = (
         _row_norms(mlp.gate_proj.weight, channels)

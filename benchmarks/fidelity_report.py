@@ -32,7 +32,7 @@ TARGETS = (  # (what, goal, point, scenario); a realization is a floor to reach,
 
 def load(folder: Path) -> dict[tuple[str, str, str], LatencyResult]:
     """(mode, operating point, scenario) -> latency, from every saved evaluation in the folder."""
-    found = {}
+    found: dict[tuple[str, str, str], LatencyResult] = {}
     for path in sorted(folder.glob("*--*.json")):  # saved evaluations: slug--model--device
         saved = SavedEvaluation.model_validate_json(path.read_text())
         mode = saved.result.environment.execution_mode
@@ -119,12 +119,14 @@ def main() -> None:
         "| target | goal | graph | compiled | met |",
         "|---|--:|--:|--:|---|",
     ]
-    for what, goal, point, scenario in TARGETS:
+    for what, goal, target_point, target_scenario in TARGETS:
         if what == "floor":
-            name, values = f"dense {scenario} / floor", [median_of(dense_ratio.get((m, scenario))) for m in MODES]
+            name = f"dense {target_scenario} / floor"
+            values = [median_of(dense_ratio.get((m, str(target_scenario)))) for m in MODES]
         elif what == "realization":
-            name = f"{point} {scenario} realization"
-            values = [getattr(first.get((m, point, scenario)), "realization", None) for m in MODES]
+            name = f"{target_point} {target_scenario} realization"
+            key = (str(target_point), str(target_scenario))
+            values = [getattr(first.get((m, *key)), "realization", None) for m in MODES]
         else:
             name, values = "run-to-run spread", [max(spreads[m]) if spreads.get(m) else None for m in MODES]
         upper = what != "realization"

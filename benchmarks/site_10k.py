@@ -2,7 +2,7 @@
 
 50 methods (layer drop and width, alternating) x 4 operating points x 5 devices x 10 scenarios
 (prefill and decode at batch 1, 4, 8, 16, 32) = 10,000 rows in 50 comparable groups, stored through
-the ingest API with the test suite's factories (tests/conftest.py). Every point has a measured
+the ingest API with the test suite's factories (tests/factories.py). Every point has a measured
 quality, so every group gets a Pareto plot, a realization chart and transition bands.
 
     .venv/bin/python benchmarks/site_10k.py > benchmarks/site_10k.txt
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import make_environment, make_result, make_submission  # noqa: E402
+from factories import make_environment, make_result, make_submission  # noqa: E402
 
 from prunereg.leaderboard.build import build_site  # noqa: E402
 from prunereg.registry.db import connect  # noqa: E402

@@ -66,7 +66,8 @@ def gpu_state(device: torch.device) -> GpuState | None:
     try:
         pynvml.nvmlInit()
         props = torch.cuda.get_device_properties(device)
-        bus_id = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+        pci = props.pci_domain_id, props.pci_bus_id, props.pci_device_id  # type: ignore[attr-defined]  # not in the stubs
+        bus_id = f"{pci[0]:08x}:{pci[1]:02x}:{pci[2]:02x}.0"
         handle = pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)  # CUDA and NVML may number GPUs differently
         reasons = pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)
         return GpuState(

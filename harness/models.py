@@ -84,7 +84,8 @@ def check_checkpoint(path: Path) -> None:
 def _from_checkpoint(path: Path, name: str, device: str, dtype: torch.dtype) -> LoadedModel:
     """The checkpoint and its tokenizer; whatever transformers raises on a broken folder becomes one line."""
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        model = model.to(device).eval()  # type: ignore[arg-type]  # @wraps(Module.to) hides its signature
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         architecture = architecture_of(model.config, name, str(path))
     except LOAD_ERRORS as err:

@@ -21,6 +21,7 @@ import math
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 from unittest import mock
 
 import torch
@@ -92,7 +93,10 @@ class _Tracer(TorchDispatchMode):
 
     def __init__(self, batch: int):
         super().__init__()
-        self.batch, self.stack, self.records = batch, [], defaultdict(lambda: [0, 0.0, 0.0])
+        self.batch = batch
+        self.stack: list[tuple[str, dict | None]] = []
+        self.records: defaultdict[tuple[str, int, int, int, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+        """(GEMM, M, N, K, kernel) -> [calls, executed FLOPs, effective FLOPs]."""
 
     def add(self, gemm, count, m, n, k, executed, effective, kernel):
         record = self.records[(gemm, int(m), int(n), int(k), kernel)]
@@ -107,7 +111,7 @@ class _Tracer(TorchDispatchMode):
                 return NAMES.get(name, "attention"), frame
         return "other", None
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(self, func, types, args: tuple[Any, ...] = (), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         packet = getattr(func, "_overloadpacket", None)
@@ -118,7 +122,7 @@ class _Tracer(TorchDispatchMode):
         elif packet in SDPA:
             self.sdpa({a.name: v for a, v in zip(func._schema.arguments, args)} | kwargs)
         elif func is FLEX_HOP:
-            self.flex(*args[:3], args[4])
+            self.flex(args[0], args[1], args[2], args[4])
         return out
 
     def product(self, linear: bool, a: torch.Tensor, b: torch.Tensor):
@@ -222,7 +226,7 @@ def trace_forward(model: torch.nn.Module, input_ids: torch.Tensor) -> list[GemmT
         model(input_ids.to(next(model.parameters()).device), use_cache=False, logits_to_keep=1)
     order = {g.value: i for i, g in enumerate(Gemm)}
     traces = [
-        GemmTrace(gemm=g, count=c, m=m, n=n, k=k, flops=f, effective_flops=e, kernel=kernel)
+        GemmTrace(gemm=g, count=int(c), m=m, n=n, k=k, flops=f, effective_flops=e, kernel=kernel)
         for (g, m, n, k, kernel), (c, f, e) in tracer.records.items()
     ]
     return sorted(traces, key=lambda t: (order.get(t.gemm, len(order)), t.gemm, -t.flops))

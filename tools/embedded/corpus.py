@@ -35,6 +35,7 @@ import subprocess
 import tarfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CACHE_DIR = HERE / "corpus"  # git-ignored: the .deb, train.txt, val.txt
@@ -108,7 +109,10 @@ def deb_members(deb: Path, wanted: tuple[str, ...]) -> dict[str, bytes]:
     elif data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        return {w: tar.extractfile(w).read() for w in wanted}
+        members = {w: tar.extractfile(w) for w in wanted}
+        if missing := [w for w, member in members.items() if member is None]:
+            raise ValueError(f"{deb}: {missing} are not regular files")
+        return {w: member.read() for w, member in members.items() if member is not None}
 
 
 # --- R serialization (just what a lazy-loaded character vector needs) ----------------
@@ -122,7 +126,8 @@ class _RReader:
     def __init__(self, data: bytes):
         if data[:2] != b"X\n":
             raise ValueError("not an XDR R serialization")
-        self.data, self.pos, self.refs = data, 2, []
+        self.data, self.pos = data, 2
+        self.refs: list[tuple[str, Any]] = []
         version = self.int()
         self.int(), self.int()  # writer and minimal reader R versions
         if version == 3:

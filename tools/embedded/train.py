@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import corpus  # beside this file
@@ -41,6 +42,15 @@ BOS, EOS = "<s>", "</s>"
 SEQ_LEN = 256
 
 
+@dataclass
+class Checkpoint:
+    """The best validation cross-entropy so far, the step that reached it, and its weights."""
+
+    val_ce: float = math.inf
+    step: int = 0
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 def model_config(bos_token_id: int, eos_token_id: int) -> LlamaConfig:
     """The embedded model's architecture (other code depends on these numbers)."""
     return LlamaConfig(
@@ -53,7 +63,7 @@ def model_config(bos_token_id: int, eos_token_id: int) -> LlamaConfig:
         head_dim=16,
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
-        rope_theta=10000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         tie_word_embeddings=True,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
@@ -128,7 +138,7 @@ def train(args) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     train_ids = ids["train"]
     offsets = torch.arange(SEQ_LEN - 1)
-    best = {"val_ce": float("inf"), "step": 0, "state": None}
+    best = Checkpoint()
     history = []
     model.train()
     for step in range(1, args.steps + 1):
@@ -146,19 +156,17 @@ def train(args) -> dict:
             val_ce, _ = mean_cross_entropy(model, ids["val"], bos_id)
             history.append({"step": step, "train_loss": round(loss.item(), 4), "val_ce": round(val_ce, 4)})
             print(history[-1], flush=True)
-            if val_ce < best["val_ce"]:
-                best = {
-                    "val_ce": val_ce,
-                    "step": step,
-                    "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-                }
+            if val_ce < best.val_ce:
+                best = Checkpoint(
+                    val_ce, step, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                )
     train_seconds = time.perf_counter() - started
 
     # Save the best checkpoint in bf16, then score exactly what was saved: reload it
     # with plain transformers, in float32 on the CPU, as the harness will.
     out = Path(args.out)
     model_dir = out / "model"
-    model.load_state_dict(best["state"])
+    model.load_state_dict(best.state)
     model.to(device="cpu", dtype=torch.bfloat16).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     reloaded = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -198,7 +206,7 @@ def train(args) -> dict:
         "eval_sha256": corpus.sha256(splits["eval"]),
         "seed": args.seed,
         "train_steps": args.steps,
-        "best_step": best["step"],
+        "best_step": best.step,
         "batch_size": args.batch_size,
         "seq_len": SEQ_LEN,
         "peak_lr": args.lr,
