@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from prunereg.spec.parameters import PROJECTION_LINEARS
 
@@ -22,15 +22,19 @@ PROJECTIONS = {
 
 def linears(model: nn.Module, projections) -> list[nn.Linear]:
     """The Linear modules of the listed GEMMs in every decoder layer."""
-    found = []
-    for layer in model.model.layers:
+    found: list[nn.Linear] = []
+    for layer in model.get_submodule("model.layers").children():
         for projection in projections:
             parent, names = PROJECTIONS[projection]
             found.extend(getattr(getattr(layer, parent), name) for name in names)
     return found
 
 
-class Adapter(ABC):
+P = TypeVar("P", bound="Frozen")
+"""The family's parameter model (spec/parameters.py, or a plugin's own)."""
+
+
+class Adapter(ABC, Generic[P]):
     """Applies one family's pruning at one operating point, removing weights physically.
 
     `apply` receives a model it may modify in place (the caller passes a copy) and returns the
@@ -43,7 +47,7 @@ class Adapter(ABC):
     """Why a pruned model of this family cannot be a plain transformers checkpoint (None: it can)."""
 
     @abstractmethod
-    def apply(self, model: PreTrainedModel, params: Frozen) -> PreTrainedModel: ...
+    def apply(self, model: PreTrainedModel, params: P) -> PreTrainedModel: ...
 
     def as_plain_model(self, model: PreTrainedModel) -> PreTrainedModel:
         """The pruned model in modules a transformers config describes (e.g. factors multiplied back)."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from prunereg.spec.parameters import DenseParams
+
 from .base import Adapter
 
 
-class Dense(Adapter):
+class Dense(Adapter[DenseParams]):
     name = "dense"
 
-    def apply(self, model, params):
+    def apply(self, model, params: DenseParams):
         return model
 
 

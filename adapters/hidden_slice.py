@@ -34,7 +34,7 @@ def slice_norm(norm: nn.Module, channels: torch.Tensor) -> None:
     norm.weight = nn.Parameter(weight.detach()[channels].clone(), requires_grad=weight.requires_grad)
 
 
-class HiddenSlice(Adapter):
+class HiddenSlice(Adapter[HiddenSliceParams]):
     name = "hidden_slice"
 
     def apply(self, model, params: HiddenSliceParams):

@@ -9,7 +9,7 @@ from prunereg.spec.parameters import LayerDropParams
 from .base import Adapter
 
 
-class LayerDrop(Adapter):
+class LayerDrop(Adapter[LayerDropParams]):
     name = "layer_drop"
 
     def apply(self, model, params: LayerDropParams):

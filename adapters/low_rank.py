@@ -72,7 +72,7 @@ def factorize(linear: nn.Linear, rank: int) -> LowRankLinear:
     return LowRankLinear(a, b)
 
 
-class LowRank(Adapter):
+class LowRank(Adapter[LowRankParams]):
     name = "low_rank"
 
     def apply(self, model, params: LowRankParams):

@@ -88,7 +88,7 @@ class SparseLinear(nn.Linear):
         return super().forward(x).contiguous()
 
 
-class SemiStructured24(Adapter):
+class SemiStructured24(Adapter[SemiStructuredParams]):
     name = "semi_structured_2_4"
 
     def apply(self, model, params: SemiStructuredParams):

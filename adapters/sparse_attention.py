@@ -136,7 +136,7 @@ def kernel_of(model) -> str:
     return FLEX if on_cuda and _flex_failure is None else MASKED
 
 
-class SparseAttention(Adapter):
+class SparseAttention(Adapter[SparseAttentionParams]):
     name = "sparse_attention"
     checkpoint_refusal = (
         "block-sparse attention is a function prunereg registers at run time; a checkpoint would load dense attention"

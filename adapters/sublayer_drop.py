@@ -42,7 +42,7 @@ class DroppedAttention(nn.Module):
         return hidden_states.new_zeros(()).expand_as(hidden_states), None
 
 
-class SublayerDrop(Adapter):
+class SublayerDrop(Adapter[SublayerDropParams]):
     name = "sublayer_drop"
     checkpoint_refusal = "a transformers config cannot express layers without their attention or MLP block"
 

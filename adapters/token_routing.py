@@ -88,7 +88,7 @@ class RoutedMLP(nn.Module):
         self.positions = kwargs.get("position_ids")
 
 
-class TokenRouting(Adapter):
+class TokenRouting(Adapter[TokenRoutingParams]):
     name = "token_routing"
     checkpoint_refusal = "per-token routing needs prunereg's routed MLP; no transformers config describes it"
 

@@ -23,7 +23,7 @@ def prune_rows(weight: torch.Tensor, sparsity: float) -> None:
         weight.scatter_(1, smallest, 0.0)
 
 
-class Unstructured(Adapter):
+class Unstructured(Adapter[UnstructuredParams]):
     name = "unstructured"
 
     def apply(self, model, params: UnstructuredParams):

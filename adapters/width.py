@@ -103,7 +103,7 @@ def prune_mlp(mlp: GatedMLP, kept: int, params: WidthParams, layer: int) -> None
     mlp.down_proj = slice_linear(mlp.down_proj, cols=rows)
 
 
-class Width(Adapter):
+class Width(Adapter[WidthParams]):
     name = "width"
 
     def apply(self, model, params: WidthParams):

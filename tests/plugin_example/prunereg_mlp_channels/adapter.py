@@ -10,7 +10,7 @@ from prunereg.adapters.width import slice_linear
 from . import MlpChannelsParams
 
 
-class MlpChannels(Adapter):
+class MlpChannels(Adapter[MlpChannelsParams]):
     name = "mlp_channels"
 
     def apply(self, model, params: MlpChannelsParams):
