@@ -223,20 +223,23 @@ def test_registry_and_leaderboard_never_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_kernel_note_names_only_what_a_dense_model_would_not_run():
-    from prunereg.registry.queries import kernel_note
+def test_rows_carry_the_kernels_of_the_models_gemms_and_the_note_names_the_unusual_ones(engine):
+    from prunereg.leaderboard.display import kernel_note
+    from prunereg.registry.queries import leaderboard_rows
+    from prunereg.spec.results import EvaluationResult, GemmTrace
 
-    plain = [{"gemm": "qkv_proj", "kernel": "dense"}, {"gemm": "attn_score", "kernel": "causal (SDPA)"}]
-    assert kernel_note(plain) is None
-    masked = plain + [
-        {"gemm": "down_proj", "kernel": "masked dense"},
-        {"gemm": "router", "kernel": "masked dense (eager)"},
+    submission = make_submission(points={"drop-25": {"sparsity": 0.25, "seed": 0}})
+    document = make_result(submission).model_dump(mode="json")
+    shape = {"count": 1, "m": 256, "n": 64, "k": 64, "flops": 2.0, "effective_flops": 1.0}
+    document["points"][0]["gemms"] = [
+        GemmTrace(gemm=gemm, kernel=kernel, **shape).model_dump()
+        for gemm, kernel in (("qkv_proj", "dense"), ("down_proj", "masked dense"), ("router", "router kernel"))
     ]
-    assert kernel_note(masked) == "masked dense"
-    sparse = [
-        {"gemm": "o_proj", "kernel": "sparse 2:4 (cuSPARSELt)"},
-        {"gemm": "attn_value", "kernel": "block-sparse (flex_attention)"},
-    ]
+    ingest(engine, submission, EvaluationResult.model_validate(document))
+    assert {r.kernels for r in leaderboard_rows(engine)} == {("dense", "masked dense")}  # the router's is no GEMM's
+    assert kernel_note(["dense", "causal (SDPA)"]) is None
+    assert kernel_note(["dense", "masked dense"]) == "masked dense: no kernel speedup expected"
+    sparse = ["sparse 2:4 (cuSPARSELt)", "block-sparse (flex_attention)", "dense"]
     assert kernel_note(sparse) == "block-sparse (flex_attention), sparse 2:4 (cuSPARSELt)"
 
 
