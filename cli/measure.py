@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections import Counter
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from prunereg.spec.catalog import EMBEDDED_MODEL, suites
-from prunereg.spec.results import SavedEvaluation
+from prunereg.spec.results import ExecutionMode, SavedEvaluation
 from prunereg.spec.submission import Submission
 
 from .common import DbOption, ForceOption, connect, console, errors, fail, load_valid
@@ -60,7 +60,9 @@ def evaluate(
     Example: prunereg evaluate submissions/shortgpt.json --model prunereg-mini --scenarios ci
     """
     (spec,) = load_valid([submission])
-    execution = mode.value if mode else ("graph" if device is Device.cuda else "eager")
+    execution: ExecutionMode = (
+        cast("ExecutionMode", mode.value) if mode else "graph" if device is Device.cuda else "eager"
+    )
     repeats = repeats or DEFAULT_REPEATS[execution]
     if scenarios not in suites():
         raise fail(f"unknown scenario suite '{scenarios}' (known: {', '.join(suites())})")

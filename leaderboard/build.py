@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from prunereg import __version__
 from prunereg.outputs import SITE_MARKER, replaced_folder
 from prunereg.registry.analysis import Band, transition_bands
 from prunereg.registry.harness import HarnessTable, harness_tables
+from prunereg.registry.pareto import axes
 from prunereg.registry.queries import (
     GroupKey,
     MethodSummary,
@@ -72,13 +74,15 @@ class Selector:
 
 
 def _selectors(groups: list[Group]) -> list[Selector]:
-    axes = [
+    choices: list[tuple[str, str, Callable[[Group], str], Callable[[str], Any]]] = [
         ("phase", "Phase", lambda g: g.phase, lambda v: (v != "prefill", v)),
         ("batch", "Batch size", lambda g: str(g.batch_size), int),
         ("device", "Device", lambda g: g.device_name, str),
         ("mode", "Execution mode", lambda g: g.execution_mode, str),
     ]
-    return [Selector(name, label, sorted({value(g) for g in groups}, key=order)) for name, label, value, order in axes]
+    return [
+        Selector(name, label, sorted({value(g) for g in groups}, key=order)) for name, label, value, order in choices
+    ]
 
 
 def _title(parts: tuple[str, ...], phase: str, batch_size: int, seq_len: int) -> str:
@@ -99,15 +103,10 @@ def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
     groups = []
     with_quality_first = sorted(grouped.items(), key=lambda kv: all(r.quality_loss is None for r in kv[1]))
     for i, (key, members) in enumerate(with_quality_first):
-        plotted = [r for r in members if r.quality_loss is not None]
         points = [
-            PlotPoint(
-                r.quality_loss,
-                r.speedup if speedup == "measured" else r.theoretical_speedup,
-                r.family,
-                f"{r.method_name} · {r.operating_point}",
-            )
-            for r in plotted
+            PlotPoint(a.quality_loss, a.speedup, r.family, f"{r.method_name} · {r.operating_point}")
+            for r in members
+            if (a := axes(r, speedup)) is not None
         ]
         first = members[0]
         title = _title(key[:4], first.phase, first.batch_size, first.seq_len)  # the key without its scenario
@@ -120,9 +119,9 @@ def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
             ],
             f"Realization: {title}",
         )
-        bands = transition_bands(members, speedup=speedup) if plotted else []
+        bands = transition_bands(members, speedup=speedup) if points else []
         group = Group(
-            f"group-{i + 1}", title, ordered, plot, len(members) - len(plotted), realization, bands,
+            f"group-{i + 1}", title, ordered, plot, len(members) - len(points), realization, bands,
             first.phase, first.batch_size, key.device_name, key.execution_mode,
         )  # fmt: skip
         groups.append(group)

@@ -96,7 +96,8 @@ def _first_measured_quality(session: Session) -> dict[int, QualityRecord]:
     first: dict[int, QualityRecord] = {}
     stmt = select(QualityRecord).where(QualityRecord.provenance == "measured").order_by(QualityRecord.id)
     for quality in session.scalars(stmt):
-        first.setdefault(quality.run_id, quality)
+        if quality.run_id is not None:  # a measured figure always has its run
+            first.setdefault(quality.run_id, quality)
     return first
 
 
