@@ -119,8 +119,11 @@ def test_migrations_ship_with_the_package():
 
     from prunereg.registry.db import MIGRATIONS
 
-    data = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    patterns = data["tool"]["setuptools"]["package-data"]["prunereg.registry"]
-    shipped = {p for pattern in patterns for p in MIGRATIONS.parent.glob(pattern)}
-    files = {p for p in MIGRATIONS.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    assert files and files <= shipped
+    setuptools = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]
+    files = [p for p in MIGRATIONS.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert any(p.name.startswith("0003") for p in files)
+    for file in files:  # a module of a listed package, or data that package lists
+        package = ".".join(["prunereg.registry", *file.parent.relative_to(MIGRATIONS.parent).parts])
+        assert package in setuptools["packages"], file
+        patterns = setuptools["package-data"].get(package, [])
+        assert file.suffix == ".py" or any(file.match(pattern) for pattern in patterns), file
