@@ -103,9 +103,6 @@ def registry(request, tmp_path_factory, submissions):
         yield url
 
 
-# --- the hostile variants: each returns the files to ingest (a Path or a list of them) --------------------
-
-
 def edit(change: Callable[[Document], Any]) -> Callable[[Path], Path]:
     """A variant that edits the genuine document (the change may mutate it or return a replacement)."""
 
@@ -210,7 +207,7 @@ def _conflicting(folder: Path, name: str, scale: float) -> Path:
     return write(folder, name, genuine(samples=tuple(s * scale for s in (9.7, 10.0, 10.2, 10.4, 11.0))))
 
 
-VARIANTS: dict[str, Callable[[Path], Path | list[Path]]] = {
+VARIANTS: dict[str, Callable[[Path], Path | list[Path]]] = {  # each makes the files to ingest
     # non-finite and out-of-range numbers
     "nan-median": text_edit('"median": ', '"median": NaN, "x": '),
     "infinity-sample": text_edit('"samples": [', '"samples": [Infinity, '),
@@ -252,6 +249,7 @@ VARIANTS: dict[str, Callable[[Path], Path | list[Path]]] = {
     "unknown-operating-point": edit(put("/result/points/0/operating_point", "drop-99")),
     "point-measured-twice": edit(duplicated("/result/points")),
     "scenario-measured-twice": edit(duplicated("/result/points/0/latency")),
+    "quality-given-twice": edit(lambda d: get(d, "/result/points/0/quality").append(get(d, "/result/points/0/quality/0"))),
     "random-weights-with-quality": edit(put("/result/weights", "random")),
     "fallback-without-leaving-the-mode": edit(put(f"{LAT}/fallback", "it felt like it")),
     "unit-seconds": edit(put(f"{LAT}/unit", "s")),
