@@ -9,8 +9,10 @@ from __future__ import annotations
 import difflib
 import json
 from collections import Counter
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
+from typing import Any, cast
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaError
@@ -86,14 +88,15 @@ def _schema_problems(error: SchemaError) -> list[Problem]:
         matching_type = [e for e in error.context if not (e.validator == "type" and not e.relative_path)]
         return _schema_problems(best_match(matching_type or error.context))
     if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        properties = error.schema.get("properties", {}) if isinstance(error.schema, Mapping) else {}
+        extra = sorted(set(cast(dict, error.instance)) - set(properties))
         return [Problem(_pointer([*error.absolute_path, k]), "unknown field") for k in extra]
     return [Problem(_pointer(error.absolute_path), _one_line(_message(error)))]
 
 
 def _message(error: SchemaError) -> str:
     """jsonschema's message, without echoing a long (possibly hostile) value back in full."""
-    rule, value = error.validator, error.validator_value
+    rule, value = error.validator, cast(Any, error.validator_value)
     if rule == "maxLength":
         return f"longer than {value} characters"
     if rule == "minLength":
@@ -113,14 +116,16 @@ def _branch_errors(error: SchemaError) -> list[list[SchemaError]]:
     """The errors of a failed oneOf, one list per branch."""
     branches: dict[int, list[SchemaError]] = {}
     for sub in error.context or []:
-        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        branches.setdefault(int(sub.relative_schema_path[0]), []).append(sub)
     return list(branches.values())
 
 
 def _const_refusals(errors: list[SchemaError]) -> dict[str, object]:
     """Top-level properties of the instance that a branch refused by `const`, with the constant it wanted."""
     return {
-        e.relative_path[0]: e.validator_value for e in errors if e.validator == "const" and len(e.relative_path) == 1
+        str(e.relative_path[0]): e.validator_value
+        for e in errors
+        if e.validator == "const" and len(e.relative_path) == 1
     }
 
 

@@ -25,7 +25,7 @@ def mlp_rows(model, ids, **kwargs) -> dict[int, int]:
     """Rows that reach gate_proj, per layer, in one forward."""
     rows: dict[int, int] = {}
     hooks = [
-        layer.mlp.mlp.gate_proj.register_forward_hook(
+        layer.get_submodule("mlp.mlp.gate_proj").register_forward_hook(
             lambda m, a, o, i=i: rows.__setitem__(i, rows.get(i, 0) + a[0].shape[0])
         )
         for i, layer in enumerate(model.model.layers)

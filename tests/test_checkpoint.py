@@ -29,7 +29,7 @@ def embedded():
 
 def pruned(embedded, slug: str, point: str):
     submission, problems = validate_file(ROOT / "submissions" / f"{slug}.json")
-    assert not problems
+    assert submission is not None and not problems
     adapter = get_adapter(submission.adapter.name)
     return adapter, adapter.apply(copy.deepcopy(embedded.model), submission.point(point).params)
 

@@ -22,7 +22,7 @@ TABLES = ["methods", "submissions", "operating_points", "runs", "latency_measure
 
 def counts(engine) -> dict[str, int]:
     with Session(engine) as session:
-        return {t: session.scalar(select(func.count()).select_from(Base.metadata.tables[t])) for t in TABLES}
+        return {t: session.scalars(select(func.count()).select_from(Base.metadata.tables[t])).one() for t in TABLES}
 
 
 def test_connect_creates_the_paper_named_tables(engine):
