@@ -20,7 +20,7 @@ demo: $(BIN)/prunereg
 	$(BIN)/prunereg validate $(SUBMISSIONS:%=submissions/%.json)
 	for s in $(SUBMISSIONS); do $(BIN)/prunereg evaluate submissions/$$s.json || exit 1; done
 	$(BIN)/prunereg ingest results/*/*--*.json
-	$(BIN)/prunereg leaderboard build --out site
+	$(BIN)/prunereg leaderboard build --out site --force
 
 # mypy reads the package through build/mypy/prunereg, a link to this folder (see [tool.mypy]).
 lint: $(BIN)/prunereg
