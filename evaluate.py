@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from prunereg.adapters import get_adapter
 from prunereg.harness.embedded import EVAL_SPLIT
 from prunereg.harness.fingerprint import environment, model_stats
-from prunereg.harness.latency import Workload, measure_pair, summary
+from prunereg.harness.latency import Workload, measure_pair
 from prunereg.harness.models import LoadedModel, load_model
 from prunereg.harness.quality import encode, mean_cross_entropy
 from prunereg.harness.trace import check_declaration
@@ -36,6 +36,7 @@ from prunereg.spec.results import (
     LatencyResult,
     PointResult,
     QualityResult,
+    latency_summary,
 )
 from prunereg.spec.submission import OperatingPoint, Submission
 
@@ -176,8 +177,8 @@ def time_scenario(
     """Dense and pruned timed side by side in one scenario, next to the roofline's times for both."""
     timing = measure_pair(loaded.model, pruned, scenario, warmup, repeats, mode)
     return LatencyResult(
-        scenario=scenario, samples=timing.pruned, **summary(timing.pruned),
-        dense_median=summary(timing.dense)["median"],
+        scenario=scenario, samples=timing.pruned, **latency_summary(timing.pruned),
+        dense_samples=timing.dense, dense_median=latency_summary(timing.dense)["median"],
         theoretical=roofline(scenario, effects).time_ms, theoretical_dense=roofline(scenario, ()).time_ms,
         execution=timing.execution, fallback=timing.fallback, gpu_before=timing.gpu_before, gpu_after=timing.gpu_after,
     )  # fmt: skip

@@ -3,15 +3,19 @@ loading submissions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
+from prunereg.spec.checks import Problem
 from prunereg.spec.submission import Submission
 from prunereg.spec.validate import validate_file
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -73,16 +77,21 @@ def empty_registry(engine: Engine) -> str | None:
     return f"the registry {registry_name(engine)} is empty: `prunereg ingest` or `prunereg evaluate` fills it"
 
 
-def load_valid(files: list[Path]) -> list[Submission]:
-    """Every submission, or exit 1 after printing one `FILE: /pointer: message` line per problem."""
+def load_all(files: list[Path], load: Callable[[Path], tuple[T | None, list[Problem]]]) -> list[T]:
+    """Every file loaded, or exit 1 after printing one `FILE: /pointer: message` line per problem of every file."""
     loaded, bad = [], False
     for path in files:
-        submission, problems = validate_file(path)
+        item, problems = load(path)
         for problem in problems:
             errors.print(Text(f"{path}: {problem.pointer or '/'}: {problem.message}"), soft_wrap=True)
         bad = bad or bool(problems)
-        if submission is not None:
-            loaded.append(submission)
+        if item is not None:
+            loaded.append(item)
     if bad:
         raise typer.Exit(1)
     return loaded
+
+
+def load_valid(files: list[Path]) -> list[Submission]:
+    """Every submission, valid, or exit 1 with every problem."""
+    return load_all(files, validate_file)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import DbOption, connect, console, empty_registry, errors, fail, note, registry_name
+from .common import DbOption, connect, console, empty_registry, fail, load_all, note, registry_name
 
 
 def ingest_saved(
@@ -35,16 +35,7 @@ def ingest_saved(
     from prunereg.registry.ingest import ingest_all
     from prunereg.spec.result_checks import load_saved
 
-    loaded, bad = [], False
-    for path in files:
-        saved, problems = load_saved(path, submissions)
-        for problem in problems:
-            errors.print(Text(f"{path}: {problem.pointer or '/'}: {problem.message}"), soft_wrap=True)
-        bad = bad or bool(problems)
-        if saved is not None:
-            loaded.append(saved)
-    if bad:
-        raise typer.Exit(1)
+    loaded = load_all(files, lambda path: load_saved(path, submissions))
     try:
         summaries = ingest_all(connect(db), [(s.submission, s.result) for s in loaded], update_method=False)
     except (SQLAlchemyError, ValueError) as err:

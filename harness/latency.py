@@ -20,7 +20,6 @@ ratio stays fair, and the reason is recorded with the measurement.
 from __future__ import annotations
 
 import inspect
-import statistics
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -260,9 +259,3 @@ def measure_pair(
         for work, out in zip(works, samples):
             out.append(timed(work))
     return PairTiming(*samples, execution=execution, fallback=fallback, gpu_before=before, gpu_after=gpu_state(device))
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    """Median and the 20th/80th percentiles, the spread the leaderboard shows."""
-    deciles = statistics.quantiles(samples, n=10, method="inclusive")
-    return {"median": statistics.median(samples), "p20": deciles[1], "p80": deciles[7]}

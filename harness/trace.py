@@ -302,7 +302,7 @@ def declare(arch: ModelArchitecture, scenario: Scenario, effects) -> list[Declar
 
 
 @dataclass(frozen=True)
-class Row:
+class GemmCheck:
     """One GEMM kind of the check: what each model ran, the kept shares of FLOPs, the mismatch if any."""
 
     gemm: str
@@ -321,7 +321,7 @@ def _shapes(traces) -> str:
     return " + ".join(f"{t.m}×{t.n}×{t.k} ×{t.count}" for t in traces) or "nothing"
 
 
-def rows(declared: list[Declared], observed_dense, observed_pruned, tolerance: float = TOLERANCE) -> list[Row]:
+def rows(declared: list[Declared], observed_dense, observed_pruned, tolerance: float = TOLERANCE) -> list[GemmCheck]:
     def of(traces, gemm):
         return tuple(t for t in traces if t.gemm == gemm)
 
@@ -336,7 +336,7 @@ def rows(declared: list[Declared], observed_dense, observed_pruned, tolerance: f
             problem = f"{g}: the dense model ran no {g} product, so its declaration cannot be checked"
         elif abs(observed - d.kept) > tolerance + d.slack:
             problem = f"{g}: {d.describe()}, observed {_shapes(pruned)} (kept {_pct(observed)} of FLOPs, declared {_pct(d.kept)})"
-        out.append(Row(g, dense, pruned, d.kept, observed, problem))
+        out.append(GemmCheck(g, dense, pruned, d.kept, observed, problem))
     for g in sorted({t.gemm for t in (*observed_dense, *observed_pruned)} - {d.gemm.value for d in declared}):
         dense, pruned = of(observed_dense, g), of(observed_pruned, g)
         extra = (
@@ -344,7 +344,7 @@ def rows(declared: list[Declared], observed_dense, observed_pruned, tolerance: f
             if dense or g == "router"
             else f"{g}: the pruned model runs {_shapes(pruned)}, which the dense model does not"
         )
-        out.append(Row(g, dense, pruned, None, None, extra))
+        out.append(GemmCheck(g, dense, pruned, None, None, extra))
     return out
 
 
@@ -360,7 +360,7 @@ def compare(declared: list[Declared], observed_dense, observed_pruned, tolerance
 
 def check_declaration(
     dense_model, pruned_model, arch: ModelArchitecture, scenario: Scenario, effects, tolerance: float = TOLERANCE
-) -> tuple[list[Row], list[str]]:
+) -> tuple[list[GemmCheck], list[str]]:
     """Trace both models on one seeded random prompt of the scenario and compare with the declaration."""
     if scenario.seq_len % 64:
         raise ValueError(

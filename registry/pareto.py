@@ -26,7 +26,7 @@ class Point(Protocol):
     def quality_loss(self) -> float | None: ...  # lower is better; None: not rated, never on a front
 
 
-class Measured(Point, Protocol):
+class FrontierPoint(Point, Protocol):
     """A leaderboard row: a point with a roofline speedup too, comparable only inside its group."""
 
     @property
@@ -42,7 +42,7 @@ class Axes(NamedTuple):
 
 
 P = TypeVar("P", bound=Point)
-R = TypeVar("R", bound=Measured)
+R = TypeVar("R", bound=FrontierPoint)
 
 
 def axes(point: Point, speedup: SpeedupKind = "measured") -> Axes | None:

@@ -88,6 +88,18 @@ def statistics_are_the_samples(saved: SavedEvaluation) -> Iterator[Problem]:
                 yield Problem(f"{pointer}/{name}", f"is {getattr(latency, name):g}, the samples give {value:g}")
 
 
+def dense_median_is_the_dense_samples(saved: SavedEvaluation) -> Iterator[Problem]:
+    """Where the dense samples are given, the dense median (and so the speedup) is theirs, repeat for repeat."""
+    for pointer, _, latency in _latencies(saved):
+        if latency.dense_samples is None:
+            continue
+        if len(latency.dense_samples) != len(latency.samples):
+            yield Problem(f"{pointer}/dense_samples", "dense and pruned repeats are interleaved, so they are as many")
+        dense = latency_summary(latency.dense_samples)["median"]
+        if _differs(latency.dense_median, dense):
+            yield Problem(f"{pointer}/dense_median", f"is {latency.dense_median:g}, the dense samples give {dense:g}")
+
+
 def fallback_explained(saved: SavedEvaluation) -> Iterator[Problem]:
     """A scenario leaves its environment's execution mode exactly when it falls back, with the reason."""
     mode = saved.result.environment.execution_mode
@@ -167,6 +179,7 @@ RESULT_CHECKS: list[ResultCheck] = [
     scenarios_and_tasks_unique,
     effects_are_the_declaration,
     statistics_are_the_samples,
+    dense_median_is_the_dense_samples,
     fallback_explained,
     catalog_model_and_device,
     theoretical_is_the_roofline,

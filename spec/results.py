@@ -41,7 +41,7 @@ MAX_MS = 3_600_000.0
 Milliseconds = Annotated[float, Field(strict=True, gt=0, le=MAX_MS)]
 Count = Annotated[int, Field(strict=True, ge=0, le=10**13)]
 Bytes = Annotated[int, Field(strict=True, ge=0, le=10**15)]
-Score = Annotated[float, Field(strict=True, ge=-1e6, le=1e6)]
+MeasuredScore = Annotated[float, Field(strict=True, ge=-1e6, le=1e6)]
 MAX_RESULT_BYTES = 2_000_000
 """A saved evaluation file is at most this large (the committed ones are about 13 kB)."""
 
@@ -131,6 +131,13 @@ class LatencyResult(Measured):
     median: Milliseconds = Field(description="median of the pruned model's samples, ms")
     p20: Milliseconds = Field(description="20th percentile of the samples (inclusive deciles), ms")
     p80: Milliseconds = Field(description="80th percentile of the samples (inclusive deciles), ms")
+    dense_samples: list[Milliseconds] | None = Field(
+        None,
+        min_length=3,
+        max_length=MAX_REPEATS,
+        description="raw per-repeat times of the dense model, interleaved with `samples`; files written before "
+        "prunereg recorded them have none, and their dense median can only be bounded",
+    )
     dense_median: Milliseconds = Field(description="dense baseline, measured in the same run")
     theoretical: Milliseconds = Field(description="roofline time of the pruned model, ms; recomputed on ingestion")
     theoretical_dense: Milliseconds = Field(description="roofline time of the dense model, ms; recomputed on ingestion")
@@ -169,8 +176,8 @@ def latency_summary(samples: list[float]) -> dict[str, float]:
 class QualityResult(Measured):
     task: Label = Field(description="e.g. heldout-ppl: perplexity on the model's held-out split")
     metric: Label = Field(description="e.g. cross_entropy (nats per token)")
-    value: Score = Field(description="the pruned model's value")
-    dense_value: Score = Field(description="the dense model's value on the same tokens")
+    value: MeasuredScore = Field(description="the pruned model's value")
+    dense_value: MeasuredScore = Field(description="the dense model's value on the same tokens")
     higher_is_better: bool = Field(strict=True, description="direction of the metric")
     tokens: int = Field(strict=True, ge=0, le=10**12, description="tokens scored")
 

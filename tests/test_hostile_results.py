@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SLUG = "shortgpt-test"
 LINE = re.compile(r"^(?P<file>.+?): (?P<pointer>/\S*): (?P<message>.+)$")
 Document = dict[str, Any]
+DENSE_SPREAD = (0.97, 0.99, 1.0, 1.02, 1.05)  # genuine dense samples: as many as the pruned ones
 
 
 def genuine(samples: tuple[float, ...] = (9.7, 10.0, 10.2, 10.4, 11.0), **environment: Any) -> Document:
@@ -44,7 +45,8 @@ def genuine(samples: tuple[float, ...] = (9.7, 10.0, 10.2, 10.4, 11.0), **enviro
         for i, latency in enumerate(point["latency"]):
             scenario = Scenario.model_validate(latency["scenario"])
             pruned = [s * (1 + 0.1 * i) for s in samples]
-            latency.update(samples=pruned, **latency_summary(pruned))
+            dense = latency["dense_median"]
+            latency.update(samples=pruned, **latency_summary(pruned), dense_samples=[dense * f for f in DENSE_SPREAD])
             latency["theoretical"] = estimate(arch, device, scenario, effects).time_ms
             latency["theoretical_dense"] = estimate(arch, device, scenario, ()).time_ms
     saved = SavedEvaluation.model_validate({"submission": sub.model_dump(mode="json"), "result": result})
@@ -235,6 +237,8 @@ VARIANTS: dict[str, Callable[[Path], Path | list[Path]]] = {  # each makes the f
     "ten-million-samples": raw(b'{"submission": {}, "result": {"points": [{"latency": [{"samples": [' + b"1.0," * 10_000_000 + b"1.0]}]}]}}"),
     # forged speedups and theoretical times
     "speedup-field": edit(put(f"{LAT}/speedup", 9.0)),
+    "dense-median-not-of-dense-samples": edit(lambda d: latency(d).update(dense_samples=[12.0, 12.1, 12.2, 12.3, 12.4])),
+    "fewer-dense-than-pruned-samples": edit(lambda d: latency(d).update(dense_samples=[latency(d)["dense_median"]] * 3)),
     "theoretical-halved": edit(_scaled("theoretical", 0.5)),
     "theoretical-dense-doubled": edit(_scaled("theoretical_dense", 2.0)),
     "theoretical-off-by-1e-4": edit(_scaled("theoretical", 1.0001)),
@@ -337,7 +341,7 @@ def test_files_at_every_bound_are_accepted_by_both_back_ends(backend, submission
         prunereg="p" * 32, git_revision="g" * 64, threads=4096,
     )  # fmt: skip
     _samples(document, [3_600_000.0] * 500 + [1e-9] * 500)
-    latency(document)["dense_median"] = 3_600_000.0
+    latency(document).update(dense_samples=[3_600_000.0] * 1000, dense_median=3_600_000.0)
     document["result"]["environment"]["execution_mode"] = "graph"
     for point in document["result"]["points"]:
         for row in point["latency"]:

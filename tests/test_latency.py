@@ -12,9 +12,10 @@ from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
 from prunereg.harness.fingerprint import gpu_state
-from prunereg.harness.latency import UNMASKED_SDPA, StaticWorkload, Workload, measure_pair, summary
+from prunereg.harness.latency import UNMASKED_SDPA, StaticWorkload, Workload, measure_pair
 from prunereg.spec.catalog import Phase, Scenario
 from prunereg.spec.parameters import LayerDropParams, WidthParams
+from prunereg.spec.results import latency_summary
 
 DECODE = Scenario(phase=Phase.decode, batch_size=3, seq_len=20)
 PREFILL = Scenario(phase=Phase.prefill, batch_size=2, seq_len=16)
@@ -106,7 +107,7 @@ def test_gpu_state_is_not_read_off_cuda():
 
 
 def test_summary_takes_median_and_20th_80th_percentiles():
-    stats = summary([float(x) for x in range(1, 12)])  # 1..11
+    stats = latency_summary([float(x) for x in range(1, 12)])  # 1..11
     assert stats == {"median": 6.0, "p20": 3.0, "p80": 9.0}
 
 
