@@ -330,9 +330,6 @@ def test_hostile_file_is_refused_and_changes_nothing(variant, registry, submissi
     assert (sqlite_bytes(registry), dump(registry)) == before
 
 
-# --- what is accepted --------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_files_at_every_bound_are_accepted_by_both_back_ends(backend, submissions, tmp_path):
     """Longest texts (non-ASCII), most samples and the largest numbers the contract allows store alike."""
