@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedModel
 
 from prunereg.adapters import get_adapter
+from prunereg.harness.calibration import calibration_ids
 from prunereg.harness.embedded import EVAL_SPLIT
 from prunereg.harness.fingerprint import environment, model_stats
 from prunereg.harness.latency import Workload, measure_pair
@@ -146,8 +147,17 @@ def check_fit(points: list[OperatingPoint], arch: ModelArchitecture) -> None:
 def apply_point(
     submission: Submission, loaded: LoadedModel, point: OperatingPoint
 ) -> tuple[PreTrainedModel, list[ResolvedEffect]]:
-    """A pruned copy of the loaded model at one operating point, and the effects it declares there."""
-    pruned = get_adapter(submission.adapter.name).apply(copy.deepcopy(loaded.model), point.params)
+    """A pruned copy of the loaded model at one operating point, and the effects it declares there.
+
+    A selection that scores on activations gets its declared calibration batches, run on the
+    dense copy before the adapter prunes it.
+    """
+    calibration = point.params.calibration_needed()
+    ids = None
+    if calibration is not None:
+        config = loaded.model.config
+        ids = calibration_ids(calibration, loaded.tokenizer, config.vocab_size, config.max_position_embeddings)
+    pruned = get_adapter(submission.adapter.name).apply(copy.deepcopy(loaded.model), point.params, ids)
     return pruned, resolve(submission.effects, point.params)
 
 

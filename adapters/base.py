@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 from prunereg.spec.parameters import PROJECTION_LINEARS
 
 if TYPE_CHECKING:  # the interface itself needs no torch, so the adapter lookup stays light
-    from torch import nn
+    from torch import Tensor, nn
     from transformers import PreTrainedModel
 
     from prunereg.spec.catalog import Frozen
@@ -39,7 +39,10 @@ class Adapter(ABC, Generic[P]):
 
     `apply` receives a model it may modify in place (the caller passes a copy) and returns the
     pruned model with smaller tensors or fewer layers and a config that describes them, so the
-    GEMMs that really run are the ones the method declares.
+    GEMMs that really run are the ones the method declares. A selection that scores what to remove
+    on activations (the papers' criteria) gets `calibration`: token ids [sequences, length] from
+    `harness.calibration.calibration_ids`, for the point's `params.calibration_needed()`; the
+    model it receives is still dense, so it can run them before it prunes anything.
     """
 
     name: ClassVar[str]
@@ -47,7 +50,7 @@ class Adapter(ABC, Generic[P]):
     """Why a pruned model of this family cannot be a plain transformers checkpoint (None: it can)."""
 
     @abstractmethod
-    def apply(self, model: PreTrainedModel, params: P) -> PreTrainedModel: ...
+    def apply(self, model: PreTrainedModel, params: P, calibration: Tensor | None = None) -> PreTrainedModel: ...
 
     def as_plain_model(self, model: PreTrainedModel) -> PreTrainedModel:
         """The pruned model in modules a transformers config describes (e.g. factors multiplied back)."""

@@ -10,7 +10,7 @@ from .base import Adapter
 class Dense(Adapter[DenseParams]):
     name = "dense"
 
-    def apply(self, model, params: DenseParams):
+    def apply(self, model, params: DenseParams, calibration=None):
         return model
 
 

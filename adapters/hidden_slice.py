@@ -37,7 +37,7 @@ def slice_norm(norm: nn.Module, channels: torch.Tensor) -> None:
 class HiddenSlice(Adapter[HiddenSliceParams]):
     name = "hidden_slice"
 
-    def apply(self, model, params: HiddenSliceParams):
+    def apply(self, model, params: HiddenSliceParams, calibration=None):
         config, inner = model.config, model.model
         embed = inner.embed_tokens
         channels = kept_channels(embed.weight, params)

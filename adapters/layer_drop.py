@@ -12,7 +12,7 @@ from .base import Adapter
 class LayerDrop(Adapter[LayerDropParams]):
     name = "layer_drop"
 
-    def apply(self, model, params: LayerDropParams):
+    def apply(self, model, params: LayerDropParams, calibration=None):
         config = model.config
         dropped = set(params.layers_for(config.num_hidden_layers))
         kept = [i for i in range(config.num_hidden_layers) if i not in dropped]

@@ -75,7 +75,7 @@ def factorize(linear: nn.Linear, rank: int) -> LowRankLinear:
 class LowRank(Adapter[LowRankParams]):
     name = "low_rank"
 
-    def apply(self, model, params: LowRankParams):
+    def apply(self, model, params: LowRankParams, calibration=None):
         for layer in model.model.layers:
             for projection in params.projections:
                 parent_name, names = PROJECTIONS[projection]

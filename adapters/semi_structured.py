@@ -91,7 +91,7 @@ class SparseLinear(nn.Linear):
 class SemiStructured24(Adapter[SemiStructuredParams]):
     name = "semi_structured_2_4"
 
-    def apply(self, model, params: SemiStructuredParams):
+    def apply(self, model, params: SemiStructuredParams, calibration=None):
         with torch.no_grad():
             for linear in linears(model, params.projections):
                 masked = linear.weight * mask_2_4(linear.weight)

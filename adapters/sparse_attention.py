@@ -142,7 +142,7 @@ class SparseAttention(Adapter[SparseAttentionParams]):
         "block-sparse attention is a function prunereg registers at run time; a checkpoint would load dense attention"
     )
 
-    def apply(self, model, params: SparseAttentionParams):
+    def apply(self, model, params: SparseAttentionParams, calibration=None):
         AttentionInterface.register(NAME, block_sparse_attention)
         AttentionMaskInterface.register(NAME, sdpa_mask)  # padding and sliding windows arrive as for SDPA
         for layer in model.model.layers:

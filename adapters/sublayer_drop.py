@@ -46,7 +46,7 @@ class SublayerDrop(Adapter[SublayerDropParams]):
     name = "sublayer_drop"
     checkpoint_refusal = "a transformers config cannot express layers without their attention or MLP block"
 
-    def apply(self, model, params: SublayerDropParams):
+    def apply(self, model, params: SublayerDropParams, calibration=None):
         for index in params.layers_for(model.config.num_hidden_layers):
             layer = model.model.layers[index]
             if params.sublayer == "attention":

@@ -92,7 +92,7 @@ class TokenRouting(Adapter[TokenRoutingParams]):
     name = "token_routing"
     checkpoint_refusal = "per-token routing needs prunereg's routed MLP; no transformers config describes it"
 
-    def apply(self, model, params: TokenRoutingParams):
+    def apply(self, model, params: TokenRoutingParams, calibration=None):
         params.capacity()
         weight = model.model.embed_tokens.weight
         table = slot_table(params).to(weight.device)

@@ -26,7 +26,7 @@ def prune_rows(weight: torch.Tensor, sparsity: float) -> None:
 class Unstructured(Adapter[UnstructuredParams]):
     name = "unstructured"
 
-    def apply(self, model, params: UnstructuredParams):
+    def apply(self, model, params: UnstructuredParams, calibration=None):
         with torch.no_grad():
             for linear in linears(model, params.projections):
                 prune_rows(linear.weight, params.sparsity)

@@ -106,7 +106,7 @@ def prune_mlp(mlp: GatedMLP, kept: int, params: WidthParams, layer: int) -> None
 class Width(Adapter[WidthParams]):
     name = "width"
 
-    def apply(self, model, params: WidthParams):
+    def apply(self, model, params: WidthParams, calibration=None):
         config = model.config
         num_kv = config.num_key_value_heads
         kept_groups = params.kept_kv_groups(num_kv)

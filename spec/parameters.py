@@ -13,6 +13,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from .calibration import Calibration
 from .catalog import Frozen, ModelArchitecture
 
 Selection = Literal["magnitude", "seeded"]
@@ -71,6 +72,10 @@ class AdapterParams(Frozen):
     def parameters_after(self, arch: ModelArchitecture) -> int:
         """Parameters of the pruned model (zeroed weights still count: they are stored and multiplied)."""
         return parameter_count(self.architecture_after(arch))
+
+    def calibration_needed(self) -> Calibration | None:
+        """The calibration data this point's selection scores on; None for a selection that needs none."""
+        return None
 
 
 def _refusal(check, *args) -> str | None:

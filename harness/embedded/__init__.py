@@ -11,4 +11,5 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MODEL_DIR = HERE / "model"  # config.json, model.safetensors (bf16), tokenizer files
 EVAL_SPLIT = HERE / "eval.txt"  # held-out chapters, disjoint from training
+CALIBRATION_SET = HERE / "calibration.txt"  # stretches of the train split, for faithful selections
 CARD = HERE / "card.json"  # measured numbers: dense and unigram perplexity, provenance

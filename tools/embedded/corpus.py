@@ -40,6 +40,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CACHE_DIR = HERE / "corpus"  # git-ignored: the .deb, train.txt, val.txt
 EVAL_PATH = HERE.parents[1] / "harness" / "embedded" / "eval.txt"  # shipped with the package
+CALIBRATION_PATH = HERE.parents[1] / "harness" / "embedded" / "calibration.txt"  # shipped too
+CALIBRATION_CHUNKS, CALIBRATION_CHUNK_BYTES = 16, 16_384
 
 DEB_PACKAGE = "r-cran-janeaustenr"
 DEB_VERSION = "1.0.0-1"
@@ -257,6 +259,21 @@ def split(documents: list[str]) -> dict[str, str]:
     return {k: DOCUMENT_SEP.join(v) + "\n" for k, v in parts.items()}
 
 
+def calibration_slice(train: str) -> str:
+    """Sixteen evenly spaced 16 KB stretches of the train split, cut at line ends: the shipped calibration set.
+
+    Calibration data must come from the training distribution and never from the held-out split;
+    16 stretches across the six novels keep one novel from deciding what a method removes.
+    """
+    step = len(train) // CALIBRATION_CHUNKS
+    parts = []
+    for i in range(CALIBRATION_CHUNKS):
+        start = train.index("\n", i * step) + 1
+        end = train.rindex("\n", start, start + CALIBRATION_CHUNK_BYTES) + 1
+        parts.append(train[start:end])
+    return DOCUMENT_SEP.join(parts)
+
+
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -272,6 +289,7 @@ def write_splits(deb: Path | None = None, cache: Path = CACHE_DIR, eval_path: Pa
     for name in ("train", "val"):
         (cache / f"{name}.txt").write_text(parts[name], encoding="utf-8", newline="")
     eval_path.write_text(parts["eval"], encoding="utf-8", newline="")
+    CALIBRATION_PATH.write_text(calibration_slice(parts["train"]), encoding="utf-8", newline="")
     info = {"corpus_sha256": sha256(text), "corpus_bytes": len(text.encode()), "documents": len(documents)}
     for name, part in parts.items():
         info[f"{name}_sha256"] = sha256(part)

@@ -13,7 +13,7 @@ from . import MlpChannelsParams
 class MlpChannels(Adapter[MlpChannelsParams]):
     name = "mlp_channels"
 
-    def apply(self, model, params: MlpChannelsParams):
+    def apply(self, model, params: MlpChannelsParams, calibration=None):
         kept = params.kept(model.config.intermediate_size)
         for layer in model.model.layers:
             mlp = layer.mlp
