@@ -1,7 +1,10 @@
 """Static K, 2:4 (SparseGPT 2:4, Wanda 2:4): two of every four consecutive weights along K are zero.
 
-Selection is by magnitude: in each group of four input weights of an output row, the two of
-largest |w| stay. Where the hardware has sparse tensor cores (CUDA, compute capability >= 8.0,
+selection 'magnitude' (the baseline): in each group of four input weights of an output row, the
+two of largest |w| stay. 'wanda' (arXiv 2306.11695): the two of largest |W_ij|·‖X_j‖₂, X the
+Linear's inputs over all calibration tokens. 'sparsegpt' (arXiv 2301.00774): the two of lowest
+w²/[H⁻¹]_jj² go, with the OBS update of the remaining weights. Both calibrated selections prune layer
+by layer on the outputs of the already-pruned earlier layers, as the papers' code does (layerwise.py). Where the hardware has sparse tensor cores (CUDA, compute capability >= 8.0,
 float16/bfloat16) and the shape meets PyTorch's constraints, the weight becomes a
 `SparseSemiStructuredTensor` (cuSPARSELt when available, else CUTLASS), so the half-size sparse
 GEMM really runs; elsewhere the masked weight stays dense and runs at full cost. `kernel_of`
@@ -17,17 +20,15 @@ from torch import nn
 from prunereg.spec.parameters import SemiStructuredParams
 
 from .base import Adapter, linears
+from .layerwise import mask_n_of_m, prune_layerwise
+from .unstructured import calibrated, check_calibration
 
 
 def mask_2_4(weight: torch.Tensor) -> torch.Tensor:
     """True for the two largest-|w| weights of every four consecutive ones along the last dim."""
-    rows, k = weight.shape
-    if k % 4:
-        raise ValueError(f"2:4 needs K divisible by 4, got {k}")
-    groups = weight.detach().abs().float().reshape(rows, k // 4, 4)
-    kept = torch.zeros_like(groups, dtype=torch.bool)
-    kept.scatter_(-1, groups.topk(2, dim=-1).indices, True)
-    return kept.reshape(rows, k)
+    if weight.shape[1] % 4:
+        raise ValueError(f"2:4 needs K divisible by 4, got {weight.shape[1]}")
+    return mask_n_of_m(weight.detach().abs().float(), 2, 4)
 
 
 def _sparse_backend(weight: torch.Tensor):
@@ -92,9 +93,12 @@ class SemiStructured24(Adapter[SemiStructuredParams]):
     name = "semi_structured_2_4"
 
     def apply(self, model, params: SemiStructuredParams, calibration=None):
+        check_calibration(params, calibration)
+        if params.selection != "magnitude":
+            prune_layerwise(model, params.projections, calibration, *calibrated(params.selection, n_of_m=(2, 4)))
         with torch.no_grad():
             for linear in linears(model, params.projections):
-                masked = linear.weight * mask_2_4(linear.weight)
+                masked = linear.weight * mask_2_4(linear.weight)  # after a calibrated selection: its own mask
                 sparse = to_sparse(masked)
                 if sparse is None:
                     linear.weight.copy_(masked)

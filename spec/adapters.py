@@ -114,6 +114,8 @@ BUILT_IN: tuple[AdapterRow, ...] = (
         "semi_structured",
         SemiStructuredParams(),
         SemiStructuredParams(projections=["qkv_proj", "gate_up_proj"]),
+        SemiStructuredParams(selection="wanda"),
+        SemiStructuredParams(selection="sparsegpt", projections=["o_proj", "down_proj"]),
     ),
     _built_in(
         "low_rank",
@@ -149,6 +151,8 @@ BUILT_IN: tuple[AdapterRow, ...] = (
         "unstructured",
         UnstructuredParams(sparsity=0.5),
         UnstructuredParams(sparsity=0.9, projections=["qkv_proj", "down_proj"]),
+        UnstructuredParams(sparsity=0.5, selection="wanda"),
+        UnstructuredParams(sparsity=0.6, selection="sparsegpt", projections=["qkv_proj", "gate_up_proj"]),
         unpruned=UnstructuredParams(sparsity=0.0),
     ),
 )

@@ -216,7 +216,22 @@ class SublayerDropParams(LayerDropParams):
         return parameter_count(arch) - len(self.layers_for(arch.num_hidden_layers)) * (block + arch.hidden_size)
 
 
-class SemiStructuredParams(AdapterParams):
+class WeightSelection(AdapterParams):
+    """Which weights go: |w| (the baseline) or a paper's criterion scored on calibration data."""
+
+    selection: Literal["magnitude", "wanda", "sparsegpt"] = Field(
+        "magnitude",
+        description="'magnitude': smallest |w| (baseline); 'wanda': smallest |W_ij|·‖X_j‖₂ per output row (arXiv "
+        "2306.11695); 'sparsegpt': OBS mask and weight update from H = 2·X·Xᵀ (arXiv 2301.00774); the calibrated "
+        "ones layer by layer, on the outputs of the already-pruned earlier layers",
+    )
+    calibration: Calibration = Field(default_factory=Calibration, description="what 'wanda'/'sparsegpt' score on")
+
+    def calibration_needed(self) -> Calibration | None:
+        return None if self.selection == "magnitude" else self.calibration
+
+
+class SemiStructuredParams(WeightSelection):
     """2:4 sparsity along K: in every group of four consecutive input weights, two are zero."""
 
     projections: list[Projection] = Field(
@@ -225,7 +240,6 @@ class SemiStructuredParams(AdapterParams):
         max_length=4,
         description="which GEMMs are sparsified",
     )
-    selection: Literal["magnitude"] = Field("magnitude", description="keep the two largest |w| of each group of four")
 
     def misfit(self, arch: ModelArchitecture) -> str | None:
         """2:4 groups four consecutive weights along K, so each listed projection's K must divide by 4."""
@@ -384,8 +398,8 @@ class SparseAttentionParams(AdapterParams):
         return sorted(required | set(others[: self.kept_block_count(query_block) - len(required)]))
 
 
-class UnstructuredParams(AdapterParams):
-    """Single weights set to zero by magnitude; dense kernels run them at full cost."""
+class UnstructuredParams(WeightSelection):
+    """Single weights set to zero (in each output row, or each SparseGPT block); dense kernels run them at full cost."""
 
     sparsity: float = Field(ge=0.0, le=0.99, description="share of each projection's weights zeroed")
     projections: list[Projection] = Field(

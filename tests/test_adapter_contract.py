@@ -17,6 +17,7 @@ from tiny_models import ARCHITECTURES, logits, tiny
 from transformers import DynamicCache
 
 from prunereg.adapters import get_adapter
+from prunereg.harness.calibration import calibration_ids
 from prunereg.harness.latency import cache_argument
 from prunereg.harness.models import architecture_of
 from prunereg.spec.adapters import adapters
@@ -48,7 +49,11 @@ def pruned(model_type: str, name: str, params):
     key = (model_type, name, repr(params))
     if key not in _PRUNED:
         model = tiny(model_type)
-        _PRUNED[key] = model, get_adapter(name).apply(copy.deepcopy(model), params)
+        calibration, config = params.calibration_needed(), model.config  # random ids: a tiny model has no tokenizer
+        ids = None
+        if calibration is not None:
+            ids = calibration_ids(calibration, None, config.vocab_size, config.max_position_embeddings)
+        _PRUNED[key] = model, get_adapter(name).apply(copy.deepcopy(model), params, ids)
     return _PRUNED[key]
 
 
