@@ -9,6 +9,12 @@ layers are dropped, at b·s elements per layer instead of b·s·kv_heads·head_d
 
 A transformers config cannot say "layer 5 has no attention", so a pruned model cannot be saved
 as a plain checkpoint (`checkpoint_refusal`); it is rebuilt from the dense model and the point.
+
+Selection 'block_influence' is the criterion of "What Matters in Transformers? Not All Attention is
+Needed" (He et al. 2024, arXiv 2406.15786): on calibration text, the cosine similarity between a
+block's input X on the residual stream and X + block(norm(X)), averaged over tokens; the blocks of
+the chosen kind that change the stream least (1 - similarity lowest) go, all at once from the dense
+model's scores (the paper's one-shot dropping).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch import nn
 from prunereg.spec.parameters import SublayerDropParams
 
 from .base import Adapter
+from .layer_drop import influence
 
 
 class DroppedMLP(nn.Module):
@@ -47,7 +54,8 @@ class SublayerDrop(Adapter[SublayerDropParams]):
     checkpoint_refusal = "a transformers config cannot express layers without their attention or MLP block"
 
     def apply(self, model, params: SublayerDropParams, calibration=None):
-        for index in params.layers_for(model.config.num_hidden_layers):
+        scores = influence(model, calibration, params.sublayer) if params.selection == "block_influence" else None
+        for index in params.layers_for(model.config.num_hidden_layers, scores):
             layer = model.model.layers[index]
             if params.sublayer == "attention":
                 layer.self_attn = DroppedAttention(layer.self_attn.layer_idx)

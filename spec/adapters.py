@@ -78,6 +78,7 @@ BUILT_IN: tuple[AdapterRow, ...] = (
         "layer_drop",
         LayerDropParams(sparsity=0.5),
         LayerDropParams(sparsity=0.34, selection="seeded", seed=4),
+        LayerDropParams(sparsity=0.5, selection="block_influence"),
         unpruned=LayerDropParams(sparsity=0.0),
     ),
     _built_in(
@@ -87,6 +88,7 @@ BUILT_IN: tuple[AdapterRow, ...] = (
         "sublayer_drop",
         SublayerDropParams(sparsity=0.5, selection="explicit", layers=[0, 3, 4], sublayer="attention"),
         SublayerDropParams(sparsity=0.5, sublayer="mlp"),
+        SublayerDropParams(sparsity=0.5, selection="block_influence", sublayer="attention"),
         unpruned=SublayerDropParams(sparsity=0.0, sublayer="attention"),
     ),
     _built_in(

@@ -95,19 +95,24 @@ class LayerDropParams(AdapterParams):
     """Static depth pruning: remove whole decoder layers."""
 
     sparsity: float = Field(ge=0.0, le=0.9, description="fraction of decoder layers removed")
-    selection: Literal["deepest", "explicit", "seeded"] = Field(
+    selection: Literal["deepest", "explicit", "seeded", "block_influence"] = Field(
         "deepest",
         description=(
-            "which layers: 'deepest' = the contiguous block just before the last layer (where ShortGPT's "
-            "Block Influence and SLEB find Llama models most redundant), 'explicit' = `layers`, "
-            "'seeded' = a seeded random choice (the paper's simulation mode); the first and last layer "
-            "are never chosen by 'deepest' or 'seeded'"
+            "which layers: 'block_influence' = ShortGPT's criterion (per attention or MLP block for sublayer_drop, "
+            "as in 'What Matters in Transformers'), in one shot: those whose output on the calibration data is most "
+            "like their input (lowest 1 - mean cosine over tokens), first and last layer included; "
+            "'deepest' = the contiguous block just before the last layer (where Block Influence and SLEB find "
+            "Llama models most redundant), 'explicit' = `layers`, 'seeded' = a seeded random choice (the paper's "
+            "simulation mode); the first and last layer are never chosen by 'deepest' or 'seeded'"
         ),
     )
     layers: list[Annotated[int, Field(ge=0, le=1023)]] | None = Field(
         None, max_length=512, description="0-based indices of the layers to remove, for selection 'explicit'"
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="for selection 'seeded'")
+    calibration: Calibration = Field(
+        default_factory=Calibration, description="the text Block Influence is measured on, for 'block_influence'"
+    )
 
     @model_validator(mode="after")
     def _layers_iff_explicit(self) -> LayerDropParams:
@@ -117,11 +122,14 @@ class LayerDropParams(AdapterParams):
             raise ValueError("layer indices must be unique")
         return self
 
+    def calibration_needed(self) -> Calibration | None:
+        return self.calibration if self.selection == "block_influence" else None
+
     def count(self, num_layers: int) -> int:
         return round(self.sparsity * num_layers)
 
-    def layers_for(self, num_layers: int) -> list[int]:
-        """The sorted indices removed from a model of `num_layers` layers (raises if they do not fit)."""
+    def removed(self, num_layers: int) -> int:
+        """How many of `num_layers` layers go (raises if they cannot): all a shape depends on."""
         n = self.count(num_layers)
         if self.selection == "explicit":
             assert self.layers is not None
@@ -131,18 +139,31 @@ class LayerDropParams(AdapterParams):
                 raise ValueError(
                     f"{len(self.layers)} layers listed but sparsity {self.sparsity} of {num_layers} layers is {n}"
                 )
-            return sorted(self.layers)
-        if n > num_layers - 2:
+        elif self.selection == "block_influence" and n >= num_layers:
+            raise ValueError(f"cannot remove {n} of {num_layers} layers and keep one")
+        elif self.selection in ("deepest", "seeded") and n > num_layers - 2:
             raise ValueError(f"cannot remove {n} of {num_layers} layers and keep the first and last")
+        return n
+
+    def layers_for(self, num_layers: int, influence: list[float] | None = None) -> list[int]:
+        """The sorted indices removed from a model of `num_layers` layers; 'block_influence' ranks `influence`."""
+        n = self.removed(num_layers)
+        if self.selection == "explicit":
+            assert self.layers is not None
+            return sorted(self.layers)
         if self.selection == "deepest":
             return list(range(num_layers - 1 - n, num_layers - 1))
-        return sorted(random.Random(self.seed).sample(range(1, num_layers - 1), n))
+        if self.selection == "seeded":
+            return sorted(random.Random(self.seed).sample(range(1, num_layers - 1), n))
+        if influence is None or len(influence) != num_layers:
+            raise ValueError(f"selection 'block_influence' needs the influence of all {num_layers} layers")
+        return sorted(sorted(range(num_layers), key=influence.__getitem__)[:n])  # lowest first, ties by index
 
     def misfit(self, arch: ModelArchitecture) -> str | None:
-        return _refusal(self.layers_for, arch.num_hidden_layers)
+        return _refusal(self.removed, arch.num_hidden_layers)
 
     def architecture_after(self, arch: ModelArchitecture) -> ModelArchitecture:
-        dropped = len(self.layers_for(arch.num_hidden_layers))
+        dropped = self.removed(arch.num_hidden_layers)
         return arch.model_copy(update={"num_hidden_layers": arch.num_hidden_layers - dropped})
 
 
@@ -213,7 +234,7 @@ class SublayerDropParams(LayerDropParams):
 
     def parameters_after(self, arch: ModelArchitecture) -> int:
         block = attention_parameters(arch) if self.sublayer == "attention" else mlp_parameters(arch)
-        return parameter_count(arch) - len(self.layers_for(arch.num_hidden_layers)) * (block + arch.hidden_size)
+        return parameter_count(arch) - self.removed(arch.num_hidden_layers) * (block + arch.hidden_size)
 
 
 class WeightSelection(AdapterParams):

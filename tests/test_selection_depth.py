@@ -1,0 +1,169 @@
+"""Block Influence (ShortGPT) and sublayer similarity ("What Matters in Transformers") as depth selections.
+
+On tiny random models: the scores are the residual stream's, the selection is repeatable for a
+calibration seed, removes the point's count and ranks the first and last layers like the others.
+On the embedded model (slow): the calibrated selection loses no more held-out quality than the
+baselines, where that holds (README, "Depth selections", has the numbers, including where not).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import ARCHITECTURES, IDS, logits, tiny
+
+from prunereg.adapters import get_adapter
+from prunereg.adapters.layer_drop import influence
+from prunereg.harness.calibration import calibration_ids
+from prunereg.harness.embedded import EVAL_SPLIT
+from prunereg.harness.models import architecture_of, load_model
+from prunereg.harness.quality import encode, mean_cross_entropy
+from prunereg.spec.calibration import Calibration
+from prunereg.spec.parameters import LayerDropParams, SublayerDropParams
+
+SUBLAYERS = [None, "attention", "mlp"]
+
+
+def params_for(sublayer: str | None, sparsity: float, selection: str = "block_influence", **extra):
+    if sublayer is None:
+        return "layer_drop", LayerDropParams(sparsity=sparsity, selection=selection, **extra)
+    return "sublayer_drop", SublayerDropParams(sparsity=sparsity, selection=selection, sublayer=sublayer, **extra)
+
+
+def random_ids(seed: int = 0) -> torch.Tensor:
+    return calibration_ids(Calibration(sequences=8, length=64, seed=seed), None, 97, 128)
+
+
+def kept_layers(dense, pruned) -> list[int]:
+    """Which dense layers the pruned stack still holds, found by their (random, distinct) weights."""
+    dense_weights = [layer.self_attn.q_proj.weight for layer in dense.model.layers]
+    return [
+        next(i for i, w in enumerate(dense_weights) if torch.equal(w, layer.self_attn.q_proj.weight))
+        for layer in pruned.model.layers
+    ]
+
+
+def test_block_influence_is_one_minus_the_cosine_of_consecutive_hidden_states():
+    """Checked against transformers' own hidden states (the last one is after the final norm, so left out)."""
+    model, ids = tiny("llama"), random_ids()
+    scores = influence(model, ids)
+    with torch.inference_mode():
+        states = model(ids, output_hidden_states=True, use_cache=False).hidden_states
+    expected = [1 - F.cosine_similarity(states[i], states[i + 1], dim=-1).mean().item() for i in range(len(states) - 2)]
+    assert len(scores) == model.config.num_hidden_layers
+    torch.testing.assert_close(torch.tensor(scores[:-1]), torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+@pytest.mark.parametrize("sublayer", SUBLAYERS)
+def test_selection_is_repeatable_for_a_seed_and_removes_the_count(model_type, sublayer):
+    model = tiny(model_type)
+    name, params = params_for(sublayer, 0.5)
+    scores = influence(model, random_ids(seed=3), sublayer)
+    chosen = params.layers_for(6, scores)
+    assert len(chosen) == params.count(6) == 3
+    assert chosen == sorted(sorted(range(6), key=scores.__getitem__)[:3])  # the three lowest
+    assert params.layers_for(6, influence(model, random_ids(seed=3), sublayer)) == chosen
+    first = get_adapter(name).apply(copy.deepcopy(model), params, random_ids(seed=3))
+    second = get_adapter(name).apply(copy.deepcopy(model), params, random_ids(seed=3))
+    torch.testing.assert_close(logits(first, IDS), logits(second, IDS), rtol=0, atol=0)
+    if sublayer is None:
+        assert kept_layers(model, first) == [i for i in range(6) if i not in chosen]
+        assert first.config.num_hidden_layers == 3
+    else:
+        block = "self_attn" if sublayer == "attention" else "mlp"
+        emptied = [i for i, layer in enumerate(first.model.layers) if not list(getattr(layer, block).parameters())]
+        assert emptied == chosen
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+@pytest.mark.parametrize("sublayer", SUBLAYERS)
+@pytest.mark.parametrize("identity", [0, 3, 5])
+def test_a_layer_that_changes_nothing_goes_first_even_the_first_or_last(model_type, sublayer, identity):
+    """Zeroed output projections make the block the identity on the residual stream: influence 0."""
+    model = tiny(model_type)
+    with torch.no_grad():
+        layer = model.model.layers[identity]
+        zeroed = {None: ("self_attn", "mlp"), "attention": ("self_attn",), "mlp": ("mlp",)}[sublayer]
+        for block in zeroed:
+            out = layer.self_attn.o_proj if block == "self_attn" else layer.mlp.down_proj
+            out.weight.zero_()
+            if out.bias is not None:
+                out.bias.zero_()
+    scores = influence(model, random_ids(), sublayer)
+    assert scores[identity] < 1e-6 < min(s for i, s in enumerate(scores) if i != identity)
+    name, params = params_for(sublayer, 1 / 6)
+    assert params.layers_for(6, scores) == [identity]
+    pruned = get_adapter(name).apply(copy.deepcopy(model), params, random_ids())
+    torch.testing.assert_close(logits(pruned, IDS), logits(model, IDS), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sublayer", SUBLAYERS)
+def test_the_calibrated_selection_refuses_to_run_without_calibration(sublayer):
+    name, params = params_for(sublayer, 0.5)
+    with pytest.raises(ValueError, match="calibration data"):
+        get_adapter(name).apply(tiny("llama"), params)
+    with pytest.raises(ValueError, match="needs the influence of all 6 layers"):
+        params.layers_for(6, [0.1] * 5)
+
+
+def test_the_parameter_model_declares_calibration_only_for_block_influence():
+    calibrated = LayerDropParams(sparsity=0.25, selection="block_influence", calibration=Calibration(sequences=8))
+    assert calibrated.calibration_needed() == Calibration(sequences=8)
+    assert LayerDropParams(sparsity=0.25, selection="block_influence").calibration_needed() == Calibration()
+    for selection in ("deepest", "seeded"):
+        _, baseline = params_for("attention", 0.25, selection)
+        assert baseline.calibration_needed() is None
+        assert "calibration" not in baseline.model_dump(mode="json", exclude_defaults=True)  # hashes unchanged
+    _, sublayer = params_for("mlp", 0.25)
+    assert sublayer.calibration_needed() == Calibration()
+    assert LayerDropParams(sparsity=0.5, selection="block_influence").layers_for(4, [0.3, 0.1, 0.2, 0.1]) == [1, 3]
+
+
+@pytest.mark.parametrize("sublayer", SUBLAYERS)
+def test_block_influence_fits_any_count_but_all_and_shapes_depend_on_the_count_alone(sublayer):
+    six = architecture_of(tiny("llama").config, "tiny-llama", "tests/tiny_models.py")
+    eight = six.model_copy(update={"num_hidden_layers": 8})
+    assert params_for(sublayer, 0.9)[1].misfit(eight) is None  # 7 of 8: no layer is protected
+    assert "keep the first and last" in params_for(sublayer, 0.9, "deepest")[1].misfit(eight)
+    four = six.model_copy(update={"num_hidden_layers": 4})
+    assert "cannot remove 4 of 4 layers and keep one" in params_for(sublayer, 0.9)[1].misfit(four)
+    for sparsity in (0.25, 0.5):
+        calibrated, deepest = params_for(sublayer, sparsity)[1], params_for(sublayer, sparsity, "deepest")[1]
+        assert calibrated.architecture_after(eight) == deepest.architecture_after(eight)
+        assert calibrated.parameters_after(eight) == deepest.parameters_after(eight)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    """prunereg-mini on CPU in float32, its default calibration batches and its held-out ids."""
+    loaded = load_model("prunereg-mini", "cpu", torch.float32)
+    config, tokenizer = loaded.model.config, loaded.tokenizer
+    ids = calibration_ids(Calibration(), tokenizer, config.vocab_size, config.max_position_embeddings)
+    return loaded.model, ids, encode(tokenizer, EVAL_SPLIT), tokenizer.bos_token_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sublayer,sparsity,baselines",
+    [
+        (None, 0.25, ("deepest", "seeded")),
+        (None, 0.5, ("seeded",)),  # 'deepest' does better here (README, "Depth selections")
+        ("attention", 0.25, ("deepest", "seeded")),
+        ("attention", 0.5, ("deepest", "seeded")),
+    ],
+)
+def test_block_influence_loses_no_more_held_out_quality_than_the_baselines(embedded, sublayer, sparsity, baselines):
+    model, ids, held_out, bos = embedded
+
+    def cross_entropy(selection: str) -> float:
+        name, params = params_for(sublayer, sparsity, selection)
+        pruned = get_adapter(name).apply(copy.deepcopy(model), params, ids if params.calibration_needed() else None)
+        return mean_cross_entropy(pruned, held_out, bos)[0]
+
+    calibrated = cross_entropy("block_influence")
+    for baseline in baselines:
+        assert calibrated <= cross_entropy(baseline), baseline
