@@ -12,6 +12,7 @@ measures only the ones that are missing.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -30,6 +31,7 @@ from prunereg.spec.catalog import ModelArchitecture, Phase, Scenario, devices, m
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import ResolvedEffect, resolve
 from prunereg.spec.results import (
+    CalibrationRecord,
     Environment,
     EvaluationResult,
     ExecutionMode,
@@ -85,7 +87,13 @@ def evaluate(
         if point.name in done:
             on_step(f"{point.name} · already in the registry")
             continue
+        if point.params.calibration_needed() is not None:
+            on_step(f"{point.name} · calibrating")
+        started = time.perf_counter()
         pruned, effects = apply_point(submission, loaded, point)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        calibration = calibration_record(loaded, point, time.perf_counter() - started)
         on_step(f"{point.name} · tracing GEMMs")
         gemms = checked_gemms(loaded, pruned, effects, point.name)
         latency = []
@@ -95,7 +103,7 @@ def evaluate(
         peak = activation_peak(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None
         point_result = PointResult(
             operating_point=point.name, effects=effects, gemms=gemms, stats=model_stats(pruned, peak),
-            latency=latency, quality=[quality.of(pruned)] if quality else [],
+            latency=latency, quality=[quality.of(pruned)] if quality else [], calibration=calibration,
         )  # fmt: skip
         del pruned
         store(result(points=[point_result]))
@@ -159,6 +167,19 @@ def apply_point(
         ids = calibration_ids(calibration, loaded.tokenizer, config.vocab_size, config.max_position_embeddings)
     pruned = get_adapter(submission.adapter.name).apply(copy.deepcopy(loaded.model), point.params, ids)
     return pruned, resolve(submission.effects, point.params)
+
+
+def calibration_record(loaded: LoadedModel, point: OperatingPoint, seconds: float) -> CalibrationRecord | None:
+    """The calibration `apply_point` ran the point's selection on (length capped as `calibration_ids` caps it),
+    and `seconds`, the wall-clock time of that apply stage; None when the selection needs no calibration."""
+    declared = point.params.calibration_needed()
+    if declared is None:
+        return None
+    length = min(declared.length, loaded.model.config.max_position_embeddings)
+    return CalibrationRecord(
+        dataset=declared.dataset, sequences=declared.sequences, length=length, seed=declared.seed,
+        tokens=declared.sequences * length, seconds=seconds,
+    )  # fmt: skip
 
 
 def trace_point(loaded: LoadedModel, pruned, effects, seq_len: int = TRACE_SEQ_LEN):

@@ -148,6 +148,15 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def _calibration(record: dict[str, Any] | None) -> str:
+    """'32 × 256 tokens of embedded-train (seed 0), 1.4 s': a run's CalibrationRecord, or 'none'."""
+    if record is None:
+        return "none"
+    seconds = record["seconds"]
+    took = f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}" if seconds >= 1 else f"{seconds:.2g}"
+    return f"{record['sequences']} × {record['length']} tokens of {record['dataset']} (seed {record['seed']}), {took} s"
+
+
 def _param(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -171,6 +180,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(times=_times, percent=_percent, ms=_ms, number=_number, param=_param, dimension=_dimension)
+    env.filters["calibration"] = _calibration
     env.filters.update(
         family_label=display.family_label, kernel_note=display.kernel_note, gpu_change=display.gpu_change
     )
@@ -189,7 +199,7 @@ def _rounded(value: Any) -> Any:
     return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
-NOT_IN_JSON = ("environment", "kernels")
+NOT_IN_JSON = ("environment", "kernels", "calibration")
 """Per-run data repeated on every row; the method pages show it once per run, keyed by environment_key."""
 
 

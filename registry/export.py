@@ -7,10 +7,12 @@ fingerprint spread into `env_*` columns, because a speedup means nothing without
 library versions and dtype it was timed with. It also says how the scenario really ran
 (`execution`, and the `fallback` reason when the environment's mode failed) and carries the GPU's
 clocks and temperature before and after the repeats (`gpu_before_*`, `gpu_after_*`; empty without
-NVML) and the kernels the run's GEMMs ran on (`kernels`; what they mean for a speedup is the
-leaderboard's to say). The quality table keeps prunereg's measurements (`provenance` "measured", with the run they
-belong to) and the claims reported in submissions ("reported" / "measured-elsewhere", with arXiv
-id and table) side by side, never merged.
+NVML), the kernels the run's GEMMs ran on (`kernels`; what they mean for a speedup is the
+leaderboard's to say) and the calibration its selection ran on, with the seconds calibrating and
+pruning took (`calibration_*`; empty where the selection needs none). The quality table keeps
+prunereg's measurements (`provenance` "measured", with the run they belong to) and the claims
+reported in submissions ("reported" / "measured-elsewhere", with arXiv id and table) side by side,
+never merged.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from .schema import MethodRecord, OperatingPointRecord, QualityRecord, Run, Subm
 
 ENV_FIELDS = tuple(Environment.model_fields)
 GPU_COLUMNS = tuple(f"gpu_{when}_{f}" for when in ("before", "after") for f in GpuState.model_fields)
+CALIBRATION_COLUMNS = ("calibration_dataset", "calibration_tokens", "calibration_seconds")
+"""The run's calibration (spec.results.CalibrationRecord): empty where the point's selection needs none."""
 LATENCY_COLUMNS = (
     "method_slug", "method_name", "family", "spec_hash", "operating_point", "model", "weights",
     "environment_key", *(f"env_{f}" for f in ENV_FIELDS), "scenario", "phase", "batch_size", "seq_len",
     "median_ms", "p20_ms", "p80_ms", "dense_median_ms", "speedup", "theoretical_speedup", "realization",
-    "execution", "fallback", *GPU_COLUMNS, "kernels", "quality_provenance", "quality_loss", "quality_task",
-    "quality_metric", "pareto", "dominated_by",
+    "execution", "fallback", *GPU_COLUMNS, "kernels", *CALIBRATION_COLUMNS, "quality_provenance", "quality_loss",
+    "quality_task", "quality_metric", "pareto", "dominated_by",
 )  # fmt: skip
 QUALITY_COLUMNS = (
     "method_slug", "method_name", "family", "spec_hash", "operating_point", "provenance", "model", "weights",
@@ -52,6 +56,11 @@ def _gpu(when: str, state: dict[str, Any] | None) -> dict[str, Any]:
     return {f"gpu_{when}_{f}": ",".join(v) if isinstance(v := state.get(f), list) else v for f in GpuState.model_fields}
 
 
+def _calibration(record: dict[str, Any] | None) -> dict[str, Any]:
+    record = record or {}
+    return {f"calibration_{f}": record.get(f) for f in ("dataset", "tokens", "seconds")}
+
+
 def latency_record(r: Row) -> dict[str, Any]:
     """One leaderboard row as a flat dict with `LATENCY_COLUMNS`."""
     return {
@@ -62,7 +71,7 @@ def latency_record(r: Row) -> dict[str, Any]:
         "median_ms": r.median_ms, "p20_ms": r.p20_ms, "p80_ms": r.p80_ms, "dense_median_ms": r.dense_median_ms,
         "speedup": r.speedup, "theoretical_speedup": r.theoretical_speedup, "realization": r.realization,
         "execution": r.execution, "fallback": r.fallback, **_gpu("before", r.gpu_before),
-        **_gpu("after", r.gpu_after), "kernels": ",".join(r.kernels),
+        **_gpu("after", r.gpu_after), "kernels": ",".join(r.kernels), **_calibration(r.calibration),
         "quality_provenance": None if r.quality_loss is None else "measured",
         "quality_loss": r.quality_loss, "quality_task": r.quality_task, "quality_metric": r.quality_metric,
         "pareto": r.pareto, "dominated_by": r.dominated_by,

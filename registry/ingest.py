@@ -20,6 +20,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
+from prunereg.spec.catalog import models
+from prunereg.spec.result_checks import calibration_mismatch
 from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, QualityResult, relative_loss
 from prunereg.spec.submission import QualityClaim, Reported, Submission, spec_hash
 
@@ -102,9 +104,14 @@ def _check_matches(submission: Submission, result: EvaluationResult | None) -> N
             f"hashes to {submission.spec_hash()[:12]}"
         )
     mode = result.environment.execution_mode
+    arch = models().get(result.model)
     for point in result.points:
         if point.operating_point not in names:
             raise ValueError(f"result names unknown operating point {point.operating_point!r}")
+        declared = submission.point(point.operating_point).params.calibration_needed()
+        problem = calibration_mismatch(declared, point.calibration, arch.max_position_embeddings if arch else None)
+        if problem:
+            raise ValueError(f"{point.operating_point}: calibration record {problem}")
         for latency in point.latency:
             if (latency.execution != mode) != (latency.fallback is not None):
                 raise ValueError(
@@ -306,14 +313,22 @@ def measurement_digest(run: dict[str, Any], latency: list[dict[str, Any]], quali
     Theoretical times (recomputed from the declaration) and resolved effects (checked against it)
     are not measurements and are left out. Columns named in MEASURED_* only, so that revision
     0003 computes the same digest from stored rows as ingestion does from a results file.
+
+    The calibration record (`run["calibration"]`, stored since revision 0004) is part of the digest:
+    its seconds are a measurement of the method's cost, so the same point calibrated again in another
+    time is another run, like one timed again. It enters the hash only where there is one: a run
+    without (every run before 0004, and every point whose selection needs none) keeps the digest it
+    had, so 0004 leaves stored digests unchanged and 0003 computes them from rows that have no record.
     """
-    blob = {
+    blob: dict[str, Any] = {
         "run": {k: run[k] for k in MEASURED_RUN},
         "latency": sorted(({k: row[k] for k in MEASURED_LATENCY} for row in latency), key=lambda r: r["scenario"]),
         "quality": sorted(
             ({k: row[k] for k in MEASURED_QUALITY} for row in quality), key=lambda r: (r["task"], r["metric"])
         ),
     }
+    if run.get("calibration") is not None:
+        blob["calibration"] = run["calibration"]
     return spec_hash(blob)[:32]
 
 
@@ -336,6 +351,7 @@ def _measured(result: EvaluationResult, point: PointResult) -> dict[str, Any]:
         dense_parameters=result.dense_stats.parameters,
         dense_weight_bytes=result.dense_stats.weight_bytes,
         gemms=[g.model_dump(mode="json") for g in point.gemms],
+        calibration=point.calibration.model_dump(mode="json") if point.calibration else None,
     )
     return dict(
         run=run,

@@ -72,6 +72,8 @@ class Row:
     gpu_before: dict[str, Any] | None = None
     """spec.results.GpuState as JSON, read before the timed repeats (CUDA with NVML only)."""
     gpu_after: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+    """The run's spec.results.CalibrationRecord as JSON (data used and seconds); None where the selection needs none."""
     pareto: bool = False
     dominated_by: int | None = None
 
@@ -165,6 +167,7 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
                     fallback=lat.fallback,
                     gpu_before=lat.gpu_before,
                     gpu_after=lat.gpu_after,
+                    calibration=run.calibration,
                 )
             )
     rows.sort(key=Row.sort_key)
@@ -245,6 +248,8 @@ class RunDetail:
     gemms: list[dict[str, Any]]
     latency: list[Row]
     quality: list[Quality]
+    calibration: dict[str, Any] | None = None
+    """spec.results.CalibrationRecord as JSON: the calibration data used and its seconds; None if none was needed."""
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,7 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
                         list(r.gemms or []),
                         by_run[(sub.spec_hash, p.name, r.model, r.weights, r.environment_key)],
                         [_quality(q) for q in r.quality],
+                        r.calibration,
                     )  # fmt: skip
                     for r in p.runs
                 ]

@@ -133,6 +133,10 @@ class Run(Base):
     dense_weight_bytes: Mapped[int]
     effects: Mapped[list[Any]] = mapped_column(JSON, doc="declared effects resolved at this point")
     gemms: Mapped[list[Any]] = mapped_column(JSON, default=list, doc="traced GEMMs with the kernel each ran on")
+    # none_as_null: a selection without calibration is SQL NULL, as in rows from before revision 0004
+    calibration: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), doc="spec.results.CalibrationRecord as JSON: calibration used and its seconds"
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
     operating_point: Mapped[OperatingPointRecord] = relationship(back_populates="runs")

@@ -16,12 +16,20 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .calibration import Calibration
 from .catalog import devices, models
 from .checks import CHECKS, Problem
 from .costmodel import estimate
 from .effects import resolve
 from .jsonfile import JsonFileError, read_json
-from .results import MAX_RESULT_BYTES, NO_CONTROL, EvaluationResult, SavedEvaluation, latency_summary
+from .results import (
+    MAX_RESULT_BYTES,
+    NO_CONTROL,
+    CalibrationRecord,
+    EvaluationResult,
+    SavedEvaluation,
+    latency_summary,
+)
 from .validate import _one_line, _pointer, _pointer_from_loc, validate_file
 
 REL_TOL = 1e-6
@@ -78,6 +86,43 @@ def effects_are_the_declaration(saved: SavedEvaluation) -> Iterator[Problem]:
             declared = resolve(saved.submission.effects, params[point.operating_point])
             if [e.model_dump() for e in point.effects] != [e.model_dump() for e in declared]:
                 yield Problem(f"/result/points/{i}/effects", "are not the submission's effects resolved at this point")
+
+
+def calibration_mismatch(
+    declared: Calibration | None, record: CalibrationRecord | None, context: int | None
+) -> str | None:
+    """Why a point's calibration record is not its declared calibration as run on a model of `context` positions.
+
+    The record names the declared set, sequences and seed, the declared length capped at the context (at
+    most the declared length where the context is unknown: a local checkpoint), and tokens = sequences ×
+    length. A record for a selection that needs none, or none for one that needs one, is refused too.
+    """
+    if declared is None:
+        return None if record is None else "is given, but the point's selection needs no calibration"
+    expected = f"{declared.sequences} × {declared.length} tokens of {declared.dataset} (seed {declared.seed})"
+    if record is None:
+        return f"is missing: the point's selection calibrates on {expected}"
+    length = min(declared.length, context) if context is not None else min(declared.length, record.length)
+    used = (record.dataset, record.sequences, record.length, record.seed)
+    if used != (declared.dataset, declared.sequences, length, declared.seed):
+        got = f"{record.sequences} × {record.length} tokens of {record.dataset} (seed {record.seed})"
+        return f"says {got}, the point declares {expected}" + (f" capped at {context} positions" if context else "")
+    tokens = record.sequences * record.length
+    if record.tokens != tokens:
+        return f"says {record.tokens} tokens, but {record.sequences} × {record.length} is {tokens}"
+    return None
+
+
+def calibration_is_the_declaration(saved: SavedEvaluation) -> Iterator[Problem]:
+    """Each point's calibration record is the one its params declare, capped at the catalog model's context."""
+    params = {p.name: p.params for p in saved.submission.adapter.operating_points}
+    arch = models().get(saved.result.model)
+    for i, point in enumerate(saved.result.points):
+        if point.operating_point in params:
+            declared = params[point.operating_point].calibration_needed()
+            problem = calibration_mismatch(declared, point.calibration, arch.max_position_embeddings if arch else None)
+            if problem:
+                yield Problem(f"/result/points/{i}/calibration", problem)
 
 
 def statistics_are_the_samples(saved: SavedEvaluation) -> Iterator[Problem]:
@@ -178,6 +223,7 @@ RESULT_CHECKS: list[ResultCheck] = [
     points_are_the_submissions,
     scenarios_and_tasks_unique,
     effects_are_the_declaration,
+    calibration_is_the_declaration,
     statistics_are_the_samples,
     dense_median_is_the_dense_samples,
     fallback_explained,

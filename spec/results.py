@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from .calibration import CalibrationSet
 from .catalog import Frozen, Scenario
 from .effects import ResolvedEffect
 from .submission import Name, Submission
@@ -205,6 +206,30 @@ class GemmTrace(Measured):
     kernel: str = text(80, "dense, masked dense, or the sparse kernel and its backend")
 
 
+MAX_CALIBRATION_SECONDS = 7 * 86_400.0
+"""A week: no selection's calibration and pruning of one point takes longer."""
+
+
+class CalibrationRecord(Measured):
+    """The calibration data a point's selection ran on, as used, and what calibrating and pruning cost.
+
+    `spec/result_checks.py` checks it against the point's declared `Calibration`.
+    """
+
+    dataset: CalibrationSet = Field(description="the calibration set, as declared by the operating point")
+    sequences: int = Field(strict=True, ge=1, le=1024, description="calibration sequences, as declared")
+    length: int = Field(
+        strict=True, ge=1, le=8192, description="tokens per sequence as used: the declared length capped at the "
+        "model's context length",
+    )  # fmt: skip
+    seed: int = Field(strict=True, ge=0, le=2**31 - 1, description="the seed that picked the windows, as declared")
+    tokens: int = Field(strict=True, ge=1, le=1024 * 8192, description="calibration tokens: sequences × length")
+    seconds: float = Field(
+        strict=True, ge=0, le=MAX_CALIBRATION_SECONDS, description="wall-clock seconds of the selection's "
+        "calibration and pruning (the adapter's apply on a copy of the dense model): part of the method's cost",
+    )  # fmt: skip
+
+
 class PointResult(Measured):
     operating_point: Name = Field(description="name of the submission's operating point")
     effects: list[ResolvedEffect] = Field(max_length=32, description="the declared effects resolved at this point")
@@ -216,6 +241,10 @@ class PointResult(Measured):
     quality: list[QualityResult] = Field(
         max_length=16, description="quality measured by prunereg; empty on random weights"
     )
+    calibration: CalibrationRecord | None = Field(
+        None, description="the calibration the point's selection ran on and its time; none when it needs none "
+        "(as in every file written before prunereg recorded it, when no selection calibrated)",
+    )  # fmt: skip
 
 
 class EvaluationResult(Measured):

@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from prunereg.registry.queries import Row
-from prunereg.spec.catalog import Phase, Scenario
+from prunereg.spec.catalog import Phase, Scenario, models
 from prunereg.spec.effects import resolve
 from prunereg.spec.results import (
+    CalibrationRecord,
     Environment,
     EvaluationResult,
     GpuState,
@@ -21,7 +22,7 @@ from prunereg.spec.results import (
     PointResult,
     QualityResult,
 )
-from prunereg.spec.submission import Submission
+from prunereg.spec.submission import OperatingPoint, Submission
 from prunereg.spec.taxonomy import LAYER_GEMMS
 
 DEFAULT_POINTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -143,6 +144,18 @@ def cross_entropy(loss: float, dense: float = 3.0) -> QualityResult:
     )  # fmt: skip
 
 
+def calibration_record(point: OperatingPoint, model: str, seconds: float = 1.4) -> CalibrationRecord | None:
+    """The record the harness writes for `point` on catalog `model`: its declared calibration, length capped."""
+    declared = point.params.calibration_needed()
+    if declared is None:
+        return None
+    length = min(declared.length, models()[model].max_position_embeddings)
+    return CalibrationRecord(
+        dataset=declared.dataset, sequences=declared.sequences, length=length, seed=declared.seed,
+        tokens=declared.sequences * length, seconds=seconds,
+    )  # fmt: skip
+
+
 def make_result(
     submission: Submission,
     *,
@@ -154,11 +167,13 @@ def make_result(
     weights: str = "trained",
     environment: Environment | None = None,
     dense_ms: float = 10.0,
+    calibration_seconds: float = 1.4,
 ) -> EvaluationResult:
     """An evaluation with the given measured speedup, theoretical speedup and relative loss per point.
 
     Defaults: point i runs at 1.2 + 0.4*i, its roofline allows 25 % more, and it loses 2 % + 5 %*i of
-    quality (cross-entropy against a dense 3.0). A loss of None means no quality was measured.
+    quality (cross-entropy against a dense 3.0). A loss of None means no quality was measured. A point
+    whose selection calibrates gets the record of its declared calibration, taking `calibration_seconds`.
     """
     names = [p.name for p in submission.adapter.operating_points]
     speedups = speedups or {n: 1.2 + 0.4 * i for i, n in enumerate(names)}
@@ -189,6 +204,7 @@ def make_result(
                 stats=stats(int(1e6 / s)),
                 latency=latency,
                 quality=quality,
+                calibration=calibration_record(point, model, calibration_seconds),
             )
         )
     return EvaluationResult(

@@ -40,7 +40,8 @@ ENVIRONMENT = make_environment(
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    """Three methods and a baseline: one eager run each, and ShortGPT again in graph mode with a fallback."""
+    """ShortGPT (deepest layers, and Block Influence with its calibration), LLM-Pruner and a dense baseline: one
+    eager run each, and ShortGPT's deepest layers again in graph mode with a fallback."""
     path = tmp_path_factory.mktemp("golden") / "registry.db"
     engine = connect(str(path))
     depth = make_submission("shortgpt-golden", name="ShortGPT (golden)")
@@ -50,6 +51,12 @@ def registry(tmp_path_factory):
     ingest(engine, width, make_result(width, environment=ENVIRONMENT, speedups={"width-25": 1.1, "width-50": 2.3},
                                       losses={"width-25": 0.01, "width-50": None}))  # fmt: skip
     ingest(engine, dense, make_result(dense, environment=ENVIRONMENT, speedups={"dense": 1.0}, losses={"dense": 0.0}))
+    calibrated = {"sparsity": 0.25, "selection": "block_influence", "calibration": {"sequences": 16, "length": 128}}
+    influence = make_submission(
+        "shortgpt-bi-golden", name="ShortGPT BI (golden)", points={"bi-25": calibrated}, claims=[]
+    )
+    ingest(engine, influence, make_result(influence, environment=ENVIRONMENT, speedups={"bi-25": 1.3},
+                                          losses={"bi-25": 0.03}, calibration_seconds=2.5))  # fmt: skip
     graph = make_result(depth, environment=ENVIRONMENT.model_copy(update={"execution_mode": "graph"}))
     ingest(engine, depth, in_mode(graph, "graph", {"drop-50": CAPTURE_ERROR}))
     yield engine, path

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from backends import BACKENDS, backend_url
 from factories import make_environment, make_result, make_submission
-from sqlalchemy import create_engine, select, text
+from hostile import dump, sqlite_bytes
+from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from prunereg.cli import app
-from prunereg.registry.schema import Base
 from prunereg.spec.catalog import Scenario, devices, models
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import resolve
@@ -71,28 +71,6 @@ def submissions(tmp_path_factory) -> Path:
 
 def ingest(db: str, submissions: Path, *files: Path):
     return CliRunner().invoke(app, ["ingest", *map(str, files), "--db", db, "--submissions", str(submissions)])
-
-
-def dump(url: str, *, content_only: bool = False) -> dict[str, list[tuple]]:
-    """Every row of every table; `content_only`: without ids and timestamps, which ingestion order may change."""
-    engine, tables = create_engine(url), {}
-    with engine.connect() as connection:
-        for table in Base.metadata.sorted_tables:
-            columns = [c for c in table.columns if not (c.primary_key or c.foreign_keys or c.name == "created_at")]
-            rows = connection.execute(select(*columns) if content_only else select(table).order_by(table.c.id))
-            tables[table.name] = sorted(tuple(map(repr, r)) for r in rows) if content_only else list(map(tuple, rows))
-    engine.dispose()
-    return tables
-
-
-def sqlite_bytes(url: str) -> bytes | None:
-    if not url.startswith("sqlite:///"):
-        return None
-    engine = create_engine(url)
-    with engine.connect() as connection:
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    engine.dispose()
-    return Path(url.removeprefix("sqlite:///")).read_bytes()
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -148,6 +126,8 @@ def put(path: str, value: Any) -> Callable[[Document], None]:
 
 LAT = "/result/points/0/latency/0"
 ENV = "/result/environment"
+CAL = "/result/points/0/calibration"
+RECORD = {"dataset": "embedded-train", "sequences": 32, "length": 256, "seed": 0, "tokens": 8192, "seconds": 1.4}
 
 
 def _scaled(field: str, factor: float) -> Callable[[Document], None]:
@@ -257,6 +237,9 @@ VARIANTS: dict[str, Callable[[Path], Path | list[Path]]] = {  # each makes the f
     "random-weights-with-quality": edit(put("/result/weights", "random")),
     "fallback-without-leaving-the-mode": edit(put(f"{LAT}/fallback", "it felt like it")),
     "unit-seconds": edit(put(f"{LAT}/unit", "s")),
+    "calibration-where-none-is-needed": edit(put(CAL, RECORD)),
+    "calibration-seconds-negative": edit(put(CAL, {**RECORD, "seconds": -1.0})),
+    "calibration-of-another-set": edit(put(CAL, {**RECORD, "dataset": "wikitext2-test"})),
     # edited embedded submissions
     "renamed-method": edit(resubmitted(put("/method/name", "Hijacked"))),
     "other-authors": edit(resubmitted(put("/method/authors", ["Mallory"]))),

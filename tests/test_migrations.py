@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from backends import BACKENDS, backend_url, counts
 from factories import in_mode, make_environment, make_result, make_submission
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
 from prunereg.registry.db import (
     BASELINE,
@@ -29,7 +29,7 @@ from prunereg.registry.db import (
 )
 from prunereg.registry.ingest import ingest
 from prunereg.registry.queries import leaderboard_rows
-from prunereg.registry.schema import Base
+from prunereg.registry.schema import Base, Run
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
@@ -81,6 +81,27 @@ def test_upgrade_from_the_baseline_keeps_every_row(backend, tmp_path):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_0004_adds_the_calibration_record_and_leaves_every_digest(backend, tmp_path):
+    """Down to 0003 drops the records, not a run or a digest; up again, every run has none (NULL)."""
+    with backend_url(backend, tmp_path) as url:
+        engine = connect(url)
+        fill(engine)
+        calibrated = {"sparsity": 0.25, "selection": "block_influence", "calibration": {"sequences": 4, "length": 64}}
+        sub = make_submission("calibrated-test", points={"bi-25": calibrated}, claims=[])
+        ingest(engine, sub, make_result(sub))
+        runs = select(Run.id, Run.measurement, Run.calibration).order_by(Run.id)
+        with engine.connect() as connection:
+            before = connection.execute(runs).all()
+        assert [r.calibration is not None for r in before].count(True) == 1
+        downgrade(engine, "0003")
+        assert "calibration" not in {c["name"] for c in inspect(engine).get_columns("runs")}
+        upgrade_schema(engine)
+        with engine.connect() as connection:
+            assert connection.execute(runs).all() == [(i, digest, None) for i, digest, _ in before]
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_create_all_database_is_stamped_then_upgraded(backend, tmp_path):
     with backend_url(backend, tmp_path) as url:
         legacy = connect(url)
@@ -121,7 +142,7 @@ def test_migrations_ship_with_the_package():
 
     setuptools = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]
     files = [p for p in MIGRATIONS.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    assert any(p.name.startswith("0003") for p in files)
+    assert any(p.name.startswith("0004") for p in files)
     for file in files:  # a module of a listed package, or data that package lists
         package = ".".join(["prunereg.registry", *file.parent.relative_to(MIGRATIONS.parent).parts])
         assert package in setuptools["packages"], file
