@@ -31,7 +31,7 @@ def linears(model: nn.Module, projections) -> list[nn.Linear]:
 
 
 P = TypeVar("P", bound="Frozen")
-"""The family's parameter model (spec/parameters.py, or a plugin's own)."""
+"""The family's parameter model (spec/parameters/, or a plugin's own)."""
 
 
 class Adapter(ABC, Generic[P]):

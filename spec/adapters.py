@@ -1,6 +1,6 @@
 """The adapter table: every adapter a submission can name, each registered once, here. No torch.
 
-A row names the adapter, its parameter model (spec/parameters.py, which also holds its fit
+A row names the adapter, its parameter model (spec/parameters/, which also holds its fit
 check), the families it realizes, the module that implements it and example points for the
 contract tests. The JSON Schema, the semantic checks, `prunereg list adapters`,
 `prunereg.adapters.get_adapter` and the README's family table are all read off this table.

@@ -1,0 +1,97 @@
+"""What every parameter model answers, and the parameter counts of a catalog architecture. No torch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ..calibration import Calibration
+from ..catalog import Frozen, ModelArchitecture
+
+Selection = Literal["magnitude", "seeded"]
+
+
+def linear_shapes(arch: ModelArchitecture) -> dict[str, tuple[int, int]]:
+    """(K, N) = (in, out) features of each Linear of a decoder layer, by its transformers attribute name."""
+    h, i = arch.hidden_size, arch.intermediate_size
+    q, kv = arch.num_attention_heads * arch.head_dim, arch.num_key_value_heads * arch.head_dim
+    return {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
+
+
+def attention_parameters(arch: ModelArchitecture) -> int:
+    """Weights and biases of one attention block (Qwen2 biases q/k/v; Llama's attention_bias also o)."""
+    shapes = linear_shapes(arch)
+    weights = sum(k * n for name, (k, n) in shapes.items() if name in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    if not arch.attention_bias:
+        return weights
+    biased = ("q_proj", "k_proj", "v_proj") if arch.model_type == "qwen2" else ("q_proj", "k_proj", "v_proj", "o_proj")
+    return weights + sum(shapes[name][1] for name in biased)
+
+
+def mlp_parameters(arch: ModelArchitecture) -> int:
+    return 3 * arch.hidden_size * arch.intermediate_size
+
+
+def parameter_count(arch: ModelArchitecture) -> int:
+    """Parameters of the model an architecture describes: embeddings, layers with their two norms, final norm."""
+    layer = attention_parameters(arch) + mlp_parameters(arch) + 2 * arch.hidden_size
+    embeddings = arch.vocab_size * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
+    return embeddings + arch.num_hidden_layers * layer + arch.hidden_size
+
+
+class AdapterParams(Frozen):
+    """What every adapter's parameter model answers about a model architecture, without torch.
+
+    The defaults describe an adapter that changes no shape (masks, routing, sparse attention).
+    """
+
+    def misfit(self, arch: ModelArchitecture) -> str | None:
+        """Why this point cannot be applied to `arch`, or None."""
+        return None
+
+    def architecture_after(self, arch: ModelArchitecture) -> ModelArchitecture:
+        """The architecture the pruned model's config describes."""
+        return arch
+
+    def parameters_after(self, arch: ModelArchitecture) -> int:
+        """Parameters of the pruned model (zeroed weights still count: they are stored and multiplied)."""
+        return parameter_count(self.architecture_after(arch))
+
+    def calibration_needed(self) -> Calibration | None:
+        """The calibration data this point's selection scores on; None for a selection that needs none."""
+        return None
+
+
+def _refusal(check, *args) -> str | None:
+    """The message of the ValueError `check(*args)` raises, or None."""
+    try:
+        check(*args)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+class DenseParams(AdapterParams):
+    """The unpruned model: the baseline every speedup and quality loss is measured against."""
+
+
+Projection = Literal["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+ALL_PROJECTIONS: list[Projection] = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+PROJECTION_LINEARS: dict[Projection, tuple[str, ...]] = {
+    "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+    "o_proj": ("o_proj",),
+    "gate_up_proj": ("gate_proj", "up_proj"),
+    "down_proj": ("down_proj",),
+}
+"""Each GEMM of the taxonomy as the transformers Linear attributes that compute it."""

@@ -1,0 +1,165 @@
+"""Depth: whole layers or sublayers removed statically (layer_drop, sublayer_drop), or per token (token_routing)."""
+
+from __future__ import annotations
+
+import random
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from ..calibration import Calibration
+from ..catalog import ModelArchitecture
+from .base import AdapterParams, _refusal, attention_parameters, mlp_parameters, parameter_count
+
+
+class LayerDropParams(AdapterParams):
+    """Static depth pruning: remove whole decoder layers."""
+
+    sparsity: float = Field(ge=0.0, le=0.9, description="fraction of decoder layers removed")
+    selection: Literal["deepest", "explicit", "seeded", "block_influence"] = Field(
+        "deepest",
+        description=(
+            "which layers: 'block_influence' = ShortGPT's criterion (per attention or MLP block for sublayer_drop, "
+            "as in 'What Matters in Transformers'), in one shot: those whose output on the calibration data is most "
+            "like their input (lowest 1 - mean cosine over tokens), first and last layer included; "
+            "'deepest' = the contiguous block just before the last layer (where Block Influence and SLEB find "
+            "Llama models most redundant), 'explicit' = `layers`, 'seeded' = a seeded random choice (the paper's "
+            "simulation mode); the first and last layer are never chosen by 'deepest' or 'seeded'"
+        ),
+    )
+    layers: list[Annotated[int, Field(ge=0, le=1023)]] | None = Field(
+        None, max_length=512, description="0-based indices of the layers to remove, for selection 'explicit'"
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="for selection 'seeded'")
+    calibration: Calibration = Field(
+        default_factory=Calibration, description="the text Block Influence is measured on, for 'block_influence'"
+    )
+
+    @model_validator(mode="after")
+    def _layers_iff_explicit(self) -> LayerDropParams:
+        if (self.layers is not None) != (self.selection == "explicit"):
+            raise ValueError("'layers' is given exactly when selection is 'explicit'")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            raise ValueError("layer indices must be unique")
+        return self
+
+    def calibration_needed(self) -> Calibration | None:
+        return self.calibration if self.selection == "block_influence" else None
+
+    def count(self, num_layers: int) -> int:
+        return round(self.sparsity * num_layers)
+
+    def removed(self, num_layers: int) -> int:
+        """How many of `num_layers` layers go (raises if they cannot): all a shape depends on."""
+        n = self.count(num_layers)
+        if self.selection == "explicit":
+            assert self.layers is not None
+            if max(self.layers, default=-1) >= num_layers:
+                raise ValueError(f"layer {max(self.layers)} does not exist in a {num_layers}-layer model")
+            if len(self.layers) != n:
+                raise ValueError(
+                    f"{len(self.layers)} layers listed but sparsity {self.sparsity} of {num_layers} layers is {n}"
+                )
+        elif self.selection == "block_influence" and n >= num_layers:
+            raise ValueError(f"cannot remove {n} of {num_layers} layers and keep one")
+        elif self.selection in ("deepest", "seeded") and n > num_layers - 2:
+            raise ValueError(f"cannot remove {n} of {num_layers} layers and keep the first and last")
+        return n
+
+    def layers_for(self, num_layers: int, influence: list[float] | None = None) -> list[int]:
+        """The sorted indices removed from a model of `num_layers` layers; 'block_influence' ranks `influence`."""
+        n = self.removed(num_layers)
+        if self.selection == "explicit":
+            assert self.layers is not None
+            return sorted(self.layers)
+        if self.selection == "deepest":
+            return list(range(num_layers - 1 - n, num_layers - 1))
+        if self.selection == "seeded":
+            return sorted(random.Random(self.seed).sample(range(1, num_layers - 1), n))
+        if influence is None or len(influence) != num_layers:
+            raise ValueError(f"selection 'block_influence' needs the influence of all {num_layers} layers")
+        return sorted(sorted(range(num_layers), key=influence.__getitem__)[:n])  # lowest first, ties by index
+
+    def misfit(self, arch: ModelArchitecture) -> str | None:
+        return _refusal(self.removed, arch.num_hidden_layers)
+
+    def architecture_after(self, arch: ModelArchitecture) -> ModelArchitecture:
+        dropped = self.removed(arch.num_hidden_layers)
+        return arch.model_copy(update={"num_hidden_layers": arch.num_hidden_layers - dropped})
+
+
+class SublayerDropParams(LayerDropParams):
+    """Static depth pruning of one sublayer kind: the attention or the MLP block of chosen layers.
+
+    The residual path stays: a dropped sublayer adds nothing to the residual stream.
+    """
+
+    sublayer: Literal["attention", "mlp"] = Field(description="which block of the chosen layers is removed")
+
+    def architecture_after(self, arch: ModelArchitecture) -> ModelArchitecture:
+        """No config field says "layer 5 has no attention": the config keeps every layer."""
+        return arch
+
+    def parameters_after(self, arch: ModelArchitecture) -> int:
+        block = attention_parameters(arch) if self.sublayer == "attention" else mlp_parameters(arch)
+        return parameter_count(arch) - self.removed(arch.num_hidden_layers) * (block + arch.hidden_size)
+
+
+class TokenRoutingParams(AdapterParams):
+    """Dynamic depth (Mixture-of-Depths on the MLP): per token, a routing rule decides whether a routed MLP runs.
+
+    Routed tokens are gathered, run through the MLP on a smaller M and scattered back; the others
+    keep their residual. The decision depends only on the token's sequence row and position (never on
+    later tokens), so decoding with a KV cache makes the same choices as a full forward. Capacity:
+    every aligned window of 16 positions of one sequence sends exactly (1 - sparsity) * 16 tokens
+    through each routed MLP.
+    """
+
+    window: ClassVar[int] = 16
+
+    sparsity: float = Field(
+        ge=0.0,
+        le=0.95,
+        description="share of tokens that skip each routed MLP; a whole number of tokens of a 16-position window (multiple of 1/16)",
+    )
+    sublayer: Literal["mlp"] = Field("mlp", description="which sublayer is routed")
+    layers: Literal["all", "alternate"] = Field(
+        "alternate", description="route every layer, or every second layer starting with layer 1 (MoD)"
+    )
+    policy: Literal["seeded"] = Field(
+        "seeded",
+        description=(
+            "'seeded': a seeded choice of the routed positions of every window (the paper's simulation mode: latency "
+            "depends on how many tokens skip, not which). A score-driven policy is left out: an exact top-k per window "
+            "is not causal, a threshold's capacity is only approximate, and an untrained router would only add noise"
+        ),
+    )
+    router_rank: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="the router that runs on every token (its cost is measured): 0 = linear hidden->1, r>0 = hidden->r->1",
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds the choice of routed positions")
+
+    def capacity(self) -> int:
+        """Tokens of every window that pass (raises when the sparsity is not a whole number of tokens)."""
+        kept = (1.0 - self.sparsity) * self.window
+        if abs(kept - round(kept)) > 1e-6:
+            raise ValueError(
+                f"sparsity {self.sparsity} is not a whole number of tokens of a {self.window}-token routing window "
+                f"(use a multiple of 1/{self.window}, e.g. 0.5 or 0.875)"
+            )
+        return round(kept)
+
+    def routed_layers(self, num_layers: int) -> list[int]:
+        return list(range(num_layers)) if self.layers == "all" else list(range(1, num_layers, 2))
+
+    def misfit(self, arch: ModelArchitecture) -> str | None:
+        return _refusal(self.capacity)
+
+    def parameters_after(self, arch: ModelArchitecture) -> int:
+        """Each routed layer adds its router: hidden->1, or hidden->r->1, without biases."""
+        h, r = arch.hidden_size, self.router_rank
+        router = h * r + r if r else h
+        return parameter_count(arch) + len(self.routed_layers(arch.num_hidden_layers)) * router
