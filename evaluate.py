@@ -175,7 +175,7 @@ def calibration_record(loaded: LoadedModel, point: OperatingPoint, seconds: floa
     declared = point.params.calibration_needed()
     if declared is None:
         return None
-    length = min(declared.length, loaded.model.config.max_position_embeddings)
+    length = declared.length_on(loaded.model.config.max_position_embeddings)
     return CalibrationRecord(
         dataset=declared.dataset, sequences=declared.sequences, length=length, seed=declared.seed,
         tokens=declared.sequences * length, seconds=seconds,

@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # the interface itself needs no torch, so the adapter lookup 
     from transformers import PreTrainedModel
 
     from prunereg.spec.catalog import Frozen
+    from prunereg.spec.parameters import AdapterParams
 
 PROJECTIONS = {
     projection: ("self_attn" if projection in ("qkv_proj", "o_proj") else "mlp", names)
@@ -28,6 +29,15 @@ def linears(model: nn.Module, projections) -> list[nn.Linear]:
             parent, names = PROJECTIONS[projection]
             found.extend(getattr(getattr(layer, parent), name) for name in names)
     return found
+
+
+def check_calibration(params: AdapterParams, calibration: Tensor | None) -> None:
+    """Refuse to run a selection that scores on calibration data without the ids it declared."""
+    if calibration is None and params.calibration_needed() is not None:
+        raise ValueError(
+            f"selection {getattr(params, 'selection', '?')!r} scores on calibration data: pass the ids of "
+            "harness.calibration.calibration_ids(params.calibration_needed(), ...) as `calibration`"
+        )
 
 
 P = TypeVar("P", bound="Frozen")

@@ -15,7 +15,7 @@ from torch import nn
 
 from prunereg.spec.parameters import LayerDropParams
 
-from .base import Adapter
+from .base import Adapter, check_calibration
 
 
 def _hidden(args, kwargs) -> torch.Tensor:
@@ -27,16 +27,11 @@ def _output(output) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def influence(model, calibration: torch.Tensor | None, sublayer: str | None = None, batch_size: int = 8) -> list[float]:
+def influence(model, calibration: torch.Tensor, sublayer: str | None = None, batch_size: int = 8) -> list[float]:
     """1 - mean cosine over calibration tokens between the residual stream before and after each decoder
     layer (`sublayer` None: Block Influence), or before and after its "attention" or "mlp" block, i.e.
     X against X + block(norm(X)) ("What Matters in Transformers", arXiv 2406.15786). One per layer.
     """
-    if calibration is None:
-        raise ValueError(
-            "selection 'block_influence' scores layers on calibration data: pass the ids of "
-            "params.calibration_needed() (harness.calibration.calibration_ids)"
-        )
     layers = list(model.model.layers)
     total = torch.zeros(len(layers), dtype=torch.float64)
     before: dict[int, torch.Tensor] = {}
@@ -77,8 +72,11 @@ class LayerDrop(Adapter[LayerDropParams]):
     name = "layer_drop"
 
     def apply(self, model, params: LayerDropParams, calibration=None):
+        check_calibration(params, calibration)
         config = model.config
-        scores = influence(model, calibration) if params.selection == "block_influence" else None
+        scores = (
+            influence(model, calibration) if calibration is not None and params.selection == "block_influence" else None
+        )
         dropped = set(params.layers_for(config.num_hidden_layers, scores))
         kept = [i for i in range(config.num_hidden_layers) if i not in dropped]
         layers = model.model.layers

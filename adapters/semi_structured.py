@@ -19,9 +19,9 @@ from torch import nn
 
 from prunereg.spec.parameters import SemiStructuredParams
 
-from .base import Adapter, linears
+from .base import Adapter, check_calibration, linears
 from .layerwise import mask_n_of_m, prune_layerwise
-from .unstructured import calibrated, check_calibration
+from .unstructured import calibrated
 
 
 def mask_2_4(weight: torch.Tensor) -> torch.Tensor:

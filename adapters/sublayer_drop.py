@@ -23,7 +23,7 @@ from torch import nn
 
 from prunereg.spec.parameters import SublayerDropParams
 
-from .base import Adapter
+from .base import Adapter, check_calibration
 from .layer_drop import influence
 
 
@@ -54,7 +54,9 @@ class SublayerDrop(Adapter[SublayerDropParams]):
     checkpoint_refusal = "a transformers config cannot express layers without their attention or MLP block"
 
     def apply(self, model, params: SublayerDropParams, calibration=None):
-        scores = influence(model, calibration, params.sublayer) if params.selection == "block_influence" else None
+        check_calibration(params, calibration)
+        block_influence = calibration is not None and params.selection == "block_influence"
+        scores = influence(model, calibration, params.sublayer) if block_influence else None
         for index in params.layers_for(model.config.num_hidden_layers, scores):
             layer = model.model.layers[index]
             if params.sublayer == "attention":

@@ -16,7 +16,7 @@ import torch
 
 from prunereg.spec.parameters import UnstructuredParams
 
-from .base import Adapter, linears
+from .base import Adapter, check_calibration, linears
 from .layerwise import gram, mask_n_of_m, prune_layerwise, sparsegpt_prune, squared_norms, wanda_scores
 
 
@@ -42,14 +42,6 @@ def calibrated(selection: str, sparsity: float = 0.0, n_of_m: tuple[int, int] | 
     if selection == "sparsegpt":
         return gram, lambda linear, hessian, _tokens: sparsegpt_prune(linear.weight, hessian, sparsity, n_of_m)
     raise ValueError(f"selection {selection!r} is not a calibrated one")
-
-
-def check_calibration(params, calibration) -> None:
-    if calibration is None and params.calibration_needed() is not None:
-        raise ValueError(
-            f"selection {params.selection!r} scores weights on calibration data: pass the ids of "
-            "harness.calibration.calibration_ids(params.calibration_needed(), ...) as `calibration`"
-        )
 
 
 class Unstructured(Adapter[UnstructuredParams]):

@@ -22,7 +22,7 @@ def calibration_ids(
     calibration: Calibration, tokenizer: PreTrainedTokenizerBase | None, vocab_size: int, max_positions: int
 ) -> torch.Tensor:
     """[sequences, length] token ids: BOS, then `length - 1` consecutive tokens of a seeded window of the set."""
-    length = min(calibration.length, max_positions)
+    length = calibration.length_on(max_positions)
     if tokenizer is None:
         generator = torch.Generator().manual_seed(calibration.seed)
         return torch.randint(vocab_size, (calibration.sequences, length), generator=generator)

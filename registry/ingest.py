@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from prunereg.spec.catalog import models
-from prunereg.spec.result_checks import calibration_mismatch
+from prunereg.spec.result_checks import calibration_mismatch, fallback_mismatch
 from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, QualityResult, relative_loss
 from prunereg.spec.submission import QualityClaim, Reported, Submission, spec_hash
 
@@ -113,12 +113,9 @@ def _check_matches(submission: Submission, result: EvaluationResult | None) -> N
         if problem:
             raise ValueError(f"{point.operating_point}: calibration record {problem}")
         for latency in point.latency:
-            if (latency.execution != mode) != (latency.fallback is not None):
-                raise ValueError(
-                    f"{point.operating_point} {latency.scenario.name}: ran {latency.execution} in a {mode} "
-                    f"environment with fallback {latency.fallback!r}; a scenario leaves its environment's mode "
-                    "exactly when it falls back, with the reason"
-                )
+            problem = fallback_mismatch(mode, latency)
+            if problem:
+                raise ValueError(f"{point.operating_point} {latency.scenario.name}: {problem}")
 
 
 def _get_or_create(

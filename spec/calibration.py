@@ -32,3 +32,7 @@ class Calibration(Frozen):
         256, ge=16, le=8192, description="tokens per sequence, BOS included; capped at the model's context length"
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="picks the windows of the set, so calibration is repeatable")
+
+    def length_on(self, max_positions: int) -> int:
+        """The sequence length used on a model of `max_positions` positions: the declared one, capped."""
+        return min(self.length, max_positions)

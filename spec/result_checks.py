@@ -27,6 +27,7 @@ from .results import (
     NO_CONTROL,
     CalibrationRecord,
     EvaluationResult,
+    LatencyResult,
     SavedEvaluation,
     latency_summary,
 )
@@ -102,7 +103,7 @@ def calibration_mismatch(
     expected = f"{declared.sequences} × {declared.length} tokens of {declared.dataset} (seed {declared.seed})"
     if record is None:
         return f"is missing: the point's selection calibrates on {expected}"
-    length = min(declared.length, context) if context is not None else min(declared.length, record.length)
+    length = declared.length_on(context if context is not None else record.length)
     used = (record.dataset, record.sequences, record.length, record.seed)
     if used != (declared.dataset, declared.sequences, length, declared.seed):
         got = f"{record.sequences} × {record.length} tokens of {record.dataset} (seed {record.seed})"
@@ -145,16 +146,23 @@ def dense_median_is_the_dense_samples(saved: SavedEvaluation) -> Iterator[Proble
             yield Problem(f"{pointer}/dense_median", f"is {latency.dense_median:g}, the dense samples give {dense:g}")
 
 
+def fallback_mismatch(mode: str, latency: LatencyResult) -> str | None:
+    """Why a scenario's execution contradicts its environment's `mode`: it leaves that mode exactly when it
+    falls back, with the reason. None when it does not."""
+    if (latency.execution != mode) == (latency.fallback is not None):
+        return None
+    return (
+        f"ran {latency.execution} in a {mode} environment with fallback {latency.fallback!r}; "
+        "a scenario leaves its environment's mode exactly when it falls back, with the reason"
+    )
+
+
 def fallback_explained(saved: SavedEvaluation) -> Iterator[Problem]:
-    """A scenario leaves its environment's execution mode exactly when it falls back, with the reason."""
     mode = saved.result.environment.execution_mode
     for pointer, _, latency in _latencies(saved):
-        if (latency.execution != mode) != (latency.fallback is not None):
-            yield Problem(
-                f"{pointer}/execution",
-                f"ran {latency.execution} in a {mode} environment with fallback {latency.fallback!r}; "
-                "a scenario leaves its environment's mode exactly when it falls back, with the reason",
-            )
+        problem = fallback_mismatch(mode, latency)
+        if problem:
+            yield Problem(f"{pointer}/execution", problem)
 
 
 def catalog_model_and_device(saved: SavedEvaluation) -> Iterator[Problem]:

@@ -66,46 +66,25 @@ def test_a_family_without_a_plain_config_is_refused(embedded, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def prune_shortgpt(point: str, out: Path) -> subprocess.CompletedProcess:
+    """`prunereg prune` on the shipped ShortGPT submission, as a user runs it."""
+    submission = str(ROOT / "submissions" / "shortgpt.json")
+    return subprocess.run(
+        [sys.executable, "-m", "prunereg.cli", "prune", submission, "--point", point, "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_cli_prune_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "drop-25"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prunereg.cli",
-            "prune",
-            str(ROOT / "submissions" / "shortgpt.json"),
-            "--point",
-            "drop-25",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = prune_shortgpt("drop-25", out)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 6
 
 
 def test_cli_prune_names_an_unknown_point(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prunereg.cli",
-            "prune",
-            str(ROOT / "submissions" / "shortgpt.json"),
-            "--point",
-            "drop-99",
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = prune_shortgpt("drop-99", tmp_path / "x")
     assert (
         result.returncode == 1 and "no operating point 'drop-99'" in result.stderr and "Traceback" not in result.stderr
     )
