@@ -13,6 +13,7 @@ do gate/up, so each projection's first Linear is hooked and its statistic serves
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -28,6 +29,12 @@ CHUNK = 8
 def squared_norms(x: torch.Tensor, total: torch.Tensor | None) -> torch.Tensor:
     """Σ over tokens of x_j², per input feature j (Wanda's ‖X_j‖₂ is its square root)."""
     part = x.double().square().sum(0)
+    return part if total is None else total + part
+
+
+def absolute_sums(x: torch.Tensor, total: torch.Tensor | None) -> torch.Tensor:
+    """Σ over tokens of |x_j|, per input feature j (ASVD's mean |X_j| once divided by the token count)."""
+    part = x.double().abs().sum(0)
     return part if total is None else total + part
 
 
@@ -113,17 +120,26 @@ def prune_layerwise(
     calibration: torch.Tensor,
     statistic: Statistic,
     prune: Callable[[nn.Linear, torch.Tensor, int], None],
+    inputs_from: Literal["pruned", "dense"] = "pruned",
 ) -> None:
-    """Prune every listed Linear, layer by layer, with `prune(linear, statistic, tokens)` (in place)."""
+    """Prune every listed Linear, layer by layer, with `prune(linear, statistic, tokens)` (in place).
+
+    `inputs_from="dense"` feeds layer i + 1 what the still-dense layer i gives (statistics of the
+    dense model, as SVD-LLM and ASVD collect them), one layer in memory at a time all the same;
+    `prune` may then also replace the Linear in its parent.
+    """
     hidden, arguments = _layer_inputs(model, calibration)
     layers = list(model.get_submodule("model.layers").children())
     for index, layer in enumerate(layers):
         groups = [[getattr(getattr(layer, p), n) for n in names] for p, names in (PROJECTIONS[q] for q in projections)]
         stats, tokens = _statistics(layer, [group[0] for group in groups], hidden, arguments, index, statistic)
+        last = index == len(layers) - 1
+        if inputs_from == "dense" and not last:
+            hidden = [_run(layer, chunk, kwargs[index]) for chunk, kwargs in zip(hidden, arguments)]
         for group, stat in zip(groups, stats):
             for linear in group:
                 prune(linear, stat, tokens)
-        if index < len(layers) - 1:
+        if inputs_from == "pruned" and not last:
             hidden = [_run(layer, chunk, kwargs[index]) for chunk, kwargs in zip(hidden, arguments)]
 
 

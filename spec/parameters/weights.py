@@ -54,6 +54,16 @@ class LowRankParams(AdapterParams):
         max_length=4,
         description="which GEMMs are factorised",
     )
+    selection: Literal["svd", "svd_llm", "asvd"] = Field(
+        "svd",
+        description="'svd': truncated SVD of W (baseline); 'svd_llm': SVD-LLM's truncation-aware whitening, SVD of "
+        "W·S with S the Cholesky factor of X·Xᵀ (arXiv 2403.07378); 'asvd': ASVD's activation-aware scaling, SVD of "
+        "W·diag(mean |X_j|)^0.5 (arXiv 2312.05821); X the Linear's inputs on the calibration data, on the dense model",
+    )
+    calibration: Calibration = Field(default_factory=Calibration, description="what 'svd_llm'/'asvd' scale by")
+
+    def calibration_needed(self) -> Calibration | None:
+        return None if self.selection == "svd" else self.calibration
 
     def rank(self, k: int, n: int) -> int:
         """r with r·(K+N) ≈ (1 − sparsity)·K·N; at 0 % the full rank min(K, N) keeps the GEMM exact.
