@@ -17,8 +17,10 @@ $(BIN)/prunereg: pyproject.toml
 	touch $@
 
 demo: $(BIN)/prunereg
-	$(BIN)/prunereg validate $(SUBMISSIONS:%=submissions/%.json)
+	$(BIN)/prunereg validate $(SUBMISSIONS:%=submissions/%.json) submissions/shortgpt-checkpoint.json
 	for s in $(SUBMISSIONS); do $(BIN)/prunereg evaluate submissions/$$s.json || exit 1; done
+	$(BIN)/prunereg prune submissions/shortgpt.json --point drop-25 --out submissions/checkpoints/shortgpt-drop-25
+	$(BIN)/prunereg evaluate submissions/shortgpt-checkpoint.json
 	$(BIN)/prunereg ingest results/*/*--*.json
 	$(BIN)/prunereg leaderboard build --out site --force
 

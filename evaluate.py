@@ -15,30 +15,31 @@ import copy
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
 
 from prunereg.adapters import get_adapter
 from prunereg.harness.calibration import calibration_ids
-from prunereg.harness.embedded import EVAL_SPLIT
 from prunereg.harness.fingerprint import environment, model_stats
 from prunereg.harness.latency import Workload, measure_pair
 from prunereg.harness.models import LoadedModel, load_model
-from prunereg.harness.quality import encode, mean_cross_entropy
+from prunereg.harness.tasks import QualityMeasure, TaskUnavailable, measure
 from prunereg.harness.trace import check_declaration
-from prunereg.spec.catalog import ModelArchitecture, Phase, Scenario, devices, models
+from prunereg.spec.catalog import ModelArchitecture, Phase, Scenario, devices, models, suite_tasks
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import ResolvedEffect, resolve
+from prunereg.spec.parameters import CheckpointParams
 from prunereg.spec.results import (
     CalibrationRecord,
+    CheckpointRecord,
     Environment,
     EvaluationResult,
     ExecutionMode,
     GemmTrace,
     LatencyResult,
     PointResult,
-    QualityResult,
     latency_summary,
 )
 from prunereg.spec.submission import OperatingPoint, Submission
@@ -63,11 +64,15 @@ def evaluate(
     on_step: Callable[[str], None] = lambda _: None,
     stored: Callable[[str, str, Environment], set[str]] = lambda model, weights, env: set(),
     store: Callable[[EvaluationResult], None] = lambda partial: None,
+    folder: Path | None = None,
+    tasks: tuple[str, ...] | None = None,
 ) -> EvaluationResult:
     """Measure every operating point not `stored` yet, handing each to `store` as soon as it is done.
 
     The result returned holds the points measured by this call; `only` limits the evaluation to
-    the named operating points (and only those are checked against the model).
+    the named operating points (and only those are checked against the model). `folder` is the
+    submission file's folder, which the `checkpoint` adapter's paths are relative to. `tasks` are the
+    quality tasks to measure (default: the suite's, spec/catalog.py suite_tasks).
     """
     device, dtype = check_request(submission, device_name, mode, only)
     points = [p for p in submission.adapter.operating_points if not only or p.name in only]
@@ -76,7 +81,7 @@ def evaluate(
     if env.device_profile is None:
         raise EvaluationError(f"no roofline profile for '{env.device_name}': add one to spec/data/devices.json")
     roofline = partial(estimate, loaded.architecture, devices()[env.device_profile], dtype_bytes=dtype.itemsize)
-    quality = HeldOutQuality(loaded) if loaded.weights == "trained" and loaded.tokenizer else None
+    qualities = quality_measures(loaded, suite_tasks(scenarios) if tasks is None else tasks)
     result = partial(
         EvaluationResult, spec_hash=submission.spec_hash(), model=loaded.name, weights=loaded.weights,
         environment=env, dense_stats=model_stats(loaded.model),
@@ -89,8 +94,9 @@ def evaluate(
             continue
         if point.params.calibration_needed() is not None:
             on_step(f"{point.name} · calibrating")
+        checkpoint = checkpoint_record(point, folder)
         started = time.perf_counter()
-        pruned, effects = apply_point(submission, loaded, point)
+        pruned, effects = apply_point(submission, loaded, point, folder)
         if device.type == "cuda":
             torch.cuda.synchronize()
         calibration = calibration_record(loaded, point, time.perf_counter() - started)
@@ -103,7 +109,8 @@ def evaluate(
         peak = activation_peak(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None
         point_result = PointResult(
             operating_point=point.name, effects=effects, gemms=gemms, stats=model_stats(pruned, peak),
-            latency=latency, quality=[quality.of(pruned)] if quality else [], calibration=calibration,
+            latency=latency, quality=[q.of(pruned) for q in qualities], calibration=calibration,
+            checkpoint=checkpoint,
         )  # fmt: skip
         del pruned
         store(result(points=[point_result]))
@@ -135,6 +142,7 @@ def load_checked(
 ) -> LoadedModel:
     """The model to prune, once every operating point in `points` (default: all) is known to fit it."""
     points = list(submission.adapter.operating_points) if points is None else points
+    check_base(points, model_name)
     if model_name in models():
         check_fit(points, models()[model_name])  # before building a model that may be large
     try:
@@ -152,14 +160,51 @@ def check_fit(points: list[OperatingPoint], arch: ModelArchitecture) -> None:
             raise EvaluationError(f"operating point '{point.name}' does not fit {arch.name}: {problem}")
 
 
+def check_base(points: list[OperatingPoint], model_name: str) -> None:
+    """A submitted checkpoint is measured against the dense model it was pruned from, and no other."""
+    for point in points:
+        if isinstance(point.params, CheckpointParams) and point.params.base != model_name:
+            raise EvaluationError(
+                f"operating point '{point.name}' is a checkpoint pruned from {point.params.base}: "
+                f"evaluate it with --model {point.params.base}, not {model_name}"
+            )
+
+
+def checkpoint_record(point: OperatingPoint, folder: Path | None) -> CheckpointRecord | None:
+    """The sha256 of a submitted checkpoint's weights files, taken before they are loaded; None for other adapters."""
+    if not isinstance(point.params, CheckpointParams):
+        return None
+    from prunereg.adapters.checkpoint import CheckpointError, weights_record
+
+    try:
+        return weights_record(point.params, _submission_folder(folder))
+    except CheckpointError as err:
+        raise EvaluationError(f"operating point '{point.name}': {err}") from None
+
+
+def _submission_folder(folder: Path | None) -> Path:
+    if folder is None:
+        raise EvaluationError("a checkpoint's path is relative to its submission file: name the submission's folder")
+    return folder
+
+
 def apply_point(
-    submission: Submission, loaded: LoadedModel, point: OperatingPoint
+    submission: Submission, loaded: LoadedModel, point: OperatingPoint, folder: Path | None = None
 ) -> tuple[PreTrainedModel, list[ResolvedEffect]]:
     """A pruned copy of the loaded model at one operating point, and the effects it declares there.
 
     A selection that scores on activations gets its declared calibration batches, run on the
-    dense copy before the adapter prunes it.
+    dense copy before the adapter prunes it. A submitted checkpoint (adapter 'checkpoint') is loaded
+    from under `folder`, the submission file's folder; the dense model is only read then, not copied.
     """
+    if isinstance(point.params, CheckpointParams):
+        from prunereg.adapters.checkpoint import ADAPTER, CheckpointError
+
+        try:
+            pruned = ADAPTER.apply(loaded.model, point.params, None, folder=_submission_folder(folder))
+        except CheckpointError as err:
+            raise EvaluationError(f"operating point '{point.name}': {err}") from None
+        return pruned, resolve(submission.effects, point.params)
     calibration = point.params.calibration_needed()
     ids = None
     if calibration is not None:
@@ -215,20 +260,16 @@ def time_scenario(
     )  # fmt: skip
 
 
-class HeldOutQuality:
-    """Cross-entropy on the embedded held-out split; the dense value is computed once."""
-
-    def __init__(self, loaded: LoadedModel):
-        assert loaded.tokenizer is not None
-        self.ids, self.bos = encode(loaded.tokenizer, EVAL_SPLIT), loaded.tokenizer.bos_token_id
-        self.dense, _ = mean_cross_entropy(loaded.model, self.ids, self.bos)
-
-    def of(self, pruned) -> QualityResult:
-        loss, tokens = mean_cross_entropy(pruned, self.ids, self.bos)
-        return QualityResult(
-            task="heldout-ppl", metric="cross_entropy", value=loss, dense_value=self.dense, higher_is_better=False,
-            tokens=tokens,
-        )  # fmt: skip
+def quality_measures(loaded: LoadedModel, names: tuple[str, ...]) -> list[QualityMeasure]:
+    """The quality tasks to score each point on, with the dense model scored once; none on random weights,
+    whose quality means nothing. A task that cannot run here (no local data, no lm-eval) is one line, before
+    any point is pruned."""
+    if loaded.weights != "trained" or loaded.tokenizer is None:
+        return []
+    try:
+        return [measure(loaded.model, loaded.tokenizer, name) for name in names]
+    except (TaskUnavailable, ValueError) as err:
+        raise EvaluationError(str(err)) from None
 
 
 def _size(scenario: Scenario) -> int:

@@ -105,6 +105,7 @@ def evaluate(
                 on_step,
                 stored,
                 store,
+                folder=submission.absolute().parent,
             )
         except EvaluationError as err:
             raise fail(str(err)) from None
@@ -113,6 +114,12 @@ def evaluate(
     if reused:
         console.print(Text(f"already in the registry, not measured again: {', '.join(reused)}"))
     console.print(results_table(spec, result))
+    for measured in result.points:
+        record = measured.checkpoint
+        for file in record.files if record is not None else ():
+            console.print(
+                Text(f"{measured.operating_point}: checkpoint {record.path}/{file.name} sha256 {file.sha256}")
+            )
     console.print(
         Text("stored in the registry: " + (", ".join(f"{n} {t}" for t, n in added.items() if n) or "nothing new"))
     )
@@ -181,7 +188,7 @@ def prune(
 
     try:
         loaded = load_checked(spec, model, "cpu", torch.float32, [spec.point(point)])
-        pruned, _ = apply_point(spec, loaded, spec.point(point))
+        pruned, _ = apply_point(spec, loaded, spec.point(point), submission.absolute().parent)
         adapter = get_adapter(spec.adapter.name)
         try:
             save_pruned(adapter, pruned, loaded.tokenizer, out, force)
@@ -217,9 +224,9 @@ def trace(
 
     try:
         loaded = load_checked(spec, model, "cpu", torch.float32, [spec.point(point)])
+        pruned, effects = apply_point(spec, loaded, spec.point(point), submission.absolute().parent)
     except EvaluationError as err:
         raise fail(str(err)) from None
-    pruned, effects = apply_point(spec, loaded, spec.point(point))
     rows, mismatches = trace_point(loaded, pruned, effects, seq_len)
 
     def si(flops: float) -> str:

@@ -19,8 +19,10 @@ from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Literal
 
+from .calibration import Calibration
 from .parameters import (
     AdapterParams,
+    CheckpointParams,
     DenseParams,
     HiddenSliceParams,
     LayerDropParams,
@@ -63,6 +65,10 @@ class AdapterRow:
         return "closed" if self.provider == "prunereg" else "open"
 
 
+SMALL_CALIBRATION = Calibration(sequences=4, length=32)
+"""Enough calibration ids for an example point's selection on a tiny model, and quick."""
+
+
 def _built_in(name: str, params: type[AdapterParams], family: Family, module: str, *examples, **more) -> AdapterRow:
     return AdapterRow(name, params, frozenset({family}), f"prunereg.adapters.{module}", tuple(examples), **more)
 
@@ -98,6 +104,8 @@ BUILT_IN: tuple[AdapterRow, ...] = (
         "width",
         WidthParams(attention_sparsity=0.5, mlp_sparsity=0.25),
         WidthParams(attention_sparsity=0.25, mlp_sparsity=0.5, selection="seeded", seed=1),
+        WidthParams(attention_sparsity=0.5, mlp_sparsity=0.25, selection="taylor", calibration=SMALL_CALIBRATION),
+        WidthParams(attention_sparsity=0.25, mlp_sparsity=0.5, selection="flap", calibration=SMALL_CALIBRATION),
         unpruned=WidthParams(attention_sparsity=0.0, mlp_sparsity=0.0),
     ),
     _built_in(
@@ -156,6 +164,13 @@ BUILT_IN: tuple[AdapterRow, ...] = (
         UnstructuredParams(sparsity=0.5, selection="wanda"),
         UnstructuredParams(sparsity=0.6, selection="sparsegpt", projections=["qkv_proj", "gate_up_proj"]),
         unpruned=UnstructuredParams(sparsity=0.0),
+    ),
+    AdapterRow(
+        "checkpoint",
+        CheckpointParams,
+        frozenset({Family.static_depth, Family.static_width, Family.static_cross_layer, Family.unstructured}),
+        "prunereg.adapters.checkpoint",
+        (),  # a point names a folder on disk: tests/test_adapter_checkpoint.py writes and checks real ones
     ),
 )
 

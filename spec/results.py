@@ -181,6 +181,16 @@ class QualityResult(Measured):
     dense_value: MeasuredScore = Field(description="the dense model's value on the same tokens")
     higher_is_better: bool = Field(strict=True, description="direction of the metric")
     tokens: int = Field(strict=True, ge=0, le=10**12, description="tokens scored")
+    task_version: str | None = Field(
+        None, pattern=r"^[0-9]+(\.[0-9]+)?$", max_length=16,
+        description="the task's protocol version (spec/tasks.py); none in files written before tasks had versions",
+    )  # fmt: skip
+    shots: int | None = Field(None, strict=True, ge=0, le=1000, description="few-shot examples per question")
+    examples: int | None = Field(
+        None, strict=True, ge=1, le=10**9, description="examples scored (question-answering tasks)"
+    )
+    harness: str | None = Field(None, **_text(64), description="what computed the figure: prunereg, lm-eval")
+    harness_version: str | None = Field(None, **_text(32), description="that harness's version")
 
     @property
     def relative_loss(self) -> float:
@@ -230,6 +240,25 @@ class CalibrationRecord(Measured):
     )  # fmt: skip
 
 
+class WeightFile(Measured):
+    """One weights file of a submitted checkpoint, as hashed right before it was loaded."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}\.safetensors$", description="file name")
+    size: Bytes = Field(description="size in bytes")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the file, as `sha256sum` prints it")
+
+
+class CheckpointRecord(Measured):
+    """The checkpoint a point of the `checkpoint` adapter loaded: where, from which base, and its weights' hashes.
+
+    Kept in the saved results file and shown by `prunereg evaluate`; the registry does not store it.
+    """
+
+    path: str = text(400, "the checkpoint folder as the point names it, relative to the submission file's folder")
+    base: str = text(64, "the catalog model it was pruned from, which the run measured it against")
+    files: list[WeightFile] = Field(min_length=1, max_length=256, description="every *.safetensors file loaded")
+
+
 class PointResult(Measured):
     operating_point: Name = Field(description="name of the submission's operating point")
     effects: list[ResolvedEffect] = Field(max_length=32, description="the declared effects resolved at this point")
@@ -244,6 +273,9 @@ class PointResult(Measured):
     calibration: CalibrationRecord | None = Field(
         None, description="the calibration the point's selection ran on and its time; none when it needs none "
         "(as in every file written before prunereg recorded it, when no selection calibrated)",
+    )  # fmt: skip
+    checkpoint: CheckpointRecord | None = Field(
+        None, description="the submitted checkpoint the point loaded (adapter 'checkpoint'); none for other adapters",
     )  # fmt: skip
 
 

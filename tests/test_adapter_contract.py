@@ -60,7 +60,7 @@ def pruned(model_type: str, name: str, params):
 def test_every_adapter_has_examples_and_every_example_fits_the_tiny_models():
     arch = described(tiny("llama"), "llama")
     for row in ROWS:
-        assert row.examples, row.name
+        assert row.examples or row.name == "checkpoint", row.name  # its points name folders: test_adapter_checkpoint.py
         for params in (*row.examples, row.unpruned):
             assert params is None or isinstance(params, row.params)
             assert params is None or params.misfit(arch) is None, (row.name, params)

@@ -20,13 +20,14 @@ from .base import (
     mlp_parameters,
     parameter_count,
 )
+from .checkpoint import CheckpointParams
 from .depth import LayerDropParams, SublayerDropParams, TokenRoutingParams
 from .weights import LowRankParams, SemiStructuredParams, UnstructuredParams, WeightSelection
 from .width import HiddenSliceParams, WidthParams
 
 __all__ = [
-    "ALL_PROJECTIONS", "PROJECTION_LINEARS", "AdapterParams", "DenseParams", "HiddenSliceParams", "LayerDropParams",
-    "LowRankParams", "Projection", "SemiStructuredParams", "Selection", "SparseAttentionParams", "SublayerDropParams",
+    "ALL_PROJECTIONS", "PROJECTION_LINEARS", "AdapterParams", "CheckpointParams", "DenseParams", "HiddenSliceParams",
+    "LayerDropParams", "LowRankParams", "Projection", "SemiStructuredParams", "Selection", "SparseAttentionParams", "SublayerDropParams",
     "TokenRoutingParams", "UnstructuredParams", "WeightSelection", "WidthParams", "attention_parameters",
     "linear_shapes", "mlp_parameters", "parameter_count",
 ]  # fmt: skip
