@@ -5,6 +5,12 @@ model on calibration text, take each layer's input X_i and output X_{i+1} on the
 BI_i = 1 - mean over tokens of cos(X_i,t, X_{i+1},t), and remove the layers of lowest BI all at once
 (one shot: the scores are those of the dense model, not recomputed after each removal). The
 first and last layers are ranked like the others, as in the paper.
+
+Selection 'sleb' is SLEB's (Song et al. 2024, arXiv 2402.09025, Algorithm 1 with its metric 3, as in
+their public sleb.py): blocks go one at a time; at each step every remaining block but the first and
+the last (their early and latter barriers of one) is switched off in turn, the calibration text's
+cross-entropy is measured on the model pruned so far, and the block whose absence costs least goes.
+The search needs (L - 2) + (L - 3) + ... forward passes over the calibration set for L layers.
 """
 
 from __future__ import annotations
@@ -68,16 +74,74 @@ def influence(model, calibration: torch.Tensor, sublayer: str | None = None, bat
     return (1 - total / calibration.numel()).tolist()
 
 
+def scores_for(model, params: LayerDropParams, calibration: torch.Tensor | None, sublayer: str | None = None):
+    """What a calibrated selection ranks (None for the baselines)."""
+    if calibration is None or params.selection not in ("block_influence", "sleb"):
+        return None
+    if params.selection == "block_influence":
+        return influence(model, calibration, sublayer)
+    return sleb_order(model, calibration, params.removed(model.config.num_hidden_layers), sublayer)
+
+
+def _switched_off(module: nn.Module, kind: str | None):
+    """A forward hook that makes `module` (a decoder layer, or its attention or MLP) leave the stream unchanged."""
+
+    def hook(_module, args, kwargs, output):
+        if kind is None:
+            hidden = _hidden(args, kwargs)
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        if isinstance(output, tuple):  # attention: (output, weights)
+            return (torch.zeros_like(output[0]), *output[1:])
+        return torch.zeros_like(output)
+
+    return module.register_forward_hook(hook, with_kwargs=True)
+
+
+@torch.inference_mode()
+def calibration_loss(model, calibration: torch.Tensor, batch_size: int = 8) -> float:
+    """Summed next-token cross-entropy over the calibration ids (SLEB's negative log-likelihood)."""
+    device, total = next(model.parameters()).device, 0.0
+    for batch in calibration.split(batch_size):
+        batch = batch.to(device)
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        total += F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
+    return total
+
+
+def sleb_order(model, calibration: torch.Tensor, count: int, sublayer: str | None = None) -> list[float]:
+    """Per layer, the step at which SLEB's search removes it (or its `sublayer`), infinite if it stays."""
+    layers = list(model.model.layers)
+    modules = [
+        layer if sublayer is None else {"attention": layer.self_attn, "mlp": layer.mlp}[sublayer] for layer in layers
+    ]
+    alive, order = list(range(len(layers))), [float("inf")] * len(layers)
+    removed = []
+    try:
+        for step in range(count):
+            losses = {}
+            for index in alive[1:-1]:
+                handle = _switched_off(modules[index], sublayer)
+                try:
+                    losses[index] = calibration_loss(model, calibration)
+                finally:
+                    handle.remove()
+            chosen = min(losses, key=lambda i: (losses[i], i))
+            removed.append(_switched_off(modules[chosen], sublayer))
+            alive.remove(chosen)
+            order[chosen] = step
+    finally:
+        for handle in removed:
+            handle.remove()
+    return order
+
+
 class LayerDrop(Adapter[LayerDropParams]):
     name = "layer_drop"
 
     def apply(self, model, params: LayerDropParams, calibration=None):
         check_calibration(params, calibration)
         config = model.config
-        scores = (
-            influence(model, calibration) if calibration is not None and params.selection == "block_influence" else None
-        )
-        dropped = set(params.layers_for(config.num_hidden_layers, scores))
+        dropped = set(params.layers_for(config.num_hidden_layers, scores_for(model, params, calibration)))
         kept = [i for i in range(config.num_hidden_layers) if i not in dropped]
         layers = model.model.layers
         model.model.layers = nn.ModuleList(layers[i] for i in kept)

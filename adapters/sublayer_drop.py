@@ -14,7 +14,8 @@ Selection 'block_influence' is the criterion of "What Matters in Transformers? N
 Needed" (He et al. 2024, arXiv 2406.15786): on calibration text, the cosine similarity between a
 block's input X on the residual stream and X + block(norm(X)), averaged over tokens; the blocks of
 the chosen kind that change the stream least (1 - similarity lowest) go, all at once from the dense
-model's scores (the paper's one-shot dropping).
+model's scores (the paper's one-shot dropping). Selection 'sleb' runs SLEB's search (layer_drop.py)
+over blocks of the chosen kind: one at a time, the one whose absence costs the calibration text least.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from prunereg.spec.parameters import SublayerDropParams
 
 from .base import Adapter, check_calibration
-from .layer_drop import influence
+from .layer_drop import scores_for
 
 
 class DroppedMLP(nn.Module):
@@ -55,8 +56,7 @@ class SublayerDrop(Adapter[SublayerDropParams]):
 
     def apply(self, model, params: SublayerDropParams, calibration=None):
         check_calibration(params, calibration)
-        block_influence = calibration is not None and params.selection == "block_influence"
-        scores = influence(model, calibration, params.sublayer) if block_influence else None
+        scores = scores_for(model, params, calibration, params.sublayer)
         for index in params.layers_for(model.config.num_hidden_layers, scores):
             layer = model.model.layers[index]
             if params.sublayer == "attention":

@@ -31,7 +31,7 @@ from .results import (
     SavedEvaluation,
     latency_summary,
 )
-from .validate import _one_line, _pointer, _pointer_from_loc, validate_file
+from .validate import SUPERSEDED, _one_line, _pointer, _pointer_from_loc, validate_file
 
 REL_TOL = 1e-6
 """Relative tolerance of recomputed figures: JSON keeps floats exactly, so this only absorbs float rounding."""
@@ -266,7 +266,8 @@ def with_roofline(saved: SavedEvaluation) -> SavedEvaluation:
 
 
 def registered_submission(saved: SavedEvaluation, submissions: Path) -> Iterator[Problem]:
-    """The embedded submission is exactly (same spec hash) the one under `submissions/` with its slug."""
+    """The embedded submission is exactly (same spec hash) the one under `submissions/` with its slug, or one
+    of that slug's superseded versions."""
     slug = saved.submission.method.slug
     path = submissions / f"{slug}.json"
     if not path.exists() and not path.is_symlink():
@@ -276,10 +277,20 @@ def registered_submission(saved: SavedEvaluation, submissions: Path) -> Iterator
     if registered is None:
         reasons = "; ".join(f"{p.pointer or '/'}: {p.message}" for p in problems[:3])
         yield Problem("/submission", _one_line(f"{path} is not a valid submission ({reasons})"))
-    elif registered.spec_hash() != saved.submission.spec_hash():
-        yield Problem(
-            "/submission", f"differs from {path} (spec {registered.spec_hash()[:12]}): only that one is evaluated"
-        )
+        return
+    wanted = saved.submission.spec_hash()
+    if registered.spec_hash() == wanted:
+        return
+    version = submissions / SUPERSEDED / slug / f"{wanted[:12]}.json"
+    if version.is_file() and not version.is_symlink():
+        earlier, _ = validate_file(version)
+        if earlier is not None and earlier.spec_hash() == wanted:
+            return
+    yield Problem(
+        "/submission",
+        f"differs from {path} (spec {registered.spec_hash()[:12]}) and is none of its superseded versions in "
+        f"{submissions / SUPERSEDED / slug}: only those are evaluated",
+    )
 
 
 def load_saved(path: Path, submissions: Path) -> tuple[SavedEvaluation | None, list[Problem]]:

@@ -36,6 +36,11 @@ def validator() -> Draft202012Validator:
     return Draft202012Validator(json_schema(installed=True) if plugins else json.loads(SCHEMA_FILE.read_text()))
 
 
+SUPERSEDED = "superseded"
+"""Under the submissions folder, `superseded/<slug>/<spec hash, 12 hex>.json`: earlier versions of a
+submission, verbatim, kept because results measured with them stay valid measurements of that version."""
+
+
 def validate_file(path: Path) -> tuple[Submission | None, list[Problem]]:
     """The loaded submission (None if invalid) and every problem found."""
     try:
@@ -43,12 +48,24 @@ def validate_file(path: Path) -> tuple[Submission | None, list[Problem]]:
     except JsonFileError as err:
         return None, [Problem("", str(err))]
     submission, problems = validate_document(document)
-    if submission is not None and submission.method.slug != path.stem:
+    if submission is None:
+        return None, problems
+    if path.parent.parent.name == SUPERSEDED:
+        if submission.method.slug != path.parent.name:
+            problems.append(
+                Problem(
+                    "/method/slug", f"slug '{submission.method.slug}' must equal the folder name '{path.parent.name}'"
+                )
+            )
+        elif path.stem != submission.spec_hash()[:12]:
+            problems.append(
+                Problem("", f"a superseded version is named by its spec hash: {submission.spec_hash()[:12]}.json")
+            )
+    elif submission.method.slug != path.stem:
         problems.append(
             Problem("/method/slug", f"slug '{submission.method.slug}' must equal the file name '{path.stem}'")
         )
-        submission = None
-    return submission, problems
+    return (None if problems else submission), problems
 
 
 def validate_document(document: object) -> tuple[Submission | None, list[Problem]]:

@@ -378,3 +378,46 @@ def test_committed_results_ingest_and_the_registry_commands_work(backend, tmp_pa
         assert rows and all(row["theoretical_speedup"] > 0 for row in rows)
         with create_engine(url).connect() as connection:
             assert connection.execute(text("SELECT count(*) FROM runs")).scalar() > 0
+
+
+def test_results_of_a_superseded_version_ingest_only_through_its_verbatim_copy(tmp_path, tmp_db):
+    """A submission that changed (say, to a faithful selection) keeps its earlier versions' measurements.
+
+    They are accepted only when `superseded/<slug>/<hash12>.json` holds that exact version as a regular file.
+    """
+    earlier = make_submission(SLUG).model_dump(mode="json", exclude_defaults=True)
+    current = json.loads(json.dumps(earlier))
+    current["method"]["description"] += " Now with its paper's criterion."
+    folder = tmp_path / "submissions"
+    versions = folder / "superseded" / SLUG
+    versions.mkdir(parents=True)
+    write(folder, f"{SLUG}.json", current)
+    results = write(tmp_path, "earlier.json", genuine())
+    name = f"{make_submission(SLUG).spec_hash()[:12]}.json"
+
+    refused = ingest(tmp_db, folder, results)
+    assert refused.exit_code == 1 and "none of its superseded versions" in refused.output, refused.output
+    other = json.loads(json.dumps(earlier))
+    other["method"]["slug"] = "someone-else"
+    write(versions, name, other)  # the right file name, another method's content
+    assert ingest(tmp_db, folder, results).exit_code == 1
+    (versions / name).unlink()
+    (tmp_path / "elsewhere.json").write_text(json.dumps(earlier))
+    (versions / name).symlink_to(tmp_path / "elsewhere.json")
+    assert ingest(tmp_db, folder, results).exit_code == 1
+    (versions / name).unlink()
+
+    write(versions, name, earlier)
+    accepted = ingest(tmp_db, folder, results)
+    assert accepted.exit_code == 0, accepted.output
+
+
+def test_every_shipped_superseded_version_is_valid_named_by_its_hash_and_filed_under_its_slug():
+    from prunereg.spec.validate import validate_file
+
+    for path in (ROOT / "submissions" / "superseded").glob("*/*.json"):
+        submission, problems = validate_file(path)
+        assert submission is not None, problems
+        assert path.parent.name == submission.method.slug and path.stem == submission.spec_hash()[:12], path
+        current, _ = validate_file(ROOT / "submissions" / f"{submission.method.slug}.json")
+        assert current is not None and current.spec_hash() != submission.spec_hash(), path

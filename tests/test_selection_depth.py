@@ -106,7 +106,7 @@ def test_the_calibrated_selection_refuses_to_run_without_calibration(sublayer):
     name, params = params_for(sublayer, 0.5)
     with pytest.raises(ValueError, match="calibration data"):
         get_adapter(name).apply(tiny("llama"), params)
-    with pytest.raises(ValueError, match="needs the influence of all 6 layers"):
+    with pytest.raises(ValueError, match="needs the scores of all 6 layers"):
         params.layers_for(6, [0.1] * 5)
 
 
@@ -135,6 +135,51 @@ def test_block_influence_fits_any_count_but_all_and_shapes_depend_on_the_count_a
         calibrated, deepest = params_for(sublayer, sparsity)[1], params_for(sublayer, sparsity, "deepest")[1]
         assert calibrated.architecture_after(eight) == deepest.architecture_after(eight)
         assert calibrated.parameters_after(eight) == deepest.parameters_after(eight)
+
+
+def test_sleb_switches_a_block_off_exactly_as_removing_it_would():
+    """The hooks of the search leave the stream as the pruned model does, so its losses are the pruned model's."""
+    from prunereg.adapters.layer_drop import _switched_off, calibration_loss
+
+    model, ids = tiny("llama"), random_ids()
+    for sublayer, index in ((None, 2), ("attention", 4), ("mlp", 1)):
+        name, params = params_for(sublayer, 1 / 6, "explicit", layers=[index])
+        pruned = get_adapter(name).apply(copy.deepcopy(model), params)
+        module = model.model.layers[index]
+        handle = _switched_off(
+            module if sublayer is None else getattr(module, "self_attn" if sublayer == "attention" else "mlp"), sublayer
+        )
+        try:
+            assert calibration_loss(model, ids) == pytest.approx(calibration_loss(pruned, ids), rel=1e-5)
+        finally:
+            handle.remove()
+
+
+@pytest.mark.parametrize("sublayer", SUBLAYERS)
+def test_sleb_removes_the_cheapest_block_one_at_a_time_never_the_first_or_last(sublayer):
+    """Each step's choice is the remaining block whose absence gives the lowest calibration loss."""
+    from prunereg.adapters.layer_drop import calibration_loss, sleb_order
+
+    model, ids = tiny("llama"), random_ids()
+    order = sleb_order(model, ids, 3, sublayer)
+    removed = sorted((step, i) for i, step in enumerate(order) if step != float("inf"))
+    assert [step for step, _ in removed] == [0, 1, 2] and 0 not in dict(map(reversed, removed))
+    assert order[0] == order[5] == float("inf")  # the barriers of one block at each end
+    name = "layer_drop" if sublayer is None else "sublayer_drop"
+    first = removed[0][1]
+    losses = {}
+    for candidate in range(1, 5):
+        _, params = params_for(sublayer, 1 / 6, "explicit", layers=[candidate])
+        losses[candidate] = calibration_loss(get_adapter(name).apply(copy.deepcopy(model), params), ids)
+    assert first == min(losses, key=losses.__getitem__)
+    _, params = params_for(sublayer, 0.5, "sleb", calibration=Calibration(sequences=8, length=64))
+    pruned = get_adapter(name).apply(copy.deepcopy(model), params, ids)
+    _, explicit = params_for(sublayer, 0.5, "explicit", layers=[i for _, i in removed])
+    reference = get_adapter(name).apply(copy.deepcopy(model), explicit)
+    torch.testing.assert_close(logits(pruned, IDS), logits(reference, IDS), rtol=0, atol=0)
+    assert "keep the first and last" in params_for(sublayer, 0.75, "sleb")[1].misfit(
+        architecture_of(model.config, "tiny-llama", "tests/tiny_models.py").model_copy(update={"num_hidden_layers": 4})
+    )
 
 
 @pytest.fixture(scope="module")

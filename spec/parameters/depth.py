@@ -16,12 +16,14 @@ class LayerDropParams(AdapterParams):
     """Static depth pruning: remove whole decoder layers."""
 
     sparsity: float = Field(ge=0.0, le=0.9, description="fraction of decoder layers removed")
-    selection: Literal["deepest", "explicit", "seeded", "block_influence"] = Field(
+    selection: Literal["deepest", "explicit", "seeded", "block_influence", "sleb"] = Field(
         "deepest",
         description=(
             "which layers: 'block_influence' = ShortGPT's criterion (per attention or MLP block for sublayer_drop, "
             "as in 'What Matters in Transformers'), in one shot: those whose output on the calibration data is most "
             "like their input (lowest 1 - mean cosine over tokens), first and last layer included; "
+            "'sleb' = SLEB's search (arXiv 2402.09025): one block at a time, the one whose removal leaves the lowest "
+            "calibration cross-entropy on the model pruned so far, never the first or last remaining one; "
             "'deepest' = the contiguous block just before the last layer (where Block Influence and SLEB find "
             "Llama models most redundant), 'explicit' = `layers`, 'seeded' = a seeded random choice (the paper's "
             "simulation mode); the first and last layer are never chosen by 'deepest' or 'seeded'"
@@ -32,7 +34,7 @@ class LayerDropParams(AdapterParams):
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="for selection 'seeded'")
     calibration: Calibration = Field(
-        default_factory=Calibration, description="the text Block Influence is measured on, for 'block_influence'"
+        default_factory=Calibration, description="the text 'block_influence' and 'sleb' score on"
     )
 
     @model_validator(mode="after")
@@ -44,7 +46,7 @@ class LayerDropParams(AdapterParams):
         return self
 
     def calibration_needed(self) -> Calibration | None:
-        return self.calibration if self.selection == "block_influence" else None
+        return self.calibration if self.selection in ("block_influence", "sleb") else None
 
     def count(self, num_layers: int) -> int:
         return round(self.sparsity * num_layers)
@@ -62,12 +64,16 @@ class LayerDropParams(AdapterParams):
                 )
         elif self.selection == "block_influence" and n >= num_layers:
             raise ValueError(f"cannot remove {n} of {num_layers} layers and keep one")
-        elif self.selection in ("deepest", "seeded") and n > num_layers - 2:
+        elif self.selection in ("deepest", "seeded", "sleb") and n > num_layers - 2:
             raise ValueError(f"cannot remove {n} of {num_layers} layers and keep the first and last")
         return n
 
-    def layers_for(self, num_layers: int, influence: list[float] | None = None) -> list[int]:
-        """The sorted indices removed from a model of `num_layers` layers; 'block_influence' ranks `influence`."""
+    def layers_for(self, num_layers: int, scores: list[float] | None = None) -> list[int]:
+        """The sorted indices removed from a model of `num_layers` layers.
+
+        The calibrated selections rank `scores`, lowest first: Block Influence itself, or for 'sleb' the
+        step at which the search removed each layer (infinite for the layers it kept).
+        """
         n = self.removed(num_layers)
         if self.selection == "explicit":
             assert self.layers is not None
@@ -76,9 +82,9 @@ class LayerDropParams(AdapterParams):
             return list(range(num_layers - 1 - n, num_layers - 1))
         if self.selection == "seeded":
             return sorted(random.Random(self.seed).sample(range(1, num_layers - 1), n))
-        if influence is None or len(influence) != num_layers:
-            raise ValueError(f"selection 'block_influence' needs the influence of all {num_layers} layers")
-        return sorted(sorted(range(num_layers), key=influence.__getitem__)[:n])  # lowest first, ties by index
+        if scores is None or len(scores) != num_layers:
+            raise ValueError(f"selection {self.selection!r} needs the scores of all {num_layers} layers")
+        return sorted(sorted(range(num_layers), key=scores.__getitem__)[:n])  # lowest first, ties by index
 
     def misfit(self, arch: ModelArchitecture) -> str | None:
         return _refusal(self.removed, arch.num_hidden_layers)
@@ -126,12 +132,14 @@ class TokenRoutingParams(AdapterParams):
     layers: Literal["all", "alternate"] = Field(
         "alternate", description="route every layer, or every second layer starting with layer 1 (MoD)"
     )
-    policy: Literal["seeded"] = Field(
+    policy: Literal["seeded", "trained"] = Field(
         "seeded",
         description=(
             "'seeded': a seeded choice of the routed positions of every window (the paper's simulation mode: latency "
-            "depends on how many tokens skip, not which). A score-driven policy is left out: an exact top-k per window "
-            "is not causal, a threshold's capacity is only approximate, and an untrained router would only add noise"
+            "depends on how many tokens skip, not which); 'trained': Mixture-of-Depths' router, trained on the "
+            "calibration ids with the base frozen (expert-choice top-k per window, MLP output scaled by sigmoid of "
+            "the score), then a token passes iff its score exceeds the layer's threshold, the sparsity quantile of "
+            "the calibration scores: causal, with a capacity that is exact on the calibration data only"
         ),
     )
     router_rank: int = Field(
@@ -140,7 +148,13 @@ class TokenRoutingParams(AdapterParams):
         le=1024,
         description="the router that runs on every token (its cost is measured): 0 = linear hidden->1, r>0 = hidden->r->1",
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds the choice of routed positions")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds the choice of routed positions, or the router's start")
+    calibration: Calibration = Field(
+        default_factory=Calibration, description="the text policy 'trained' trains the routers and sets thresholds on"
+    )
+
+    def calibration_needed(self) -> Calibration | None:
+        return self.calibration if self.policy == "trained" else None
 
     def capacity(self) -> int:
         """Tokens of every window that pass (raises when the sparsity is not a whole number of tokens)."""
