@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
+from ..calibration import Calibration
 from ..catalog import ModelArchitecture
 from .base import AdapterParams, Selection, _refusal
 
@@ -15,10 +18,24 @@ class WidthParams(AdapterParams):
         ge=0.0, le=0.9375, description="fraction of KV groups (and so of query heads) removed in every layer"
     )
     mlp_sparsity: float = Field(ge=0.0, le=0.95, description="fraction of MLP intermediate channels removed")
-    selection: Selection = Field(
-        "magnitude", description="keep the groups/channels of largest weight norm, or a seeded random choice"
+    selection: Literal["magnitude", "seeded", "taylor", "flap"] = Field(
+        "magnitude",
+        description=(
+            "which groups/channels stay, the same count in every layer, all scored on the dense model: "
+            "'taylor' = LLM-Pruner's first-order element-wise importance (arXiv 2305.11627), Σ|W ⊙ ∂L/∂W| over "
+            "every weight of the coupled group (a KV group: its k/v rows, its query heads' q rows and o_proj "
+            "columns; a channel: its gate and up rows and down_proj column), L the LM loss on the calibration data; "
+            "'flap' = FLAP's fluctuation metric (arXiv 2312.11983), per o_proj/down_proj input channel the sample "
+            "variance of that input over the calibration tokens times ‖W[:, j]‖², summed over a KV group's "
+            "channels, without FLAP's bias compensation and adaptive per-layer structure; 'magnitude' = largest "
+            "weight norm (baseline), 'seeded' = a seeded random choice"
+        ),
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="used when selection is 'seeded'")
+    calibration: Calibration = Field(default_factory=Calibration, description="the text 'taylor' and 'flap' score on")
+
+    def calibration_needed(self) -> Calibration | None:
+        return self.calibration if self.selection in ("taylor", "flap") else None
 
     def kept_kv_groups(self, num_kv_heads: int) -> int:
         """KV groups kept; heads go in whole groups so grouped-query attention stays well formed."""
