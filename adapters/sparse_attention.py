@@ -1,18 +1,51 @@
 """Dynamic NK of attention (block-sparse attention; MInference, sparse-prefill simulations).
 
 Each query block of `block_size` positions attends to a subset of its causal key blocks: the sink
-blocks, the local blocks (the diagonal included) and a seeded choice of the others, so that
+blocks, the local blocks (the diagonal included) and a choice of the others, so that
 round((1 - sparsity) * causal_blocks) blocks are kept, never fewer than sink + local
-(`SparseAttentionParams.kept_blocks`). A dropped key block removes N of QK^T and K of PV for that
-query block. The choice depends only on (seed, layer, query block, key block), so decoding a token
-with the KV cache uses the key blocks of its query block and gives the logits of a full forward.
+(`SparseAttentionParams.kept_block_count`). A dropped key block removes N of QK^T and K of PV for that
+query block. Two policies choose WHICH blocks; the count, hence the declaration, the cost model and
+the FLOPs, is the same for both.
+
+- 'seeded' (the default, a baseline): the choice depends only on (seed, layer, query block), so
+  decoding a token with the KV cache uses the key blocks of its query block and gives the logits of
+  a full forward.
+- 'estimated': MInference's online block-sparse index search (arXiv 2407.02490, its block-sparse
+  pattern; microsoft/MInference `_build_block_index`): mean-pooled queries of a query block times
+  mean-pooled keys of each key block, the causal key blocks of largest score kept. Decisions:
+  * Causal estimate: query block i is estimated from the mean-pooled queries of query block i-1, not
+    of block i. MInference pools block i's own queries (a prefill method that sees the whole prompt),
+    but then token t's key blocks depend on the queries of tokens t+1.. of its block, the token it
+    predicts included: future information in the held-out cross-entropy and no cached decode. The
+    previous block is in the past of every token of block i, is still a mean of block_size queries,
+    and on the embedded model it lost nothing (held-out cross-entropy, block 16, 20k tokens:
+    previous block 3.826/3.946 at 50/75 %, own block 3.827/3.947, first query of the block
+    3.836/3.952, seeded 3.920/4.035). Block 0 has one causal block: nothing to choose.
+  * Sink and local blocks are always kept and the others ranked by score fill the declared count
+    (MInference keeps a fixed top-k of all causal blocks; forcing sink and local keeps our
+    declaration). Candidates lie before
+    the diagonal, so their pooled keys are whole blocks of past keys. Ties keep the earlier block.
+  * Granularity: per (batch row, query head, layer), MInference's own (it pools per head; a KV group's
+    query heads attend differently). Scores are probe·pooled key in float32 (the softmax and 1/sqrt(d)
+    of the paper do not change a row's order); GQA reads KV head h // (heads / kv_heads).
+  * The estimate's product runs in a parameterless submodule `router` of the attention module, so
+    the GEMM tracer (harness/trace.py) books it as routing cost, not as attention.
+  * Decoding: the pattern of the query block in progress and the query sum of its block are carried
+    by `router` from call to call (queries are not in the KV cache), so a prefill followed by
+    token-by-token decoding keeps the key blocks a full forward uses: cached decode equals the full
+    forward. A call that does not continue the last one (a cache this module did not fill, e.g.
+    the latency harness's static cache) estimates the block in progress from its first query:
+    still causal, but then not the full forward's choice. MInference itself decodes densely.
+  * Prefill latency: the estimate is a (query blocks x key blocks) product per head plus pooling,
+    about 1/block_size^2 of attention's FLOPs, paid online like MInference's index build.
 
 Keys are taken to be positions 0..k-1 and queries the last q of them (transformers' dynamic cache).
 The function is registered in transformers' AttentionInterface and the model's attention
 implementation is switched to it; the model builds its masks as for SDPA, so padding and sliding
 windows still arrive as a mask. On CUDA, compiled flex_attention with a BlockMask skips dropped
-blocks; on CPU, as a fallback, or when a padding mask is present, SDPA runs with the token-level
-mask: same output, dense cost. `kernel_of(model)` says which one runs.
+blocks (per (batch, head) for 'estimated', built from the block table with BlockMask.from_kv_blocks);
+on CPU, as a fallback, or when a padding mask is present, SDPA runs with the token-level mask: same
+output, dense cost. `kernel_of(model)` says which one runs.
 """
 
 from __future__ import annotations
@@ -22,6 +55,7 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -53,6 +87,92 @@ def token_mask(params: SparseAttentionParams, layer: int, q_len: int, k_len: int
     first = (k_len - q_len) // size
     rows = block_rows(params, layer, first, (k_len - 1) // size).to(device)
     return rows[q_pos // size - first, k_pos // size] & (k_pos <= q_pos)
+
+
+@lru_cache(maxsize=1024)
+def row_rule(params: SparseAttentionParams, first: int, last: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bool [rows, last + 1] required key blocks, long [rows] kept counts) of query blocks first..last."""
+    required = torch.zeros(last - first + 1, last + 1, dtype=torch.bool)
+    for i in range(first, last + 1):
+        required[i - first, sorted(params.required_blocks(i))] = True
+    counts = torch.tensor([params.kept_block_count(i) for i in range(first, last + 1)])
+    return required, counts
+
+
+def top_blocks(params: SparseAttentionParams, scores: torch.Tensor, first: int) -> torch.Tensor:
+    """bool [b, h, rows, last + 1]: required blocks, then the causal others of largest score up to the count.
+
+    `scores` [b, h, rows, last] rates key blocks 0..last-1 for query blocks first..last.
+    """
+    last = first + scores.shape[-2] - 1
+    required, counts = (t.to(scores.device) for t in row_rule(params, first, last))
+    scores = F.pad(scores, (0, 1), value=float("-inf"))
+    causal = (
+        torch.arange(last + 1, device=scores.device) <= torch.arange(first, last + 1, device=scores.device)[:, None]
+    )
+    scores = scores.masked_fill(~causal, float("-inf")).masked_fill(required, float("inf"))
+    rank = scores.sort(dim=-1, descending=True, stable=True).indices.argsort(dim=-1)
+    return (rank < counts[:, None]) & causal
+
+
+class PatternEstimate(nn.Module):
+    """MInference's block-sparse estimate of one attention module, and what it carries between calls.
+
+    Named `router` on the attention module, so the GEMM tracer books its product as routing cost.
+    """
+
+    def __init__(self, params: SparseAttentionParams):
+        super().__init__()
+        self.params = params
+        self.carried: tuple[int, torch.Tensor, int, torch.Tensor] | None = None
+        """(end position, query sum [b, h, d] and count of the last query block seen, its row [b, h, blocks])."""
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(bool [b, h, rows, last + 1]: kept key blocks of query blocks first..last, first)."""
+        size, (b, h, q_len, d), k_len = self.params.block_size, query.shape, key.shape[2]
+        past = k_len - q_len
+        first, last, shift = past // size, (k_len - 1) // size, past % size
+        carried = self.carried
+        if carried is None or past == 0 or carried[0] != past or carried[1].shape != (b, h, d):
+            carried = None
+        tail = (last + 1) * size - k_len
+        sums = F.pad(query, (0, 0, shift, tail)).view(b, h, -1, size, d).sum(dim=3, dtype=torch.float32)
+        counts = [size] * (last - first + 1)
+        counts[0] -= shift
+        counts[-1] -= tail
+        if carried is not None and shift:
+            sums[:, :, 0] += carried[1]
+            counts[0] += carried[2]
+        if carried is not None and shift and first == last:
+            rows = carried[3][:, :, None]  # decoding inside a block: its row was chosen when it began
+        else:
+            rows = self.estimate(query, key, sums, counts, carried, first)
+        self.carried = (k_len, sums[:, :, -1], counts[-1], rows[:, :, -1])
+        return rows, first
+
+    def estimate(self, query, key, sums, counts, carried, first: int) -> torch.Tensor:
+        """Probe of query block i: the mean query of block i - 1 (the carried sum, or the call's first query)."""
+        size, (b, h, _, d), kv_heads = self.params.block_size, query.shape, key.shape[1]
+        last = first + len(counts) - 1
+        pooled = sums / torch.tensor(counts, device=sums.device, dtype=sums.dtype)[:, None]
+        if carried is not None and not (key.shape[2] - query.shape[2]) % size:
+            before = (carried[1] / carried[2])[:, :, None]
+        else:
+            before = query[:, :, :1].float()
+        probes = torch.cat([before, pooled[:, :, :-1]], dim=2).view(b, kv_heads, -1, d)
+        keys = key[:, :, : last * size].reshape(b, kv_heads, last, size, d).sum(dim=3, dtype=torch.float32) / size
+        scores = torch.matmul(probes, keys.transpose(-1, -2)).view(b, h, -1, last)  # head j reads KV head j // group
+        rows = top_blocks(self.params, scores, first)
+        if carried is not None and (key.shape[2] - query.shape[2]) % size:
+            rows[:, :, 0, : first + 1] = carried[3]  # the block in progress keeps the row it began with
+        return rows
+
+
+def estimated_token_mask(rows: torch.Tensor, first: int, q_len: int, k_len: int, size: int) -> torch.Tensor:
+    """bool [b, h, q_len, k_len]: the estimated key blocks of each query's block, and causality."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=rows.device)[:, None]
+    k_pos = torch.arange(k_len, device=rows.device)[None, :]
+    return rows[:, :, q_pos // size - first, k_pos // size] & (k_pos <= q_pos)
 
 
 def kept_pairs(seq_len: int, params: SparseAttentionParams) -> tuple[int, int]:
@@ -87,6 +207,37 @@ def flex_block_mask(params: SparseAttentionParams, layer: int, q_len: int, k_len
     return create_block_mask(mask_mod, None, None, q_len, k_len, device=device, BLOCK_SIZE=size)
 
 
+def _block_lists(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int32 counts, int32 indices with the kept blocks first, in order) of a bool [..., kv_blocks] table."""
+    order = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True)
+    return blocks.sum(dim=-1, dtype=torch.int32), order.to(torch.int32)
+
+
+def estimated_block_mask(rows: torch.Tensor, first: int, q_len: int, k_len: int, size: int):
+    """A per-(batch, head) BlockMask of an estimated table: a kernel query tile of `size` rows visits the
+    kept key blocks of the query blocks it spans; a key block wholly before its first query and kept by
+    all of them is full, the others partial (the mask_mod decides per query and key)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    device, past = rows.device, k_len - q_len
+    start = past + torch.arange(0, q_len, size, device=device)
+    low, high = start // size - first, (torch.clamp(start + size, max=k_len) - 1) // size - first
+    both = rows[:, :, low] & rows[:, :, high]
+    before = (torch.arange(rows.shape[-1], device=device) + 1) * size - 1 <= start[:, None]
+    full = both & before
+    partial = (rows[:, :, low] | rows[:, :, high]) & ~full
+    offset, first_row, last_row = (torch.tensor(n, device=device) for n in (past, first, rows.shape[2] - 1))
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        q = q_idx + offset
+        row = torch.minimum(q // size - first_row, last_row)
+        return rows[b, h, row, kv_idx // size] & (kv_idx <= q)
+
+    return BlockMask.from_kv_blocks(
+        *_block_lists(partial), *_block_lists(full), BLOCK_SIZE=size, mask_mod=mask_mod, seq_lengths=(q_len, k_len)
+    )
+
+
 @lru_cache(maxsize=1)
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
@@ -98,13 +249,16 @@ def _compiled_flex():
 
 
 def flex_sparse(query, key, value, params: SparseAttentionParams, layer: int, scaling, compiled: bool = True):
-    """Block-sparse attention that skips dropped blocks (when compiled): [b, h, q, d]."""
+    """Block-sparse attention (seeded policy) that skips dropped blocks (when compiled): [b, h, q, d]."""
+    block_mask = flex_block_mask(params, layer, query.shape[2], key.shape[2], query.device)
+    return run_flex(query, key, value, block_mask, params.block_size, scaling, compiled)
+
+
+def run_flex(query, key, value, block_mask, size: int, scaling, compiled: bool = True):
     from torch.nn.attention.flex_attention import flex_attention
 
-    q_len, k_len = query.shape[2], key.shape[2]
-    block_mask = flex_block_mask(params, layer, q_len, k_len, query.device)
-    tile = min(64, params.block_size & -params.block_size)  # kernel tiles must divide the sparse block
-    options = {"BLOCK_M": tile, "BLOCK_N": tile} if q_len > 1 else None
+    tile = min(64, size & -size)  # kernel tiles must divide the sparse block
+    options = {"BLOCK_M": tile, "BLOCK_N": tile} if query.shape[2] > 1 else None
     attend = _compiled_flex() if compiled else flex_attention
     return attend(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=True, kernel_options=options)
 
@@ -113,18 +267,27 @@ def block_sparse_attention(module, query, key, value, attention_mask, scaling=No
     """transformers attention function: query [b, h, q, d], key/value [b, kv_h, k, d] -> ([b, q, h, d], None)."""
     global _flex_failure
     params, layer = module.block_sparse, module.layer_idx
+    q_len, k_len, size = query.shape[2], key.shape[2], params.block_size
+    rows, first = module.router(query, key) if params.policy == "estimated" else (None, 0)
     out = None
     if query.is_cuda and attention_mask is None and _flex_failure is None:
         try:
             traced = is_in_torch_dispatch_mode()  # a GEMM tracer cannot see inside a compiled kernel
-            out = flex_sparse(query, key, value, params, layer, scaling, compiled=not traced)
+            if rows is None:
+                out = flex_sparse(query, key, value, params, layer, scaling, compiled=not traced)
+            else:
+                block_mask = estimated_block_mask(rows, first, q_len, k_len, size)
+                out = run_flex(query, key, value, block_mask, size, scaling, compiled=not traced)
         except Exception as err:  # noqa: BLE001 - any compiler or kernel failure means the masked fallback
             _flex_failure = f"{type(err).__name__}: {err}"
             warnings.warn(f"flex_attention failed, falling back to {MASKED}: {_flex_failure}", stacklevel=2)
     if out is None:
-        mask = token_mask(params, layer, query.shape[2], key.shape[2], query.device)
+        if rows is None:
+            mask = token_mask(params, layer, q_len, k_len, query.device)
+        else:
+            mask = estimated_token_mask(rows, first, q_len, k_len, size)
         if attention_mask is not None:
-            given = attention_mask[..., : key.shape[2]]
+            given = attention_mask[..., :k_len]
             mask = given & mask if given.dtype == torch.bool else given.masked_fill(~mask, torch.finfo(given.dtype).min)
         out = masked_sdpa(query, key, value, mask, scaling)
     return out.transpose(1, 2).contiguous(), None
@@ -147,6 +310,8 @@ class SparseAttention(Adapter[SparseAttentionParams]):
         AttentionMaskInterface.register(NAME, sdpa_mask)  # padding and sliding windows arrive as for SDPA
         for layer in model.model.layers:
             layer.self_attn.block_sparse = params
+            if params.policy == "estimated":
+                layer.self_attn.router = PatternEstimate(params)
         model.set_attn_implementation(NAME)
         return model
 

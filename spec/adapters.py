@@ -115,6 +115,7 @@ BUILT_IN: tuple[AdapterRow, ...] = (
         "hidden_slice",
         HiddenSliceParams(sparsity=0.25),
         HiddenSliceParams(sparsity=0.5, selection="seeded", seed=3),
+        HiddenSliceParams(sparsity=0.25, selection="pca", calibration=SMALL_CALIBRATION),
         unpruned=HiddenSliceParams(sparsity=0.0),
     ),
     _built_in(
@@ -152,6 +153,7 @@ BUILT_IN: tuple[AdapterRow, ...] = (
         "sparse_attention",
         SparseAttentionParams(sparsity=0.6, block_size=16, seed=3),
         SparseAttentionParams(sparsity=0.75, block_size=16, sink_blocks=0, local_blocks=2),
+        SparseAttentionParams(sparsity=0.5, block_size=16, sink_blocks=0, policy="estimated"),
         unpruned=SparseAttentionParams(sparsity=0.0, block_size=16),
     ),
     _built_in(

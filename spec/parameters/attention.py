@@ -15,9 +15,12 @@ class SparseAttentionParams(AdapterParams):
     """Dynamic NK of attention: each query block keeps a share of its causal key blocks (sink and local always).
 
     Query block i (positions i*block_size ...) sees key blocks 0..i. It keeps the first `sink_blocks`,
-    the last `local_blocks` (the diagonal included) and a seeded choice of the others, so that
+    the last `local_blocks` (the diagonal included) and a choice of the others, so that
     round((1 - sparsity) * (i + 1)) blocks are kept, never fewer than sink and local together. The
-    choice depends only on (seed, layer, i), so decoding a token uses the key blocks of its query block.
+    count depends on i alone, so the declaration, the cost model and the FLOPs hold for either policy:
+    'seeded' chooses by (seed, layer, i), so decoding a token uses the key blocks of its query block;
+    'estimated' chooses per (batch row, query head, layer) by MInference's block-sparse estimate
+    (arXiv 2407.02490) from the input, online (adapters/sparse_attention.py), so no calibration.
     """
 
     sparsity: float = Field(ge=0.0, le=0.95, description="share of causal key blocks dropped per query block")
@@ -26,7 +29,11 @@ class SparseAttentionParams(AdapterParams):
     )
     sink_blocks: int = Field(1, ge=0, le=64, description="first key blocks always kept")
     local_blocks: int = Field(1, ge=1, le=64, description="most recent key blocks always kept (the diagonal included)")
-    policy: Literal["seeded"] = Field("seeded", description="a seeded choice of the other key blocks per query block")
+    policy: Literal["seeded", "estimated"] = Field(
+        "seeded",
+        description="'seeded': a seeded choice of the other key blocks per query block; 'estimated': MInference's"
+        " online block-sparse estimate (mean-pooled queries of the previous query block against mean-pooled keys)",
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds the choice of key blocks")
 
     def required_blocks(self, query_block: int) -> set[int]:
@@ -45,7 +52,9 @@ class SparseAttentionParams(AdapterParams):
         return min(causal, max(len(self.required_blocks(query_block)), round((1.0 - self.sparsity) * causal)))
 
     def kept_blocks(self, query_block: int, layer: int) -> list[int]:
-        """The sorted key blocks that query block `query_block` of layer `layer` attends to."""
+        """The sorted key blocks that query block `query_block` of layer `layer` attends to (seeded policy)."""
+        if self.policy != "seeded":
+            raise ValueError("the estimated policy chooses key blocks from the input (adapters/sparse_attention.py)")
         required = self.required_blocks(query_block)
         others = [j for j in range(query_block + 1) if j not in required]
         random.Random(f"{self.seed}/{layer}/{query_block}").shuffle(others)
