@@ -17,8 +17,8 @@ Decisions (a submission is data: nothing in it is imported, executed or fetched)
 - safetensors only: a pickle file (*.bin, *.pt, *.pth, *.pkl, *.ckpt) anywhere in the folder is
   refused before anything is read, since unpickling runs code. transformers loads with
   trust_remote_code=False and use_safetensors=True; a config that names remote code (auto_map) is refused.
-- config.json and the shard index go through the bounded JSON reader (spec/jsonfile.py); the
-  model_type must be the dense base's, one of the catalog's (llama, qwen2, mistral). Weights may
+- config.json, generation_config.json and the shard index go through the bounded JSON reader
+  (spec/jsonfile.py); the model_type must be the dense base's, one of the catalog's (llama, qwen2, mistral). Weights may
   take at most what the dense base takes in float32, and every tensor must be one the config
   describes: no missing (randomly initialized), unexpected or mismatched tensor.
 - The base: the point names a catalog model (`base`); evaluate runs it only against that model
@@ -27,6 +27,17 @@ Decisions (a submission is data: nothing in it is imported, executed or fetched)
 - What is checked is shape, not provenance: that the weights were derived from the base (and not,
   say, trained on the held-out split) is the submitter's word; the sha256 of every weights file
   (`weights_record`, in the run's `checkpoint` record) makes it auditable.
+- Recorded in `PointResult.checkpoint` (path, base, name, size and sha256 of each weights file): in the
+  saved results file and printed by `prunereg evaluate`; the registry does not store it (that needs a
+  column and a migration). The submission names a path, not the bytes, so its spec hash does not change
+  with them: re-pruning into the same folder and evaluating again finds the point "already in the registry".
+- Families: those a plain transformers config describes and prunereg traces as declared: static depth
+  (whole layers), static width (KV groups, heads, MLP channels), static cross-layer (the hidden size),
+  unstructured (zeros in the weights, masked dense like the built-in adapter). Not sublayer drop (no
+  config has a layer without its attention or MLP), 2:4 (a checkpoint holds masked dense weights, while
+  the built-in adapter runs sparse kernels on CUDA), low rank (factors need prunereg's modules), nor the
+  dynamic families (they need code). No `unpruned` point in the table, since every point names a folder;
+  the checkpoint of the dense model itself (`prunereg prune submissions/dense.json`) is that point.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from .base import Adapter
 
 CONFIG_BYTES = 1_000_000
 INDEX_BYTES = 10_000_000
+GENERATION_CONFIG = "generation_config.json"
 MAX_SHARDS = 256
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 SHARD_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}\.safetensors$")
@@ -190,6 +202,8 @@ class CheckpointAdapter(Adapter[CheckpointParams]):
         where = checkpoint_folder(params, folder)
         files = weight_files(where)
         config = checked_config(where, model)
+        if os.path.lexists(where / GENERATION_CONFIG):  # transformers reads it too: bounded and regular first
+            _json(_regular(where / GENERATION_CONFIG), CONFIG_BYTES)
         dense_bytes = 4 * sum(p.numel() for p in model.parameters())
         size = sum(f.stat().st_size for f in files)
         if size > dense_bytes + (1 << 20):
