@@ -11,8 +11,9 @@ from rich.table import Table
 from rich.text import Text
 
 from prunereg.spec.adapters import adapters, family_table
-from prunereg.spec.catalog import devices, models, suites
+from prunereg.spec.catalog import devices, models, suite_tasks, suites
 from prunereg.spec.schemas import rendered
+from prunereg.spec.tasks import tasks, tasks_table
 from prunereg.spec.validate import validate_file
 
 from .common import console, fail, load_valid
@@ -35,16 +36,22 @@ class Listing(str, Enum):
     devices = "devices"
     scenarios = "scenarios"
     adapters = "adapters"
+    tasks = "tasks"
 
 
 def list_(
     what: Annotated[Listing, typer.Argument(help="what to list")] = Listing.submissions,
     folder: Annotated[Path, typer.Option(help="submissions folder")] = Path("submissions"),
     markdown: Annotated[
-        bool, typer.Option(help="adapters only: print the README's family table (built-ins, with the submissions)")
+        bool,
+        typer.Option(
+            help="adapters and tasks only: print the README's family table (built-ins, with the submissions) "
+            "or quality-task table"
+        ),
     ] = False,
 ) -> None:
-    """List submissions, catalog models, device profiles, scenario suites or adapters (built-in and plugins).
+    """List submissions, catalog models, device profiles, scenario suites, adapters (built-in and plugins)
+    or quality tasks.
 
     Example: prunereg list models
     """
@@ -55,6 +62,9 @@ def list_(
             if spec is not None:
                 slugs.setdefault(spec.adapter.name, []).append(spec.method.slug)
         typer.echo(family_table(slugs), nl=False)
+        return
+    if what is Listing.tasks and markdown:
+        typer.echo(tasks_table(), nl=False)
         return
     table = Table()
     if what is Listing.submissions:
@@ -90,8 +100,15 @@ def list_(
     elif what is Listing.scenarios:
         table.add_column("suite")
         table.add_column("scenarios")
+        table.add_column("quality tasks")
         for name, scenarios in suites().items():
-            table.add_row(name, ", ".join(s.name for s in scenarios))
+            table.add_row(name, ", ".join(s.name for s in scenarios), ", ".join(suite_tasks(name)))
+    elif what is Listing.tasks:
+        for column in ("task", "version", "metric", "better", "kind", "data"):
+            table.add_column(column)
+        for row in tasks().values():
+            better = "higher" if row.higher_is_better else "lower"
+            table.add_row(row.name, row.version, row.metric, better, row.kind, Text(row.data))
     else:
         for column in ("adapter", "families", "parameters", "division", "provided by"):
             table.add_column(column)

@@ -288,8 +288,11 @@ def _store_measured_quality(
         value=quality.value,
         dense_value=quality.dense_value,
         tokens=quality.tokens,
-        harness_name="prunereg",
-        harness_version=result.environment.prunereg,
+        shots=quality.shots,
+        examples=quality.examples,
+        task_version=quality.task_version,
+        harness_name=quality.harness or "prunereg",
+        harness_version=quality.harness_version or result.environment.prunereg,
         relative_loss=_loss(quality.value, quality.dense_value, quality.higher_is_better),
     )
 
@@ -302,6 +305,8 @@ MEASURED_LATENCY = (
     "scenario", "samples", "median", "p20", "p80", "dense_median", "execution", "fallback", "gpu_before", "gpu_after",
 )  # fmt: skip
 MEASURED_QUALITY = ("task", "metric", "value", "dense_value", "higher_is_better", "tokens")
+MEASURED_QUALITY_SINCE_0005 = ("task_version", "shots", "examples", "harness", "harness_version")
+"""Quality fields of results files written since tasks had versions: in the digest only where not None."""
 
 
 def measurement_digest(run: dict[str, Any], latency: list[dict[str, Any]], quality: list[dict[str, Any]]) -> str:
@@ -316,17 +321,23 @@ def measurement_digest(run: dict[str, Any], latency: list[dict[str, Any]], quali
     time is another run, like one timed again. It enters the hash only where there is one: a run
     without (every run before 0004, and every point whose selection needs none) keeps the digest it
     had, so 0004 leaves stored digests unchanged and 0003 computes them from rows that have no record.
+    The quality fields added with versioned tasks (MEASURED_QUALITY_SINCE_0005) follow the same rule: a
+    figure names them only where its results file has them, so every older file keeps its digest.
     """
     blob: dict[str, Any] = {
         "run": {k: run[k] for k in MEASURED_RUN},
         "latency": sorted(({k: row[k] for k in MEASURED_LATENCY} for row in latency), key=lambda r: r["scenario"]),
-        "quality": sorted(
-            ({k: row[k] for k in MEASURED_QUALITY} for row in quality), key=lambda r: (r["task"], r["metric"])
-        ),
+        "quality": sorted((_measured_quality(row) for row in quality), key=lambda r: (r["task"], r["metric"])),
     }
     if run.get("calibration") is not None:
         blob["calibration"] = run["calibration"]
     return spec_hash(blob)[:32]
+
+
+def _measured_quality(row: dict[str, Any]) -> dict[str, Any]:
+    figure = {k: row[k] for k in MEASURED_QUALITY}
+    figure.update((k, row[k]) for k in MEASURED_QUALITY_SINCE_0005 if row.get(k) is not None)
+    return figure
 
 
 def measured_quality_identity(run: Any, task: str, metric: str) -> str:

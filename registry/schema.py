@@ -206,6 +206,8 @@ class QualityRecord(Base):
     tokens: Mapped[int | None] = mapped_column(doc="tokens scored, for measured perplexity")
     harness_name: Mapped[str | None] = mapped_column(String(64))
     harness_version: Mapped[str | None] = mapped_column(String(32))
+    task_version: Mapped[str | None] = mapped_column(String(16), doc="spec/tasks.py version, for measured figures")
+    examples: Mapped[int | None] = mapped_column(doc="examples scored, for measured question-answering tasks")
     finetune_tokens: Mapped[int] = mapped_column(default=0)
     arxiv: Mapped[str | None] = mapped_column(String(16))
     paper_table: Mapped[str | None] = mapped_column(String(60))

@@ -97,4 +97,21 @@ def suites() -> dict[str, tuple[Scenario, ...]]:
     return {k: tuple(Scenario(**s) for s in v) for k, v in _load("scenarios.json").items()}
 
 
+DEFAULT_TASKS = ("heldout-ppl",)
+SUITE_TASKS: dict[str, tuple[str, ...]] = {
+    "ci": ("heldout-ppl", "austen-cloze"),
+    "reference": ("heldout-ppl", "wikitext2-ppl"),
+}
+"""The quality tasks (spec/tasks.py) each suite measures where the weights are real, the primary one first
+(the leaderboard shows a run's first figure). 'ci' adds the shipped lm-eval cloze, which runs in seconds on
+the embedded model on CPU; 'reference' (real checkpoints on a GPU, which has no lm-eval) adds the papers'
+WikiText-2 perplexity, read from local data. Other suites measure DEFAULT_TASKS."""
+
+
+def suite_tasks(scenarios: str | tuple[Scenario, ...]) -> tuple[str, ...]:
+    """The quality tasks of a suite, named or given as its scenarios; DEFAULT_TASKS for any other scenarios."""
+    name = scenarios if isinstance(scenarios, str) else next((k for k, v in suites().items() if v == scenarios), "")
+    return SUITE_TASKS.get(name, DEFAULT_TASKS)
+
+
 EMBEDDED_MODEL = "prunereg-mini"
