@@ -1,11 +1,25 @@
 """Static NK, cross-layer (SliceGPT): remove a share of the residual hidden dimension everywhere.
 
-The same hidden channels go from the embedding (columns), every RMSNorm, the K of q/k/v/gate/up,
+The same hidden directions go from the embedding (columns), every RMSNorm, the K of q/k/v/gate/up,
 the N of o/down and the K of lm_head; tied embeddings stay tied, and the config says the new
-hidden size (with head_dim explicit, as heads keep their size). Channels are kept by the L2 norm
-of their embedding column, or by a seeded choice. SliceGPT first rotates the residual stream by
-PCA so that deleted channels carry little; without that rotation the RMSNorm statistics change
-and more signal is lost, so quality here is a lower bound; the shapes, and so the latency, are its.
+hidden size (with head_dim explicit, as heads keep their size).
+
+Selection 'pca' is SliceGPT's (Ashkboos et al. 2024, arXiv 2401.15024, sections 3.2-3.3). RMSNorm
+commutes with an orthogonal Q once its weight is folded into the Linears that read the normalized
+stream (computational invariance), so the residual stream can be expressed in any orthonormal basis
+without changing the model. SliceGPT picks, per block, the eigenvectors of Σ x xᵀ over the
+calibration tokens entering it (sorted by eigenvalue) and deletes the trailing principal directions.
+Here one Q serves the whole residual stream: the PCA of the inputs of every attention block, every
+MLP block and the final norm, pooled. With one Q no shortcut rotation is needed (SliceGPT's
+Q_lᵀ·Q_{l+1} on each residual connection), so the shapes, and the latency, are those of plain
+slicing. The sliced RMSNorm divides by the root mean square over the kept directions; a weight of
+sqrt(hidden / kept) restores SliceGPT's normalization by the original width (its eps is scaled by
+kept/hidden, negligible). A tied lm_head cannot absorb the final norm's weight without untying
+(SliceGPT unties it): it stays tied and the final norm keeps the diagonal of Qᵀ·diag(g)·Q, exact
+when g is uniform.
+
+'magnitude' (the L2 norm of each embedding column) and 'seeded' are baselines that slice channels
+without rotating: the RMSNorm statistics change and more signal is lost.
 """
 
 from __future__ import annotations
@@ -15,12 +29,12 @@ from torch import nn
 
 from prunereg.spec.parameters import HiddenSliceParams
 
-from .base import Adapter
+from .base import Adapter, check_calibration
 from .width import slice_linear
 
 
 def kept_channels(embedding: torch.Tensor, params: HiddenSliceParams) -> torch.Tensor:
-    """Indices (ascending) of the hidden channels kept."""
+    """Indices (ascending) of the hidden channels kept by a baseline selection."""
     count = params.kept(embedding.shape[1])
     if params.selection == "seeded":
         order = torch.randperm(embedding.shape[1], generator=torch.Generator().manual_seed(params.seed))
@@ -34,39 +48,147 @@ def slice_norm(norm: nn.Module, channels: torch.Tensor) -> None:
     norm.weight = nn.Parameter(weight.detach()[channels].clone(), requires_grad=weight.requires_grad)
 
 
+@torch.inference_mode()
+def residual_covariance(model, calibration: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Σ x xᵀ (float64, on the CPU) of the residual stream entering every attention block, every MLP block
+    and the final norm, over all calibration tokens: the pooled inputs SliceGPT's PCA is taken of."""
+    hidden = model.config.hidden_size
+    device = next(model.parameters()).device
+    total = torch.zeros(hidden, hidden, dtype=torch.float64, device=device)
+
+    def accumulate(module, args, kwargs):
+        x = (args[0] if args else kwargs["hidden_states"]).reshape(-1, hidden).double()
+        total.add_(x.T @ x)
+
+    norms = [n for layer in model.model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+    handles = [n.register_forward_pre_hook(accumulate, with_kwargs=True) for n in (*norms, model.model.norm)]
+    try:
+        for batch in calibration.split(batch_size):
+            model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total.cpu()
+
+
+def principal_directions(covariance: torch.Tensor) -> torch.Tensor:
+    """Q [hidden, hidden], orthogonal: the eigenvectors of `covariance` by decreasing eigenvalue, each signed
+    so that its largest-magnitude entry is positive (eigh's sign is arbitrary)."""
+    values, vectors = torch.linalg.eigh(covariance.double())
+    vectors = vectors[:, torch.argsort(values, descending=True, stable=True)]
+    peaks = vectors.abs().argmax(dim=0)
+    signs = torch.sign(vectors[peaks, torch.arange(vectors.shape[1])])
+    return vectors * torch.where(signs == 0, 1.0, signs)
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+    """A Linear holding float64 `weight`/`bias`, in the device and dtype of `like`."""
+    dtype, device = like.weight.dtype, like.weight.device
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=device, dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear
+
+
+def _reads(linear: nn.Linear, scale: torch.Tensor, basis: torch.Tensor) -> nn.Linear:
+    """The Linear that reads the rotated, sliced stream: W·diag(g)·Q_k (the norm weight g folded in)."""
+    weight = linear.weight.detach().double() * scale.to(linear.weight.device)
+    bias = None if linear.bias is None else linear.bias.detach()
+    return _linear(weight @ basis.to(weight.device), bias, linear)
+
+
+def _writes(linear: nn.Linear, basis: torch.Tensor) -> nn.Linear:
+    """The Linear that writes the rotated, sliced stream: Q_kᵀ·W, and its bias b·Q_k."""
+    basis = basis.to(linear.weight.device)
+    weight = basis.T @ linear.weight.detach().double()
+    bias = None if linear.bias is None else linear.bias.detach().double() @ basis
+    return _linear(weight, bias, linear)
+
+
+def _set_norm(norm: nn.Module, weight: torch.Tensor) -> None:
+    old = norm.get_parameter("weight")
+    norm.weight = nn.Parameter(weight.to(old.device, old.dtype), requires_grad=old.requires_grad)
+
+
+def rotate_and_slice(model, basis: torch.Tensor) -> None:
+    """Express the residual stream in the orthonormal columns of `basis` [hidden, kept] (SliceGPT)."""
+    inner = model.model
+    hidden, kept = basis.shape
+    tied = model.lm_head.weight is inner.embed_tokens.weight
+    unit = torch.full((kept,), (hidden / kept) ** 0.5, dtype=torch.float64)
+    embed = inner.embed_tokens
+    rotated = embed.weight.detach().double() @ basis.to(embed.weight.device)
+    embed.weight = nn.Parameter(rotated.to(embed.weight.dtype), requires_grad=embed.weight.requires_grad)
+    embed.embedding_dim = kept
+    for layer in inner.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        for norm, parent, names in (
+            (layer.input_layernorm, attn, ("q_proj", "k_proj", "v_proj")),
+            (layer.post_attention_layernorm, mlp, ("gate_proj", "up_proj")),
+        ):
+            scale = norm.weight.detach().double()
+            for name in names:
+                setattr(parent, name, _reads(getattr(parent, name), scale, basis))
+            _set_norm(norm, unit)
+        attn.o_proj = _writes(attn.o_proj, basis)
+        mlp.down_proj = _writes(mlp.down_proj, basis)
+        for module in (layer, mlp):
+            if hasattr(module, "hidden_size"):
+                module.hidden_size = kept
+    final = inner.norm.weight.detach().double().cpu()
+    if tied:
+        _set_norm(inner.norm, unit * ((basis * final[:, None]) * basis).sum(dim=0))
+        model.lm_head.weight = embed.weight
+        model.lm_head.in_features = kept
+    else:
+        model.lm_head = _reads(model.lm_head, final, basis)
+        _set_norm(inner.norm, unit)
+
+
 class HiddenSlice(Adapter[HiddenSliceParams]):
     name = "hidden_slice"
 
     def apply(self, model, params: HiddenSliceParams, calibration=None):
-        config, inner = model.config, model.model
-        embed = inner.embed_tokens
-        channels = kept_channels(embed.weight, params)
-        tied = model.lm_head.weight is embed.weight
-        embed.weight = nn.Parameter(
-            embed.weight.detach()[:, channels].clone(), requires_grad=embed.weight.requires_grad
-        )
-        embed.embedding_dim = len(channels)
-        for layer in inner.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            for parent, names in ((attn, ("q_proj", "k_proj", "v_proj")), (mlp, ("gate_proj", "up_proj"))):
-                for name in names:
-                    setattr(parent, name, slice_linear(getattr(parent, name), cols=channels))
-            attn.o_proj = slice_linear(attn.o_proj, rows=channels)
-            mlp.down_proj = slice_linear(mlp.down_proj, rows=channels)
-            slice_norm(layer.input_layernorm, channels)
-            slice_norm(layer.post_attention_layernorm, channels)
-            for module in (layer, mlp):
-                if hasattr(module, "hidden_size"):
-                    module.hidden_size = len(channels)
-        slice_norm(inner.norm, channels)
-        if tied:
-            model.lm_head.weight = embed.weight
-            model.lm_head.in_features = len(channels)
+        check_calibration(params, calibration)
+        config = model.config
+        if params.selection == "pca":
+            assert calibration is not None
+            basis = principal_directions(residual_covariance(model, calibration))
+            rotate_and_slice(model, basis[:, : params.kept(config.hidden_size)])
         else:
-            model.lm_head = slice_linear(model.lm_head, cols=channels)
+            slice_channels(model, kept_channels(model.model.embed_tokens.weight, params))
         config.head_dim = model.model.layers[0].self_attn.head_dim
-        config.hidden_size = len(channels)
+        config.hidden_size = model.model.embed_tokens.embedding_dim
         return model
+
+
+def slice_channels(model, channels: torch.Tensor) -> None:
+    """Keep the listed hidden channels everywhere, without rotating (the baselines)."""
+    inner = model.model
+    embed = inner.embed_tokens
+    tied = model.lm_head.weight is embed.weight
+    embed.weight = nn.Parameter(embed.weight.detach()[:, channels].clone(), requires_grad=embed.weight.requires_grad)
+    embed.embedding_dim = len(channels)
+    for layer in inner.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        for parent, names in ((attn, ("q_proj", "k_proj", "v_proj")), (mlp, ("gate_proj", "up_proj"))):
+            for name in names:
+                setattr(parent, name, slice_linear(getattr(parent, name), cols=channels))
+        attn.o_proj = slice_linear(attn.o_proj, rows=channels)
+        mlp.down_proj = slice_linear(mlp.down_proj, rows=channels)
+        slice_norm(layer.input_layernorm, channels)
+        slice_norm(layer.post_attention_layernorm, channels)
+        for module in (layer, mlp):
+            if hasattr(module, "hidden_size"):
+                module.hidden_size = len(channels)
+    slice_norm(inner.norm, channels)
+    if tied:
+        model.lm_head.weight = embed.weight
+        model.lm_head.in_features = len(channels)
+    else:
+        model.lm_head = slice_linear(model.lm_head, cols=channels)
 
 
 ADAPTER = HiddenSlice()

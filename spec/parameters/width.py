@@ -8,7 +8,7 @@ from pydantic import Field
 
 from ..calibration import Calibration
 from ..catalog import ModelArchitecture
-from .base import AdapterParams, Selection, _refusal
+from .base import AdapterParams, _refusal
 
 
 class WidthParams(AdapterParams):
@@ -67,12 +67,29 @@ class WidthParams(AdapterParams):
         )
 
 
+HiddenSliceSelection = Literal["magnitude", "seeded", "pca"]
+
+
 class HiddenSliceParams(AdapterParams):
     """Cross-layer width: remove a share of the residual hidden dimension everywhere (SliceGPT-style)."""
 
     sparsity: float = Field(ge=0.0, le=0.9, description="share of hidden channels removed")
-    selection: Selection = Field("magnitude", description="keep the channels of largest embedding norm, or seeded")
+    selection: HiddenSliceSelection = Field(
+        "magnitude",
+        description=(
+            "'magnitude': keep the channels of largest embedding-column norm (baseline); 'seeded': a seeded random "
+            "choice; 'pca': SliceGPT (arXiv 2401.15024): fold the RMSNorm weights into the Linears that read them, "
+            "rotate the residual stream by one orthogonal Q, the eigenvectors of the covariance of every block's "
+            "input on the calibration data (all blocks pooled), and keep the leading principal directions"
+        ),
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="used when selection is 'seeded'")
+    calibration: Calibration = Field(
+        default_factory=Calibration, description="the text the principal directions are computed on, for 'pca'"
+    )
+
+    def calibration_needed(self) -> Calibration | None:
+        return self.calibration if self.selection == "pca" else None
 
     def kept(self, hidden_size: int) -> int:
         return max(1, round((1.0 - self.sparsity) * hidden_size))
