@@ -161,7 +161,9 @@ class PatternEstimate(nn.Module):
             before = query[:, :, :1].float()
         probes = torch.cat([before, pooled[:, :, :-1]], dim=2).view(b, kv_heads, -1, d)
         keys = key[:, :, : last * size].reshape(b, kv_heads, last, size, d).sum(dim=3, dtype=torch.float32) / size
-        scores = torch.matmul(probes, keys.transpose(-1, -2)).view(b, h, -1, last)  # head j reads KV head j // group
+        scores = torch.matmul(probes, keys.transpose(-1, -2)).view(
+            b, h, len(counts), last
+        )  # head j: KV head j // group
         rows = top_blocks(self.params, scores, first)
         if carried is not None and (key.shape[2] - query.shape[2]) % size:
             rows[:, :, 0, : first + 1] = carried[3]  # the block in progress keeps the row it began with
