@@ -135,6 +135,10 @@ BUILT_IN: tuple[AdapterRow, ...] = (
         "low_rank",
         LowRankParams(sparsity=0.5),
         LowRankParams(sparsity=0.4, projections=["qkv_proj", "down_proj"]),
+        LowRankParams(sparsity=0.4, selection="svd_llm", calibration=SMALL_CALIBRATION),
+        LowRankParams(
+            sparsity=0.5, selection="asvd", projections=["o_proj", "gate_up_proj"], calibration=SMALL_CALIBRATION
+        ),
         unpruned=LowRankParams(sparsity=0.0),
     ),
     _built_in(
