@@ -10,34 +10,38 @@ the FLOPs, is the same for both.
 - 'seeded' (the default, a baseline): the choice depends only on (seed, layer, query block), so
   decoding a token with the KV cache uses the key blocks of its query block and gives the logits of
   a full forward.
-- 'estimated': MInference's online block-sparse index search (arXiv 2407.02490, its block-sparse
-  pattern; microsoft/MInference `_build_block_index`): mean-pooled queries of a query block times
-  mean-pooled keys of each key block, the causal key blocks of largest score kept. Decisions:
-  * Causal estimate: query block i is estimated from the mean-pooled queries of query block i-1, not
-    of block i. MInference pools block i's own queries (a prefill method that sees the whole prompt),
-    but then token t's key blocks depend on the queries of tokens t+1.. of its block, the token it
-    predicts included: future information in the held-out cross-entropy and no cached decode. The
-    previous block is in the past of every token of block i, is still a mean of block_size queries,
-    and on the embedded model it lost nothing (held-out cross-entropy, block 16, 20k tokens:
-    previous block 3.826/3.946 at 50/75 %, own block 3.827/3.947, first query of the block
-    3.836/3.952, seeded 3.920/4.035). Block 0 has one causal block: nothing to choose.
-  * Sink and local blocks are always kept and the others ranked by score fill the declared count
-    (MInference keeps a fixed top-k of all causal blocks; forcing sink and local keeps our
-    declaration). Candidates lie before
-    the diagonal, so their pooled keys are whole blocks of past keys. Ties keep the earlier block.
-  * Granularity: per (batch row, query head, layer), MInference's own (it pools per head; a KV group's
-    query heads attend differently). Scores are probe·pooled key in float32 (the softmax and 1/sqrt(d)
-    of the paper do not change a row's order); GQA reads KV head h // (heads / kv_heads).
+- 'estimated': MInference's online block-sparse estimate (arXiv 2407.02490; microsoft/MInference
+  `_build_block_index`): mean-pooled queries times mean-pooled keys of each key block, the causal key
+  blocks of largest score kept; no calibration data. Decisions, with why:
+  * Causal: query block i is estimated from the mean query of query block i-1, not of block i.
+    MInference, a prefill method, pools block i's own queries; then token t's key blocks depend on
+    the queries of t+1.. (the token it predicts included): future information in the held-out
+    cross-entropy, and nothing a cached decode can recompute. Block i-1 is in every block-i token's
+    past and is still a mean of block_size queries; on the embedded model it did as well as pooling
+    block i itself (numbers in the README). Block 0 has one causal block: nothing to choose.
+  * Count: sink and local blocks always, then the other causal blocks by score up to the declared
+    count (MInference takes a fixed top-k of all causal blocks), so the declaration, cost model and
+    FLOPs hold unchanged. Candidates lie before the diagonal: their pooled keys are whole past
+    blocks. Ties keep the earlier block.
+  * Granularity: per (batch row, query head, layer), as MInference (it pools per head; the query
+    heads of one KV group attend differently). Scores are probe . pooled key in float32 (the paper's
+    softmax and 1/sqrt(d) keep a row's order); query head j reads KV head j // (heads / kv_heads).
+    CPU: a per-(b, h) token mask for SDPA. CUDA: a per-(b, h) BlockMask (flex_attention takes a B and
+    an H dimension) built from the block table with BlockMask.from_kv_blocks, untested on CUDA.
   * The estimate's product runs in a parameterless submodule `router` of the attention module, so
     the GEMM tracer (harness/trace.py) books it as routing cost, not as attention.
-  * Decoding: the pattern of the query block in progress and the query sum of its block are carried
-    by `router` from call to call (queries are not in the KV cache), so a prefill followed by
-    token-by-token decoding keeps the key blocks a full forward uses: cached decode equals the full
-    forward. A call that does not continue the last one (a cache this module did not fill, e.g.
-    the latency harness's static cache) estimates the block in progress from its first query:
-    still causal, but then not the full forward's choice. MInference itself decodes densely.
-  * Prefill latency: the estimate is a (query blocks x key blocks) product per head plus pooling,
-    about 1/block_size^2 of attention's FLOPs, paid online like MInference's index build.
+  * (a) Held-out cross-entropy: one causal full forward. (b) Prefill: the estimate is paid online,
+    a (query blocks x key blocks) product per head, about 1/block_size^2 of attention's FLOPs.
+    (c) Decoding: queries are not in the KV cache, so `router` carries the query sum and the row of
+    the query block in progress from call to call: a prefill then token-by-token (or chunked)
+    decoding keeps the key blocks a full forward chooses, and cached decode equals the full forward.
+    A call that does not continue the last one (a cache this module did not fill, as the latency
+    harness's static cache) estimates the block in progress from its own first query: causal, but
+    not the full forward's choice. (MInference decodes densely; a dense decode would not be what
+    the cross-entropy measured.)
+  * Left out: MInference's vertical-slash pattern (token columns and diagonals from the last 64
+    queries: future for every earlier query, and not key blocks, so not this declaration) and the
+    offline per-head choice among its three patterns (that needs a search on calibration data).
 
 Keys are taken to be positions 0..k-1 and queries the last q of them (transformers' dynamic cache).
 The function is registered in transformers' AttentionInterface and the model's attention
@@ -90,13 +94,16 @@ def token_mask(params: SparseAttentionParams, layer: int, q_len: int, k_len: int
 
 
 @lru_cache(maxsize=1024)
-def row_rule(params: SparseAttentionParams, first: int, last: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bool [rows, last + 1] required key blocks, long [rows] kept counts) of query blocks first..last."""
+def row_rule(params: SparseAttentionParams, first: int, last: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bool [rows, last + 1] required key blocks, long [rows] kept counts) of query blocks first..last.
+
+    Cached on the device: a CUDA graph capture may not copy from the host.
+    """
     required = torch.zeros(last - first + 1, last + 1, dtype=torch.bool)
     for i in range(first, last + 1):
         required[i - first, sorted(params.required_blocks(i))] = True
     counts = torch.tensor([params.kept_block_count(i) for i in range(first, last + 1)])
-    return required, counts
+    return required.to(device), counts.to(device)
 
 
 def top_blocks(params: SparseAttentionParams, scores: torch.Tensor, first: int) -> torch.Tensor:
@@ -105,7 +112,7 @@ def top_blocks(params: SparseAttentionParams, scores: torch.Tensor, first: int) 
     `scores` [b, h, rows, last] rates key blocks 0..last-1 for query blocks first..last.
     """
     last = first + scores.shape[-2] - 1
-    required, counts = (t.to(scores.device) for t in row_rule(params, first, last))
+    required, counts = row_rule(params, first, last, scores.device)
     scores = F.pad(scores, (0, 1), value=float("-inf"))
     causal = (
         torch.arange(last + 1, device=scores.device) <= torch.arange(first, last + 1, device=scores.device)[:, None]
@@ -154,7 +161,9 @@ class PatternEstimate(nn.Module):
         """Probe of query block i: the mean query of block i - 1 (the carried sum, or the call's first query)."""
         size, (b, h, _, d), kv_heads = self.params.block_size, query.shape, key.shape[1]
         last = first + len(counts) - 1
-        pooled = sums / torch.tensor(counts, device=sums.device, dtype=sums.dtype)[:, None]
+        divisors = torch.full((len(counts), 1), float(size), device=sums.device)
+        divisors[0], divisors[-1] = counts[0], counts[-1]
+        pooled = sums / divisors
         if carried is not None and not (key.shape[2] - query.shape[2]) % size:
             before = (carried[1] / carried[2])[:, :, None]
         else:
@@ -228,7 +237,7 @@ def estimated_block_mask(rows: torch.Tensor, first: int, q_len: int, k_len: int,
     before = (torch.arange(rows.shape[-1], device=device) + 1) * size - 1 <= start[:, None]
     full = both & before
     partial = (rows[:, :, low] | rows[:, :, high]) & ~full
-    offset, first_row, last_row = (torch.tensor(n, device=device) for n in (past, first, rows.shape[2] - 1))
+    offset, first_row, last_row = (torch.full((), n, device=device) for n in (past, first, rows.shape[2] - 1))
 
     def mask_mod(b, h, q_idx, kv_idx):
         q = q_idx + offset

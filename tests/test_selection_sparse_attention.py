@@ -213,7 +213,7 @@ def test_no_calibration_and_the_seeded_point_hashes_as_before():
 def test_on_the_embedded_model_the_estimate_beats_the_seeded_choice():
     """prunereg-mini, float32, the shipped points (blocks of 16: 16 per 256-token chunk), held-out cross-entropy.
 
-    Measured: see /tmp/notes/minference.md (numbers in the assertion message).
+    Measured (dense 3.8043): 50 % seeded 3.9514, estimated 3.8668; 75 % seeded 4.0650, estimated 3.9779.
     """
     from prunereg.harness.embedded import EVAL_SPLIT
     from prunereg.harness.models import load_model
