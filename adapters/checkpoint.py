@@ -47,6 +47,7 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import Any, cast
 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
@@ -212,9 +213,12 @@ class CheckpointAdapter(Adapter[CheckpointParams]):
             )
         hf_logging.disable_progress_bar()
         try:
-            loaded, info = AutoModelForCausalLM.from_pretrained(
-                where, config=config, dtype=model.dtype, local_files_only=True, trust_remote_code=False,
-                use_safetensors=True, output_loading_info=True,
+            loaded, info = cast(
+                "tuple[PreTrainedModel, dict[str, Any]]",
+                AutoModelForCausalLM.from_pretrained(
+                    where, config=config, dtype=model.dtype, local_files_only=True, trust_remote_code=False,
+                    use_safetensors=True, output_loading_info=True,
+                ),
             )  # fmt: skip
         except LOAD_ERRORS as err:
             raise CheckpointError(f"cannot load the checkpoint {where}: {' '.join(str(err).split())[:300]}") from None

@@ -115,11 +115,9 @@ def evaluate(
         console.print(Text(f"already in the registry, not measured again: {', '.join(reused)}"))
     console.print(results_table(spec, result))
     for measured in result.points:
-        record = measured.checkpoint
-        for file in record.files if record is not None else ():
-            console.print(
-                Text(f"{measured.operating_point}: checkpoint {record.path}/{file.name} sha256 {file.sha256}")
-            )
+        files = [(measured.checkpoint.path, f) for f in measured.checkpoint.files] if measured.checkpoint else []
+        for folder, file in files:
+            console.print(Text(f"{measured.operating_point}: checkpoint {folder}/{file.name} sha256 {file.sha256}"))
     console.print(
         Text("stored in the registry: " + (", ".join(f"{n} {t}" for t, n in added.items() if n) or "nothing new"))
     )
