@@ -106,9 +106,12 @@ def list_(
     elif what is Listing.tasks:
         for column in ("task", "version", "metric", "better", "kind", "data"):
             table.add_column(column)
-        for row in tasks().values():
-            better = "higher" if row.higher_is_better else "lower"
-            table.add_row(row.name, row.version, row.metric, better, row.kind, Text(row.data))
+        for quality_task in tasks().values():
+            better = "higher" if quality_task.higher_is_better else "lower"
+            table.add_row(
+                quality_task.name, quality_task.version, quality_task.metric, better, quality_task.kind,
+                Text(quality_task.data),
+            )  # fmt: skip
     else:
         for column in ("adapter", "families", "parameters", "division", "provided by"):
             table.add_column(column)

@@ -142,7 +142,7 @@ def test_a_local_text_file_is_scored_in_windows_of_the_context_length(embedded, 
 
 
 def test_the_datasets_cache_is_read_offline_and_joined_as_the_papers_join_it(monkeypatch):
-    import datasets
+    import datasets  # type: ignore[import-untyped]
 
     seen = []
 
@@ -228,7 +228,7 @@ def evaluated():  # two lm-eval runs (dense, drop-25) and two held-out scores: a
 
 @pytest.mark.slow
 def test_lm_eval_runs_offline_on_the_embedded_model_and_dense_beats_chance(evaluated):
-    import lm_eval
+    import lm_eval  # type: ignore[import-untyped]
 
     _, result, attempts = evaluated
     assert attempts == []

@@ -8,12 +8,13 @@ Hugging Face datasets cache, and lm-eval runs with the hub and datasets offline.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +34,7 @@ MAX_TEXT_BYTES = 256 * 2**20
 """A local test text larger than this is refused (WikiText-2's test split is 1.3 MB, C4's 1100 documents 2.4 MB)."""
 C4_DOCUMENTS, C4_WINDOWS = 1100, 256
 """SparseGPT's and Wanda's C4 evaluation: the first 1100 validation documents, truncated to 256 windows."""
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 class TaskUnavailable(Exception):
@@ -137,7 +138,7 @@ def _cached_dataset_text(spec: QualityTask) -> str | None:
     path, name_or_file, split = spec.hf_dataset
     with offline():
         try:
-            import datasets
+            import datasets  # type: ignore[import-untyped]
 
             if spec.name == "c4-ppl":
                 rows = datasets.load_dataset(path, data_files={split: name_or_file}, split=split)
@@ -169,9 +170,9 @@ def import_lm_eval(spec: QualityTask) -> Any:
     """lm_eval, imported offline; a missing install is one line (the GPU machine has none)."""
     with offline():
         try:
-            import lm_eval
-            import lm_eval.models.huggingface
-            import lm_eval.tasks
+            import lm_eval  # type: ignore[import-untyped]
+            import lm_eval.models.huggingface  # type: ignore[import-untyped]
+            import lm_eval.tasks  # type: ignore[import-untyped]
         except ImportError as err:
             raise TaskUnavailable(
                 f"{spec.name} runs through lm-evaluation-harness, which is not installed here ({err.name}): "
@@ -195,8 +196,8 @@ class LmEvalQuality:
         quiet = logging.getLogger("lm_eval")
         level = quiet.level
         quiet.setLevel(logging.ERROR)
-        try:
-            with offline():
+        try:  # lm-eval's progress bars ignore TQDM_DISABLE and would break `prunereg evaluate`'s own: not shown
+            with offline(), redirect_stderr(io.StringIO()):
                 lm = self.lm_eval.models.huggingface.HFLM(
                     pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size,
                     max_length=int(model.config.max_position_embeddings),

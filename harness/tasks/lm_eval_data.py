@@ -19,6 +19,6 @@ def read_jsonl(name: str) -> list[dict[str, Any]]:
 
 def austen_cloze(**_metadata: Any):
     """The austen-cloze examples as a `datasets.DatasetDict` with one split, "test"."""
-    import datasets
+    import datasets  # type: ignore[import-untyped]
 
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(read_jsonl("austen_cloze.jsonl"))})
