@@ -180,7 +180,9 @@ class QualityResult(Measured):
     value: MeasuredScore = Field(description="the pruned model's value")
     dense_value: MeasuredScore = Field(description="the dense model's value on the same tokens")
     higher_is_better: bool = Field(strict=True, description="direction of the metric")
-    tokens: int = Field(strict=True, ge=0, le=10**12, description="tokens scored")
+    tokens: int = Field(
+        strict=True, ge=0, le=10**12, description="tokens scored (perplexity tasks; 0 where `examples` counts instead)"
+    )
     task_version: str | None = Field(
         None, pattern=r"^[0-9]+(\.[0-9]+)?$", max_length=16,
         description="the task's protocol version (spec/tasks.py); none in files written before tasks had versions",
