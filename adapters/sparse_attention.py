@@ -154,7 +154,7 @@ class PatternEstimate(nn.Module):
             rows = carried[3][:, :, None]  # decoding inside a block: its row was chosen when it began
         else:
             rows = self.estimate(query, key, sums, counts, carried, first)
-        self.carried = (k_len, sums[:, :, -1], counts[-1], rows[:, :, -1])
+        self.carried = (k_len, sums[:, :, -1].clone(), counts[-1], rows[:, :, -1].clone())  # not the whole table
         return rows, first
 
     def estimate(self, query, key, sums, counts, carried, first: int) -> torch.Tensor:
@@ -170,9 +170,8 @@ class PatternEstimate(nn.Module):
             before = query[:, :, :1].float()
         probes = torch.cat([before, pooled[:, :, :-1]], dim=2).view(b, kv_heads, -1, d)
         keys = key[:, :, : last * size].reshape(b, kv_heads, last, size, d).sum(dim=3, dtype=torch.float32) / size
-        scores = torch.matmul(probes, keys.transpose(-1, -2)).view(
-            b, h, len(counts), last
-        )  # head j: KV head j // group
+        scores = torch.matmul(probes, keys.transpose(-1, -2))  # query head j scores KV head j // group
+        scores = scores.view(b, h, len(counts), last)
         rows = top_blocks(self.params, scores, first)
         if carried is not None and (key.shape[2] - query.shape[2]) % size:
             rows[:, :, 0, : first + 1] = carried[3]  # the block in progress keeps the row it began with
