@@ -31,6 +31,7 @@ from .results import (
     SavedEvaluation,
     latency_summary,
 )
+from .tasks import tasks
 from .validate import SUPERSEDED, _one_line, _pointer, _pointer_from_loc, validate_file
 
 REL_TOL = 1e-6
@@ -210,6 +211,28 @@ def quality_needs_trained_weights(saved: SavedEvaluation) -> Iterator[Problem]:
                 yield Problem(f"/result/points/{i}/quality", "random weights have no quality to measure")
 
 
+def quality_is_a_registered_task(saved: SavedEvaluation) -> Iterator[Problem]:
+    """A figure names a task of spec/tasks.py and carries its metric, direction, version and shots: a file
+    cannot invent a task, or turn a loss into a gain by flipping the direction."""
+    known = tasks()
+    for i, point in enumerate(saved.result.points):
+        for j, quality in enumerate(point.quality):
+            pointer = f"/result/points/{i}/quality/{j}"
+            entry = known.get(quality.task)
+            if entry is None:
+                yield Problem(f"{pointer}/task", f"unknown quality task (known: {', '.join(known)})")
+                continue
+            for field, registered in (
+                ("metric", entry.metric),
+                ("higher_is_better", entry.higher_is_better),
+                ("task_version", entry.version),
+                ("shots", entry.shots),
+            ):
+                given = getattr(quality, field)
+                if given != registered and not (given is None and field in ("task_version", "shots")):
+                    yield Problem(f"{pointer}/{field}", f"is {given!r} but task '{entry.name}' has {registered!r}")
+
+
 CONTROL = re.compile(NO_CONTROL.removeprefix("^[^").removesuffix("]*$").join("[]"))
 
 
@@ -239,6 +262,7 @@ RESULT_CHECKS: list[ResultCheck] = [
     theoretical_is_the_roofline,
     sizes_consistent,
     quality_needs_trained_weights,
+    quality_is_a_registered_task,
     one_line_text,
 ]
 """What `prunereg ingest` runs on every results file, in order."""
