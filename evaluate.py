@@ -234,7 +234,7 @@ def trace_point(loaded: LoadedModel, pruned, effects, seq_len: int = TRACE_SEQ_L
     """
     seq_len = min(seq_len, loaded.architecture.max_position_embeddings // 64 * 64)
     scenario = Scenario(phase=Phase.prefill, batch_size=1, seq_len=seq_len)
-    return check_declaration(loaded.model, pruned, loaded.architecture, scenario, effects)
+    return check_declaration(loaded.model, pruned, loaded.architecture, scenario, effects, tokenizer=loaded.tokenizer)
 
 
 def checked_gemms(loaded: LoadedModel, pruned, effects, point_name: str) -> list[GemmTrace]:

@@ -148,6 +148,7 @@ BUILT_IN: tuple[AdapterRow, ...] = (
         "token_routing",
         TokenRoutingParams(sparsity=0.5),
         TokenRoutingParams(sparsity=0.875, layers="all", router_rank=8, seed=9),
+        TokenRoutingParams(sparsity=0.75, policy="trained", router_rank=4, calibration=SMALL_CALIBRATION),
         unpruned=TokenRoutingParams(sparsity=0.0, layers="all", router_rank=4),
     ),
     _built_in(
