@@ -115,10 +115,11 @@ class TokenRoutingParams(AdapterParams):
     """Dynamic depth (Mixture-of-Depths on the MLP): per token, a routing rule decides whether a routed MLP runs.
 
     Routed tokens are gathered, run through the MLP on a smaller M and scattered back; the others
-    keep their residual. The decision depends only on the token's sequence row and position (never on
-    later tokens), so decoding with a KV cache makes the same choices as a full forward. Capacity:
-    every aligned window of 16 positions of one sequence sends exactly (1 - sparsity) * 16 tokens
-    through each routed MLP.
+    keep their residual. The decision never reads later tokens, so decoding with a KV cache makes the
+    same choices as a full forward: under 'seeded' it depends on the token's row and position alone,
+    and every aligned window of 16 positions of one sequence sends exactly (1 - sparsity) * 16 tokens
+    through each routed MLP; under 'trained' on the token's own router score against a threshold, and
+    the share that passes is exact on the calibration ids only (adapters/token_routing.py says why).
     """
 
     window: ClassVar[int] = 16
