@@ -251,7 +251,7 @@ def time_scenario(
     loaded: LoadedModel, pruned, scenario: Scenario, effects, roofline, warmup: int, repeats: int, mode: ExecutionMode
 ) -> LatencyResult:
     """Dense and pruned timed side by side in one scenario, next to the roofline's times for both."""
-    timing = measure_pair(loaded.model, pruned, scenario, warmup, repeats, mode)
+    timing = measure_pair(loaded.model, pruned, scenario, warmup, repeats, mode, loaded.tokenizer)
     return LatencyResult(
         scenario=scenario, samples=timing.pruned, **latency_summary(timing.pruned),
         dense_samples=timing.dense, dense_median=latency_summary(timing.dense)["median"],

@@ -31,11 +31,19 @@ def linears(model: nn.Module, projections) -> list[nn.Linear]:
     return found
 
 
+def _choice(params: AdapterParams) -> str:
+    """How the point names what it removes: its `selection`, or for a dynamic family its `policy`."""
+    for field in ("selection", "policy"):
+        if hasattr(params, field):
+            return f"{field} {getattr(params, field)!r}"
+    return type(params).__name__
+
+
 def check_calibration(params: AdapterParams, calibration: Tensor | None) -> None:
     """Refuse to run a selection that scores on calibration data without the ids it declared."""
     if calibration is None and params.calibration_needed() is not None:
         raise ValueError(
-            f"selection {getattr(params, 'selection', '?')!r} scores on calibration data: pass the ids of "
+            f"{_choice(params)} scores on calibration data: pass the ids of "
             "harness.calibration.calibration_ids(params.calibration_needed(), ...) as `calibration`"
         )
 

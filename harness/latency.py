@@ -40,17 +40,39 @@ def cache_argument(model: PreTrainedModel) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def scenario_ids(
+    vocab_size: int, scenario: Scenario, tokenizer=None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scenario's prompt [b, s] and the token decoded after it [b, 1]: seeded random ids, or with a
+    tokenizer BOS and consecutive held-out text per row.
+
+    Text where there is a tokenizer, because a data-dependent adapter (token_routing's trained router,
+    sparse_attention's estimated blocks) decides on what it reads, and text is what it was calibrated
+    on; every other adapter runs the same shapes on either prompt.
+    """
+    b, s = scenario.batch_size, scenario.seq_len
+    if tokenizer is None:
+        generator = torch.Generator().manual_seed(seed)
+        prompt = torch.randint(vocab_size, (b, s), generator=generator)
+        return prompt, torch.randint(vocab_size, (b, 1), generator=generator)
+    from .embedded import EVAL_SPLIT
+    from .quality import encode
+
+    text = encode(tokenizer, EVAL_SPLIT)
+    rows = text.repeat(-(-b * s // text.numel()))[: b * s].view(b, s)  # s - 1 prompt tokens, then the next one
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else int(text[0])
+    return torch.cat([torch.full((b, 1), bos), rows[:, :-1]], dim=1), rows[:, -1:]
+
+
 class Workload:
     """Eager mode: one scenario on one model; `step` is the timed work, `reset` restores state off the clock."""
 
-    def __init__(self, model: PreTrainedModel, scenario: Scenario, seed: int = 0):
+    def __init__(self, model: PreTrainedModel, scenario: Scenario, seed: int = 0, tokenizer=None):
         self.model, self.scenario = model, scenario
         device = next(model.parameters()).device
-        generator = torch.Generator().manual_seed(seed)
-        vocab, b, s = model.config.vocab_size, scenario.batch_size, scenario.seq_len
-        self.prompt = torch.randint(vocab, (b, s), generator=generator).to(device)
-        self.token = torch.randint(vocab, (b, 1), generator=generator).to(device)
-        self.position = torch.full((b, 1), s, device=device)
+        prompt, token = scenario_ids(model.config.vocab_size, scenario, tokenizer, seed)
+        self.prompt, self.token = prompt.to(device), token.to(device)
+        self.position = torch.full((scenario.batch_size, 1), scenario.seq_len, device=device)
         self.cache_arg = cache_argument(model)
         self.cache = self.new_cache() if scenario.phase is Phase.decode else None
         if self.cache is not None:
@@ -94,8 +116,10 @@ class StaticWorkload(Workload):
     unmasked (UNMASKED_SDPA); other attention functions (block-sparse adapters) run as they are.
     """
 
-    def __init__(self, model: PreTrainedModel, scenario: Scenario, seed: int = 0, compiled: bool = False):
-        super().__init__(model, scenario, seed)  # fills the static cache with the prompt, uncompiled
+    def __init__(
+        self, model: PreTrainedModel, scenario: Scenario, seed: int = 0, compiled: bool = False, tokenizer=None
+    ):
+        super().__init__(model, scenario, seed, tokenizer)  # fills the static cache with the prompt, uncompiled
         self.forward = torch.compile(model, dynamic=False) if compiled else model
         self.graph: torch.cuda.CUDAGraph | None = None
         self.offsets = self._shared_offsets()
@@ -181,7 +205,7 @@ class PairTiming:
 
 
 def prepare(
-    dense: PreTrainedModel, pruned: PreTrainedModel, scenario: Scenario, mode: ExecutionMode
+    dense: PreTrainedModel, pruned: PreTrainedModel, scenario: Scenario, mode: ExecutionMode, tokenizer=None
 ) -> tuple[list[Workload], ExecutionMode, str | None]:
     """Both workloads in `mode`, or both in eager mode with the reason the mode failed."""
     reason = None
@@ -189,7 +213,7 @@ def prepare(
         works: list[Workload] = []
         try:
             for model in (dense, pruned):
-                work = StaticWorkload(model, scenario, compiled=mode == "compiled")
+                work = StaticWorkload(model, scenario, compiled=mode == "compiled", tokenizer=tokenizer)
                 work.capture()
                 works.append(work)
             return works, mode, None
@@ -200,7 +224,11 @@ def prepare(
                 torch.cuda.synchronize()
                 torch.cuda.empty_cache()
             reason = f"{mode} mode failed on the {which} model: {type(err).__name__}: {_first_line(err)}"[:300]
-    return [Workload(dense, scenario), Workload(pruned, scenario)], "eager", reason
+    return (
+        [Workload(dense, scenario, tokenizer=tokenizer), Workload(pruned, scenario, tokenizer=tokenizer)],
+        "eager",
+        reason,
+    )
 
 
 def _first_line(err: Exception) -> str:
@@ -245,10 +273,12 @@ def measure_pair(
     warmup: int,
     repeats: int,
     mode: ExecutionMode = "eager",
+    tokenizer=None,
 ) -> PairTiming:
-    """Time dense and pruned interleaved in `mode`; GPU clocks and temperature read around the repeats."""
+    """Time dense and pruned interleaved in `mode` on the scenario's ids (`scenario_ids`); GPU clocks and
+    temperature read around the repeats."""
     device = next(dense.parameters()).device
-    works, execution, fallback = prepare(dense, pruned, scenario, mode)
+    works, execution, fallback = prepare(dense, pruned, scenario, mode, tokenizer)
     timed = Timer(device)
     for _ in range(warmup):
         for work in works:

@@ -31,6 +31,7 @@ from torch.sparse import SparseSemiStructuredTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from prunereg.adapters.base import PROJECTIONS
+from prunereg.harness.latency import scenario_ids
 from prunereg.spec.catalog import ModelArchitecture, Scenario, devices
 from prunereg.spec.costmodel import GemmCost, estimate
 from prunereg.spec.effects import ResolvedEffect
@@ -358,25 +359,6 @@ def compare(declared: list[Declared], observed_dense, observed_pruned, tolerance
     return [r.mismatch for r in rows(declared, observed_dense, observed_pruned, tolerance) if r.mismatch]
 
 
-def trace_prompt(vocab_size: int, scenario: Scenario, tokenizer=None) -> torch.Tensor:
-    """The scenario's prompt: seeded random ids, or with a tokenizer BOS and consecutive held-out text per row.
-
-    Text where there is a tokenizer, because a trained router (token_routing's policy 'trained') passes
-    a share of tokens that depends on what it reads, and text is what it was calibrated on; every other
-    adapter runs the same shapes on either prompt.
-    """
-    b, s = scenario.batch_size, scenario.seq_len
-    if tokenizer is None:
-        return torch.randint(vocab_size, (b, s), generator=torch.Generator().manual_seed(0))
-    from .embedded import EVAL_SPLIT
-    from .quality import encode
-
-    text, need = encode(tokenizer, EVAL_SPLIT), b * (s - 1)
-    text = text.repeat(-(-need // text.numel()))[:need].view(b, s - 1)
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else int(text[0, 0])
-    return torch.cat([torch.full((b, 1), bos), text], dim=1)
-
-
 def check_declaration(
     dense_model,
     pruned_model,
@@ -386,12 +368,12 @@ def check_declaration(
     tolerance: float = TOLERANCE,
     tokenizer=None,
 ) -> tuple[list[GemmCheck], list[str]]:
-    """Trace both models on one prompt of the scenario (`trace_prompt`) and compare with the declaration."""
+    """Trace both models on the scenario's prompt (`harness.latency.scenario_ids`) and compare with the declaration."""
     if scenario.seq_len % 64:
         raise ValueError(
             f"seq_len {scenario.seq_len} is not a multiple of 64: block-sparse attention needs whole blocks"
         )
-    ids = trace_prompt(dense_model.config.vocab_size, scenario, tokenizer)
+    ids, _ = scenario_ids(dense_model.config.vocab_size, scenario, tokenizer)
     table = rows(
         declare(arch, scenario, effects), trace_forward(dense_model, ids), trace_forward(pruned_model, ids), tolerance
     )
