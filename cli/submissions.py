@@ -56,11 +56,11 @@ def list_(
     Example: prunereg list models
     """
     if what is Listing.adapters and markdown:
-        slugs: dict[str, list[str]] = {}
+        slugs: dict[tuple[str, str], list[str]] = {}
         for path in sorted(folder.glob("*.json")):
             spec, _ = validate_file(path)
             if spec is not None:
-                slugs.setdefault(spec.adapter.name, []).append(spec.method.slug)
+                slugs.setdefault((spec.adapter.name, spec.family), []).append(spec.method.slug)
         typer.echo(family_table(slugs), nl=False)
         return
     if what is Listing.tasks and markdown:

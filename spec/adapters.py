@@ -222,16 +222,17 @@ def adapters() -> dict[str, AdapterRow]:
     return built_in | {row.name: row for row in plugins}
 
 
-def family_table(slugs: dict[str, list[str]]) -> str:
+def family_table(slugs: dict[tuple[str, str], list[str]]) -> str:
     """The README's family table (Markdown): per family its built-in adapters and the shipped submissions using them.
 
-    `slugs` maps an adapter name to the slugs of the submissions that name it.
+    `slugs` maps (adapter name, family) to the slugs of the submissions that declare them: an adapter of
+    several families (`checkpoint`) lists a submission only under the family it declares.
     """
     lines = ["| family | adapter | parameters | submissions |", "|---|---|---|---|"]
     for family, label in FAMILY_LABELS.items():
         rows = [row for row in BUILT_IN if family in row.families]
         cell = ", ".join(f"`{row.name}`" for row in rows)
         params = ", ".join(f"`{row.params.__name__}`" for row in rows)
-        shipped = ", ".join(f"`{slug}`" for row in rows for slug in sorted(slugs.get(row.name, [])))
+        shipped = ", ".join(f"`{slug}`" for row in rows for slug in sorted(slugs.get((row.name, family), [])))
         lines.append(f"| {label} | {cell} | {params} | {shipped} |")
     return "\n".join(lines) + "\n"

@@ -83,10 +83,10 @@ def test_listing_adapters_imports_no_torch():
 
 def test_the_readme_family_table_is_the_rendered_table():
     """Regenerate it with `prunereg list adapters --markdown` and paste it under "Submissions" in README.md."""
-    slugs: dict[str, list[str]] = {}
+    slugs: dict[tuple[str, str], list[str]] = {}
     for path in sorted((ROOT / "submissions").glob("*.json")):
         submission, _ = validate_file(path)
-        slugs.setdefault(submission.adapter.name, []).append(submission.method.slug)
+        slugs.setdefault((submission.adapter.name, submission.family), []).append(submission.method.slug)
     table = family_table(slugs)
     assert sum(len(s) for s in slugs.values()) == len(list((ROOT / "submissions").glob("*.json")))
     readme = "".join(line.strip() + "\n" for line in (ROOT / "README.md").read_text().splitlines())
