@@ -17,6 +17,7 @@ from rich.text import Text
 from prunereg.spec.catalog import EMBEDDED_MODEL, suites
 from prunereg.spec.results import ExecutionMode, SavedEvaluation
 from prunereg.spec.submission import Submission
+from prunereg.spec.tasks import tasks
 
 from .common import DbOption, ForceOption, connect, console, errors, fail, load_valid
 
@@ -53,6 +54,10 @@ def evaluate(
     warmup: Annotated[int, typer.Option(min=0, max=100, help="untimed repeats first")] = 3,
     point: Annotated[list[str] | None, typer.Option(help="measure only this operating point (repeatable)")] = None,
     save: Annotated[Path | None, typer.Option(help="also write the result as JSON into this folder")] = None,
+    task: Annotated[
+        list[str] | None,
+        typer.Option(help="quality task to measure instead of the suite's (repeatable; `prunereg list tasks`)"),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Apply a submission at each operating point, measure latency and quality, store the results.
@@ -66,6 +71,9 @@ def evaluate(
     repeats = repeats or DEFAULT_REPEATS[execution]
     if scenarios not in suites():
         raise fail(f"unknown scenario suite '{scenarios}' (known: {', '.join(suites())})")
+    for name in task or ():
+        if name not in tasks():
+            raise fail(f"unknown quality task '{name}' (known: {', '.join(tasks())})")
     from rich.progress import Progress
 
     from prunereg.evaluate import EvaluationError
@@ -106,6 +114,7 @@ def evaluate(
                 stored,
                 store,
                 folder=submission.absolute().parent,
+                tasks=tuple(task) if task else None,
             )
         except EvaluationError as err:
             raise fail(str(err)) from None

@@ -267,3 +267,15 @@ def test_point_checks_only_the_named_points_and_prune_replaces_its_checkpoint(tm
     save_pruned(get_adapter("layer_drop"), half, loaded.tokenizer, out)  # what a second `prune --out` runs
     assert not (out / "model-00002-of-00002.safetensors").exists() and (out / ".prunereg-checkpoint").is_file()
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
+
+
+def test_evaluate_names_an_unknown_suite_or_quality_task_in_one_line(tmp_path):
+    """Refused before any model is loaded or the registry is touched."""
+    db = tmp_path / "untouched.db"
+    task = one_error_line(prunereg("evaluate", str(ROOT / "submissions/dense.json"), "--task", "mmlu", "--db", str(db)))
+    assert "unknown quality task 'mmlu'" in task and "austen-cloze" in task
+    suite = one_error_line(
+        prunereg("evaluate", str(ROOT / "submissions/dense.json"), "--scenarios", "x", "--db", str(db))
+    )
+    assert "unknown scenario suite 'x'" in suite
+    assert not db.exists()
