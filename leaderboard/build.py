@@ -199,7 +199,7 @@ def _rounded(value: Any) -> Any:
     return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
-NOT_IN_JSON = ("environment", "kernels", "calibration")
+NOT_IN_JSON = ("environment", "kernels", "calibration", "checkpoint")
 """Per-run data repeated on every row; the method pages show it once per run, keyed by environment_key."""
 
 

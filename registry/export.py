@@ -9,7 +9,9 @@ library versions and dtype it was timed with. It also says how the scenario real
 clocks and temperature before and after the repeats (`gpu_before_*`, `gpu_after_*`; empty without
 NVML), the kernels the run's GEMMs ran on (`kernels`; what they mean for a speedup is the
 leaderboard's to say) and the calibration its selection ran on, with the seconds calibrating and
-pruning took (`calibration_*`; empty where the selection needs none). The quality table keeps
+pruning took (`calibration_*`; empty where the selection needs none), and for a submitted checkpoint
+its weights files' sha256 (`checkpoint_sha256`, comma-separated in file order; empty for every other
+adapter). The quality table keeps
 prunereg's measurements (`provenance` "measured", with the run they belong to) and the claims
 reported in submissions ("reported" / "measured-elsewhere", with arXiv id and table) side by side,
 never merged.
@@ -39,8 +41,8 @@ LATENCY_COLUMNS = (
     "method_slug", "method_name", "family", "spec_hash", "operating_point", "model", "weights",
     "environment_key", *(f"env_{f}" for f in ENV_FIELDS), "scenario", "phase", "batch_size", "seq_len",
     "median_ms", "p20_ms", "p80_ms", "dense_median_ms", "speedup", "theoretical_speedup", "realization",
-    "execution", "fallback", *GPU_COLUMNS, "kernels", *CALIBRATION_COLUMNS, "quality_provenance", "quality_loss",
-    "quality_task", "quality_metric", "pareto", "dominated_by",
+    "execution", "fallback", *GPU_COLUMNS, "kernels", *CALIBRATION_COLUMNS, "checkpoint_sha256",
+    "quality_provenance", "quality_loss", "quality_task", "quality_metric", "pareto", "dominated_by",
 )  # fmt: skip
 QUALITY_COLUMNS = (
     "method_slug", "method_name", "family", "spec_hash", "operating_point", "provenance", "model", "weights",
@@ -72,6 +74,7 @@ def latency_record(r: Row) -> dict[str, Any]:
         "speedup": r.speedup, "theoretical_speedup": r.theoretical_speedup, "realization": r.realization,
         "execution": r.execution, "fallback": r.fallback, **_gpu("before", r.gpu_before),
         **_gpu("after", r.gpu_after), "kernels": ",".join(r.kernels), **_calibration(r.calibration),
+        "checkpoint_sha256": ",".join(f["sha256"] for f in r.checkpoint["files"]) if r.checkpoint else None,
         "quality_provenance": None if r.quality_loss is None else "measured",
         "quality_loss": r.quality_loss, "quality_task": r.quality_task, "quality_metric": r.quality_metric,
         "pareto": r.pareto, "dominated_by": r.dominated_by,

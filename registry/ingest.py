@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from prunereg.spec.catalog import models
-from prunereg.spec.result_checks import calibration_mismatch, fallback_mismatch
+from prunereg.spec.result_checks import calibration_mismatch, checkpoint_mismatch, fallback_mismatch
 from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, QualityResult, relative_loss
 from prunereg.spec.submission import QualityClaim, Reported, Submission, spec_hash
 
@@ -108,10 +108,15 @@ def _check_matches(submission: Submission, result: EvaluationResult | None) -> N
     for point in result.points:
         if point.operating_point not in names:
             raise ValueError(f"result names unknown operating point {point.operating_point!r}")
-        declared = submission.point(point.operating_point).params.calibration_needed()
-        problem = calibration_mismatch(declared, point.calibration, arch.max_position_embeddings if arch else None)
+        params = submission.point(point.operating_point).params
+        problem = calibration_mismatch(
+            params.calibration_needed(), point.calibration, arch.max_position_embeddings if arch else None
+        )
         if problem:
             raise ValueError(f"{point.operating_point}: calibration record {problem}")
+        problem = checkpoint_mismatch(submission.adapter.name, params, point.checkpoint)
+        if problem:
+            raise ValueError(f"{point.operating_point}: checkpoint record {problem}")
         for latency in point.latency:
             problem = fallback_mismatch(mode, latency)
             if problem:
@@ -322,7 +327,10 @@ def measurement_digest(run: dict[str, Any], latency: list[dict[str, Any]], quali
     without (every run before 0004, and every point whose selection needs none) keeps the digest it
     had, so 0004 leaves stored digests unchanged and 0003 computes them from rows that have no record.
     The quality fields added with versioned tasks (MEASURED_QUALITY_SINCE_0005) follow the same rule: a
-    figure names them only where its results file has them, so every older file keeps its digest.
+    figure names them only where its results file has them, so every older file keeps its digest. So does
+    the checkpoint record (`run["checkpoint"]`, stored since revision 0006): the weights' sha256 say which
+    bytes were measured, so other weights under the same folder are another run; only a `checkpoint` point
+    has one, so every other run, and every file from before 0006, keeps its digest.
     """
     blob: dict[str, Any] = {
         "run": {k: run[k] for k in MEASURED_RUN},
@@ -331,6 +339,8 @@ def measurement_digest(run: dict[str, Any], latency: list[dict[str, Any]], quali
     }
     if run.get("calibration") is not None:
         blob["calibration"] = run["calibration"]
+    if run.get("checkpoint") is not None:
+        blob["checkpoint"] = run["checkpoint"]
     return spec_hash(blob)[:32]
 
 
@@ -360,6 +370,7 @@ def _measured(result: EvaluationResult, point: PointResult) -> dict[str, Any]:
         dense_weight_bytes=result.dense_stats.weight_bytes,
         gemms=[g.model_dump(mode="json") for g in point.gemms],
         calibration=point.calibration.model_dump(mode="json") if point.calibration else None,
+        checkpoint=point.checkpoint.model_dump(mode="json") if point.checkpoint else None,
     )
     return dict(
         run=run,

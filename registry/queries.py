@@ -74,6 +74,8 @@ class Row:
     gpu_after: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     """The run's spec.results.CalibrationRecord as JSON (data used and seconds); None where the selection needs none."""
+    checkpoint: dict[str, Any] | None = None
+    """The run's spec.results.CheckpointRecord as JSON (folder, base, sha256 per file); None but for `checkpoint`."""
     pareto: bool = False
     dominated_by: int | None = None
 
@@ -168,6 +170,7 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
                     gpu_before=lat.gpu_before,
                     gpu_after=lat.gpu_after,
                     calibration=run.calibration,
+                    checkpoint=run.checkpoint,
                 )
             )
     rows.sort(key=Row.sort_key)
@@ -250,6 +253,8 @@ class RunDetail:
     quality: list[Quality]
     calibration: dict[str, Any] | None = None
     """spec.results.CalibrationRecord as JSON: the calibration data used and its seconds; None if none was needed."""
+    checkpoint: dict[str, Any] | None = None
+    """spec.results.CheckpointRecord as JSON: the submitted folder, its base and each weights file's sha256."""
 
 
 @dataclass(frozen=True)
@@ -315,6 +320,7 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
                         by_run[(sub.spec_hash, p.name, r.model, r.weights, r.environment_key)],
                         [_quality(q) for q in r.quality],
                         r.calibration,
+                        r.checkpoint,
                     )  # fmt: skip
                     for r in p.runs
                 ]

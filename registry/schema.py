@@ -137,6 +137,10 @@ class Run(Base):
     calibration: Mapped[dict[str, Any] | None] = mapped_column(
         JSON(none_as_null=True), doc="spec.results.CalibrationRecord as JSON: calibration used and its seconds"
     )
+    # none_as_null: a point of any adapter but `checkpoint` is SQL NULL, as in rows from before revision 0006
+    checkpoint: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), doc="spec.results.CheckpointRecord as JSON: the submitted folder and its sha256s"
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
     operating_point: Mapped[OperatingPointRecord] = relationship(back_populates="runs")

@@ -22,10 +22,12 @@ from .checks import CHECKS, Problem
 from .costmodel import estimate
 from .effects import resolve
 from .jsonfile import JsonFileError, read_json
+from .parameters.base import AdapterParams
 from .results import (
     MAX_RESULT_BYTES,
     NO_CONTROL,
     CalibrationRecord,
+    CheckpointRecord,
     EvaluationResult,
     LatencyResult,
     SavedEvaluation,
@@ -125,6 +127,31 @@ def calibration_is_the_declaration(saved: SavedEvaluation) -> Iterator[Problem]:
             problem = calibration_mismatch(declared, point.calibration, arch.max_position_embeddings if arch else None)
             if problem:
                 yield Problem(f"/result/points/{i}/calibration", problem)
+
+
+def checkpoint_mismatch(adapter: str, params: AdapterParams, record: CheckpointRecord | None) -> str | None:
+    """Why a point's checkpoint record is not the checkpoint its params name: a point of the `checkpoint` adapter
+    records the folder and base it declares (and the weights' sha256, which only the loading machine can know);
+    a point of any other adapter loads no checkpoint, so records none."""
+    if adapter != "checkpoint":
+        return None if record is None else f"is given, but adapter '{adapter}' loads no checkpoint"
+    declared = (getattr(params, "path", None), getattr(params, "base", None))
+    if record is None:
+        return f"is missing: the point loads checkpoint {declared[0]} (base {declared[1]}) and records its weights"
+    if (record.path, record.base) != declared:
+        return f"names {record.path} (base {record.base}), the point declares {declared[0]} (base {declared[1]})"
+    return None
+
+
+def checkpoint_is_the_declaration(saved: SavedEvaluation) -> Iterator[Problem]:
+    """Each point of the `checkpoint` adapter records the folder and base its params name; no other point records one."""
+    adapter = saved.submission.adapter
+    params = {p.name: p.params for p in adapter.operating_points}
+    for i, point in enumerate(saved.result.points):
+        if point.operating_point in params:
+            problem = checkpoint_mismatch(adapter.name, params[point.operating_point], point.checkpoint)
+            if problem:
+                yield Problem(f"/result/points/{i}/checkpoint", problem)
 
 
 def statistics_are_the_samples(saved: SavedEvaluation) -> Iterator[Problem]:
@@ -255,6 +282,7 @@ RESULT_CHECKS: list[ResultCheck] = [
     scenarios_and_tasks_unique,
     effects_are_the_declaration,
     calibration_is_the_declaration,
+    checkpoint_is_the_declaration,
     statistics_are_the_samples,
     dense_median_is_the_dense_samples,
     fallback_explained,

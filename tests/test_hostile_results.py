@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from backends import BACKENDS, backend_url
-from factories import make_environment, make_result, make_submission
+from factories import default_effects, make_environment, make_result, make_submission
 from hostile import dump, sqlite_bytes
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
@@ -27,6 +27,7 @@ from prunereg.spec.catalog import Scenario, devices, models
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import resolve
 from prunereg.spec.results import SavedEvaluation, latency_summary
+from prunereg.spec.submission import Submission
 
 ROOT = Path(__file__).resolve().parents[1]
 SLUG = "shortgpt-test"
@@ -35,9 +36,11 @@ Document = dict[str, Any]
 DENSE_SPREAD = (0.97, 0.99, 1.0, 1.02, 1.05)  # genuine dense samples: as many as the pruned ones
 
 
-def genuine(samples: tuple[float, ...] = (9.7, 10.0, 10.2, 10.4, 11.0), **environment: Any) -> Document:
+def genuine(
+    samples: tuple[float, ...] = (9.7, 10.0, 10.2, 10.4, 11.0), sub: Submission | None = None, **environment: Any
+) -> Document:
     """A saved evaluation as `prunereg evaluate --save` writes it: summaries of its samples, roofline times."""
-    sub = make_submission(SLUG)
+    sub = sub or make_submission(SLUG)
     result = make_result(sub, environment=make_environment(**environment)).model_dump(mode="json")
     arch, device = models()[result["model"]], devices()["h200"]
     for point, declared in zip(result["points"], sub.adapter.operating_points):
@@ -128,6 +131,8 @@ LAT = "/result/points/0/latency/0"
 ENV = "/result/environment"
 CAL = "/result/points/0/calibration"
 RECORD = {"dataset": "embedded-train", "sequences": 32, "length": 256, "seed": 0, "tokens": 8192, "seconds": 1.4}
+WEIGHTS = {"name": "model.safetensors", "size": 4_000_000, "sha256": "28c740055a0ed7c7" + "0" * 48}
+CHECKPOINT = {"path": "checkpoints/drop-25", "base": "prunereg-mini", "files": [WEIGHTS]}
 
 
 def _scaled(field: str, factor: float) -> Callable[[Document], None]:
@@ -245,6 +250,8 @@ VARIANTS: dict[str, Callable[[Path], Path | list[Path]]] = {  # each makes the f
     "calibration-where-none-is-needed": edit(put(CAL, RECORD)),
     "calibration-seconds-negative": edit(put(CAL, {**RECORD, "seconds": -1.0})),
     "calibration-of-another-set": edit(put(CAL, {**RECORD, "dataset": "wikitext2-test"})),
+    "checkpoint-where-none-is-loaded": edit(put("/result/points/0/checkpoint", CHECKPOINT)),
+    "checkpoint-sha256-not-hex": edit(put("/result/points/0/checkpoint", {**CHECKPOINT, "files": [{**WEIGHTS, "sha256": "z" * 64}]})),
     # edited embedded submissions
     "renamed-method": edit(resubmitted(put("/method/name", "Hijacked"))),
     "other-authors": edit(resubmitted(put("/method/authors", ["Mallory"]))),
@@ -426,3 +433,40 @@ def test_every_shipped_superseded_version_is_valid_named_by_its_hash_and_filed_u
         assert path.parent.name == submission.method.slug and path.stem == submission.spec_hash()[:12], path
         current, _ = validate_file(ROOT / "submissions" / f"{submission.method.slug}.json")
         assert current is not None and current.spec_hash() != submission.spec_hash(), path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_checkpoint_point_carries_the_record_of_the_folder_it_declares(backend, tmp_path):
+    """The sha256 of a submitted checkpoint's weights reach the registry; a record that is missing or names another
+    folder or base is refused, and the registry stays as it was."""
+    slug = "checkpoint-test"
+    declared = {"path": "checkpoints/drop-25", "base": "prunereg-mini", "sparsity": 0.25}
+    sub = make_submission(
+        slug, adapter="checkpoint", family="static_depth", points={"drop-25": declared},
+        effects=default_effects("layer_drop"), claims=[],
+    )  # fmt: skip
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    write(folder, f"{slug}.json", sub.model_dump(mode="json", exclude_defaults=True))
+
+    def document(record: dict[str, Any] | None) -> Document:
+        made = genuine(sub=sub)
+        put("/result/points/0/checkpoint", record)(made)
+        return made
+
+    with backend_url(backend, tmp_path) as url:
+        accepted = ingest(url, folder, write(tmp_path, "genuine.json", document(CHECKPOINT)))
+        assert accepted.exit_code == 0, accepted.output
+        with create_engine(url).connect() as connection:
+            stored = connection.execute(text("SELECT checkpoint FROM runs")).scalars().all()
+        assert [json.loads(s) if isinstance(s, str) else s for s in stored] == [CHECKPOINT]
+        before = dump(url)
+        for name, record, message in [
+            ("missing", None, "is missing: the point loads checkpoint checkpoints/drop-25 (base prunereg-mini)"),
+            ("other-folder", {**CHECKPOINT, "path": "checkpoints/drop-50"}, "names checkpoints/drop-50"),
+            ("other-base", {**CHECKPOINT, "base": "llama-3.1-8b"}, "names checkpoints/drop-25 (base llama-3.1-8b)"),
+        ]:
+            refused = ingest(url, folder, write(tmp_path, f"{name}.json", document(record)))
+            assert refused.exit_code == 1, (name, refused.output)
+            assert f": /result/points/0/checkpoint: {message}" in refused.stderr, refused.stderr
+            assert dump(url) == before

@@ -243,3 +243,40 @@ def test_noisy_medians_are_flagged_not_hidden(engine, tmp_path):
     html = (build_site(engine, tmp_path / "site")).read_text()
     assert html.count('class="note noisy"') == len(rows)
     assert not noisy(replace(rows[0], p80_ms=rows[0].p20_ms * 1.02))
+
+
+def test_method_page_shows_a_submitted_checkpoint_and_its_weights_sha256(engine, tmp_path):
+    from factories import default_effects
+
+    from prunereg.registry.export import latency_records
+    from prunereg.spec.results import CheckpointRecord, WeightFile
+
+    declared = {"path": "checkpoints/drop-25", "base": "prunereg-mini", "sparsity": 0.25}
+    sub = make_submission(
+        "checkpoint-test", adapter="checkpoint", family="static_depth", points={"drop-25": declared},
+        effects=default_effects("layer_drop"), claims=[],
+    )  # fmt: skip
+    digests = ["0123456789ab" + "c" * 52, "fedcba987654" + "d" * 52]
+    files = [
+        WeightFile(name=f"model-0000{i}-of-00002.safetensors", size=2_000_000, sha256=d)
+        for i, d in enumerate(digests, 1)
+    ]
+    record = CheckpointRecord(path=declared["path"], base=declared["base"], files=files)
+    result = make_result(sub)
+    ingest(
+        engine,
+        sub,
+        result.model_copy(update={"points": [p.model_copy(update={"checkpoint": record}) for p in result.points]}),
+    )
+    depth = make_submission("shortgpt-test")
+    ingest(engine, depth, make_result(depth))
+    site = build_site(engine, tmp_path / "site").parent
+    page = (site / "methods" / "checkpoint-test.html").read_text()
+    check_html5(site / "methods" / "checkpoint-test.html")
+    assert "<code>checkpoints/drop-25</code> pruned from prunereg-mini" in page
+    for i, digest in enumerate(digests, 1):
+        assert f"<code>model-0000{i}-of-00002.safetensors</code> (2,000,000 bytes)" in page
+        assert f'<code class="sha256" title="{digest}">{digest[:12]}…</code>' in page
+    assert 'class="checkpoint"' not in (site / "methods" / "shortgpt-test.html").read_text()
+    exported = {r["method_slug"]: r["checkpoint_sha256"] for r in latency_records(engine)}
+    assert exported == {"checkpoint-test": ",".join(digests), "shortgpt-test": None}

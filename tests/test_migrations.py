@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from backends import BACKENDS, backend_url, counts
-from factories import in_mode, make_environment, make_result, make_submission
+from factories import default_effects, in_mode, make_environment, make_result, make_submission
 from sqlalchemy import inspect, select, text
 
 from prunereg.registry.db import (
@@ -30,6 +30,7 @@ from prunereg.registry.db import (
 from prunereg.registry.ingest import ingest
 from prunereg.registry.queries import leaderboard_rows
 from prunereg.registry.schema import Base, Run
+from prunereg.spec.results import CheckpointRecord, WeightFile
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
@@ -95,6 +96,36 @@ def test_0004_adds_the_calibration_record_and_leaves_every_digest(backend, tmp_p
         assert [r.calibration is not None for r in before].count(True) == 1
         downgrade(engine, "0003")
         assert "calibration" not in {c["name"] for c in inspect(engine).get_columns("runs")}
+        upgrade_schema(engine)
+        with engine.connect() as connection:
+            assert connection.execute(runs).all() == [(i, digest, None) for i, digest, _ in before]
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0006_adds_the_checkpoint_record_and_leaves_every_digest(backend, tmp_path):
+    """Down to 0005 drops the records, not a run or a digest; up again, every run has none (NULL)."""
+    with backend_url(backend, tmp_path) as url:
+        engine = connect(url)
+        fill(engine)
+        declared = {"path": "checkpoints/drop-25", "base": "prunereg-mini", "sparsity": 0.25}
+        sub = make_submission(
+            "checkpoint-test", adapter="checkpoint", family="static_depth", points={"drop-25": declared},
+            effects=default_effects("layer_drop"), claims=[],
+        )  # fmt: skip
+        record = CheckpointRecord(
+            path=declared["path"], base=declared["base"],
+            files=[WeightFile(name="model.safetensors", size=4_000_000, sha256="ab" * 32)],
+        )  # fmt: skip
+        result = make_result(sub)
+        points = [p.model_copy(update={"checkpoint": record}) for p in result.points]
+        ingest(engine, sub, result.model_copy(update={"points": points}))
+        runs = select(Run.id, Run.measurement, Run.checkpoint).order_by(Run.id)
+        with engine.connect() as connection:
+            before = connection.execute(runs).all()
+        assert [r.checkpoint for r in before if r.checkpoint] == [record.model_dump(mode="json")]
+        downgrade(engine, "0005")
+        assert "checkpoint" not in {c["name"] for c in inspect(engine).get_columns("runs")}
         upgrade_schema(engine)
         with engine.connect() as connection:
             assert connection.execute(runs).all() == [(i, digest, None) for i, digest, _ in before]
