@@ -3,7 +3,10 @@
 index.html holds the harness tables (each point's realization under every execution mode measured,
 side by side) and, per comparable group, a Pareto plot, a realization chart (measured against
 theoretical speedup), the transition bands and a table; methods/<slug>.html one page per method,
-data/leaderboard.json the rows (sorted, for golden tests and reuse). The site is written into a
+data/leaderboard.json the rows (sorted, for golden tests and reuse). Given the submissions folder, a
+method page marks each submission version "current" (the spec hash of submissions/<slug>.json) or
+"superseded" (that of a verbatim copy in submissions/superseded/<slug>/, whose results stay valid
+measurements of that version), current first; the rows and plots do not depend on it. The site is written into a
 fresh folder that replaces the earlier build whole (prunereg.outputs). Jinja autoescapes every .html
 template, so submission text can never become markup. The pages read completely without script;
 static/leaderboard.js (ours, no third-party code, no network) only adds the scenario selector and
@@ -16,7 +19,7 @@ import json
 import shutil
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ from prunereg.registry.queries import (
 from prunereg.spec.catalog import models
 from prunereg.spec.results import EXECUTION_MODES
 from prunereg.spec.taxonomy import GEMM_SHAPES, Gemm
+from prunereg.spec.validate import SUPERSEDED, validate_file
 
 from . import display
 from .plot import PlotPoint, RealizationPoint, pareto_svg, realization_svg
@@ -211,9 +215,35 @@ def _json_row(row: Row) -> dict[str, Any]:
     return {k: _rounded(v) for k, v in data.items()}
 
 
-def build_site(engine: Engine, out_dir: Path, speedup: SpeedupKind = "measured", force: bool = False) -> Path:
+def submission_versions(submissions: Path | None, slug: str) -> dict[str, str]:
+    """Spec hash -> "current" (submissions/<slug>.json) or "superseded" (a valid regular file in
+    submissions/superseded/<slug>/, as ingestion accepts it); hashes in neither are left out."""
+    if submissions is None:
+        return {}
+    versions: dict[str, str] = {}
+    folder = submissions / SUPERSEDED / slug
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        earlier, _ = validate_file(path) if path.is_file() and not path.is_symlink() else (None, [])
+        if earlier is not None:
+            versions[earlier.spec_hash()] = "superseded"
+    path = submissions / f"{slug}.json"
+    current, _ = validate_file(path) if path.is_file() else (None, [])
+    if current is not None:
+        versions[current.spec_hash()] = "current"
+    return versions
+
+
+def build_site(
+    engine: Engine,
+    out_dir: Path,
+    speedup: SpeedupKind = "measured",
+    force: bool = False,
+    submissions: Path | None = None,
+) -> Path:
     """Write the site into out_dir, replacing an earlier build whole, and return the path of its index.html.
 
+    `submissions` (the registered submissions folder) lets the method pages say which version of a
+    submission is current; without it they list every version newest first, unmarked.
     Raises prunereg.outputs.OutputRefused for a link, a file, or a folder prunereg did not write
     (unless `force`).
     """
@@ -221,12 +251,17 @@ def build_site(engine: Engine, out_dir: Path, speedup: SpeedupKind = "measured",
     rows = leaderboard_rows(engine, speedup)
     summaries = methods(engine)
     with replaced_folder(out_dir, SITE_MARKER, force) as fresh:
-        _write(engine, fresh, rows, summaries, speedup)
+        _write(engine, fresh, rows, summaries, speedup, submissions)
     return out_dir / "index.html"
 
 
 def _write(
-    engine: Engine, out_dir: Path, rows: list[Row], summaries: list[MethodSummary], speedup: SpeedupKind
+    engine: Engine,
+    out_dir: Path,
+    rows: list[Row],
+    summaries: list[MethodSummary],
+    speedup: SpeedupKind,
+    submissions: Path | None = None,
 ) -> None:
     env = _environment()
     for sub in ("methods", "data"):
@@ -241,7 +276,13 @@ def _write(
     (out_dir / "index.html").write_text(page, encoding="utf-8")
     for summary in summaries:
         detail = method_detail(engine, summary.slug, rows)
-        page = env.get_template("method.html").render(root="../", method=detail, m=summary)
+        versions = submission_versions(submissions, summary.slug)
+        current_first = sorted(detail.submissions, key=lambda s: versions.get(s.spec_hash) != "current")
+        detail = replace(detail, submissions=current_first)
+        current = next((h for h, v in versions.items() if v == "current"), None)
+        page = env.get_template("method.html").render(
+            root="../", method=detail, m=summary, versions=versions, current=current
+        )
         (out_dir / "methods" / f"{summary.slug}.html").write_text(page, encoding="utf-8")
 
     data = {"speedup": speedup, "rows": [_json_row(r) for r in rows]}

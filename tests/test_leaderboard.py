@@ -280,3 +280,48 @@ def test_method_page_shows_a_submitted_checkpoint_and_its_weights_sha256(engine,
     assert 'class="checkpoint"' not in (site / "methods" / "shortgpt-test.html").read_text()
     exported = {r["method_slug"]: r["checkpoint_sha256"] for r in latency_records(engine)}
     assert exported == {"checkpoint-test": ",".join(digests), "shortgpt-test": None}
+
+
+def test_method_page_marks_the_current_and_the_superseded_versions_current_first(engine, tmp_db, tmp_path):
+    """Results of a superseded version ingested after the current one's: newest first would put it on top."""
+    from typer.testing import CliRunner
+
+    from prunereg.cli import app
+
+    current = make_submission("shortgpt-test", description="Removes the layers its paper's criterion ranks lowest.")
+    superseded = make_submission("shortgpt-test")
+    unknown = make_submission("shortgpt-test", description="A version kept nowhere in the submissions folder.")
+    for sub in (unknown, current, superseded):
+        ingest(engine, sub, make_result(sub))
+    folder = tmp_path / "submissions"
+    (folder / "superseded" / "shortgpt-test").mkdir(parents=True)
+    (folder / "shortgpt-test.json").write_text(current.model_dump_json(exclude_defaults=True))
+    copy = folder / "superseded" / "shortgpt-test" / f"{superseded.spec_hash()[:12]}.json"
+    copy.write_text(superseded.model_dump_json(exclude_defaults=True))
+
+    unmarked = build_site(engine, tmp_path / "unmarked").parent
+    result = CliRunner().invoke(
+        app, ["leaderboard", "build", "--out", str(tmp_path / "site"), "--db", tmp_db, "--submissions", str(folder)]
+    )
+    assert result.exit_code == 0, result.output
+    site = tmp_path / "site"
+    check_html5(site / "methods" / "shortgpt-test.html")
+    page = (site / "methods" / "shortgpt-test.html").read_text()
+    headings = re.findall(r'<section id="submission-(\w+)" class="submission ?(\w*)">\s*<h2>([^<]+)<code', page)
+    assert headings == [
+        (current.spec_hash(), "current", "Current submission "),
+        (superseded.spec_hash(), "superseded", "Superseded submission "),
+        (unknown.spec_hash(), "", "Submission "),
+    ]
+    assert f'Superseded by <a href="#submission-{current.spec_hash()}">' in page
+    old = (unmarked / "methods" / "shortgpt-test.html").read_text()
+    assert "Current submission" not in old
+    assert old.index(superseded.spec_hash()) < old.index(current.spec_hash()) < old.index(unknown.spec_hash())
+    for name in ("index.html", "data/leaderboard.json"):
+        assert (site / name).read_text() == (unmarked / name).read_text(), name
+
+    copy.unlink()
+    copy.symlink_to(tmp_path / "elsewhere.json")
+    (tmp_path / "elsewhere.json").write_text(superseded.model_dump_json(exclude_defaults=True))
+    relinked = build_site(engine, tmp_path / "relinked", submissions=folder).parent
+    assert "Superseded submission" not in (relinked / "methods" / "shortgpt-test.html").read_text()
