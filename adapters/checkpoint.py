@@ -28,9 +28,10 @@ Decisions (a submission is data: nothing in it is imported, executed or fetched)
   say, trained on the held-out split) is the submitter's word; the sha256 of every weights file
   (`weights_record`, in the run's `checkpoint` record) makes it auditable.
 - Recorded in `PointResult.checkpoint` (path, base, name, size and sha256 of each weights file): in the
-  saved results file and printed by `prunereg evaluate`; the registry does not store it (that needs a
-  column and a migration). The submission names a path, not the bytes, so its spec hash does not change
-  with them: re-pruning into the same folder and evaluating again finds the point "already in the registry".
+  saved results file, printed by `prunereg evaluate`, stored with the run and shown on the method page.
+  The submission names a path, not the bytes, so its spec hash does not change with them: re-pruning
+  into the same folder and evaluating again finds the point "already in the registry" (ingesting a
+  results file of other bytes stores a second run, since the hashes are in the measurement digest).
 - Families: those a plain transformers config describes and prunereg traces as declared: static depth
   (whole layers), static width (KV groups, heads, MLP channels), static cross-layer (the hidden size),
   unstructured (zeros in the weights, masked dense like the built-in adapter). Not sublayer drop (no

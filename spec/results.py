@@ -253,7 +253,8 @@ class WeightFile(Measured):
 class CheckpointRecord(Measured):
     """The checkpoint a point of the `checkpoint` adapter loaded: where, from which base, and its weights' hashes.
 
-    Kept in the saved results file and shown by `prunereg evaluate`; the registry does not store it.
+    Kept in the saved results file, shown by `prunereg evaluate`, stored with the run (`runs.checkpoint`,
+    part of its measurement digest) and shown on the method page.
     """
 
     path: str = text(400, "the checkpoint folder as the point names it, relative to the submission file's folder")
