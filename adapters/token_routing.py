@@ -41,9 +41,9 @@ harness's repeated decode step and CUDA graphs do not allow. The price: capacity
 calibration ids only, elsewhere it is what the router does on that text. Measured on prunereg-mini
 at sparsity 0.875 (every second MLP): each routed layer passes 0.115 to 0.141 of held-out text
 (0.128 on average, declared 0.125), but 0.15 to 0.27 of random token ids. The declaration check
-(harness/trace.py) therefore traces a model that has a tokenizer on its held-out text, where the
-declared fraction holds within its usual tolerance. Latency workloads still run random ids, which a
-router trained on text routes differently (at sparsity 0.875, more MLP rows than declared).
+(harness/trace.py) and the latency workloads therefore run a model that has a tokenizer on its
+held-out text (harness.latency.scenario_ids), where the declared fraction holds within the check's
+usual tolerance; a random-weight catalog model is calibrated, traced and timed on random ids.
 """
 
 from __future__ import annotations
