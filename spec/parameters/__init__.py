@@ -1,7 +1,7 @@
 """Operating-point parameters of each built-in adapter, with the bounds the schema enforces.
 
 One adapter, one parameter model, grouped by what they remove: `depth`, `width`, `weights`,
-`attention`, on the shared `base`. These live in spec/ (no torch) so that validating a submission
+`attention`, `checkpoint`, on the shared `base`. These live in spec/ (no torch) so that validating a submission
 never imports the code that applies it; adapters/ implements each name. Every model says, from a
 catalog architecture alone, whether a point fits it (`misfit`) and what the pruned model's config
 and parameter count are: the contract each adapter is tested against.
@@ -14,7 +14,6 @@ from .base import (
     AdapterParams,
     DenseParams,
     Projection,
-    Selection,
     attention_parameters,
     linear_shapes,
     mlp_parameters,
@@ -27,7 +26,7 @@ from .width import HiddenSliceParams, WidthParams
 
 __all__ = [
     "ALL_PROJECTIONS", "PROJECTION_LINEARS", "AdapterParams", "CheckpointParams", "DenseParams", "HiddenSliceParams",
-    "LayerDropParams", "LowRankParams", "Projection", "SemiStructuredParams", "Selection", "SparseAttentionParams", "SublayerDropParams",
+    "LayerDropParams", "LowRankParams", "Projection", "SemiStructuredParams", "SparseAttentionParams", "SublayerDropParams",
     "TokenRoutingParams", "UnstructuredParams", "WeightSelection", "WidthParams", "attention_parameters",
     "linear_shapes", "mlp_parameters", "parameter_count",
 ]  # fmt: skip

@@ -7,8 +7,6 @@ from typing import Literal
 from ..calibration import Calibration
 from ..catalog import Frozen, ModelArchitecture
 
-Selection = Literal["magnitude", "seeded"]
-
 
 def linear_shapes(arch: ModelArchitecture) -> dict[str, tuple[int, int]]:
     """(K, N) = (in, out) features of each Linear of a decoder layer, by its transformers attribute name."""
