@@ -160,9 +160,10 @@ def train_routers(model, routed_mlps: list[RoutedMLP], calibration: torch.Tensor
     """MoD's expert-choice routers trained on the calibration ids (LM loss + top-k cross-entropy), base frozen."""
     device = next(model.parameters()).device
     frozen = [p for p in model.parameters() if p.requires_grad]
-    for m in routed_mlps:
-        m.trainee = copy.deepcopy(m.router).float()
-    optimizer = torch.optim.Adam([p for m in routed_mlps for p in m.trainee.parameters()], lr=LEARNING_RATE)
+    trainees = [copy.deepcopy(m.router).float() for m in routed_mlps]
+    for m, trainee in zip(routed_mlps, trainees, strict=True):
+        m.trainee = trainee
+    optimizer = torch.optim.Adam([p for trainee in trainees for p in trainee.parameters()], lr=LEARNING_RATE)
     batches = calibration.split(BATCH)
     try:
         for p in frozen:
@@ -179,8 +180,8 @@ def train_routers(model, routed_mlps: list[RoutedMLP], calibration: torch.Tensor
                 loss.backward()
                 optimizer.step()
         with torch.no_grad():
-            for m in routed_mlps:
-                for target, source in zip(m.router.parameters(), m.trainee.parameters(), strict=True):
+            for m, trainee in zip(routed_mlps, trainees, strict=True):
+                for target, source in zip(m.router.parameters(), trainee.parameters(), strict=True):
                     target.copy_(source)
     finally:
         for p in frozen:

@@ -23,7 +23,8 @@ Which groups and channels stay, all scored on the dense model before anything is
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections import defaultdict
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -89,7 +90,7 @@ def _row_norms(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return weight.detach().float().reshape(groups, -1).pow(2).sum(dim=1)
 
 
-def magnitude(layer: nn.Module, num_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
+def magnitude(layer: Any, num_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of squared weights of each KV group's and each channel's rows and columns."""
     attn, mlp = layer.self_attn, layer.mlp
     groups = (
@@ -109,18 +110,25 @@ def magnitude(layer: nn.Module, num_kv: int) -> tuple[torch.Tensor, torch.Tensor
 
 def _coupled(rows: dict[str, torch.Tensor], cols: dict[str, torch.Tensor], num_kv: int) -> torch.Tensor:
     """Σ of per-weight scores over each KV group's (or channel's) rows of `rows` and columns of `cols`."""
-    total = sum(score.sum(dim=1).reshape(num_kv, -1).sum(dim=1) for score in rows.values())
-    return total + sum(score.sum(dim=0).reshape(num_kv, -1).sum(dim=1) for score in cols.values())
+    parts = [score.sum(dim=1).reshape(num_kv, -1).sum(dim=1) for score in rows.values()]
+    parts += [score.sum(dim=0).reshape(num_kv, -1).sum(dim=1) for score in cols.values()]
+    return torch.stack(parts).sum(dim=0)
 
 
-def _projections(layer: nn.Module) -> dict[str, nn.Linear]:
+def _projections(layer: Any) -> dict[str, nn.Linear]:
     attn, mlp = layer.self_attn, layer.mlp
     return {name: getattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")} | {
         name: getattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj")
     }
 
 
-def taylor_importance(model: nn.Module, calibration: torch.Tensor, batch_size: int = BATCH) -> Scores:
+def _salience(linear: nn.Linear) -> torch.Tensor:
+    """|W ⊙ ∂L/∂W| of one Linear, in float64."""
+    assert linear.weight.grad is not None
+    return (linear.weight * linear.weight.grad).abs().double()
+
+
+def taylor_importance(model: Any, calibration: torch.Tensor, batch_size: int = BATCH) -> Scores:
     """LLM-Pruner's first-order element-wise importance, Σ |W ⊙ ∂L/∂W| over each coupled group.
 
     L is the mean next-token cross-entropy over all calibration tokens; the forward and backward run
@@ -149,9 +157,7 @@ def taylor_importance(model: nn.Module, calibration: torch.Tensor, batch_size: i
         num_kv = model.config.num_key_value_heads
         with torch.no_grad():
             for projections in targets:
-                salience = {
-                    name: (linear.weight * linear.weight.grad).abs().double() for name, linear in projections.items()
-                }
+                salience = {name: _salience(linear) for name, linear in projections.items()}
                 heads = _coupled(
                     {n: salience[n] for n in ("q_proj", "k_proj", "v_proj")}, {"o_proj": salience["o_proj"]}, num_kv
                 )
@@ -169,18 +175,19 @@ def taylor_importance(model: nn.Module, calibration: torch.Tensor, batch_size: i
 
 
 @torch.inference_mode()
-def fluctuation(model: nn.Module, calibration: torch.Tensor, batch_size: int = BATCH) -> Scores:
+def fluctuation(model: Any, calibration: torch.Tensor, batch_size: int = BATCH) -> Scores:
     """FLAP's fluctuation metric: per o_proj/down_proj input channel j, Var(X_j) over the calibration
     tokens (sample variance, n - 1) times ‖W[:, j]‖²; a KV group sums its query heads' channels."""
     layers = list(model.model.layers)
-    sums: dict[nn.Linear, list[torch.Tensor | int]] = {}
+    count: dict[nn.Module, int] = defaultdict(int)
+    sums: dict[nn.Module, torch.Tensor] = {}
+    squares: dict[nn.Module, torch.Tensor] = {}
 
     def record(module, args):
         x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-        total = sums.setdefault(module, [0, torch.zeros_like(x[0]), torch.zeros_like(x[0])])
-        total[0] += x.shape[0]
-        total[1] += x.sum(dim=0)
-        total[2] += x.square().sum(dim=0)
+        count[module] += x.shape[0]
+        sums[module] = sums[module] + x.sum(dim=0) if module in sums else x.sum(dim=0)
+        squares[module] = squares[module] + x.square().sum(dim=0) if module in squares else x.square().sum(dim=0)
 
     outputs = [module for layer in layers for module in (layer.self_attn.o_proj, layer.mlp.down_proj)]
     handles = [module.register_forward_pre_hook(record) for module in outputs]
@@ -193,8 +200,8 @@ def fluctuation(model: nn.Module, calibration: torch.Tensor, batch_size: int = B
             handle.remove()
 
     def metric(linear: nn.Linear) -> torch.Tensor:
-        n, total, squares = sums[linear]
-        variance = ((squares - total.square() / n) / max(n - 1, 1)).clamp(min=0)
+        n = count[linear]
+        variance = ((squares[linear] - sums[linear].square() / n) / max(n - 1, 1)).clamp(min=0)
         return variance * linear.weight.detach().double().square().sum(dim=0)
 
     num_kv = model.config.num_key_value_heads

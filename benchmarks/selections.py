@@ -56,6 +56,7 @@ def main() -> None:
     torch.manual_seed(0)
     loaded = load_model("prunereg-mini", "cpu", torch.float32)
     dense, tokenizer, config = loaded.model, loaded.tokenizer, loaded.model.config
+    assert tokenizer is not None, "the embedded model ships its tokenizer"
     measures = {name: measure(dense, tokenizer, name) for name in TASKS}
     rows = []
     submissions = [validate_file(path)[0] for path in sorted((ROOT / "submissions").glob("*.json"))]

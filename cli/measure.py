@@ -54,9 +54,11 @@ def evaluate(
     warmup: Annotated[int, typer.Option(min=0, max=100, help="untimed repeats first")] = 3,
     point: Annotated[list[str] | None, typer.Option(help="measure only this operating point (repeatable)")] = None,
     save: Annotated[Path | None, typer.Option(help="also write the result as JSON into this folder")] = None,
-    task: Annotated[
+    quality_tasks: Annotated[
         list[str] | None,
-        typer.Option(help="quality task to measure instead of the suite's (repeatable; `prunereg list tasks`)"),
+        typer.Option(
+            "--task", help="quality task to measure instead of the suite's (repeatable; `prunereg list tasks`)"
+        ),
     ] = None,
     db: DbOption = None,
 ) -> None:
@@ -71,7 +73,7 @@ def evaluate(
     repeats = repeats or DEFAULT_REPEATS[execution]
     if scenarios not in suites():
         raise fail(f"unknown scenario suite '{scenarios}' (known: {', '.join(suites())})")
-    for name in task or ():
+    for name in quality_tasks or ():
         if name not in tasks():
             raise fail(f"unknown quality task '{name}' (known: {', '.join(tasks())})")
     from rich.progress import Progress
@@ -114,7 +116,7 @@ def evaluate(
                 stored,
                 store,
                 folder=submission.absolute().parent,
-                tasks=tuple(task) if task else None,
+                tasks=tuple(quality_tasks) if quality_tasks else None,
             )
         except EvaluationError as err:
             raise fail(str(err)) from None

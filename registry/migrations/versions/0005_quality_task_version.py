@@ -20,7 +20,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("quality_results", sa.Column("task_version", sa.String(length=16), nullable=True))
-    op.add_column("quality_results", sa.Column("examples", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True))
+    op.add_column(
+        "quality_results", sa.Column("examples", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True)
+    )
 
 
 def downgrade() -> None:
