@@ -27,3 +27,22 @@ def engine(tmp_db: str):
     engine = connect(tmp_db)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def embedded_held_out():
+    """prunereg-mini on CPU in float32, its default calibration ids and its held-out ids and BOS: what the
+    selection tests score the papers' claims on (they prune copies, never the model itself)."""
+    import torch
+
+    from prunereg.harness.calibration import calibration_ids
+    from prunereg.harness.embedded import EVAL_SPLIT
+    from prunereg.harness.models import load_model
+    from prunereg.harness.quality import encode
+    from prunereg.spec.calibration import Calibration
+
+    loaded = load_model("prunereg-mini", "cpu", torch.float32)
+    config, tokenizer = loaded.model.config, loaded.tokenizer
+    assert tokenizer is not None
+    ids = calibration_ids(Calibration(), tokenizer, config.vocab_size, config.max_position_embeddings)
+    return loaded.model, ids, encode(tokenizer, EVAL_SPLIT), tokenizer.bos_token_id

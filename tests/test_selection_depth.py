@@ -18,9 +18,8 @@ from tiny_models import ARCHITECTURES, IDS, logits, tiny
 from prunereg.adapters import get_adapter
 from prunereg.adapters.layer_drop import influence
 from prunereg.harness.calibration import calibration_ids
-from prunereg.harness.embedded import EVAL_SPLIT
-from prunereg.harness.models import architecture_of, load_model
-from prunereg.harness.quality import encode, mean_cross_entropy
+from prunereg.harness.models import architecture_of
+from prunereg.harness.quality import mean_cross_entropy
 from prunereg.spec.calibration import Calibration
 from prunereg.spec.parameters import LayerDropParams, SublayerDropParams
 
@@ -182,15 +181,6 @@ def test_sleb_removes_the_cheapest_block_one_at_a_time_never_the_first_or_last(s
     )
 
 
-@pytest.fixture(scope="module")
-def embedded():
-    """prunereg-mini on CPU in float32, its default calibration batches and its held-out ids."""
-    loaded = load_model("prunereg-mini", "cpu", torch.float32)
-    config, tokenizer = loaded.model.config, loaded.tokenizer
-    ids = calibration_ids(Calibration(), tokenizer, config.vocab_size, config.max_position_embeddings)
-    return loaded.model, ids, encode(tokenizer, EVAL_SPLIT), tokenizer.bos_token_id
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "sublayer,sparsity,baselines",
@@ -201,8 +191,10 @@ def embedded():
         ("attention", 0.5, ("deepest", "seeded")),
     ],
 )
-def test_block_influence_loses_no_more_held_out_quality_than_the_baselines(embedded, sublayer, sparsity, baselines):
-    model, ids, held_out, bos = embedded
+def test_block_influence_loses_no_more_held_out_quality_than_the_baselines(
+    embedded_held_out, sublayer, sparsity, baselines
+):
+    model, ids, held_out, bos = embedded_held_out
 
     def cross_entropy(selection: str) -> float:
         name, params = params_for(sublayer, sparsity, selection)
@@ -215,10 +207,10 @@ def test_block_influence_loses_no_more_held_out_quality_than_the_baselines(embed
 
 
 @pytest.mark.slow
-def test_sleb_beats_the_baselines_and_one_shot_block_influence_where_one_shot_loses(embedded):
+def test_sleb_beats_the_baselines_and_one_shot_block_influence_where_one_shot_loses(embedded_held_out):
     """At 50 % layer drop one-shot Block Influence loses to 'deepest'; SLEB's search, re-scoring after each
     removal, beats both (measured: deepest 4.607, block_influence 4.641, sleb 4.529; dense 3.804)."""
-    model, ids, held_out, bos = embedded
+    model, ids, held_out, bos = embedded_held_out
 
     def cross_entropy(selection: str) -> float:
         _, params = params_for(None, 0.5, selection)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, IDS, logits, tiny
+from tiny_models import ARCHITECTURES, IDS, inputs_of, logits, tiny
 
 from prunereg.adapters import get_adapter
 from prunereg.adapters.base import linears
@@ -91,16 +91,6 @@ def test_whitening_dampens_only_a_singular_gram_and_says_by_how_much():
     assert any(share == pytest.approx(d, rel=1e-6) for d in DAMPENING), share
     torch.testing.assert_close(added, torch.full_like(added, float(added.mean())))
     assert torch.isfinite(factorize(linear, 4, s).a.weight).all()
-
-
-def inputs_of(model, module_path: str, calibration: torch.Tensor) -> torch.Tensor:
-    """Every token's input to one Linear when the model runs the calibration ids."""
-    seen: list[torch.Tensor] = []
-    handle = model.get_submodule(module_path).register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
-    with torch.no_grad():
-        model(calibration, use_cache=False)
-    handle.remove()
-    return torch.cat([x.reshape(-1, x.shape[-1]) for x in seen])
 
 
 @pytest.mark.parametrize("selection", ["svd_llm", "asvd"])

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, tiny
+from tiny_models import ARCHITECTURES, inputs_of, tiny
 
 from prunereg.adapters import get_adapter
 from prunereg.adapters.base import linears
@@ -39,16 +39,6 @@ def test_wanda_score_is_weight_magnitude_times_input_feature_norm():
     pruned = weight.clone()
     prune_rows(pruned, 1 / 3, scores)  # magnitude would zero the first weight of both rows
     assert torch.equal(pruned, torch.tensor([[1.0, 0.0, 3.0], [-0.5, 4.0, 0.0]]))
-
-
-def inputs_of(model, module_path: str, calibration: torch.Tensor) -> torch.Tensor:
-    """Every token's input to one Linear when the model runs the calibration ids."""
-    seen: list[torch.Tensor] = []
-    handle = model.get_submodule(module_path).register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
-    with torch.no_grad():
-        model(calibration, use_cache=False)
-    handle.remove()
-    return torch.cat([x.reshape(-1, x.shape[-1]) for x in seen])
 
 
 def test_wanda_scores_each_layer_on_the_outputs_of_the_pruned_layers_before_it():
