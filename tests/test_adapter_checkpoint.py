@@ -21,7 +21,7 @@ from sqlalchemy import create_engine
 import prunereg.adapters.checkpoint as module
 from prunereg.adapters import get_adapter
 from prunereg.adapters.checkpoint import ADAPTER, CheckpointError, checkpoint_folder, weights_record
-from prunereg.evaluate import EvaluationError, check_base
+from prunereg.evaluate import EvaluationError, apply_point, check_base
 from prunereg.harness.checkpoint import save_pruned
 from prunereg.harness.embedded import EVAL_SPLIT
 from prunereg.harness.models import load_model
@@ -273,7 +273,7 @@ def test_a_submitted_checkpoint_evaluates_to_the_built_in_adapters_quality(
     assert measured["checkpoint"]["files"][0]["sha256"] in result.stdout
     spec, _ = validate_file(ROOT / "submissions" / f"{like}.json")
     assert spec is not None
-    built_in = get_adapter(spec.adapter.name).apply(copy.deepcopy(embedded.model), spec.point(point).params)
+    built_in, _ = apply_point(spec, embedded, spec.point(point))  # what `prunereg prune` applied, calibration included
     (quality,) = [q for q in measured["quality"] if q["task"] == "heldout-ppl"]
     assert quality["value"] == pytest.approx(held_out(built_in, embedded), rel=1e-6)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
+from prunereg.evaluate import apply_point
 from prunereg.harness.checkpoint import CheckpointRefused, save_pruned
 from prunereg.harness.models import load_model
 from prunereg.spec.catalog import EMBEDDED_MODEL
@@ -30,8 +30,8 @@ def embedded():
 def pruned(embedded, slug: str, point: str):
     submission, problems = validate_file(ROOT / "submissions" / f"{slug}.json")
     assert submission is not None and not problems
-    adapter = get_adapter(submission.adapter.name)
-    return adapter, adapter.apply(copy.deepcopy(embedded.model), submission.point(point).params)
+    model, _ = apply_point(submission, embedded, submission.point(point))  # with the point's calibration
+    return get_adapter(submission.adapter.name), model
 
 
 @pytest.mark.parametrize("slug,point", STATIC)

@@ -272,6 +272,6 @@ def test_cli_ingest_refuses_a_result_of_another_spec_in_one_line(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"{path}: /result/spec_hash: is not the embedded submission's hash "
-        f"{validate_file(ROOT / 'submissions' / 'shortgpt.json')[0].spec_hash()[:12]}"
+        f"{Submission.model_validate(saved['submission']).spec_hash()[:12]}"
     ]
     assert not db.exists()

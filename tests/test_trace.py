@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -15,11 +14,11 @@ from tiny_models import tiny
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from transformers import AutoModelForCausalLM
 
-from prunereg.adapters import get_adapter
+from prunereg.evaluate import apply_point
 from prunereg.harness.models import load_model
 from prunereg.harness.trace import check_declaration, compare, declare, trace_forward
 from prunereg.spec.catalog import EMBEDDED_MODEL, Phase, Scenario
-from prunereg.spec.effects import ResolvedEffect, resolve
+from prunereg.spec.effects import ResolvedEffect
 from prunereg.spec.results import GemmTrace
 from prunereg.spec.validate import validate_file
 
@@ -137,10 +136,8 @@ def load(path: Path):
 @pytest.mark.parametrize("slug", ["shortgpt", "llm-pruner"])
 def test_shipped_submissions_run_what_they_declare(mini, slug):
     submission = load(ROOT / "submissions" / f"{slug}.json")
-    adapter = get_adapter(submission.adapter.name)
     for point in submission.adapter.operating_points:
-        pruned = adapter.apply(copy.deepcopy(mini.model), point.params)
-        effects = resolve(submission.effects, point.params)
+        pruned, effects = apply_point(submission, mini, point)
         rows, mismatches = check_declaration(mini.model, pruned, mini.architecture, PREFILL, effects)
         assert mismatches == [], point.name
         for row in rows:
@@ -169,11 +166,8 @@ GATE_UP_LIE = (
 
 def test_a_declaration_that_lies_fails_with_the_shapes(mini, tmp_path):
     submission = load(lying_copy(tmp_path))
-    point = submission.point("width-50")
-    pruned = get_adapter("width").apply(copy.deepcopy(mini.model), point.params)
-    _, mismatches = check_declaration(
-        mini.model, pruned, mini.architecture, PREFILL, resolve(submission.effects, point.params)
-    )
+    pruned, effects = apply_point(submission, mini, submission.point("width-50"))
+    _, mismatches = check_declaration(mini.model, pruned, mini.architecture, PREFILL, effects)
     assert mismatches[0] == GATE_UP_LIE
     assert [m.split(":")[0] for m in mismatches] == ["gate_up_proj", "down_proj"]
 
