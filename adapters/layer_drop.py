@@ -50,7 +50,7 @@ def influence(model, calibration: torch.Tensor, sublayer: str | None = None, bat
             after = _output(output).float()
             if sublayer is not None:
                 after = before[index] + after  # the block's output is added to the stream it read
-            total[index] += F.cosine_similarity(before.pop(index), after, dim=-1).double().sum()
+            total[index] += F.cosine_similarity(before.pop(index), after, dim=-1).double().sum().item()
 
         return pre_hook, hook
 

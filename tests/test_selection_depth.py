@@ -221,3 +221,15 @@ def test_sleb_beats_the_baselines_and_one_shot_block_influence_where_one_shot_lo
 
     sleb = cross_entropy("sleb")
     assert sleb < min(cross_entropy("deepest"), cross_entropy("seeded"), cross_entropy("block_influence"))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("sublayer", SUBLAYERS)
+def test_block_influence_and_sleb_run_on_cuda(sublayer):
+    """The scores are summed on the host: on the H200 a CPU accumulator once met CUDA similarities."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    model = tiny("llama").to("cuda", torch.bfloat16)
+    for selection in ("block_influence", "sleb"):
+        name, params = params_for(sublayer, 0.5, selection)
+        get_adapter(name).apply(copy.deepcopy(model), params, random_ids())
