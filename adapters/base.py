@@ -48,6 +48,17 @@ def check_calibration(params: AdapterParams, calibration: Tensor | None) -> None
         )
 
 
+def run_hooked(model: nn.Module, calibration: Tensor, handles: list, batch_size: int = 8) -> None:
+    """Run the calibration ids through `model` in batches for the hooks behind `handles`, then remove them."""
+    device = next(model.parameters()).device
+    try:
+        for batch in calibration.split(batch_size):
+            model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 P = TypeVar("P", bound="Frozen")
 """The family's parameter model (spec/parameters/, or a plugin's own)."""
 

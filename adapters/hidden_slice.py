@@ -29,7 +29,7 @@ from torch import nn
 
 from prunereg.spec.parameters import HiddenSliceParams
 
-from .base import Adapter, check_calibration
+from .base import Adapter, check_calibration, run_hooked
 from .width import slice_linear
 
 
@@ -62,12 +62,7 @@ def residual_covariance(model, calibration: torch.Tensor, batch_size: int = 8) -
 
     norms = [n for layer in model.model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
     handles = [n.register_forward_pre_hook(accumulate, with_kwargs=True) for n in (*norms, model.model.norm)]
-    try:
-        for batch in calibration.split(batch_size):
-            model(input_ids=batch.to(device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, calibration, handles, batch_size)
     return total.cpu()
 
 

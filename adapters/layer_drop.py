@@ -21,7 +21,7 @@ from torch import nn
 
 from prunereg.spec.parameters import LayerDropParams
 
-from .base import Adapter, check_calibration
+from .base import Adapter, check_calibration, run_hooked
 
 
 def _hidden(args, kwargs) -> torch.Tensor:
@@ -64,13 +64,7 @@ def influence(model, calibration: torch.Tensor, sublayer: str | None = None, bat
         pre_hook, hook = record(index)
         handles.append(reads.register_forward_pre_hook(pre_hook, with_kwargs=True))
         handles.append(writes.register_forward_hook(hook, with_kwargs=True))
-    device = next(model.parameters()).device
-    try:
-        for batch in calibration.split(batch_size):
-            model(input_ids=batch.to(device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, calibration, handles, batch_size)
     return (1 - total / calibration.numel()).tolist()
 
 

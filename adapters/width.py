@@ -31,7 +31,7 @@ from torch import nn
 
 from prunereg.spec.parameters import WidthParams
 
-from .base import Adapter, check_calibration
+from .base import Adapter, check_calibration, run_hooked
 
 Scores = list[tuple[torch.Tensor, torch.Tensor]]
 """Per decoder layer: (one score per KV group, one score per MLP channel); higher stays."""
@@ -191,13 +191,7 @@ def fluctuation(model: Any, calibration: torch.Tensor, batch_size: int = BATCH) 
 
     outputs = [module for layer in layers for module in (layer.self_attn.o_proj, layer.mlp.down_proj)]
     handles = [module.register_forward_pre_hook(record) for module in outputs]
-    device = next(model.parameters()).device
-    try:
-        for batch in calibration.split(batch_size):
-            model(input_ids=batch.to(device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, calibration, handles, batch_size)
 
     def metric(linear: nn.Linear) -> torch.Tensor:
         n = count[linear]
