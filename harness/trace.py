@@ -76,10 +76,15 @@ MASKED_SHARE = 0.01
 """A weight with more exact zeros than this runs as "masked dense": its zeros cost full price."""
 
 
+MASKED_BIAS = -1e4
+"""An additive attention bias at or below this removes the pair: exp of it is 0 in every float dtype. Not
+the dtype's minimum: on an H200 SDPA handed a boolean mask to its CUDA kernels as a bf16 bias of -65536."""
+
+
 def _allowed(mask: torch.Tensor, b: int, h: int, q: int, k: int) -> int:
     """(query, key) pairs a boolean or additive mask lets through, over batch and heads."""
     mask = mask[..., -q:, :k]
-    ok = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    ok = mask if mask.dtype == torch.bool else mask > MASKED_BIAS
     return int(ok.sum()) * (b * h * q * k) // ok.numel()
 
 

@@ -246,3 +246,13 @@ def test_cli_trace_exits_1_and_names_the_lying_gemm(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"mismatch: {GATE_UP_LIE}" in result.stderr.splitlines()
     assert "75 % ✗" in result.stdout
+
+
+def test_an_additive_mask_of_large_finite_negatives_masks_its_pairs():
+    """SDPA hands a boolean mask to its CUDA kernels as a bf16 bias of -65536 (seen on an H200), not -inf."""
+    from prunereg.harness.trace import _allowed
+
+    kept = torch.ones(1, 2, 4, 4, dtype=torch.bool).tril()
+    bias = torch.zeros(kept.shape, dtype=torch.bfloat16).masked_fill(~kept, -65536.0)
+    assert _allowed(bias, 1, 2, 4, 4) == _allowed(kept, 1, 2, 4, 4) == 2 * 10
+    assert _allowed(torch.full((4, 4), -3.0), 1, 2, 4, 4) == 2 * 16  # a real bias (ALiBi-like) keeps its pairs
