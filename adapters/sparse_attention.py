@@ -27,7 +27,7 @@ the FLOPs, is the same for both.
     heads of one KV group attend differently). Scores are probe . pooled key in float32 (the paper's
     softmax and 1/sqrt(d) keep a row's order); query head j reads KV head j // (heads / kv_heads).
     CPU: a per-(b, h) token mask for SDPA. CUDA: a per-(b, h) BlockMask (flex_attention takes a B and
-    an H dimension) built from the block table with BlockMask.from_kv_blocks, untested on CUDA.
+    an H dimension) built from the block table with BlockMask.from_kv_blocks (run on an H200).
   * The estimate's product runs in a parameterless submodule `router` of the attention module, so
     the GEMM tracer (harness/trace.py) books it as routing cost, not as attention.
   * (a) Held-out cross-entropy: one causal full forward. (b) Prefill: the estimate is paid online,
@@ -84,13 +84,10 @@ def block_rows(params: SparseAttentionParams, layer: int, first: int, last: int)
 
 
 def token_mask(params: SparseAttentionParams, layer: int, q_len: int, k_len: int, device) -> torch.Tensor:
-    """bool [q_len, k_len]: the kept key blocks of each query's block, and causality."""
-    size = params.block_size
-    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-    k_pos = torch.arange(k_len, device=device)[None, :]
-    first = (k_len - q_len) // size
+    """bool [q_len, k_len]: the seeded key blocks of each query's block, and causality."""
+    size, first = params.block_size, (k_len - q_len) // params.block_size
     rows = block_rows(params, layer, first, (k_len - 1) // size).to(device)
-    return rows[q_pos // size - first, k_pos // size] & (k_pos <= q_pos)
+    return estimated_token_mask(rows, first, q_len, k_len, size)
 
 
 @lru_cache(maxsize=1024)
@@ -179,10 +176,11 @@ class PatternEstimate(nn.Module):
 
 
 def estimated_token_mask(rows: torch.Tensor, first: int, q_len: int, k_len: int, size: int) -> torch.Tensor:
-    """bool [b, h, q_len, k_len]: the estimated key blocks of each query's block, and causality."""
+    """bool [..., q_len, k_len]: the key blocks a block table [..., rows, key blocks] keeps for each query's
+    block (rows from query block `first` on), and causality; [b, h, ...] for 'estimated', bare for 'seeded'."""
     q_pos = torch.arange(k_len - q_len, k_len, device=rows.device)[:, None]
     k_pos = torch.arange(k_len, device=rows.device)[None, :]
-    return rows[:, :, q_pos // size - first, k_pos // size] & (k_pos <= q_pos)
+    return rows[..., q_pos // size - first, k_pos // size] & (k_pos <= q_pos)
 
 
 def kept_pairs(seq_len: int, params: SparseAttentionParams) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from rich.text import Text
 from prunereg.spec.catalog import EMBEDDED_MODEL, suites
 from prunereg.spec.results import ExecutionMode, SavedEvaluation
 from prunereg.spec.submission import Submission
-from prunereg.spec.tasks import tasks
+from prunereg.spec.tasks import task as quality_task
 
 from .common import DbOption, ForceOption, connect, console, errors, fail, load_valid
 
@@ -73,9 +73,11 @@ def evaluate(
     repeats = repeats or DEFAULT_REPEATS[execution]
     if scenarios not in suites():
         raise fail(f"unknown scenario suite '{scenarios}' (known: {', '.join(suites())})")
-    for name in quality_tasks or ():
-        if name not in tasks():
-            raise fail(f"unknown quality task '{name}' (known: {', '.join(tasks())})")
+    try:
+        for name in quality_tasks or ():
+            quality_task(name)
+    except ValueError as err:
+        raise fail(str(err)) from None
     from rich.progress import Progress
 
     from prunereg.evaluate import EvaluationError
