@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from .adapters import adapters
 from .catalog import EMBEDDED_MODEL, ModelArchitecture, models
-from .submission import ParamRef, Submission
+from .submission import ParamRef, Reported, Submission
 from .taxonomy import FAMILY_EFFECTS, FAMILY_LABELS, Family
 
 
@@ -88,6 +88,36 @@ def claims_name_operating_points(sub: Submission) -> Iterator[Problem]:
             yield Problem(f"/quality_claims/{i}/operating_point", f"no operating point named '{claim.operating_point}'")
 
 
+PERPLEXITY_TASKS = frozenset({"wikitext2", "c4", "ptb", "pg19"})
+AVERAGE_TASK = "zero-shot-average"
+METRIC_DIRECTIONS = {"perplexity": False, "acc": True, "acc_norm": True, "mean_accuracy": True, "exact_match": True}
+"""Metrics whose direction is known: a claim that says otherwise has swapped its direction."""
+
+
+def claims_are_comparable(sub: Submission) -> Iterator[Problem]:
+    """What two claims need so that they are compared only with their like (issue: the same task, model, protocol)."""
+    catalog = models()
+    for i, claim in enumerate(sub.quality_claims):
+        where = f"/quality_claims/{i}"
+        if isinstance(claim.provenance, Reported) and claim.base_model not in catalog:
+            yield Problem(f"{where}/base_model", f"'{claim.base_model}' is not a catalog model (prunereg list models)")
+        direction = METRIC_DIRECTIONS.get(claim.metric)
+        if direction is not None and direction != claim.higher_is_better:
+            yield Problem(
+                f"{where}/higher_is_better",
+                f"metric '{claim.metric}' is {'higher' if direction else 'lower'} is better",
+            )
+        if claim.task in PERPLEXITY_TASKS and claim.eval_length is None:
+            yield Problem(f"{where}/eval_length", f"perplexity on {claim.task} needs its evaluation length in tokens")
+        averaged = len(claim.tasks_averaged)
+        if (claim.task == AVERAGE_TASK) != (averaged > 0):
+            yield Problem(
+                f"{where}/tasks_averaged", f"tasks_averaged lists the tasks of task '{AVERAGE_TASK}', and only those"
+            )
+        elif averaged == 1 or averaged != len(set(claim.tasks_averaged)):
+            yield Problem(f"{where}/tasks_averaged", "an average names two or more distinct tasks")
+
+
 def target_models(sub: Submission) -> list[ModelArchitecture]:
     """The embedded model (every submission runs on it) and the catalog models its claims name."""
     catalog = models()
@@ -112,5 +142,6 @@ CHECKS: list[Check] = [
     unique_effects,
     effect_parameters_exist,
     claims_name_operating_points,
+    claims_are_comparable,
     operating_points_fit_models,
 ]

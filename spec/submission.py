@@ -127,8 +127,17 @@ else:
 
 class Reported(Frozen):
     source: Literal["reported"] = Field(description="'reported': the number is taken from a paper")
-    arxiv: str = Field(pattern=r"^\d{4}\.\d{4,5}(v\d{1,2})?$", description="arXiv id of the paper that reports it")
+    arxiv: str = Field(
+        pattern=r"^\d{4}\.\d{4,5}v\d{1,2}$",
+        description="arXiv id with the version whose table was read, e.g. 2401.15024v2: tables change between versions",
+    )
     table: str = Field(min_length=1, max_length=60, pattern=NO_MARKUP, description="where in the paper, e.g. 'Table 2'")
+    row: str = Field(
+        min_length=1,
+        max_length=400,
+        pattern=NO_MARKUP,
+        description="the row as printed (its label and the cells read), so a reader can find and check it",
+    )
 
 
 class MeasuredElsewhere(Frozen):
@@ -142,6 +151,30 @@ class Harness(Frozen):
     version: str = Field(min_length=1, max_length=32, pattern=NO_MARKUP, description="the harness's version")
 
 
+TaskName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+
+
+class Recovery(Frozen):
+    """Training after pruning: a different budget from one-shot pruning, so claims that include it are marked."""
+
+    data: str = Field(min_length=1, max_length=120, pattern=NO_MARKUP, description="the training data, e.g. Alpaca")
+    tokens: int | None = Field(None, ge=1, le=10**13, description="training tokens, where the paper gives them")
+    method: str = Field(
+        "",
+        max_length=200,
+        pattern=NO_MARKUP,
+        description="how, e.g. 'LoRA, 2 epochs' or 'distillation from the dense model'",
+    )
+
+
+class CalibrationUsed(Frozen):
+    """The calibration set as the paper states it; 'none' for a data-free selection."""
+
+    data: str = Field(min_length=1, max_length=120, pattern=NO_MARKUP, description="e.g. C4, WikiText-2 train, none")
+    sequences: int | None = Field(None, ge=1, le=10**7, description="number of calibration sequences")
+    length: int | None = Field(None, ge=1, le=10**7, description="tokens per calibration sequence")
+
+
 class QualityClaim(Frozen):
     """A quality number and every setting that changes such numbers."""
 
@@ -152,14 +185,27 @@ class QualityClaim(Frozen):
         None, max_length=64, pattern=NO_MARKUP, description="hub revision (commit) of the dense model, when pinned"
     )
     operating_point: Name = Field(description="the submission's operating point the number belongs to")
-    task: str = Field(min_length=1, max_length=64, pattern=NO_MARKUP, description="e.g. wikitext2, arc_easy")
+    task: TaskName = Field(
+        description="wikitext2, c4, ptb, pg19 (perplexity), an lm-eval task name (arc_easy, ...), or 'zero-shot-average'"
+    )
     metric: str = Field(min_length=1, max_length=64, pattern=NO_MARKUP, description="e.g. perplexity, acc_norm")
     higher_is_better: bool = Field(description="direction of the metric: true for accuracy, false for perplexity")
     value: Score = Field(description="the pruned model's value")
     dense_value: Score = Field(description="the dense model's value in the same setting")
     shots: int | None = Field(None, ge=0, le=100, description="few-shot examples per question, where the task has them")
+    eval_length: int | None = Field(
+        None, ge=1, le=10**7, description="tokens per evaluation window, for perplexity (e.g. 2048); None if unstated"
+    )
+    tasks_averaged: list[TaskName] = Field(
+        default_factory=list,
+        max_length=30,
+        description="for an average over tasks (task 'zero-shot-average'): the tasks it averages, as lm-eval names them",
+    )
     harness: Harness | None = Field(None, description="the evaluation harness that computed it, if any")
-    finetune_tokens: int = Field(0, ge=0, le=10**13, description="recovery fine-tuning after pruning, in tokens")
+    recovery: Recovery | None = Field(
+        None, description="fine-tuning after pruning that the number includes; None: one-shot, no recovery"
+    )
+    calibration: CalibrationUsed | None = Field(None, description="the data the method's selection scored on")
     provenance: Annotated[Reported | MeasuredElsewhere, Field(discriminator="source")] = Field(
         description="where the number comes from: a paper, or a measurement outside prunereg"
     )
