@@ -47,8 +47,9 @@ LATENCY_COLUMNS = (
 QUALITY_COLUMNS = (
     "method_slug", "method_name", "family", "spec_hash", "operating_point", "provenance", "model", "weights",
     "environment_key", "base_model", "base_model_revision", "task", "metric", "higher_is_better", "value",
-    "dense_value", "relative_loss", "shots", "tokens", "harness", "harness_version", "finetune_tokens",
-    "arxiv", "paper_table", "measured_by", "note",
+    "dense_value", "relative_loss", "shots", "tokens", "harness", "harness_version", "eval_length",
+    "tasks_averaged", "recovery_data", "recovery_tokens", "recovery_method", "calibration_data",
+    "calibration_sequences", "calibration_length", "arxiv", "paper_table", "paper_row", "measured_by", "note",
 )  # fmt: skip
 
 
@@ -106,8 +107,12 @@ def quality_records(engine: Engine) -> list[dict[str, Any]]:
                 "base_model_revision": q.base_model_revision, "task": q.task, "metric": q.metric,
                 "higher_is_better": q.higher_is_better, "value": q.value, "dense_value": q.dense_value,
                 "relative_loss": q.relative_loss, "shots": q.shots, "tokens": q.tokens, "harness": q.harness_name,
-                "harness_version": q.harness_version, "finetune_tokens": q.finetune_tokens, "arxiv": q.arxiv,
-                "paper_table": q.paper_table, "measured_by": q.measured_by, "note": q.note,
+                "harness_version": q.harness_version, "eval_length": q.eval_length,
+                "tasks_averaged": ",".join(q.tasks_averaged or ()) or None,
+                **{f"recovery_{f}": (q.recovery or {}).get(f) for f in ("data", "tokens", "method")},
+                **{f"calibration_{f}": (q.calibration or {}).get(f) for f in ("data", "sequences", "length")},
+                "arxiv": q.arxiv, "paper_table": q.paper_table, "paper_row": q.paper_row,
+                "measured_by": q.measured_by, "note": q.note,
             })  # fmt: skip
     key = ("method_slug", "spec_hash", "operating_point", "provenance", "model", "weights", "environment_key",
            "base_model", "task", "metric")  # fmt: skip

@@ -219,19 +219,24 @@ class Quality:
     shots: int | None
     tokens: int | None
     harness: str | None
-    finetune_tokens: int
     arxiv: str | None
     paper_table: str | None
     measured_by: str | None
     note: str | None
+    eval_length: int | None = None
+    tasks_averaged: tuple[str, ...] = ()
+    recovery: dict[str, Any] | None = None
+    """spec.submission.Recovery as JSON; None: one-shot."""
+    calibration: dict[str, Any] | None = None
+    paper_row: str | None = None
 
 
 def _quality(q: QualityRecord) -> Quality:
     harness = f"{q.harness_name} {q.harness_version or ''}".strip() if q.harness_name else None
     return Quality(
         q.provenance, q.base_model, q.base_model_revision, q.task, q.metric, q.higher_is_better, q.value,
-        q.dense_value, q.relative_loss, q.shots, q.tokens, harness, q.finetune_tokens, q.arxiv, q.paper_table,
-        q.measured_by, q.note,
+        q.dense_value, q.relative_loss, q.shots, q.tokens, harness, q.arxiv, q.paper_table, q.measured_by, q.note,
+        q.eval_length, tuple(q.tasks_averaged or ()), q.recovery, q.calibration, q.paper_row,
     )  # fmt: skip
 
 

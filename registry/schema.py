@@ -212,7 +212,16 @@ class QualityRecord(Base):
     harness_version: Mapped[str | None] = mapped_column(String(32))
     task_version: Mapped[str | None] = mapped_column(String(16), doc="spec/tasks.py version, for measured figures")
     examples: Mapped[int | None] = mapped_column(doc="examples scored, for measured question-answering tasks")
-    finetune_tokens: Mapped[int] = mapped_column(default=0)
+    eval_length: Mapped[int | None] = mapped_column(doc="tokens per evaluation window of a claimed perplexity")
+    tasks_averaged: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), doc="tasks of a claimed average")
+    # none_as_null: one-shot claims and measured figures are SQL NULL, as in rows from before revision 0007
+    recovery: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), doc="spec.submission.Recovery as JSON: fine-tuning after pruning; None: one-shot"
+    )
+    calibration: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), doc="spec.submission.CalibrationUsed as JSON, as the claim states it"
+    )
+    paper_row: Mapped[str | None] = mapped_column(String(400), doc="the row of the paper's table, as printed")
     arxiv: Mapped[str | None] = mapped_column(String(16))
     paper_table: Mapped[str | None] = mapped_column(String(60))
     measured_by: Mapped[str | None] = mapped_column(String(120))

@@ -82,7 +82,13 @@ def make_submission(
                 "higher_is_better": False,
                 "value": 18.0,
                 "dense_value": 6.0,
-                "provenance": {"source": "reported", "arxiv": "9999.00001", "table": "Table 3"},
+                "eval_length": 2048,
+                "provenance": {
+                    "source": "reported",
+                    "arxiv": "9999.00001v1",
+                    "table": "Table 3",
+                    "row": "Test method 25% | 18.0",
+                },
             }
         ]
     return Submission.model_validate(

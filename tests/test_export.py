@@ -66,7 +66,7 @@ def test_csv_quality_table_keeps_reported_claims_apart(registry):
     assert tuple(rows[0]) == QUALITY_COLUMNS and len(rows) == 4
     (claim,) = [r for r in rows if r["provenance"] == "reported"]
     assert (claim["arxiv"], claim["paper_table"], claim["base_model"], claim["model"]) == (
-        "9999.00001", "Table 3", "llama-2-7b", "",
+        "9999.00001v1", "Table 3", "llama-2-7b", "",
     )  # fmt: skip
     assert all(r["model"] == "prunereg-mini" for r in rows if r["provenance"] == "measured")
 

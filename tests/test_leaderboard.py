@@ -151,7 +151,7 @@ def test_method_page_lists_effects_points_claims_and_runs(site):
         assert f"<code>{gemm}</code>" in html
     assert "M (tokens)" in html and "parameter <code>sparsity</code>" in html
     assert "<code>sparsity=0.25</code>" in html
-    assert 'href="https://arxiv.org/abs/9999.00001"' in html and "Table 3" in html
+    assert 'href="https://arxiv.org/abs/9999.00001v1"' in html and "Table 3" in html
     assert "prefill-b1-s256" in html and "NVIDIA H200" in html
     assert "&#34;schema_version&#34;: 1" in html or "&quot;schema_version&quot;: 1" in html
 
