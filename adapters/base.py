@@ -20,6 +20,9 @@ PROJECTIONS = {
 }
 """Each GEMM of the taxonomy as the Linear modules that compute it, by parent and attribute."""
 
+ADDED_LINEARS = {"shortcut_rotation": ("attn_shortcut", "mlp_shortcut")}
+"""The Linear attributes of a decoder layer that compute a GEMM the dense model lacks (taxonomy.ADDED_GEMMS)."""
+
 
 def linears(model: nn.Module, projections) -> list[nn.Linear]:
     """The Linear modules of the listed GEMMs in every decoder layer."""
@@ -80,6 +83,10 @@ class Adapter(ABC, Generic[P]):
 
     @abstractmethod
     def apply(self, model: PreTrainedModel, params: P, calibration: Tensor | None = None) -> PreTrainedModel: ...
+
+    def refusal(self, model: PreTrainedModel) -> str | None:
+        """Why this pruned model cannot be a plain transformers checkpoint, or None (`checkpoint_refusal` by default)."""
+        return self.checkpoint_refusal
 
     def as_plain_model(self, model: PreTrainedModel) -> PreTrainedModel:
         """The pruned model in modules a transformers config describes (e.g. factors multiplied back)."""

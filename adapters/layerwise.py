@@ -49,7 +49,7 @@ class _Stop(Exception):
     """Raised by the last layer's pre-hook: everything the layers need has been captured."""
 
 
-def _layer_inputs(model: nn.Module, calibration: torch.Tensor) -> tuple[list[torch.Tensor], list[list[dict]]]:
+def layer_inputs(model: nn.Module, calibration: torch.Tensor) -> tuple[list[torch.Tensor], list[list[dict]]]:
     """The hidden states entering layer 0, per chunk, and the keyword arguments every layer gets, per chunk.
 
     Each layer's own arguments are kept (a sliding-window layer may get a different mask than a full one).
@@ -83,7 +83,7 @@ def _layer_inputs(model: nn.Module, calibration: torch.Tensor) -> tuple[list[tor
     return hidden, arguments
 
 
-def _run(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+def run_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
     out = layer(hidden, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
@@ -105,7 +105,7 @@ def _statistics(layer, inputs, hidden, arguments, index, statistic: Statistic) -
     handles = [linear.register_forward_hook(hook(slot)) for slot, linear in enumerate(inputs)]
     try:
         for chunk, kwargs in zip(hidden, arguments):
-            _run(layer, chunk, kwargs[index])
+            run_layer(layer, chunk, kwargs[index])
     finally:
         for handle in handles:
             handle.remove()
@@ -128,19 +128,19 @@ def prune_layerwise(
     dense model, as SVD-LLM and ASVD collect them), one layer in memory at a time all the same;
     `prune` may then also replace the Linear in its parent.
     """
-    hidden, arguments = _layer_inputs(model, calibration)
+    hidden, arguments = layer_inputs(model, calibration)
     layers = list(model.get_submodule("model.layers").children())
     for index, layer in enumerate(layers):
         groups = [[getattr(getattr(layer, p), n) for n in names] for p, names in (PROJECTIONS[q] for q in projections)]
         stats, tokens = _statistics(layer, [group[0] for group in groups], hidden, arguments, index, statistic)
         last = index == len(layers) - 1
         if inputs_from == "dense" and not last:
-            hidden = [_run(layer, chunk, kwargs[index]) for chunk, kwargs in zip(hidden, arguments)]
+            hidden = [run_layer(layer, chunk, kwargs[index]) for chunk, kwargs in zip(hidden, arguments)]
         for group, stat in zip(groups, stats):
             for linear in group:
                 prune(linear, stat, tokens)
         if inputs_from == "pruned" and not last:
-            hidden = [_run(layer, chunk, kwargs[index]) for chunk, kwargs in zip(hidden, arguments)]
+            hidden = [run_layer(layer, chunk, kwargs[index]) for chunk, kwargs in zip(hidden, arguments)]
 
 
 def wanda_scores(weight: torch.Tensor, squared: torch.Tensor) -> torch.Tensor:

@@ -276,7 +276,7 @@ def trace(
                 (
                     si(sum(d.effective_flops for d in row.dense)),
                     si(sum(p.effective_flops for p in row.pruned)),
-                    share(row.declared),
+                    "added" if row.added else share(row.declared),
                     share(row.observed) + mark,
                 )
                 if i == 0
@@ -284,7 +284,12 @@ def trace(
             )
             table.add_row(row.gemm if i == 0 else "", *shape, *totals)
     console.print(table)
-    console.print(Text("FLOPs count nonzero weights and unmasked pairs only; kept = pruned / dense"))
+    console.print(
+        Text(
+            "FLOPs count nonzero weights and unmasked pairs only; kept = pruned / dense, "
+            "or for an added GEMM observed / declared FLOPs"
+        )
+    )
     for mismatch in mismatches:
         errors.print(Text(f"mismatch: {mismatch}"), soft_wrap=True)
     if mismatches:

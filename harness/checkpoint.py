@@ -29,10 +29,9 @@ def save_pruned(
     """Raises CheckpointRefused for a model no config describes, prunereg.outputs.OutputRefused for an
     `out` that is a link, a file or a folder prunereg did not write (unless `force`)."""
     check_output(Path(out), CHECKPOINT_MARKER, force)
-    if adapter.checkpoint_refusal:
-        raise CheckpointRefused(
-            f"adapter '{adapter.name}' cannot be saved as a checkpoint: {adapter.checkpoint_refusal}"
-        )
+    refusal = adapter.refusal(model)
+    if refusal:
+        raise CheckpointRefused(f"adapter '{adapter.name}' cannot be saved as a checkpoint: {refusal}")
     plain = adapter.as_plain_model(model)
     try:
         type(plain.config).from_dict(plain.config.to_dict())

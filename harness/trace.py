@@ -30,15 +30,19 @@ from torch._higher_order_ops.flex_attention import flex_attention as FLEX_HOP
 from torch.sparse import SparseSemiStructuredTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from prunereg.adapters.base import PROJECTIONS
+from prunereg.adapters.base import ADDED_LINEARS, PROJECTIONS
 from prunereg.harness.latency import scenario_ids
 from prunereg.spec.catalog import ModelArchitecture, Scenario, devices
 from prunereg.spec.costmodel import GemmCost, estimate
 from prunereg.spec.effects import ResolvedEffect
 from prunereg.spec.results import GemmTrace
-from prunereg.spec.taxonomy import Dimension, Gemm, Granularity
+from prunereg.spec.taxonomy import ADDED_GEMMS, Dimension, Gemm, Granularity
 
-NAMES = {name: gemm for gemm, (_, names) in PROJECTIONS.items() for name in (gemm, *names)} | {"lm_head": "lm_head"}
+NAMES = (
+    {name: gemm for gemm, (_, names) in PROJECTIONS.items() for name in (gemm, *names)}
+    | {"lm_head": "lm_head"}
+    | {name: gemm for gemm, names in ADDED_LINEARS.items() for name in names}
+)
 ATTENTION_NAMES = {"self_attn", "attn", "attention", "self_attention"}
 aten = torch.ops.aten
 PRODUCTS = {
@@ -302,6 +306,8 @@ def declare(arch: ModelArchitecture, scenario: Scenario, effects) -> list[Declar
     declared = []
     for g in Gemm:
         own = [(e, False) for e in effects if e.gemm is g] + (heads if g in (Gemm.attn_score, Gemm.attn_value) else [])
+        if g in ADDED_GEMMS and not own:
+            continue  # not declared, so not run: an observed one is reported as extra
         slack = sum(rounding(e, arch, scenario) for e, _ in own)
         declared.append(Declared(g, dense.row(g), pruned.row(g), tuple(own), slack))
     return declared
@@ -317,6 +323,8 @@ class GemmCheck:
     declared: float | None
     observed: float | None
     mismatch: str | None
+    added: bool = False
+    """A GEMM the dense model lacks: `declared` and `observed` are then shares of the declared FLOPs."""
 
 
 def _pct(share: float) -> str:
@@ -335,6 +343,9 @@ def rows(declared: list[Declared], observed_dense, observed_pruned, tolerance: f
     for d in declared:
         g = d.gemm.value
         dense, pruned = of(observed_dense, g), of(observed_pruned, g)
+        if d.gemm in ADDED_GEMMS:
+            out.append(_added(d, dense, pruned, tolerance))
+            continue
         total = sum(t.effective_flops for t in dense)
         observed = sum(t.effective_flops for t in pruned) / total if total else None
         problem = None
@@ -352,6 +363,22 @@ def rows(declared: list[Declared], observed_dense, observed_pruned, tolerance: f
         )
         out.append(GemmCheck(g, dense, pruned, None, None, extra))
     return out
+
+
+def _added(d: Declared, dense, pruned, tolerance: float) -> GemmCheck:
+    """A declared GEMM the dense model lacks: the pruned model must run the declared FLOPs, within the tolerance."""
+    g, expected = d.gemm.value, d.pruned.theoretical_flops
+    observed = sum(t.effective_flops for t in pruned) / expected
+    problem = None
+    if dense:
+        problem = f"{g}: the dense model runs {_shapes(dense)}, but {g} is a GEMM only a pruned model adds"
+    elif abs(observed - 1) > tolerance + d.slack:
+        p = d.pruned
+        problem = (
+            f"{g}: declared added, M×N×K = {p.m:g}×{p.n:g}×{p.k:g} ×{p.count:g}; observed {_shapes(pruned)} "
+            f"({_pct(observed)} of the declared FLOPs)"
+        )
+    return GemmCheck(g, dense, pruned, 1.0, observed, problem, added=True)
 
 
 def compare(declared: list[Declared], observed_dense, observed_pruned, tolerance: float = TOLERANCE) -> list[str]:

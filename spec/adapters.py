@@ -116,6 +116,7 @@ BUILT_IN: tuple[AdapterRow, ...] = (
         HiddenSliceParams(sparsity=0.25),
         HiddenSliceParams(sparsity=0.5, selection="seeded", seed=3),
         HiddenSliceParams(sparsity=0.25, selection="pca", calibration=SMALL_CALIBRATION),
+        HiddenSliceParams(sparsity=0.25, selection="slicegpt", calibration=SMALL_CALIBRATION),
         unpruned=HiddenSliceParams(sparsity=0.0),
     ),
     _built_in(

@@ -12,7 +12,7 @@ from typing import NamedTuple
 from .adapters import adapters
 from .catalog import EMBEDDED_MODEL, ModelArchitecture, models
 from .submission import ParamRef, Reported, Submission
-from .taxonomy import FAMILY_EFFECTS, FAMILY_LABELS, Family
+from .taxonomy import ADDED_GEMMS, FAMILY_EFFECTS, FAMILY_LABELS, Dimension, Family, Granularity
 
 
 class Problem(NamedTuple):
@@ -67,6 +67,16 @@ def unique_effects(sub: Submission) -> Iterator[Problem]:
         if key in seen:
             yield Problem(f"/effects/{i}", f"{e.gemm.value} dimension {e.dimension.value} is declared twice")
         seen.add(key)
+
+
+def added_gemms_are_sized_by_hidden(sub: Submission) -> Iterator[Problem]:
+    """A GEMM the dense model lacks (taxonomy.ADDED_GEMMS) is declared through its hidden K and N, and only so."""
+    for i, e in enumerate(sub.effects):
+        if e.gemm in ADDED_GEMMS and (e.granularity is not Granularity.hidden or e.dimension is Dimension.M):
+            yield Problem(
+                f"/effects/{i}",
+                f"{e.gemm.value} is a GEMM the dense model does not run: declare its K and N at granularity 'hidden'",
+            )
 
 
 def effect_parameters_exist(sub: Submission) -> Iterator[Problem]:
@@ -140,6 +150,7 @@ CHECKS: list[Check] = [
     adapter_fits_family,
     effects_fit_family,
     unique_effects,
+    added_gemms_are_sized_by_hidden,
     effect_parameters_exist,
     claims_name_operating_points,
     claims_are_comparable,

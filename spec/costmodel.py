@@ -32,6 +32,9 @@ Effects, each with fraction f removed, multiply when several hit one GEMM:
 - K rank: W[K,N] = A[K,r]·B[r,N] with r·(K+N) = (1-f)·K·N, so FLOPs and weights·(1-f), plus
   writing and reading the M×r intermediate.
 - K weight (unstructured): dense kernels gain nothing, so only `theoretical_flops` shrink.
+- Added GEMMs (taxonomy.ADDED_GEMMS; SliceGPT's shortcut rotations): none in the dense model; a
+  submission that declares effects on one runs it, two instances per layer of M×hidden×hidden,
+  shrunk by those effects like any projection.
 - Routing (any dynamic M effect): a router and the gather/scatter of kept tokens in every layer,
   in `routing_s` (see `_routing`).
 """
@@ -43,7 +46,7 @@ from typing import Literal
 
 from .catalog import DeviceProfile, Frozen, ModelArchitecture, Phase, Scenario
 from .effects import ResolvedEffect
-from .taxonomy import Dimension, Gemm, Granularity, Mode
+from .taxonomy import ADDED_GEMMS, Dimension, Gemm, Granularity, Mode
 
 METADATA_BITS_2_4 = 2
 """Index bits stored per kept value of a 2:4 sparse matrix."""
@@ -155,7 +158,7 @@ def _cost(gemm: Gemm, device: DeviceProfile, count, m, n, k, flops, nonzero, wei
         weight_bytes=weights,
         kv_bytes=kv,
         time_s=max(compute, memory),
-        bound="compute" if compute >= memory else "memory",
+        bound="compute" if compute >= memory and compute > 0 else "memory",
     )
 
 
@@ -227,6 +230,7 @@ def estimate(
         Gemm.gate_up_proj: (layers, tokens, hidden, 2 * inter),
         Gemm.down_proj: (layers, tokens, inter, hidden),
         Gemm.lm_head: (1, batch, hidden, arch.vocab_size),
+        **{g: (2 * layers if any(e.gemm is g for e in effects) else 0, tokens, hidden, hidden) for g in ADDED_GEMMS},
     }
     rows = tuple(
         _attention(g, arch, device, scenario, effects, dtype_bytes)

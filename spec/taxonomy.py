@@ -21,6 +21,7 @@ class Gemm(str, Enum):
     attn_score = "attn_score"
     attn_value = "attn_value"
     lm_head = "lm_head"
+    shortcut_rotation = "shortcut_rotation"
 
 
 GEMM_SHAPES: dict[Gemm, tuple[str, str, str]] = {
@@ -31,8 +32,19 @@ GEMM_SHAPES: dict[Gemm, tuple[str, str, str]] = {
     Gemm.attn_score: ("query tokens", "head_dim", "key tokens"),
     Gemm.attn_value: ("query tokens", "key tokens", "head_dim"),
     Gemm.lm_head: ("output tokens", "hidden", "vocab"),
+    Gemm.shortcut_rotation: ("tokens", "hidden", "hidden"),
 }
 """(M, K, N) of each GEMM in words, for tables and the site."""
+
+ADDED_GEMMS: dict[Gemm, str] = {
+    Gemm.shortcut_rotation: (
+        "SliceGPT's Q_l^T Q_(l+1) on each residual connection (two per layer) where the rotation changes between "
+        "blocks; hidden effects declare its kept K and N"
+    ),
+}
+"""GEMMs a dense model does not run. A method that runs one declares it by declaring its hidden K and N
+effects (fraction 0 keeps it at full size); the cost model prices it only then, and the tracer checks
+that the pruned model runs exactly the declared FLOPs."""
 
 ATTENTION_GEMMS = (Gemm.qkv_proj, Gemm.o_proj, Gemm.attn_score, Gemm.attn_value)
 MLP_GEMMS = (Gemm.gate_up_proj, Gemm.down_proj)

@@ -167,3 +167,18 @@ def test_routing_pays_for_its_router_and_gather_scatter():
     assert routed.routing_s == pytest.approx(32 * per_layer)
     assert routed.time_s == pytest.approx(routed.routing_s + sum(r.time_s for r in routed.rows))
     assert estimate(LLAMA, H200, PREFILL).routing_s == 0.0
+
+
+def test_shortcut_rotations_are_priced_only_where_declared():
+    """SliceGPT's per-block variant runs two kept x kept GEMMs per layer that the single rotation does not."""
+    sliced = [effect(g, d, "hidden", 0.25) for g, d in [(Gemm.qkv_proj, "K"), (Gemm.o_proj, "N"), (Gemm.lm_head, "K")]]
+    shortcuts = sliced + [effect(Gemm.shortcut_rotation, d, "hidden", 0.25) for d in ("K", "N")]
+    for effects in ((), sliced):
+        assert estimate(LLAMA, H200, PREFILL, effects).row(Gemm.shortcut_rotation).time_s == 0
+    row = estimate(LLAMA, H200, PREFILL, shortcuts).row(Gemm.shortcut_rotation)
+    assert (row.count, row.m, row.k, row.n) == (2 * LAYERS, 4096, 0.75 * HIDDEN, 0.75 * HIDDEN)
+    assert row.flops == 2 * LAYERS * 2 * 4096 * (0.75 * HIDDEN) ** 2
+    for scenario in (PREFILL, DECODE):
+        assert theoretical_speedup(LLAMA, H200, scenario, shortcuts) < theoretical_speedup(
+            LLAMA, H200, scenario, sliced
+        )

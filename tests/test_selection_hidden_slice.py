@@ -1,9 +1,11 @@
-"""SliceGPT's selection for hidden_slice: fold the norms, rotate the residual stream by its PCA, slice.
+"""SliceGPT's selections for hidden_slice: fold the norms, rotate the residual stream by its PCA, slice.
 
+'slicegpt' rotates per block with shortcut GEMMs between the bases, 'pca' once for the whole stream.
 On tiny random models: removing nothing equals dense (computational invariance, random norm weights
 and biases included), the rotation is orthogonal and sorted by variance, a stream that lives in the
-kept directions loses nothing, the result is repeatable and has the baselines' shapes. On the
-embedded model (slow): rotated slicing loses less held-out quality than unrotated slicing.
+kept directions loses nothing, the result is repeatable; 'pca' has the baselines' shapes, 'slicegpt'
+adds two kept x kept shortcuts per layer, which the tracer checks against the declaration. On the
+embedded model (slow): per-block rotation beats one rotation, which beats unrotated slicing.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from transformers import AutoModelForCausalLM
 from prunereg.adapters import get_adapter
 from prunereg.adapters.hidden_slice import principal_directions, residual_covariance
 from prunereg.harness.calibration import calibration_ids
-from prunereg.harness.checkpoint import save_pruned
+from prunereg.harness.checkpoint import CheckpointRefused, save_pruned
 from prunereg.harness.models import architecture_of
 from prunereg.harness.quality import mean_cross_entropy
+from prunereg.harness.trace import check_declaration
 from prunereg.spec.calibration import Calibration
+from prunereg.spec.catalog import Scenario
+from prunereg.spec.effects import ResolvedEffect
 from prunereg.spec.parameters import HiddenSliceParams
 
 ADAPTER = get_adapter("hidden_slice")
@@ -33,8 +38,11 @@ def calibration(seed: int = 0) -> torch.Tensor:
     return calibration_ids(SMALL.model_copy(update={"seed": seed}), None, 97, 128)
 
 
-def pca(sparsity: float) -> HiddenSliceParams:
-    return HiddenSliceParams(sparsity=sparsity, selection="pca", calibration=SMALL)
+def pca(sparsity: float, selection: str = "pca") -> HiddenSliceParams:
+    return HiddenSliceParams(sparsity=sparsity, selection=selection, calibration=SMALL)
+
+
+ROTATIONS = ["pca", "slicegpt"]
 
 
 def norms(model) -> list[torch.nn.Module]:
@@ -76,11 +84,12 @@ MODELS = {
 }
 
 
+@pytest.mark.parametrize("selection", ROTATIONS)
 @pytest.mark.parametrize("name", MODELS)
-def test_removing_nothing_equals_dense_after_folding_and_rotating(name):
+def test_removing_nothing_equals_dense_after_folding_and_rotating(name, selection):
     """Computational invariance: the norms' weights folded in, every weight rotated, nothing sliced."""
     model = with_norm_weights(MODELS[name]())
-    rotated = ADAPTER.apply(copy.deepcopy(model), pca(0.0), calibration())
+    rotated = ADAPTER.apply(copy.deepcopy(model), pca(0.0, selection), calibration())
     torch.testing.assert_close(logits(rotated, IDS), logits(model, IDS), rtol=1e-4, atol=1e-4)
     assert not torch.equal(rotated.model.embed_tokens.weight, model.model.embed_tokens.weight)
     for norm in norms(rotated)[:-1]:
@@ -134,8 +143,9 @@ def test_the_covariance_pools_the_input_of_every_block_and_the_final_norm():
     torch.testing.assert_close(residual_covariance(model, ids), expected, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("selection", ROTATIONS)
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
-def test_a_residual_stream_in_the_kept_directions_loses_nothing(model_type):
+def test_a_residual_stream_in_the_kept_directions_loses_nothing(model_type, selection):
     """Embeddings and every block's output in one 48-dimensional subspace: slicing 25 % after rotating is
     exact, while slicing channels without rotating is not. Embeddings of unit scale, as in a trained model, so
     the norm's eps (added to the mean over the kept directions, i.e. scaled by kept/hidden) stays negligible."""
@@ -147,19 +157,20 @@ def test_a_residual_stream_in_the_kept_directions_loses_nothing(model_type):
         for layer in model.model.layers:
             for out in (layer.self_attn.o_proj, layer.mlp.down_proj):
                 out.weight.copy_(projector @ out.weight)
-    sliced = ADAPTER.apply(copy.deepcopy(model), pca(0.25), calibration())
+    sliced = ADAPTER.apply(copy.deepcopy(model), pca(0.25, selection), calibration())
     torch.testing.assert_close(logits(sliced, IDS), logits(model, IDS), rtol=1e-4, atol=1e-4)
     unrotated = ADAPTER.apply(copy.deepcopy(model), HiddenSliceParams(sparsity=0.25))
     assert (logits(unrotated, IDS) - logits(model, IDS)).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("selection", ROTATIONS)
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
-def test_repeatable_for_the_same_calibration_and_not_for_another(model_type):
+def test_repeatable_for_the_same_calibration_and_not_for_another(model_type, selection):
     model = with_norm_weights(tiny(model_type))
-    first = ADAPTER.apply(copy.deepcopy(model), pca(0.25), calibration(seed=3))
-    second = ADAPTER.apply(copy.deepcopy(model), pca(0.25), calibration(seed=3))
+    first = ADAPTER.apply(copy.deepcopy(model), pca(0.25, selection), calibration(seed=3))
+    second = ADAPTER.apply(copy.deepcopy(model), pca(0.25, selection), calibration(seed=3))
     torch.testing.assert_close(logits(first, IDS), logits(second, IDS), rtol=0, atol=0)
-    other = ADAPTER.apply(copy.deepcopy(model), pca(0.25), calibration(seed=4))
+    other = ADAPTER.apply(copy.deepcopy(model), pca(0.25, selection), calibration(seed=4))
     assert not torch.equal(logits(first, IDS), logits(other, IDS))
 
 
@@ -168,8 +179,8 @@ def test_pca_refuses_to_run_without_calibration():
         ADAPTER.apply(tiny("llama"), pca(0.25))
 
 
-def test_the_parameter_model_declares_calibration_only_for_pca():
-    assert pca(0.25).calibration_needed() == SMALL
+def test_the_parameter_model_declares_calibration_only_for_the_rotations():
+    assert pca(0.25).calibration_needed() == pca(0.25, "slicegpt").calibration_needed() == SMALL
     assert HiddenSliceParams(sparsity=0.25, selection="pca").calibration_needed() == Calibration()
     for selection in ("magnitude", "seeded"):
         baseline = HiddenSliceParams(sparsity=0.25, selection=selection)
@@ -210,10 +221,63 @@ def test_the_rotated_model_is_an_ordinary_checkpoint(tmp_path, tie):
     torch.testing.assert_close(logits(reloaded, IDS), logits(pruned, IDS))
 
 
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_per_block_rotations_add_two_orthogonal_shortcuts_per_layer_and_untie_the_head(model_type):
+    """With nothing sliced each shortcut is Q_inᵀ·Q_out, orthogonal; sliced, it is kept x kept."""
+    model = tied(with_norm_weights(tiny(model_type)))
+    whole = ADAPTER.apply(copy.deepcopy(model), pca(0.0, "slicegpt"), calibration())
+    sliced = ADAPTER.apply(copy.deepcopy(model), pca(0.25, "slicegpt"), calibration())
+    for layer in whole.model.layers:
+        for shortcut in (layer.attn_shortcut, layer.mlp_shortcut):
+            w = shortcut.weight.double()
+            torch.testing.assert_close(w @ w.T, torch.eye(64, dtype=torch.float64), rtol=0, atol=1e-5)
+            assert not torch.allclose(w, torch.eye(64, dtype=torch.float64), atol=1e-3)  # the basis changed
+    for layer in sliced.model.layers:
+        assert layer.attn_shortcut.weight.shape == layer.mlp_shortcut.weight.shape == (48, 48)
+    assert sliced.lm_head.weight is not sliced.model.embed_tokens.weight
+    assert sliced.config.tie_word_embeddings is False and sliced.lm_head.weight.shape == (97, 48)
+
+
+def declared_slicegpt(shortcuts: bool):
+    """slicegpt.json's effects at 25 %, with or without the shortcut_rotation GEMM."""
+    gemms = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"] + (
+        ["shortcut_rotation"] * 2 if shortcuts else []
+    )
+    dimensions = ["K", "N", "K", "N", "K"] + (["K", "N"] if shortcuts else [])
+    return [
+        ResolvedEffect(gemm=g, dimension=d, mode="static", granularity="hidden", fraction=0.25)
+        for g, d in zip(gemms, dimensions)
+    ]
+
+
+def test_the_tracer_checks_the_shortcut_gemms_against_the_declaration():
+    model = with_norm_weights(tiny("llama"))
+    sliced = ADAPTER.apply(copy.deepcopy(model), pca(0.25, "slicegpt"), calibration())
+    arch = architecture_of(model.config, "tiny-llama", "tests/tiny_models.py")
+    scenario = Scenario(phase="prefill", batch_size=1, seq_len=64)
+    table, mismatches = check_declaration(model, sliced, arch, scenario, declared_slicegpt(shortcuts=True))
+    assert mismatches == []
+    (row,) = [r for r in table if r.gemm == "shortcut_rotation"]
+    assert row.added and row.observed == pytest.approx(1.0)
+    assert [(t.m, t.n, t.k, t.count) for t in row.pruned] == [(64, 48, 48, 2 * 6)]
+    _, undeclared = check_declaration(model, sliced, arch, scenario, declared_slicegpt(shortcuts=False))
+    assert undeclared == ["shortcut_rotation: the pruned model runs 64×48×48 ×12, which the dense model does not"]
+    single = ADAPTER.apply(copy.deepcopy(model), pca(0.25), calibration())
+    _, missing = check_declaration(model, single, arch, scenario, declared_slicegpt(shortcuts=True))
+    assert len(missing) == 1 and missing[0].startswith("shortcut_rotation: declared added")
+
+
+def test_the_per_block_rotation_is_no_plain_checkpoint(tmp_path):
+    sliced = ADAPTER.apply(tiny("llama"), pca(0.25, "slicegpt"), calibration())
+    with pytest.raises(CheckpointRefused, match="shortcut rotations"):
+        save_pruned(ADAPTER, sliced, None, tmp_path / "out")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sparsity", [0.1, 0.25, 0.4])
 def test_rotated_slicing_beats_unrotated_slicing_on_the_embedded_model(embedded_held_out, sparsity):
-    """The issue's claim, at submissions/slicegpt.json's point (slice-25) and at 10 % and 40 %."""
+    """The issue's claim, at submissions/slicegpt.json's point (slice-25) and at 10 % and 40 %; and SliceGPT's
+    per-block rotations beat one rotation for the whole stream."""
     model, ids, held_out, bos = embedded_held_out
 
     def cross_entropy(selection: str) -> float:
@@ -222,5 +286,6 @@ def test_rotated_slicing_beats_unrotated_slicing_on_the_embedded_model(embedded_
         return mean_cross_entropy(pruned, held_out, bos)[0]
 
     rotated = cross_entropy("pca")
+    assert cross_entropy("slicegpt") < rotated
     for baseline in ("magnitude", "seeded"):
         assert rotated < cross_entropy(baseline), baseline

@@ -17,9 +17,32 @@ from prunereg.spec.validate import SCHEMA_FILE, validate_document, validate_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = sorted((ROOT / "submissions").glob("*.json"))
-SHORTGPT = json.loads((ROOT / "submissions" / "shortgpt.json").read_text())
-LLM_PRUNER = json.loads((ROOT / "submissions" / "llm-pruner.json").read_text())
+SHORTGPT = json.loads((ROOT / "submissions" / "shortgpt.json").read_text()) | {"quality_claims": []}
+LLM_PRUNER = json.loads((ROOT / "submissions" / "llm-pruner.json").read_text()) | {"quality_claims": []}
+"""Both without their claims: they name catalog models, on which each edited point would be checked too."""
 DENSE = json.loads((ROOT / "submissions" / "dense.json").read_text())
+CLAIM = {
+    "base_model": "llama-2-7b",
+    "operating_point": "drop-25",
+    "task": "wikitext2",
+    "metric": "perplexity",
+    "higher_is_better": False,
+    "value": 9.0,
+    "dense_value": 5.5,
+    "eval_length": 2048,
+    "provenance": {"source": "reported", "arxiv": "9999.00001v1", "table": "Table 2", "row": "Made up | 9.0"},
+}
+CLAIMED = SHORTGPT | {"quality_claims": [CLAIM]}
+
+
+def claim_edit(**fields):
+    """An edit of CLAIMED's claim: a field set, or removed where its value is None."""
+
+    def edit(d):
+        for name, value in fields.items():
+            d["quality_claims"][0].pop(name) if value is None else d["quality_claims"][0].update({name: value})
+
+    return edit
 
 
 @pytest.mark.parametrize("path", SUBMISSIONS, ids=lambda p: p.name)
@@ -96,6 +119,20 @@ REJECTED = [
         "exactly when selection is 'explicit'",
     ),
     ("paper without id", SHORTGPT, lambda d: d["method"]["paper"].pop("arxiv"), "/method/paper", "arxiv id or url"),
+    (
+        "claim without the arXiv version",
+        CLAIMED,
+        lambda d: d["quality_claims"][0]["provenance"].update(arxiv="2403.03853"),
+        "/quality_claims/0/provenance/arxiv",
+        "2403.03853",
+    ),
+    (
+        "claim without its row",
+        CLAIMED,
+        lambda d: d["quality_claims"][0]["provenance"].pop("row"),
+        "/quality_claims/0/provenance",
+        "'row' is a required property",
+    ),
 ]
 
 
@@ -107,6 +144,24 @@ def test_schema_rejections_name_the_json_pointer(label, base, edit, pointer, fra
 
 
 CHECKED = [
+    (
+        checks.added_gemms_are_sized_by_hidden,
+        SHORTGPT,
+        lambda d: d["effects"].append(
+            {"gemm": "shortcut_rotation", "dimension": "M", "mode": "static", "granularity": "layer", "fraction": 0.5}
+        ),
+        f"/effects/{len(SHORTGPT['effects'])}",
+    ),
+    (checks.claims_are_comparable, CLAIMED, claim_edit(base_model="opt-13b"), "/quality_claims/0/base_model"),
+    (checks.claims_are_comparable, CLAIMED, claim_edit(higher_is_better=True), "/quality_claims/0/higher_is_better"),
+    (checks.claims_are_comparable, CLAIMED, claim_edit(eval_length=None), "/quality_claims/0/eval_length"),
+    (
+        checks.claims_are_comparable,
+        CLAIMED,
+        claim_edit(task="zero-shot-average", metric="mean_accuracy", higher_is_better=True),
+        "/quality_claims/0/tasks_averaged",
+    ),
+    (checks.claims_are_comparable, CLAIMED, claim_edit(tasks_averaged=["piqa"]), "/quality_claims/0/tasks_averaged"),
     (
         checks.unique_operating_points,
         SHORTGPT,
@@ -255,7 +310,7 @@ def test_cli_evaluate_refuses_a_bad_submission_and_writes_no_registry(tmp_path):
 def test_spec_hash_ignores_formatting_and_spelled_out_defaults():
     """A field added later with a default must not re-key every stored submission."""
     base, _ = validate_document(SHORTGPT)
-    spelled = mutated(SHORTGPT, lambda d: (d["effects"][0]["fraction"].update(scale=1.0), d.update(quality_claims=[])))
+    spelled = mutated(SHORTGPT, lambda d: d["effects"][0]["fraction"].update(scale=1.0))
     other, _ = validate_document(spelled)
     assert base.spec_hash() == other.spec_hash()
     changed, _ = validate_document(mutated(SHORTGPT, lambda d: d["method"].update(name="ShortGPT v2")))

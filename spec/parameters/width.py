@@ -67,7 +67,7 @@ class WidthParams(AdapterParams):
         )
 
 
-HiddenSliceSelection = Literal["magnitude", "seeded", "pca"]
+HiddenSliceSelection = Literal["magnitude", "seeded", "pca", "slicegpt"]
 
 
 class HiddenSliceParams(AdapterParams):
@@ -78,22 +78,32 @@ class HiddenSliceParams(AdapterParams):
         "magnitude",
         description=(
             "'magnitude': keep the channels of largest embedding-column norm (baseline); 'seeded': a seeded random "
-            "choice; 'pca': SliceGPT (arXiv 2401.15024): fold the RMSNorm weights into the Linears that read them, "
-            "rotate the residual stream by one orthogonal Q, the eigenvectors of the covariance of every block's "
-            "input on the calibration data (all blocks pooled), and keep the leading principal directions"
+            "choice; 'slicegpt': SliceGPT (arXiv 2401.15024): fold the RMSNorm weights into the Linears that read "
+            "them and, block by block on the calibration data, rotate the residual stream into the principal "
+            "directions of that block's input and keep the leading ones; the rotation changes between blocks, so "
+            "each residual connection runs a kept x kept shortcut GEMM (declare shortcut_rotation); 'pca': the same "
+            "with one rotation for the whole stream (PCA of every block's input pooled), so no shortcut GEMMs"
         ),
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="used when selection is 'seeded'")
     calibration: Calibration = Field(
-        default_factory=Calibration, description="the text the principal directions are computed on, for 'pca'"
+        default_factory=Calibration, description="the text the principal directions are computed on, for 'pca' and 'slicegpt'"
     )
 
     def calibration_needed(self) -> Calibration | None:
-        return self.calibration if self.selection == "pca" else None
+        return self.calibration if self.selection in ("pca", "slicegpt") else None
 
     def kept(self, hidden_size: int) -> int:
         return max(1, round((1.0 - self.sparsity) * hidden_size))
 
     def architecture_after(self, arch: ModelArchitecture) -> ModelArchitecture:
-        """Heads keep their size: head_dim stays while the hidden size shrinks."""
-        return arch.model_copy(update={"hidden_size": self.kept(arch.hidden_size)})
+        """Heads keep their size: head_dim stays while the hidden size shrinks. SliceGPT's per-block rotations
+        leave the embedding and lm_head in different bases, so they are untied."""
+        untied = {"tie_word_embeddings": False} if self.selection == "slicegpt" else {}
+        return arch.model_copy(update={"hidden_size": self.kept(arch.hidden_size), **untied})
+
+    def parameters_after(self, arch: ModelArchitecture) -> int:
+        """Plus SliceGPT's two kept x kept shortcut matrices per layer."""
+        kept = self.kept(arch.hidden_size)
+        shortcuts = 2 * arch.num_hidden_layers * kept * kept if self.selection == "slicegpt" else 0
+        return super().parameters_after(arch) + shortcuts
