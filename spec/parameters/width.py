@@ -87,7 +87,8 @@ class HiddenSliceParams(AdapterParams):
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="used when selection is 'seeded'")
     calibration: Calibration = Field(
-        default_factory=Calibration, description="the text the principal directions are computed on, for 'pca' and 'slicegpt'"
+        default_factory=Calibration,
+        description="the text the principal directions are computed on, for 'pca' and 'slicegpt'",
     )
 
     def calibration_needed(self) -> Calibration | None:
