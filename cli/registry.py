@@ -58,20 +58,43 @@ def percent(fraction: float) -> str:
     return f"{round(fraction * 100, 6):g}"
 
 
+class QualityChoice(str, Enum):
+    measured = "measured"
+    reported = "reported"
+
+
+QUALITY_NOTES = {
+    "measured": "quality: MEASURED by prunereg on the run's own model (held-out cross-entropy or its first task)",
+    "reported": (
+        "quality: REPORTED in papers (arXiv id and table per row), joined with the latency prunereg measured for "
+        "the same operating point on the same base model's shapes; loss = relative increase of perplexity, "
+        "relative drop of accuracy; one task and protocol per group"
+    ),
+}
+
+
 def frontier(
     phase: Annotated[PhaseChoice, typer.Option(help="which latency: prefill (TTFT) or decode (TPOT)")],
     batch: Annotated[int, typer.Option(min=1, help="batch size of the scenario")],
     device: Annotated[str | None, typer.Option(help="part of the device name, e.g. h200")] = None,
     model: Annotated[str | None, typer.Option(help="model name, e.g. prunereg-mini")] = None,
     speedup: Annotated[SpeedupChoice, typer.Option(help="speedup axis of the frontier")] = SpeedupChoice.measured,
+    quality: Annotated[
+        QualityChoice, typer.Option(help="quality axis: measured by prunereg, or reported in papers (never mixed)")
+    ] = QualityChoice.measured,
+    with_recovery: Annotated[
+        bool, typer.Option("--with-recovery", help="reported: admit claims that include fine-tuning after pruning")
+    ] = False,
     all_points: Annotated[bool, typer.Option("--all", help="list dominated points too, with their rank")] = False,
     db: DbOption = None,
 ) -> None:
     """Pareto frontier (speedup vs quality loss) and the family winning each loss tolerance, per scenario group.
 
-    Quality is what prunereg measured (held-out cross-entropy); claims reported in submissions are not used, since no latency was measured next to them on the same machine.
+    --quality measured (default) uses what prunereg measured on the run's model; --quality reported joins
+    the papers' claims with the latency measured for the same point on the same base model's shapes, one
+    group per task and protocol, one-shot claims only unless --with-recovery.
 
-    Example: prunereg frontier --phase prefill --batch 1 --device h200
+    Example: prunereg frontier --quality reported --phase prefill --batch 1 --device h200
     """
     from prunereg.leaderboard.display import family_label
     from prunereg.registry.analysis import scenario_analysis
@@ -79,33 +102,37 @@ def frontier(
     engine = connect(db)
     if empty := empty_registry(engine):
         raise fail(empty)
-    analyses = scenario_analysis(engine, phase.value, batch, device, model, speedup.value)
+    analyses = scenario_analysis(engine, phase.value, batch, device, model, speedup.value, quality.value, with_recovery)
+    reported = quality is QualityChoice.reported
     if not analyses:
         raise fail(
             f"no latency rows for {phase.value} at batch {batch}"
+            + (" with a reported claim for their point and base model" if reported else "")
             + (f" on a device matching '{device}'" if device else "")
             + (f" for model '{model}'" if model else "")
             + f" in the registry {registry_name(engine)}"
         )
     for a in analyses:
         k = a.key
+        task = f" · {quality.value} {k.task}" if k.task else ""
         console.print(
-            Text(f"{k.model} · {k.device_name} · {k.dtype} · {k.execution_mode} · {k.scenario}", style="bold")
+            Text(f"{k.model} · {k.device_name} · {k.dtype} · {k.execution_mode} · {k.scenario}{task}", style="bold")
         )
         if a.has_quality:
-            title = f"Pareto frontier ({a.speedup_kind} speedup)" + (" and dominated points" if all_points else "")
+            title = f"Pareto frontier ({a.speedup_kind} speedup, {quality.value} quality)" + (
+                " and dominated points" if all_points else ""
+            )
             shown = a.by_rank() if all_points else a.frontier
         else:  # e.g. random-weight runs of catalog models: still worth seeing the speedups
             title = "no measured quality in this group (random weights?): no frontier, speedups only"
             shown = a.by_rank()
         table = Table(title=Text(title))
-        for column in ("method", "family", "point", "loss %", "speedup", "theoretical", "realization", "rank"):
-            table.add_column(
-                column,
-                justify="right" if column in ("loss %", "speedup", "theoretical", "realization", "rank") else "left",
-            )
+        columns = ["method", "family", "point", "loss %", "speedup", "theoretical", "realization", "rank"]
+        for column in columns + (["reported in"] if reported else []):
+            table.add_column(column, justify="right" if column in columns[3:] else "left")
         for r in shown:
             loss = "n/a" if r.quality_loss is None else f"{r.quality_loss * 100:.1f}"
+            source = [Text(_reported_in(r))] if reported else []
             table.add_row(
                 Text(r.method_name),
                 family_label(r.family),
@@ -115,23 +142,24 @@ def frontier(
                 f"{r.theoretical_speedup:.2f}x",
                 f"{r.realization:.2f}",
                 "" if r.dominated_by is None else str(r.dominated_by),
+                *source,
             )
         console.print(table)
         if not a.has_quality:
             continue
-        bands = Table(title="best family per quality-loss tolerance")
+        bands = Table(title=f"best family per quality-loss tolerance ({quality.value} quality)")
         for column in ("tolerance", "family", "best point", "speedup"):
             bands.add_column(column, justify="right" if column == "speedup" else "left")
         for b in a.bands:
             tolerance = f"{percent(b.low)} %" if b.low == b.high else f"{percent(b.low)}–{percent(b.high)} %"
             bands.add_row(tolerance, family_label(b.family), Text(b.method), f"{b.speedup:.2f}x")
         console.print(bands)
-    console.print(
-        Text(
-            "quality: measured by prunereg (held-out cross-entropy); reported claims are not used "
-            "(no latency measured with them on the same machine)"
-        )
-    )
+    console.print(Text(QUALITY_NOTES[quality.value]))
+
+
+def _reported_in(row) -> str:
+    recovery = " + recovery fine-tuning" if row.recovery else ""
+    return f"arXiv:{row.arxiv} {row.paper_table}{recovery}"
 
 
 class ExportFormat(str, Enum):

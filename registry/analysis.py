@@ -5,15 +5,19 @@ quality budget, e.g. "prefill: static depth 0–4 %, dynamic depth 5–16 %, sta
 `transition_bands` recomputes that shape from a group's rows so the claim can be checked against
 any registry instead of being copied from a table.
 
-Quality here is only what prunereg measured on the same runs as the latency (the held-out
-cross-entropy of the embedded model). Quality claims reported in submissions are left out on
-purpose: they were measured on other models and machines and have no latency taken next to them,
-so putting them on one axis with a measured speedup would compare numbers from different setups.
+Two kinds of quality, never in one group: "measured" is what prunereg measured on the same runs as
+the latency (the embedded model's held-out cross-entropy); "reported" joins a paper's claim with the
+latency prunereg measured for the same operating point on the same base model's shapes (random
+weights: the shapes decide the time), the paper's own frontier. Reported groups hold one task under
+one protocol (`queries.claim_task`), so methods reported on other tasks are never ranked together.
+Quality loss has one definition per metric direction (spec.results.relative_loss): the relative
+increase of a perplexity or cross-entropy, the relative drop of an accuracy or of a task average.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +26,9 @@ from typing import Literal
 from sqlalchemy import Engine
 
 from .pareto import SpeedupKind, axes, frontier
-from .queries import GroupKey, Row, leaderboard_rows
+from .queries import GroupKey, Row, leaderboard_rows, reported_rows
+
+QualitySource = Literal["measured", "reported"]
 
 DENSE = "dense"
 _EPS = 1e-9  # grid tolerances are sums of floats; 0.07 must admit a loss stored as 0.07
@@ -106,14 +112,14 @@ def transition_bands(
 
 @dataclass(frozen=True)
 class ScenarioAnalysis:
-    """One group's frontier and bands. `quality_source` is always "measured": see the module doc."""
+    """One group's frontier and bands, of one quality source (see the module doc)."""
 
     key: GroupKey
     speedup_kind: SpeedupKind
     rows: list[Row]  # every latency row of the group, with pareto/dominated_by
     frontier: list[Row]  # sorted by quality loss
     bands: list[Band]
-    quality_source: Literal["measured"] = "measured"
+    quality_source: QualitySource = "measured"
 
     @property
     def has_quality(self) -> bool:
@@ -134,15 +140,20 @@ def scenario_analysis(
     device: str | None = None,
     model: str | None = None,
     speedup: SpeedupKind = "measured",
+    quality: QualitySource = "measured",
+    recovery: bool = False,
 ) -> list[ScenarioAnalysis]:
-    """Frontier and transition bands of each group at one phase and batch size.
+    """Frontier and transition bands of each group at one phase and batch size, for one quality source.
 
     `device` matches a case-insensitive substring of the device name ("h200"), `model` the exact
-    model name. Only prunereg-measured quality is used; reported claims have no latency measured
-    on the same machine and stay out. Groups come back sorted by their key.
+    model name; `recovery` admits reported claims that include fine-tuning after pruning. Groups come
+    back sorted by their key.
     """
+    if quality not in ("measured", "reported"):
+        raise ValueError(f"quality must be 'measured' or 'reported', not {quality!r}")
+    source = leaderboard_rows(engine, speedup) if quality == "measured" else reported_rows(engine, speedup, recovery)
     selected = [
-        r for r in leaderboard_rows(engine, speedup)
+        r for r in source
         if r.phase == phase and r.batch_size == batch
         and (device is None or device.lower() in r.device_name.lower())
         and (model is None or r.model == model)
@@ -151,6 +162,39 @@ def scenario_analysis(
     for row in selected:
         groups[row.group].append(row)
     return [
-        ScenarioAnalysis(key, speedup, members, frontier(members, speedup), transition_bands(members, speedup=speedup))
-        for key, members in sorted(groups.items())
+        ScenarioAnalysis(
+            key, speedup, members, frontier(members, speedup), transition_bands(members, speedup=speedup), quality
+        )
+        for key, members in sorted(groups.items(), key=lambda item: tuple(v or "" for v in item[0]))
+    ]
+
+
+@dataclass(frozen=True)
+class Realization:
+    """How close one family comes to its roofline bound in one phase and batch size: measured / theoretical."""
+
+    family: str
+    phase: str
+    batch_size: int
+    median: float
+    low: float
+    high: float
+    points: int
+
+
+def realization_by_family(rows: Sequence[Row]) -> list[Realization]:
+    """Median (and range) of the realization of each family's points, per phase and batch size.
+
+    Pass the rows of one model, device and execution mode: the paper's "static depth comes closest to
+    its bound when memory-bound" is a comparison of these medians across families in decode.
+    """
+    groups: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for r in rows:
+        if r.family != DENSE:
+            groups[(r.family, r.phase, r.batch_size)].append(r.realization)
+    return [
+        Realization(family, phase, batch, statistics.median(values), min(values), max(values), len(values))
+        for (family, phase, batch), values in sorted(
+            groups.items(), key=lambda item: (item[0][1], item[0][2], item[0][0])
+        )
     ]

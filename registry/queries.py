@@ -10,8 +10,9 @@ leaderboard/display.py's.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -26,13 +27,16 @@ MODEL_GEMMS_ONLY = ("router", "other")
 
 
 class GroupKey(NamedTuple):
-    """Rows are only comparable inside one group: same model, device, dtype, execution mode and scenario."""
+    """Rows are only comparable inside one group: same model, device, dtype, execution mode and scenario,
+    and for reported quality the same task under the same protocol (`claim_task`)."""
 
     model: str
     device_name: str
     dtype: str
     execution_mode: str
     scenario: str
+    task: str | None = None
+    """Reported quality only: the claims' task, metric and protocol; None for prunereg's measured quality."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,90 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
                 )
             )
     rows.sort(key=Row.sort_key)
+    return ranked(rows, speedup)
+
+
+def claim_task(q: QualityRecord) -> str:
+    """What two claimed figures must share to be compared, in words: task, metric, averaged tasks, protocol.
+
+    Base model and scenario come from the row's group; perplexities at other window lengths, averages
+    over other task lists and other shot counts are other quantities, so they are other groups.
+    """
+    parts = [q.task, q.metric]
+    if q.tasks_averaged:
+        parts.append("of " + ", ".join(sorted(q.tasks_averaged)))
+    if q.eval_length is not None:
+        parts.append(f"{q.eval_length}-token windows")
+    if q.shots:
+        parts.append(f"{q.shots}-shot")
+    return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class ReportedRow(Row):
+    """A latency row of a catalog model's shapes joined with a quality claim a paper reports for the same
+    operating point and base model: reported quality x measured speed, never mixed with measured quality."""
+
+    task: str = ""
+    """`claim_task` of the claim: rows are only compared within one task."""
+    value: float = math.nan
+    dense_value: float = math.nan
+    arxiv: str = ""
+    paper_table: str = ""
+    paper_row: str = ""
+    recovery: dict[str, Any] | None = None
+    """spec.submission.Recovery as JSON; None: one-shot pruning."""
+
+    @property
+    def group(self) -> GroupKey:
+        return GroupKey(self.model, self.device_name, self.dtype, self.execution_mode, self.scenario, self.task)
+
+
+def reported_rows(engine: Engine, speedup: SpeedupKind = "measured", recovery: bool = False) -> list[ReportedRow]:
+    """Every latency row of a base model that a paper reports quality for at that operating point, once per claim.
+
+    A claim meets a run through the method, the point's name and parameters and the base model, so runs of
+    an earlier submission version whose point is unchanged still count. `recovery` admits claims that include
+    fine-tuning after pruning (a different budget from one-shot pruning; left out by default).
+    """
+    claims: dict[tuple[str, str, str, str], dict[str, QualityRecord]] = defaultdict(dict)
+    params: dict[tuple[str, str], str] = {}
+    with Session(engine) as session:
+        points = select(OperatingPointRecord, SubmissionRecord).join(OperatingPointRecord.submission)
+        for point, submission in session.execute(points):
+            params[(submission.spec_hash, point.name)] = json.dumps(point.params, sort_keys=True)
+        stmt = (
+            select(QualityRecord, OperatingPointRecord, SubmissionRecord, MethodRecord)
+            .join(QualityRecord.operating_point)
+            .join(OperatingPointRecord.submission)
+            .join(SubmissionRecord.method)
+            .where(QualityRecord.provenance == "reported")
+        )
+        for q, point, _, method in session.execute(stmt):
+            if q.relative_loss is None or (q.recovery is not None and not recovery):
+                continue
+            key = (method.slug, point.name, json.dumps(point.params, sort_keys=True), q.base_model)
+            claims[key].setdefault(q.identity, q)  # the same claim in two versions of a submission counts once
+            session.expunge(q)
+    rows = []
+    for row in leaderboard_rows(engine, speedup):
+        key = (row.method_slug, row.operating_point, params[(row.spec_hash, row.operating_point)], row.model)
+        for q in claims.get(key, {}).values():
+            measured = {f.name: getattr(row, f.name) for f in fields(Row)}
+            measured.update(quality_loss=q.relative_loss, quality_task=q.task, quality_metric=q.metric)
+            rows.append(
+                ReportedRow(
+                    **measured,
+                    task=claim_task(q),
+                    value=q.value,
+                    dense_value=q.dense_value,
+                    arxiv=q.arxiv or "",
+                    paper_table=q.paper_table or "",
+                    paper_row=q.paper_row or "",
+                    recovery=q.recovery,
+                )
+            )
+    rows.sort(key=lambda r: (*r.sort_key(), r.task, r.arxiv, r.paper_table, r.value))
     return ranked(rows, speedup)
 
 

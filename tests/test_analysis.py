@@ -149,7 +149,7 @@ def test_frontier_command_prints_frontier_bands_and_quality_source(registry):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "prunereg-mini · NVIDIA H200 · bfloat16 · eager · prefill-b1-s256" in out
-    assert "quality: measured by prunereg (held-out cross-entropy)" in out
+    assert "quality: MEASURED by prunereg" in out and "REPORTED" not in out
     for text in ("ShortGPT Test", "drop-25", "LLM Pruner Test", "tolerance", "best point", "2–9 %", "10–29 %", "1.50x"):
         assert text in out, text
     assert "x86 CPU" not in out
@@ -171,3 +171,89 @@ def test_frontier_command_does_not_import_torch(registry):
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def claim(point: str, value: float, dense: float = 5.0, *, task: str = "wikitext2", **more) -> dict:
+    """A reported WikiText-2 perplexity claim on llama-2-7b (2048-token windows) unless `task`/`more` say otherwise."""
+    metric = {"task": task, "metric": "perplexity", "higher_is_better": False, "eval_length": 2048}
+    if task == "zero-shot-average":
+        metric = {"task": task, "metric": "mean_accuracy", "higher_is_better": True, "shots": 0}
+        metric["tasks_averaged"] = ["arc_easy", "piqa"]
+    return {
+        "base_model": "llama-2-7b",
+        "operating_point": point,
+        "value": value,
+        "dense_value": dense,
+        "provenance": {"source": "reported", "arxiv": "9999.00002v3", "table": "Table 4", "row": f"{point} | {value}"},
+        **metric,
+        **more,
+    }
+
+
+@pytest.fixture
+def reported(tmp_path):
+    """Two methods with claims on llama-2-7b, measured on llama-2-7b shapes (random weights, no measured quality)."""
+    from prunereg.registry.db import connect
+
+    engine = connect(str(tmp_path / "reported.db"))
+    depth = make_submission(
+        "shortgpt-test",
+        name="ShortGPT Test",
+        claims=[claim("drop-25", 6.0), claim("drop-50", 20.0), claim("drop-25", 55.0, 60.0, task="zero-shot-average")],
+    )
+    recovered = {"data": "Alpaca", "method": "LoRA"}
+    width = make_submission(
+        "llm-pruner-test",
+        name="LLM Pruner Test",
+        adapter="width",
+        claims=[
+            claim("width-25", 5.5),
+            claim("width-50", 7.0, recovery=recovered),
+            claim("width-50", 9.0, base_model="llama-3-8b"),
+        ],
+    )
+    shapes = {"model": "llama-2-7b", "weights": "random", "losses": {}}
+    ingest(engine, depth, make_result(depth, speedups={"drop-25": 1.3, "drop-50": 1.9}, **shapes))
+    ingest(engine, width, make_result(width, speedups={"width-25": 1.2, "width-50": 1.8}, **shapes))
+    yield engine, tmp_path / "reported.db"
+    engine.dispose()
+
+
+def test_reported_quality_joins_claims_with_the_latency_of_their_point_and_base_model(reported):
+    engine, _ = reported
+    assert all(not a.has_quality for a in scenario_analysis(engine, "prefill", 1))  # measured: random weights only
+    groups = scenario_analysis(engine, "prefill", 1, quality="reported")
+    assert [(a.quality_source, a.key.model, a.key.task) for a in groups] == [
+        ("reported", "llama-2-7b", "wikitext2 · perplexity · 2048-token windows"),
+        ("reported", "llama-2-7b", "zero-shot-average · mean_accuracy · of arc_easy, piqa"),
+    ]
+    perplexity, average = groups
+    losses = {(r.method_slug, r.operating_point): round(r.quality_loss, 6) for r in perplexity.rows}
+    assert losses == {
+        ("shortgpt-test", "drop-25"): 0.2,
+        ("shortgpt-test", "drop-50"): 3.0,
+        ("llm-pruner-test", "width-25"): 0.1,
+    }
+    assert [r.operating_point for r in perplexity.frontier] == ["width-25", "drop-25", "drop-50"]
+    assert [b.family for b in perplexity.bands] == ["dense", "static_width", "static_depth"]
+    assert all(r.arxiv == "9999.00002v3" and r.paper_table == "Table 4" for r in perplexity.rows)
+    ((row),) = average.rows
+    assert row.quality_loss == pytest.approx(5 / 60) and row.recovery is None
+
+
+def test_recovery_claims_join_only_when_asked(reported):
+    engine, _ = reported
+    (perplexity, _) = scenario_analysis(engine, "prefill", 1, quality="reported", recovery=True)
+    (width_50,) = [r for r in perplexity.rows if r.operating_point == "width-50"]
+    assert width_50.recovery == {"data": "Alpaca", "method": "LoRA", "tokens": None}
+    assert width_50.quality_loss == pytest.approx(0.4)
+
+
+def test_frontier_command_labels_reported_quality_and_its_sources(reported):
+    _, path = reported
+    result = cli("frontier", "--quality", "reported", "--phase", "prefill", "--batch", "1", "--db", str(path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "llama-2-7b · NVIDIA H200 · bfloat16 · eager · prefill-b1-s256 · reported wikitext2" in out
+    assert "reported quality" in out and "arXiv:9999.00002v3 Table 4" in out and "quality: REPORTED in papers" in out
+    assert "MEASURED" not in out
