@@ -170,6 +170,7 @@ class ExportFormat(str, Enum):
 class ExportTable(str, Enum):
     latency = "latency"
     quality = "quality"
+    reported = "reported"
 
 
 def export(

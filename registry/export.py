@@ -1,4 +1,4 @@
-"""The registry as two flat tables for pandas users: latency rows and quality figures.
+"""The registry as three flat tables for pandas users: latency rows, quality figures, reported quality x speed.
 
 Flat records (one dict per row, scalar values only) load with `pandas.DataFrame(records)` or
 `pandas.read_csv` without any unnesting. Every latency row carries its full provenance: the
@@ -14,7 +14,8 @@ its weights files' sha256 (`checkpoint_sha256`, comma-separated in file order; e
 adapter). The quality table keeps
 prunereg's measurements (`provenance` "measured", with the run they belong to) and the claims
 reported in submissions ("reported" / "measured-elsewhere", with arXiv id and table) side by side,
-never merged.
+never merged. The reported table is the papers' frontier: each claim next to the latency prunereg measured
+for its point on its base model's shapes, `quality_provenance` "reported" on every row.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from prunereg.spec.results import Environment, GpuState
 
-from .queries import Row, leaderboard_rows
+from .queries import Row, leaderboard_rows, reported_rows
 from .schema import MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
 
 ENV_FIELDS = tuple(Environment.model_fields)
@@ -119,7 +120,35 @@ def quality_records(engine: Engine) -> list[dict[str, Any]]:
     return sorted(out, key=lambda rec: tuple("" if rec[k] is None else str(rec[k]) for k in key))
 
 
-TABLES = {"latency": (LATENCY_COLUMNS, latency_records), "quality": (QUALITY_COLUMNS, quality_records)}
+REPORTED_COLUMNS = (
+    *(c for c in LATENCY_COLUMNS if not c.startswith(("quality_", "pareto", "dominated_by"))),
+    "quality_provenance", "quality_loss", "reported_task", "reported_value", "reported_dense_value", "arxiv",
+    "paper_table", "paper_row", "recovery_data", "recovery_tokens", "recovery_method", "pareto", "dominated_by",
+)  # fmt: skip
+
+
+def reported_records(engine: Engine) -> list[dict[str, Any]]:
+    """Reported quality x measured speed (queries.reported_rows, recovery claims included and marked), one row per
+    claim and latency measurement, with `REPORTED_COLUMNS`; `pareto` is within the claim's task group, one-shot and
+    recovered claims ranked together."""
+    out = []
+    for r in reported_rows(engine, recovery=True):
+        record = latency_record(r)
+        out.append({
+            **{c: record[c] for c in REPORTED_COLUMNS if c in record},
+            "quality_provenance": "reported", "reported_task": r.task, "reported_value": r.value,
+            "reported_dense_value": r.dense_value, "arxiv": r.arxiv, "paper_table": r.paper_table,
+            "paper_row": r.paper_row, **{f"recovery_{f}": (r.recovery or {}).get(f) for f in ("data", "tokens", "method")},
+        })  # fmt: skip
+    return out
+
+
+TABLES = {
+    "latency": (LATENCY_COLUMNS, latency_records),
+    "quality": (QUALITY_COLUMNS, quality_records),
+    "reported": (REPORTED_COLUMNS, reported_records),
+}
+"""`latency` carries only prunereg's measured quality; `reported` joins the papers' claims with measured latency."""
 
 
 def export_csv(engine: Engine, table: str = "latency") -> str:
@@ -133,5 +162,5 @@ def export_csv(engine: Engine, table: str = "latency") -> str:
 
 
 def export_json(engine: Engine, tables: Sequence[str] = tuple(TABLES)) -> str:
-    """{"latency": [...], "quality": [...]} (the tables asked for): `pandas.DataFrame(data["latency"])`."""
+    """{"latency": [...], "quality": [...], "reported": [...]} (the tables asked for): `pandas.DataFrame(data["latency"])`."""
     return json.dumps({t: TABLES[t][1](engine) for t in tables}, indent=1, ensure_ascii=False) + "\n"

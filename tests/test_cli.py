@@ -79,7 +79,9 @@ def test_an_empty_registry_is_named_and_said_to_be_empty(tmp_path):
     assert export.returncode == 0 and export.stdout.startswith("method_slug,") and export.stdout.count("\n") == 1
     assert str(db) in export.stderr and "is empty" in export.stderr
     exported = prunereg("export", "--format", "json", "--db", str(db))
-    assert json.loads(exported.stdout) == {"latency": [], "quality": []} and "is empty" in exported.stderr
+    assert (
+        json.loads(exported.stdout) == {"latency": [], "quality": [], "reported": []} and "is empty" in exported.stderr
+    )
     site = prunereg("leaderboard", "build", "--out", str(tmp_path / "site"), "--db", str(db))
     assert site.returncode == 0, site.stderr
     assert str(db) in site.stderr and "is empty" in site.stderr
@@ -238,9 +240,10 @@ def test_point_checks_only_the_named_points_and_prune_replaces_its_checkpoint(tm
     from prunereg.spec.catalog import EMBEDDED_MODEL, Phase, Scenario
     from prunereg.spec.validate import validate_file
 
-    document = json.loads((ROOT / "submissions" / "shortgpt.json").read_text())
-    _, bad = document["adapter"]["operating_points"]
-    bad.update(name="drop-75", params={"sparsity": 0.75, "selection": "deepest"})
+    document = json.loads((ROOT / "submissions" / "shortgpt.json").read_text()) | {"quality_claims": []}
+    document["adapter"]["operating_points"][1:] = [
+        {"name": "drop-75", "params": {"sparsity": 0.75, "selection": "deepest"}}
+    ]
     submission = tmp_path / "shortgpt.json"
     submission.write_text(json.dumps(document))
     spec, problems = validate_file(submission)

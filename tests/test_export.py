@@ -75,7 +75,7 @@ def test_csv_quality_table_keeps_reported_claims_apart(registry):
 def test_json_round_trips_with_both_tables_and_provenance(registry, tmp_path):
     _, path = registry
     data = json.loads(export(path, "--format", "json"))
-    assert set(data) == {"latency", "quality"}
+    assert set(data) == {"latency", "quality", "reported"}
     assert len(data["latency"]) == 8 and len(data["quality"]) == 4
     assert {r["provenance"] for r in data["quality"]} == {"measured", "reported"}
     assert data["latency"][0]["env_device_name"] == "NVIDIA H200" and data["latency"][0]["env_threads"] == 16
