@@ -30,7 +30,7 @@ from prunereg.harness.trace import check_declaration
 from prunereg.spec.catalog import ModelArchitecture, Phase, Scenario, devices, models, suite_tasks
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import ResolvedEffect, resolve
-from prunereg.spec.parameters import CheckpointParams
+from prunereg.spec.parameters import AdapterParams, CheckpointParams
 from prunereg.spec.results import (
     CalibrationRecord,
     CheckpointRecord,
@@ -92,14 +92,15 @@ def evaluate(
         if point.name in done:
             on_step(f"{point.name} · already in the registry")
             continue
-        if point.params.calibration_needed() is not None:
+        params = params_to_run(loaded, point)
+        if params.calibration_needed() is not None:
             on_step(f"{point.name} · calibrating")
         checkpoint = checkpoint_record(point, folder)
         started = time.perf_counter()
-        pruned, effects = apply_point(submission, loaded, point, folder)
+        pruned, effects = apply_point(submission, loaded, point, folder, params)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        calibration = calibration_record(loaded, point, time.perf_counter() - started)
+        calibration = calibration_record(loaded, params, time.perf_counter() - started)
         on_step(f"{point.name} · tracing GEMMs")
         gemms = checked_gemms(loaded, pruned, effects, point.name)
         latency = []
@@ -110,7 +111,7 @@ def evaluate(
         point_result = PointResult(
             operating_point=point.name, effects=effects, gemms=gemms, stats=model_stats(pruned, peak),
             latency=latency, quality=[q.of(pruned) for q in qualities], calibration=calibration,
-            checkpoint=checkpoint,
+            checkpoint=checkpoint, stand_in=getattr(params, "selection", None) if params is not point.params else None,
         )  # fmt: skip
         del pruned
         store(result(points=[point_result]))
@@ -188,14 +189,26 @@ def _submission_folder(folder: Path | None) -> Path:
     return folder
 
 
+def params_to_run(loaded: LoadedModel, point: OperatingPoint) -> AdapterParams:
+    """The point's parameters, or on random weights its shape stand-in (AdapterParams.shape_stand_in) where one fits."""
+    stand_in = point.params.shape_stand_in() if loaded.weights == "random" else None
+    return stand_in if stand_in is not None and stand_in.misfit(loaded.architecture) is None else point.params
+
+
 def apply_point(
-    submission: Submission, loaded: LoadedModel, point: OperatingPoint, folder: Path | None = None
+    submission: Submission,
+    loaded: LoadedModel,
+    point: OperatingPoint,
+    folder: Path | None = None,
+    params: AdapterParams | None = None,
 ) -> tuple[PreTrainedModel, list[ResolvedEffect]]:
     """A pruned copy of the loaded model at one operating point, and the effects it declares there.
 
     A selection that scores on activations gets its declared calibration batches, run on the
     dense copy before the adapter prunes it. A submitted checkpoint (adapter 'checkpoint') is loaded
     from under `folder`, the submission file's folder; the dense model is only read then, not copied.
+    `params` replaces the point's parameters (its shape stand-in, from `params_to_run`); the effects are
+    always the point's own.
     """
     if isinstance(point.params, CheckpointParams):
         from prunereg.adapters.checkpoint import ADAPTER, CheckpointError
@@ -205,19 +218,20 @@ def apply_point(
         except CheckpointError as err:
             raise EvaluationError(f"operating point '{point.name}': {err}") from None
         return pruned, resolve(submission.effects, point.params)
-    calibration = point.params.calibration_needed()
+    params = params or point.params
+    calibration = params.calibration_needed()
     ids = None
     if calibration is not None:
         config = loaded.model.config
         ids = calibration_ids(calibration, loaded.tokenizer, config.vocab_size, config.max_position_embeddings)
-    pruned = get_adapter(submission.adapter.name).apply(copy.deepcopy(loaded.model), point.params, ids)
+    pruned = get_adapter(submission.adapter.name).apply(copy.deepcopy(loaded.model), params, ids)
     return pruned, resolve(submission.effects, point.params)
 
 
-def calibration_record(loaded: LoadedModel, point: OperatingPoint, seconds: float) -> CalibrationRecord | None:
-    """The calibration `apply_point` ran the point's selection on (length capped as `calibration_ids` caps it),
+def calibration_record(loaded: LoadedModel, params: AdapterParams, seconds: float) -> CalibrationRecord | None:
+    """The calibration `apply_point` ran the selection of `params` on (length capped as `calibration_ids` caps it),
     and `seconds`, the wall-clock time of that apply stage; None when the selection needs no calibration."""
-    declared = point.params.calibration_needed()
+    declared = params.calibration_needed()
     if declared is None:
         return None
     length = declared.length_on(loaded.model.config.max_position_embeddings)

@@ -42,7 +42,7 @@ LATENCY_COLUMNS = (
     "method_slug", "method_name", "family", "spec_hash", "operating_point", "model", "weights",
     "environment_key", *(f"env_{f}" for f in ENV_FIELDS), "scenario", "phase", "batch_size", "seq_len",
     "median_ms", "p20_ms", "p80_ms", "dense_median_ms", "speedup", "theoretical_speedup", "realization",
-    "execution", "fallback", *GPU_COLUMNS, "kernels", *CALIBRATION_COLUMNS, "checkpoint_sha256",
+    "execution", "fallback", *GPU_COLUMNS, "kernels", *CALIBRATION_COLUMNS, "checkpoint_sha256", "stand_in",
     "quality_provenance", "quality_loss", "quality_task", "quality_metric", "pareto", "dominated_by",
 )  # fmt: skip
 QUALITY_COLUMNS = (
@@ -77,6 +77,7 @@ def latency_record(r: Row) -> dict[str, Any]:
         "execution": r.execution, "fallback": r.fallback, **_gpu("before", r.gpu_before),
         **_gpu("after", r.gpu_after), "kernels": ",".join(r.kernels), **_calibration(r.calibration),
         "checkpoint_sha256": ",".join(f["sha256"] for f in r.checkpoint["files"]) if r.checkpoint else None,
+        "stand_in": r.stand_in,
         "quality_provenance": None if r.quality_loss is None else "measured",
         "quality_loss": r.quality_loss, "quality_task": r.quality_task, "quality_metric": r.quality_metric,
         "pareto": r.pareto, "dominated_by": r.dominated_by,

@@ -21,7 +21,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from prunereg.spec.catalog import models
-from prunereg.spec.result_checks import calibration_mismatch, checkpoint_mismatch, fallback_mismatch
+from prunereg.spec.result_checks import (
+    calibration_mismatch,
+    checkpoint_mismatch,
+    fallback_mismatch,
+    ran_params,
+    stand_in_mismatch,
+)
 from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, QualityResult, relative_loss
 from prunereg.spec.submission import QualityClaim, Reported, Submission, spec_hash
 
@@ -109,8 +115,13 @@ def _check_matches(submission: Submission, result: EvaluationResult | None) -> N
         if point.operating_point not in names:
             raise ValueError(f"result names unknown operating point {point.operating_point!r}")
         params = submission.point(point.operating_point).params
+        problem = stand_in_mismatch(result.weights, params, point.stand_in)
+        if problem:
+            raise ValueError(f"{point.operating_point}: stand-in {problem}")
         problem = calibration_mismatch(
-            params.calibration_needed(), point.calibration, arch.max_position_embeddings if arch else None
+            ran_params(params, point.stand_in).calibration_needed(),
+            point.calibration,
+            arch.max_position_embeddings if arch else None,
         )
         if problem:
             raise ValueError(f"{point.operating_point}: calibration record {problem}")
@@ -334,7 +345,9 @@ def measurement_digest(run: dict[str, Any], latency: list[dict[str, Any]], quali
     figure names them only where its results file has them, so every older file keeps its digest. So does
     the checkpoint record (`run["checkpoint"]`, stored since revision 0006): the weights' sha256 say which
     bytes were measured, so other weights under the same folder are another run; only a `checkpoint` point
-    has one, so every other run, and every file from before 0006, keeps its digest.
+    has one, so every other run, and every file from before 0006, keeps its digest. The stand-in selection
+    of a random-weight run (`run["stand_in"]`, since 0008) likewise: what pruned the model is part of what was
+    measured, and only a run that had one names it.
     """
     blob: dict[str, Any] = {
         "run": {k: run[k] for k in MEASURED_RUN},
@@ -345,6 +358,8 @@ def measurement_digest(run: dict[str, Any], latency: list[dict[str, Any]], quali
         blob["calibration"] = run["calibration"]
     if run.get("checkpoint") is not None:
         blob["checkpoint"] = run["checkpoint"]
+    if run.get("stand_in") is not None:
+        blob["stand_in"] = run["stand_in"]
     return spec_hash(blob)[:32]
 
 
@@ -376,6 +391,8 @@ def _measured(result: EvaluationResult, point: PointResult) -> dict[str, Any]:
         calibration=point.calibration.model_dump(mode="json") if point.calibration else None,
         checkpoint=point.checkpoint.model_dump(mode="json") if point.checkpoint else None,
     )
+    if point.stand_in is not None:  # named only where there is one, so earlier runs keep their digests
+        run["stand_in"] = point.stand_in
     return dict(
         run=run,
         latency=[_latency_row(lat) for lat in point.latency],

@@ -80,6 +80,8 @@ class Row:
     """The run's spec.results.CalibrationRecord as JSON (data used and seconds); None where the selection needs none."""
     checkpoint: dict[str, Any] | None = None
     """The run's spec.results.CheckpointRecord as JSON (folder, base, sha256 per file); None but for `checkpoint`."""
+    stand_in: str | None = None
+    """Random weights: the shape stand-in selection that pruned in place of the point's own; None where it ran."""
     pareto: bool = False
     dominated_by: int | None = None
 
@@ -175,6 +177,7 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
                     gpu_after=lat.gpu_after,
                     calibration=run.calibration,
                     checkpoint=run.checkpoint,
+                    stand_in=run.stand_in,
                 )
             )
     rows.sort(key=Row.sort_key)
@@ -348,6 +351,8 @@ class RunDetail:
     """spec.results.CalibrationRecord as JSON: the calibration data used and its seconds; None if none was needed."""
     checkpoint: dict[str, Any] | None = None
     """spec.results.CheckpointRecord as JSON: the submitted folder, its base and each weights file's sha256."""
+    stand_in: str | None = None
+    """Random weights: the shape stand-in selection that pruned in place of the point's own."""
 
 
 @dataclass(frozen=True)
@@ -414,6 +419,7 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
                         [_quality(q) for q in r.quality],
                         r.calibration,
                         r.checkpoint,
+                        r.stand_in,
                     )  # fmt: skip
                     for r in p.runs
                 ]

@@ -138,6 +138,9 @@ class Run(Base):
         JSON(none_as_null=True), doc="spec.results.CalibrationRecord as JSON: calibration used and its seconds"
     )
     # none_as_null: a point of any adapter but `checkpoint` is SQL NULL, as in rows from before revision 0006
+    stand_in: Mapped[str | None] = mapped_column(
+        String(40), doc="random weights: the shape stand-in selection that pruned in place of the point's own"
+    )
     checkpoint: Mapped[dict[str, Any] | None] = mapped_column(
         JSON(none_as_null=True), doc="spec.results.CheckpointRecord as JSON: the submitted folder and its sha256s"
     )

@@ -117,13 +117,44 @@ def calibration_mismatch(
     return None
 
 
+def stand_in_mismatch(weights: str, params: AdapterParams, stand_in: str | None) -> str | None:
+    """Why a point's stand-in selection is not one prunereg would have used: only on random weights, and only
+    the point's own shape stand-in (AdapterParams.shape_stand_in)."""
+    if stand_in is None:
+        return None
+    if weights != "random":
+        return f"'{stand_in}' stood in on {weights} weights, where the point's own selection must run"
+    expected = params.shape_stand_in()
+    if expected is None or getattr(expected, "selection", None) != stand_in:
+        allowed = "none" if expected is None else repr(getattr(expected, "selection", None))
+        return f"'{stand_in}' is not this point's shape stand-in ({allowed})"
+    return None
+
+
+def stand_in_is_the_points(saved: SavedEvaluation) -> Iterator[Problem]:
+    """A stand-in selection is the point's own shape stand-in, and only on random weights."""
+    params = {p.name: p.params for p in saved.submission.adapter.operating_points}
+    for i, point in enumerate(saved.result.points):
+        if point.operating_point in params:
+            problem = stand_in_mismatch(saved.result.weights, params[point.operating_point], point.stand_in)
+            if problem:
+                yield Problem(f"/result/points/{i}/stand_in", problem)
+
+
+def ran_params(params: AdapterParams, stand_in: str | None) -> AdapterParams:
+    """The parameters a point ran with: its own, or its shape stand-in where the result names one."""
+    stand_in_params = params.shape_stand_in() if stand_in is not None else None
+    return stand_in_params if stand_in_params is not None else params
+
+
 def calibration_is_the_declaration(saved: SavedEvaluation) -> Iterator[Problem]:
-    """Each point's calibration record is the one its params declare, capped at the catalog model's context."""
+    """Each point's calibration record is the one its params (or its stand-in's) declare, capped at the catalog
+    model's context."""
     params = {p.name: p.params for p in saved.submission.adapter.operating_points}
     arch = models().get(saved.result.model)
     for i, point in enumerate(saved.result.points):
         if point.operating_point in params:
-            declared = params[point.operating_point].calibration_needed()
+            declared = ran_params(params[point.operating_point], point.stand_in).calibration_needed()
             problem = calibration_mismatch(declared, point.calibration, arch.max_position_embeddings if arch else None)
             if problem:
                 yield Problem(f"/result/points/{i}/calibration", problem)
@@ -281,6 +312,7 @@ RESULT_CHECKS: list[ResultCheck] = [
     points_are_the_submissions,
     scenarios_and_tasks_unique,
     effects_are_the_declaration,
+    stand_in_is_the_points,
     calibration_is_the_declaration,
     checkpoint_is_the_declaration,
     statistics_are_the_samples,

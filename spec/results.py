@@ -280,6 +280,11 @@ class PointResult(Measured):
     checkpoint: CheckpointRecord | None = Field(
         None, description="the submitted checkpoint the point loaded (adapter 'checkpoint'); none for other adapters",
     )  # fmt: skip
+    stand_in: str | None = Field(
+        None, max_length=40, pattern=r"^[a-z_]+$",
+        description="random weights only: the baseline selection that pruned in place of the point's calibrated one, "
+        "with the same GEMM shapes (AdapterParams.shape_stand_in); none where the point's own selection ran",
+    )  # fmt: skip
 
 
 class EvaluationResult(Measured):

@@ -10,6 +10,7 @@ covered by its table row; its own test file keeps only what is particular to its
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import pytest
 import torch
@@ -128,3 +129,29 @@ def test_cached_decoding_equals_a_full_forward(model_type, name, params):
         for t in range(PREFILL, IDS.shape[1]):
             steps.append(small(IDS[:, t : t + 1], use_cache=True, **{cache_argument(small): cache}).logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), logits(small, IDS), rtol=1e-4, atol=1e-4)
+
+
+STAND_INS = [pytest.param(name, params, id=pid) for name, params, pid in (
+    (p.values[0], p.values[1], p.id) for p in EXAMPLES
+) if params.shape_stand_in() is not None]  # fmt: skip
+
+
+def linear_weights(model) -> Counter:
+    """How many weights of each kind and shape (the layer they are in does not change a GEMM's shape)."""
+    return Counter(
+        (n.split(".")[-2], tuple(p.shape))
+        for n, p in model.named_parameters()
+        if n.endswith("weight") and "norm" not in n
+    )
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+@pytest.mark.parametrize("name,params", STAND_INS)
+def test_a_shape_stand_in_prunes_to_the_same_shapes_without_calibration(model_type, name, params):
+    """What `prunereg evaluate` runs on random weights in place of a calibrated selection: the same GEMMs."""
+    _, faithful = pruned(model_type, name, params)
+    stand_in = params.shape_stand_in()
+    assert stand_in.calibration_needed() is None and type(stand_in) is type(params)
+    _, standing = pruned(model_type, name, stand_in)
+    assert linear_weights(standing) == linear_weights(faithful)
+    assert standing.config.to_dict() == faithful.config.to_dict()

@@ -30,7 +30,10 @@ def load(slug: str):
 
 @pytest.fixture(scope="module")
 def shortgpt_result():
-    return load("shortgpt"), evaluate(load("shortgpt"), EMBEDDED_MODEL, "cpu", SCENARIOS, warmup=1, repeats=3)
+    demo = {"drop-25", "drop-50"}  # the shipped file also has its papers' points; these two are the demo's
+    return load("shortgpt"), evaluate(
+        load("shortgpt"), EMBEDDED_MODEL, "cpu", SCENARIOS, warmup=1, repeats=3, only=demo
+    )
 
 
 @pytest.mark.slow
@@ -123,3 +126,30 @@ def test_graph_mode_on_a_cpu_is_refused_in_one_line(tmp_path):
     )
     assert out.exit_code == 1 and "Traceback" not in out.output
     assert "error: --mode graph captures CUDA Graphs and needs --device cuda" in out.output
+
+
+def test_random_weights_prune_with_the_shape_stand_in_and_record_it(monkeypatch):
+    """On random weights a calibrated selection's choice means nothing: its stand-in prunes to the same shapes,
+    needs no calibration, and the result says so, which ingestion accepts only for random weights."""
+    import dataclasses
+
+    import torch
+
+    import prunereg.evaluate as pipeline
+    from prunereg.spec.result_checks import stand_in_mismatch
+
+    submission = load("shortgpt")
+    trained = pipeline.load_checked(submission, EMBEDDED_MODEL, "cpu", torch.float32, [submission.point("drop-50")])
+    random_weights = dataclasses.replace(trained, weights="random", tokenizer=None)
+    monkeypatch.setattr(pipeline, "load_checked", lambda *args: random_weights)
+    result = evaluate(submission, EMBEDDED_MODEL, "cpu", SCENARIOS[:1], warmup=0, repeats=3, only={"drop-50"})
+    (point,) = result.points
+    assert (point.stand_in, point.calibration, point.quality) == ("deepest", None, [])
+    own = pipeline.params_to_run(trained, submission.point("drop-50"))
+    assert own is submission.point("drop-50").params and own.selection == "block_influence"
+    same_shapes, _ = pipeline.apply_point(submission, trained, submission.point("drop-50"), params=own.shape_stand_in())
+    assert point.stats.num_layers == same_shapes.config.num_hidden_layers == 4
+    engine = connect("sqlite://")
+    ingest(engine, submission, result)
+    assert stand_in_mismatch("trained", own, "deepest") is not None
+    assert stand_in_mismatch("random", own, "seeded") == "'seeded' is not this point's shape stand-in ('deepest')"

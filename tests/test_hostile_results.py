@@ -251,6 +251,8 @@ VARIANTS: dict[str, Callable[[Path], Path | list[Path]]] = {  # each makes the f
     "calibration-seconds-negative": edit(put(CAL, {**RECORD, "seconds": -1.0})),
     "calibration-of-another-set": edit(put(CAL, {**RECORD, "dataset": "wikitext2-test"})),
     "checkpoint-where-none-is-loaded": edit(put("/result/points/0/checkpoint", CHECKPOINT)),
+    "stand-in-on-trained-weights": edit(put("/result/points/0/stand_in", "deepest")),
+    "stand-in-not-a-selection-name": edit(put("/result/points/0/stand_in", "deepest; drop table runs")),
     "checkpoint-sha256-not-hex": edit(put("/result/points/0/checkpoint", {**CHECKPOINT, "files": [{**WEIGHTS, "sha256": "z" * 64}]})),
     # edited embedded submissions
     "renamed-method": edit(resubmitted(put("/method/name", "Hijacked"))),

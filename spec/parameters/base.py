@@ -66,6 +66,21 @@ class AdapterParams(Frozen):
         """The calibration data this point's selection scores on; None for a selection that needs none."""
         return None
 
+    def shape_stand_in(self) -> AdapterParams | None:
+        """This point with a baseline selection that gives the same GEMM shapes and needs no calibration, or None.
+
+        On random weights a calibrated choice means nothing (its activations are random) and no quality is
+        measured, so `prunereg evaluate` prunes with the stand-in and records it: the latency is that of
+        the point's shapes, without minutes of calibration on a large model. None where the selection
+        changes the shapes (SliceGPT's shortcuts) or runs its own GEMMs (a router, a pattern estimate); a
+        stand-in that does not fit the model (`misfit`) is not used.
+        """
+        return None
+
+    def _with_selection(self, calibrated: tuple[str, ...], baseline: str) -> AdapterParams | None:
+        selection = getattr(self, "selection", None)
+        return self.model_copy(update={"selection": baseline}) if selection in calibrated else None
+
 
 def _refusal(check, *args) -> str | None:
     """The message of the ValueError `check(*args)` raises, or None."""

@@ -48,6 +48,10 @@ class LayerDropParams(AdapterParams):
     def calibration_needed(self) -> Calibration | None:
         return self.calibration if self.selection in ("block_influence", "sleb") else None
 
+    def shape_stand_in(self) -> AdapterParams | None:
+        """'deepest' removes as many layers (every layer has one shape)."""
+        return self._with_selection(("block_influence", "sleb"), "deepest")
+
     def count(self, num_layers: int) -> int:
         return round(self.sparsity * num_layers)
 

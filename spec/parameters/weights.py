@@ -25,6 +25,10 @@ class WeightSelection(AdapterParams):
     def calibration_needed(self) -> Calibration | None:
         return None if self.selection == "magnitude" else self.calibration
 
+    def shape_stand_in(self) -> AdapterParams | None:
+        """'magnitude' zeroes as many weights in the same pattern."""
+        return self._with_selection(("wanda", "sparsegpt"), "magnitude")
+
 
 class SemiStructuredParams(WeightSelection):
     """2:4 sparsity along K: in every group of four consecutive input weights, two are zero."""
@@ -64,6 +68,10 @@ class LowRankParams(AdapterParams):
 
     def calibration_needed(self) -> Calibration | None:
         return None if self.selection == "svd" else self.calibration
+
+    def shape_stand_in(self) -> AdapterParams | None:
+        """Plain SVD factors to the same rank."""
+        return self._with_selection(("svd_llm", "asvd"), "svd")
 
     def rank(self, k: int, n: int) -> int:
         """r with r·(K+N) ≈ (1 − sparsity)·K·N; at 0 % the full rank min(K, N) keeps the GEMM exact.

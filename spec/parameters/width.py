@@ -37,6 +37,10 @@ class WidthParams(AdapterParams):
     def calibration_needed(self) -> Calibration | None:
         return self.calibration if self.selection in ("taylor", "flap") else None
 
+    def shape_stand_in(self) -> AdapterParams | None:
+        """'magnitude' keeps as many KV groups and channels in every layer."""
+        return self._with_selection(("taylor", "flap"), "magnitude")
+
     def kept_kv_groups(self, num_kv_heads: int) -> int:
         """KV groups kept; heads go in whole groups so grouped-query attention stays well formed."""
         removed = self.attention_sparsity * num_kv_heads
@@ -93,6 +97,10 @@ class HiddenSliceParams(AdapterParams):
 
     def calibration_needed(self) -> Calibration | None:
         return self.calibration if self.selection in ("pca", "slicegpt") else None
+
+    def shape_stand_in(self) -> AdapterParams | None:
+        """'magnitude' slices to the same width; 'slicegpt' has none (its shortcut GEMMs)."""
+        return self._with_selection(("pca",), "magnitude")
 
     def kept(self, hidden_size: int) -> int:
         return max(1, round((1.0 - self.sparsity) * hidden_size))
