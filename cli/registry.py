@@ -159,7 +159,8 @@ def frontier(
 
 def _reported_in(row) -> str:
     recovery = " + recovery fine-tuning" if row.recovery else ""
-    return f"arXiv:{row.arxiv} {row.paper_table}{recovery}"
+    timed = f" (timed on {row.model}, same shapes)" if row.model != row.base_model else ""
+    return f"arXiv:{row.arxiv} {row.paper_table}{recovery}{timed}"
 
 
 class ExportFormat(str, Enum):

@@ -146,7 +146,7 @@ def scenario_analysis(
     """Frontier and transition bands of each group at one phase and batch size, for one quality source.
 
     `device` matches a case-insensitive substring of the device name ("h200"), `model` the exact
-    model name; `recovery` admits reported claims that include fine-tuning after pruning. Groups come
+    model name (for reported quality, the claims' base model); `recovery` admits reported claims that include fine-tuning after pruning. Groups come
     back sorted by their key.
     """
     if quality not in ("measured", "reported"):
@@ -156,7 +156,7 @@ def scenario_analysis(
         r for r in source
         if r.phase == phase and r.batch_size == batch
         and (device is None or device.lower() in r.device_name.lower())
-        and (model is None or r.model == model)
+        and (model is None or r.group.model == model)
     ]  # fmt: skip
     groups: dict[GroupKey, list[Row]] = defaultdict(list)
     for row in selected:

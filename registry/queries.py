@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from prunereg.spec.catalog import models
+
 from .pareto import SpeedupKind, ranked
 from .schema import LatencyMeasurement, MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
 
@@ -205,6 +207,8 @@ class ReportedRow(Row):
     """A latency row of a catalog model's shapes joined with a quality claim a paper reports for the same
     operating point and base model: reported quality x measured speed, never mixed with measured quality."""
 
+    base_model: str = ""
+    """The claim's base model: the row's `model`, or a catalog model of the same shapes that was timed for it."""
     task: str = ""
     """`claim_task` of the claim: rows are only compared within one task."""
     value: float = math.nan
@@ -217,15 +221,18 @@ class ReportedRow(Row):
 
     @property
     def group(self) -> GroupKey:
-        return GroupKey(self.model, self.device_name, self.dtype, self.execution_mode, self.scenario, self.task)
+        return GroupKey(self.base_model, self.device_name, self.dtype, self.execution_mode, self.scenario, self.task)
 
 
 def reported_rows(engine: Engine, speedup: SpeedupKind = "measured", recovery: bool = False) -> list[ReportedRow]:
     """Every latency row of a base model that a paper reports quality for at that operating point, once per claim.
 
     A claim meets a run through the method, the point's name and parameters and the base model, so runs of
-    an earlier submission version whose point is unchanged still count. `recovery` admits claims that include
-    fine-tuning after pruning (a different budget from one-shot pruning; left out by default).
+    an earlier submission version whose point is unchanged still count. A base model that was not timed itself
+    borrows the runs of the first catalog model of its shapes that was (`ModelArchitecture.shapes`: LLaMA-7B's
+    claims take Llama-2-7B's latency); the row's `model` says which was timed, its group the claim's base model.
+    `recovery` admits claims that include fine-tuning after pruning (a different budget from one-shot pruning;
+    left out by default).
     """
     claims: dict[tuple[str, str, str, str], dict[str, QualityRecord]] = defaultdict(dict)
     params: dict[tuple[str, str], str] = {}
@@ -246,15 +253,22 @@ def reported_rows(engine: Engine, speedup: SpeedupKind = "measured", recovery: b
             key = (method.slug, point.name, json.dumps(point.params, sort_keys=True), q.base_model)
             claims[key].setdefault(q.identity, q)  # the same claim in two versions of a submission counts once
             session.expunge(q)
+    measured = leaderboard_rows(engine, speedup)
+    timed_as = _timed_as({base for *_, base in claims}, {r.model for r in measured})
+    by_timed: dict[tuple[str, str, str, str], list[QualityRecord]] = defaultdict(list)
+    for (slug, point_name, point_params, base), same in claims.items():
+        if base in timed_as:
+            by_timed[(slug, point_name, point_params, timed_as[base])].extend(same.values())
     rows = []
-    for row in leaderboard_rows(engine, speedup):
+    for row in measured:
         key = (row.method_slug, row.operating_point, params[(row.spec_hash, row.operating_point)], row.model)
-        for q in claims.get(key, {}).values():
-            measured = {f.name: getattr(row, f.name) for f in fields(Row)}
-            measured.update(quality_loss=q.relative_loss, quality_task=q.task, quality_metric=q.metric)
+        for q in by_timed.get(key, []):
+            as_measured = {f.name: getattr(row, f.name) for f in fields(Row)}
+            as_measured.update(quality_loss=q.relative_loss, quality_task=q.task, quality_metric=q.metric)
             rows.append(
                 ReportedRow(
-                    **measured,
+                    **as_measured,
+                    base_model=q.base_model,
                     task=claim_task(q),
                     value=q.value,
                     dense_value=q.dense_value,
@@ -266,6 +280,21 @@ def reported_rows(engine: Engine, speedup: SpeedupKind = "measured", recovery: b
             )
     rows.sort(key=lambda r: (*r.sort_key(), r.task, r.arxiv, r.paper_table, r.value))
     return ranked(rows, speedup)
+
+
+def _timed_as(bases: set[str], timed: set[str]) -> dict[str, str]:
+    """For each claimed base model, the model whose runs give its latency: itself, else the first timed catalog
+    model of its shapes; bases with neither are left out."""
+    catalog = models()
+    out = {}
+    for base in bases:
+        if base in timed:
+            out[base] = base
+        elif base in catalog:
+            same = sorted(m for m in timed if m in catalog and catalog[m].shapes() == catalog[base].shapes())
+            if same:
+                out[base] = same[0]
+    return out
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,15 @@ class ModelArchitecture(Frozen):
     def queries_per_kv_group(self) -> int:
         return self.num_attention_heads // self.num_key_value_heads
 
+    def shapes(self) -> tuple:
+        """What decides every GEMM's shape and so the latency on random weights: two models with equal shapes
+        (LLaMA-7B and Llama-2-7B, Llama-3-8B and Llama-3.1-8B) time alike, whatever their context or RoPE."""
+        return (
+            self.model_type, self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers,
+            self.num_attention_heads, self.num_key_value_heads, self.head_dim, self.tie_word_embeddings,
+            self.attention_bias,
+        )  # fmt: skip
+
 
 class DeviceProfile(Frozen):
     """The two ceilings of the roofline: dense matrix rate and memory bandwidth."""

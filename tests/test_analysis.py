@@ -199,7 +199,13 @@ def reported(tmp_path):
     depth = make_submission(
         "shortgpt-test",
         name="ShortGPT Test",
-        claims=[claim("drop-25", 6.0), claim("drop-50", 20.0), claim("drop-25", 55.0, 60.0, task="zero-shot-average")],
+        claims=[
+            claim("drop-25", 6.0),
+            claim("drop-50", 20.0),
+            claim("drop-25", 55.0, 60.0, task="zero-shot-average"),
+            claim("drop-25", 7.1, 5.68, base_model="llama-7b"),  # LLaMA-1: Llama-2-7B's shapes
+            claim("drop-25", 9.0, 4.88, base_model="llama-2-13b"),  # other shapes, not timed
+        ],
     )
     recovered = {"data": "Alpaca", "method": "LoRA"}
     width = make_submission(
@@ -222,7 +228,7 @@ def reported(tmp_path):
 def test_reported_quality_joins_claims_with_the_latency_of_their_point_and_base_model(reported):
     engine, _ = reported
     assert all(not a.has_quality for a in scenario_analysis(engine, "prefill", 1))  # measured: random weights only
-    groups = scenario_analysis(engine, "prefill", 1, quality="reported")
+    groups = scenario_analysis(engine, "prefill", 1, quality="reported", model="llama-2-7b")
     assert [(a.quality_source, a.key.model, a.key.task) for a in groups] == [
         ("reported", "llama-2-7b", "wikitext2 · perplexity · 2048-token windows"),
         ("reported", "llama-2-7b", "zero-shot-average · mean_accuracy · of arc_easy, piqa"),
@@ -241,9 +247,19 @@ def test_reported_quality_joins_claims_with_the_latency_of_their_point_and_base_
     assert row.quality_loss == pytest.approx(5 / 60) and row.recovery is None
 
 
+def test_a_base_model_borrows_the_latency_of_a_timed_model_of_the_same_shapes(reported):
+    engine, _ = reported
+    groups = scenario_analysis(engine, "prefill", 1, quality="reported")
+    assert sorted({a.key.model for a in groups}) == ["llama-2-7b", "llama-7b"]  # llama-2-13b was never timed
+    (llama_1,) = scenario_analysis(engine, "prefill", 1, quality="reported", model="llama-7b")
+    ((row),) = llama_1.rows
+    assert (row.base_model, row.model, row.operating_point) == ("llama-7b", "llama-2-7b", "drop-25")
+    assert row.quality_loss == pytest.approx(7.1 / 5.68 - 1) and row.speedup == pytest.approx(1.3)
+
+
 def test_recovery_claims_join_only_when_asked(reported):
     engine, _ = reported
-    (perplexity, _) = scenario_analysis(engine, "prefill", 1, quality="reported", recovery=True)
+    (perplexity, _) = scenario_analysis(engine, "prefill", 1, quality="reported", recovery=True, model="llama-2-7b")
     (width_50,) = [r for r in perplexity.rows if r.operating_point == "width-50"]
     assert width_50.recovery == {"data": "Alpaca", "method": "LoRA", "tokens": None}
     assert width_50.quality_loss == pytest.approx(0.4)
