@@ -8,6 +8,7 @@ selection's (equal shapes: equal GEMMs, so the measured speedup is the same). Th
 for a calibrated selection that is its calibration cost.
 
     .venv/bin/python benchmarks/selections.py            # writes benchmarks/selections.{md,json}
+    .venv/bin/python benchmarks/selections.py slicegpt   # re-measures these submissions, keeps the other rows
 
 Single runs on a shared machine: the seconds are indicative, the quality figures are deterministic.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -34,7 +36,7 @@ SELECTIONS = {
     "layer_drop": ("selection", ["block_influence", "sleb", "deepest", "seeded"]),
     "sublayer_drop": ("selection", ["block_influence", "sleb", "deepest", "seeded"]),
     "width": ("selection", ["taylor", "flap", "magnitude", "seeded"]),
-    "hidden_slice": ("selection", ["pca", "magnitude", "seeded"]),
+    "hidden_slice": ("selection", ["slicegpt", "pca", "magnitude", "seeded"]),
     "low_rank": ("selection", ["svd_llm", "asvd", "svd"]),
     "unstructured": ("selection", ["wanda", "sparsegpt", "magnitude"]),
     "semi_structured_2_4": ("selection", ["sparsegpt", "wanda", "magnitude"]),
@@ -51,7 +53,7 @@ def shapes(model) -> list[tuple[int, ...]]:
     return sorted(tuple(p.shape) for p in model.parameters())
 
 
-def main() -> None:
+def main(only: list[str]) -> None:
     console = Console()
     torch.manual_seed(0)
     loaded = load_model("prunereg-mini", "cpu", torch.float32)
@@ -63,7 +65,7 @@ def main() -> None:
     jobs = [
         (sub, point, value)
         for sub in submissions
-        if sub is not None and sub.adapter.name in SELECTIONS
+        if sub is not None and sub.adapter.name in SELECTIONS and (not only or sub.method.slug in only)
         for point in sub.adapter.operating_points
         for value in SELECTIONS[sub.adapter.name][1]
     ]
@@ -108,7 +110,12 @@ def main() -> None:
             progress.advance(bar)
     for row in rows:
         row["same_shapes_as_shipped"] = row.pop("shapes") == shipped_shapes[(row["method"], row["point"])]
-    (ROOT / "benchmarks" / "selections.json").write_text(json.dumps(rows, indent=1) + "\n")
+    saved = ROOT / "benchmarks" / "selections.json"
+    if only and saved.exists():
+        kept = [row for row in json.loads(saved.read_text()) if row["method"] not in only]
+        order = [sub.method.slug for sub in submissions if sub is not None]
+        rows = sorted(kept + rows, key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
+    saved.write_text(json.dumps(rows, indent=1) + "\n")
     (ROOT / "benchmarks" / "selections.md").write_text(markdown(rows))
     console.print(markdown(rows))
 
@@ -134,4 +141,4 @@ def markdown(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
