@@ -117,7 +117,7 @@ def _set_norm(norm: nn.Module, weight: torch.Tensor) -> None:
 
 def _fold_reads(norm: nn.Module, parent: nn.Module, names, basis: torch.Tensor, unit: torch.Tensor) -> None:
     """The norm's weight folded into the Linears that read it, which now read the stream in `basis`."""
-    scale = norm.weight.detach().double()
+    scale = norm.get_parameter("weight").detach().double()
     for name in names:
         setattr(parent, name, _reads(getattr(parent, name), scale, basis))
     _set_norm(norm, unit)
@@ -167,7 +167,7 @@ def with_shortcuts(layer: nn.Module, kept: int) -> None:
     cls = type(layer)
     if cls not in _SHORTCUT_CLASSES:
         _SHORTCUT_CLASSES[cls] = type(f"Shortcut{cls.__name__}", (cls,), {"forward": shortcut_forward})
-    like = layer.self_attn.o_proj.weight
+    like = layer.get_submodule("self_attn.o_proj").get_parameter("weight")
     for name in ("attn_shortcut", "mlp_shortcut"):
         shortcut = nn.Linear(kept, kept, bias=False, device=like.device, dtype=like.dtype)
         nn.init.eye_(shortcut.weight)

@@ -379,7 +379,7 @@ def measured_quality_identity(run: Any, task: str, metric: str) -> str:
 def _measured(result: EvaluationResult, point: PointResult) -> dict[str, Any]:
     """The measured columns of one point's run, latency and quality rows, as stored."""
     stats = point.stats
-    run = dict(
+    run: dict[str, Any] = dict(
         parameters=stats.parameters,
         nonzero_parameters=stats.nonzero_parameters,
         weight_bytes=stats.weight_bytes,

@@ -131,9 +131,12 @@ def test_cached_decoding_equals_a_full_forward(model_type, name, params):
     torch.testing.assert_close(torch.cat(steps, dim=1), logits(small, IDS), rtol=1e-4, atol=1e-4)
 
 
-STAND_INS = [pytest.param(name, params, id=pid) for name, params, pid in (
-    (p.values[0], p.values[1], p.id) for p in EXAMPLES
-) if params.shape_stand_in() is not None]  # fmt: skip
+STAND_INS = [
+    pytest.param(row.name, params, id=f"{row.name}-{i}")
+    for row in ROWS
+    for i, params in enumerate(row.examples)
+    if params.shape_stand_in() is not None
+]
 
 
 def linear_weights(model) -> Counter:
