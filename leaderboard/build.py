@@ -1,16 +1,23 @@
 """Build the static leaderboard from the registry: plain files that work offline on any host.
 
-index.html holds the harness tables (each point's realization under every execution mode measured,
-side by side) and, per comparable group, a Pareto plot, a realization chart (measured against
-theoretical speedup), the transition bands and a table; methods/<slug>.html one page per method,
-data/leaderboard.json the rows (sorted, for golden tests and reuse). Given the submissions folder, a
-method page marks each submission version "current" (the spec hash of submissions/<slug>.json) or
-"superseded" (that of a verbatim copy in submissions/superseded/<slug>/, whose results stay valid
-measurements of that version), current first; the rows and plots do not depend on it. The site is written into a
-fresh folder that replaces the earlier build whole (prunereg.outputs). Jinja autoescapes every .html
-template, so submission text can never become markup. The pages read completely without script;
-static/leaderboard.js (ours, no third-party code, no network) only adds the scenario selector and
-sortable tables.
+Two kinds of quality, never on one plot or table (each plot, table and section says which with
+data-quality and in words): "reported" joins a paper's claim with the latency prunereg measured for
+that operating point on the claim's base model's shapes; "measured" is what prunereg measured on the
+run's own model. index.html is the headline: the reported-quality frontier and transition bands of the
+base model most claims are about, with the realization per family of the model timed for it, and the
+methods list. reported.html holds every reported-quality group (one-shot claims first, then claims that
+include recovery fine-tuning, apart and labelled), each row with the paper's arXiv id, table and row as
+printed. measured.html holds the harness tables (each point's realization under every execution mode
+measured, side by side) and, per comparable group, a Pareto plot, a realization chart (measured against
+theoretical speedup), the transition bands and a table. methods/<slug>.html is one page per method;
+data/leaderboard.json the measured rows and data/reported.json the reported ones (sorted, for golden
+tests and reuse). Given the submissions folder, a method page marks each submission version "current"
+(the spec hash of submissions/<slug>.json) or "superseded" (that of a verbatim copy in
+submissions/superseded/<slug>/, whose results stay valid measurements of that version), current first;
+the rows and plots do not depend on it. The site is written into a fresh folder that replaces the
+earlier build whole (prunereg.outputs). Jinja autoescapes every .html template, so submission text can
+never become markup. The pages read completely without script; static/leaderboard.js (ours, no
+third-party code, no network) only adds the scenario selector and sortable tables.
 """
 
 from __future__ import annotations
@@ -18,10 +25,10 @@ from __future__ import annotations
 import json
 import shutil
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
@@ -29,17 +36,19 @@ from sqlalchemy import Engine
 
 from prunereg import __version__
 from prunereg.outputs import SITE_MARKER, replaced_folder
-from prunereg.registry.analysis import Band, transition_bands
+from prunereg.registry.analysis import Band, Realization, realization_by_family, transition_bands
 from prunereg.registry.harness import HarnessTable, harness_tables
-from prunereg.registry.pareto import axes
+from prunereg.registry.pareto import axes, ranked
 from prunereg.registry.queries import (
     GroupKey,
     MethodSummary,
+    ReportedRow,
     Row,
     SpeedupKind,
     leaderboard_rows,
     method_detail,
     methods,
+    reported_rows,
 )
 from prunereg.spec.catalog import models
 from prunereg.spec.results import EXECUTION_MODES
@@ -115,13 +124,14 @@ def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
         first = members[0]
         title = _title(key[:4], first.phase, first.batch_size, first.seq_len)  # the key without its scenario
         ordered = sorted(members, key=lambda r: (r.quality_loss is None, r.quality_loss or 0.0, -r.speedup))
-        plot = pareto_svg(points, title) if points else None
+        plot = pareto_svg(points, title, "measured") if points else None
         realization = realization_svg(
             [
                 RealizationPoint(r.theoretical_speedup, r.speedup, r.family, f"{r.method_name} · {r.operating_point}")
                 for r in members
             ],
             f"Realization: {title}",
+            "measured",
         )
         bands = transition_bands(members, speedup=speedup) if points else []
         group = Group(
@@ -130,6 +140,141 @@ def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
         )  # fmt: skip
         groups.append(group)
     return groups
+
+
+@dataclass(frozen=True)
+class ReportedGroup:
+    """One reported-quality group (`ReportedRow.group`), of one-shot claims or of claims with recovery, never both."""
+
+    key: GroupKey
+    anchor: str
+    title: str
+    task: str
+    rows: list[ReportedRow]
+    plot: Markup
+    bands: list[Band]
+    recovery: bool
+    timed_model: str
+    timed_label: str
+    phase: str
+    batch_size: int
+    device_name: str
+    execution_mode: str
+
+
+def _label(model: str) -> str:
+    known = models().get(model)
+    return known.label if known else model
+
+
+def _reported_groups(rows: Sequence[ReportedRow], speedup: SpeedupKind, prefix: str) -> list[ReportedGroup]:
+    """A plot, bands and rows per group, by base model, task, device, dtype, mode and scenario (prefill first)."""
+    grouped: dict[GroupKey, list[ReportedRow]] = defaultdict(list)
+    for row in rows:
+        grouped[row.group].append(row)
+
+    def order(item: tuple[GroupKey, list[ReportedRow]]) -> tuple:
+        key, (first, *_) = item
+        return (key.model, key.task or "", key.device_name, key.dtype, key.execution_mode,
+                first.phase != "prefill", first.batch_size, first.seq_len)  # fmt: skip
+
+    groups = []
+    for i, (key, members) in enumerate(sorted(grouped.items(), key=order)):
+        first = members[0]
+        title = _title(key[:4], first.phase, first.batch_size, first.seq_len)  # the base model, not the timed one
+        points = [
+            PlotPoint(a.quality_loss, a.speedup, r.family, f"{r.method_name} · {r.operating_point}")
+            for r in members
+            if (a := axes(r, speedup)) is not None
+        ]
+        ordered = sorted(members, key=lambda r: (r.quality_loss, -r.speedup, r.method_slug, r.operating_point))
+        group = ReportedGroup(
+            key, f"{prefix}-{i + 1}", title, key.task or "", ordered,
+            pareto_svg(points, f"{title} · {key.task}: reported quality", "reported"),
+            transition_bands(members, speedup=speedup), first.recovery is not None, first.model, _label(first.model),
+            first.phase, first.batch_size, key.device_name, key.execution_mode,
+        )  # fmt: skip
+        groups.append(group)
+    return groups
+
+
+def split_recovery(rows: Sequence[ReportedRow], speedup: SpeedupKind) -> tuple[list[ReportedRow], list[ReportedRow]]:
+    """One-shot rows and rows whose claim includes recovery fine-tuning, each ranked among themselves:
+    a point that was trained after pruning must not push a one-shot point off its front."""
+    one_shot = ranked([r for r in rows if r.recovery is None], speedup)
+    recovered = ranked([r for r in rows if r.recovery is not None], speedup)
+    return one_shot, recovered
+
+
+class HeadlineChoice(NamedTuple):
+    base_model: str
+    task: str
+    device_name: str
+    dtype: str
+    execution_mode: str
+
+
+def _most(values: Sequence[Any]) -> Any:
+    """The most frequent value; a tie goes to the first in sort order, so the choice does not depend on row order."""
+    counts: dict[Any, int] = defaultdict(int)
+    for value in values:
+        counts[value] += 1
+    return max(sorted(counts), key=counts.__getitem__)
+
+
+def headline_choice(rows: Sequence[ReportedRow]) -> HeadlineChoice | None:
+    """What the landing view shows: the base model with the most one-shot reported rows, its task with the most
+    rows, and the device, dtype and execution mode with the most rows of that task; None without one-shot rows."""
+    chosen = [r for r in rows if r.recovery is None]
+    if not chosen:
+        return None
+    base = _most([r.base_model for r in chosen])
+    chosen = [r for r in chosen if r.base_model == base]
+    task = _most([r.task for r in chosen])
+    chosen = [r for r in chosen if r.task == task]
+    device, dtype, mode = _most([(r.device_name, r.dtype, r.execution_mode) for r in chosen])
+    return HeadlineChoice(base, task, device, dtype, mode)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The landing view: one base model, task, device, dtype and mode, its groups and the realization behind them."""
+
+    choice: HeadlineChoice
+    base_label: str
+    timed_model: str
+    timed_label: str
+    groups: list[ReportedGroup]
+    rows_at: dict[GroupKey, str]
+    """Each group's anchor on reported.html, where its rows and their sources are."""
+    realization: list[tuple[str, int, list[Realization]]]
+    """(phase, batch size, per family) for the timed model on the headline's device, dtype and mode."""
+
+
+def _headline(
+    choice: HeadlineChoice, one_shot: list[ReportedGroup], measured: Sequence[Row], speedup: SpeedupKind
+) -> Headline:
+    c = choice
+    rows = [
+        r for g in one_shot for r in g.rows
+        if (r.base_model, r.task, r.device_name, r.dtype, r.execution_mode) == c
+    ]  # fmt: skip
+    timed = min(r.model for r in rows)  # one per base model (queries._timed_as)
+    same_runs = [
+        r for r in measured
+        if (r.model, r.device_name, r.dtype, r.execution_mode) == (timed, c.device_name, c.dtype, c.execution_mode)
+    ]  # fmt: skip
+    by_scenario: dict[tuple[str, int], list[Realization]] = defaultdict(list)
+    for family in realization_by_family(same_runs):
+        by_scenario[(family.phase, family.batch_size)].append(family)
+    realization = [
+        (phase, batch, families)
+        for (phase, batch), families in sorted(by_scenario.items(), key=lambda kv: (kv[0][0] != "prefill", kv[0]))
+    ]
+    return Headline(
+        choice, _label(c.base_model), timed, _label(timed), _reported_groups(rows, speedup, "headline"),
+        {g.key: g.anchor for g in one_shot}, realization,
+    )  # fmt: skip
 
 
 def _times(value: float | None) -> str:
@@ -188,7 +333,9 @@ def _environment() -> Environment:
     env.filters.update(
         family_label=display.family_label, kernel_note=display.kernel_note, gpu_change=display.gpu_change
     )
+    env.filters["recovery_note"] = display.recovery_note
     env.tests["noisy"] = display.noisy
+    env.globals["quality"] = display.QUALITY_TEXT
     env.globals["version"] = __version__
     return env
 
@@ -213,6 +360,11 @@ def _json_row(row: Row) -> dict[str, Any]:
         family_label=display.family_label(row.family), kernel_note=display.kernel_note(row.kernels), spread=row.spread
     )
     return {k: _rounded(v) for k, v in data.items()}
+
+
+def _json_reported_row(row: ReportedRow) -> dict[str, Any]:
+    """A measured row's fields with the claim's (base model, task, values, source, recovery), marked reported."""
+    return {**_json_row(row), "quality": "reported"}
 
 
 def submission_versions(submissions: Path | None, slug: str) -> dict[str, str]:
@@ -268,12 +420,23 @@ def _write(
         (out_dir / sub).mkdir()
     shutil.copytree(HERE / "static", out_dir / "static")
 
+    reported = reported_rows(engine, speedup, recovery=True)
+    one_shot, recovered = split_recovery(reported, speedup)
+    one_shot_groups = _reported_groups(one_shot, speedup, "reported")
+    choice = headline_choice(one_shot)
+    headline = _headline(choice, one_shot_groups, rows, speedup) if choice else None
+    page = env.get_template("index.html").render(root="", methods=summaries, headline=headline, speedup=speedup)
+    (out_dir / "index.html").write_text(page, encoding="utf-8")
+    page = env.get_template("reported.html").render(
+        root="", one_shot=one_shot_groups, recovered=_reported_groups(recovered, speedup, "recovery"), speedup=speedup
+    )
+    (out_dir / "reported.html").write_text(page, encoding="utf-8")
     groups = _groups(rows, speedup)
-    page = env.get_template("index.html").render(
-        root="", methods=summaries, groups=groups, selectors=_selectors(groups), speedup=speedup,
+    page = env.get_template("measured.html").render(
+        root="", groups=groups, selectors=_selectors(groups), speedup=speedup,
         harness=_harness(rows), modes=EXECUTION_MODES, measured_modes=sorted({r.execution_mode for r in rows}),
     )  # fmt: skip
-    (out_dir / "index.html").write_text(page, encoding="utf-8")
+    (out_dir / "measured.html").write_text(page, encoding="utf-8")
     for summary in summaries:
         detail = method_detail(engine, summary.slug, rows)
         versions = submission_versions(submissions, summary.slug)
@@ -287,3 +450,6 @@ def _write(
 
     data = {"speedup": speedup, "rows": [_json_row(r) for r in rows]}
     (out_dir / "data" / "leaderboard.json").write_text(_json_for_web(data), encoding="utf-8")
+    claims = sorted([*one_shot, *recovered], key=lambda r: (*r.sort_key(), r.task, r.arxiv, r.paper_table, r.value))
+    reported_data = {"speedup": speedup, "quality": "reported", "rows": [_json_reported_row(r) for r in claims]}
+    (out_dir / "data" / "reported.json").write_text(_json_for_web(reported_data), encoding="utf-8")

@@ -23,6 +23,13 @@ PLAIN_KERNELS = ("dense", "causal (SDPA)", "dense (SDPA)")
 NO_SPEEDUP_KERNELS = ("masked dense",)
 """Kernels that compute the pruned weights' zeros anyway: their speedup is noise around 1."""
 
+QUALITY_TEXT = {
+    "reported": "reported quality (papers' tables) × measured speed",
+    "measured": "measured quality (prunereg, on the run's own model) × measured speed",
+    "none": "measured speed only: no quality figure enters",
+}
+"""What every plot, table and section says it shows: the two kinds of quality are never on one plot or table."""
+
 
 def family_label(family: str) -> str:
     """The taxonomy's name of a family, e.g. "static M, depth"; an unknown value as it is."""
@@ -36,6 +43,15 @@ def kernel_note(kernels: Iterable[str]) -> str | None:
         return None
     note = ", ".join(shown)
     return f"{note}: no kernel speedup expected" if set(shown) <= set(NO_SPEEDUP_KERNELS) else note
+
+
+def recovery_note(recovery: dict[str, Any] | None) -> str:
+    """'recovery fine-tuning: Alpaca, 50,000,000 tokens (LoRA)' or 'one-shot': a claim's budget, in words."""
+    if not recovery:
+        return "one-shot"
+    tokens = f", {recovery['tokens']:,} tokens" if recovery.get("tokens") else ""
+    method = f" ({recovery['method']})" if recovery.get("method") else ""
+    return f"recovery fine-tuning: {recovery['data']}{tokens}{method}"
 
 
 def noisy(row: Row) -> bool:

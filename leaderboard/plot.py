@@ -81,17 +81,26 @@ def _span(values: list[float], floor: float, ceiling: float) -> tuple[float, flo
     return min(values + [floor]), max(values + [ceiling])
 
 
-def pareto_svg(points: Sequence[PlotPoint], title: str) -> Markup:
-    """x: relative quality loss in %, y: speedup over dense; the front as a step line."""
+QUALITY_AXIS = {
+    "measured": "measured quality loss relative to dense (%), lower is better",
+    "reported": "reported quality loss (papers' tables, %), lower is better",
+}
+"""The x axis names its kind of quality: a reported and a measured plot must not read alike."""
+
+
+def pareto_svg(points: Sequence[PlotPoint], title: str, quality: str = "measured") -> Markup:
+    """x: relative quality loss in %, y: speedup over dense; the front as a step line.
+
+    `quality` ("measured" or "reported") becomes the svg's data-quality and names the x axis.
+    """
     xs = [100 * p.quality_loss for p in points]
     ys = [p.speedup for p in points]
     x_ticks = nice_ticks(*_span(xs, 0.0, 1.0))
     y_ticks = nice_ticks(*_span(ys, 1.0, 1.0))
     x = _Scale(x_ticks, LEFT, WIDTH - RIGHT)
     y = _Scale(y_ticks, HEIGHT - BOTTOM, TOP)
-    out = _frame("pareto", title)
-    out += _axes(x, y, x_ticks, y_ticks, "", "quality loss relative to dense (%), lower is better",
-                 "speedup over dense, higher is better")  # fmt: skip
+    out = _frame("pareto", title, quality)
+    out += _axes(x, y, x_ticks, y_ticks, "", QUALITY_AXIS[quality], "measured speedup over dense, higher is better")
     out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(1.0)}" y2="{y(1.0)}" {DENSE}/>')
     front = frontier(points)
     if front:
@@ -110,9 +119,10 @@ def pareto_svg(points: Sequence[PlotPoint], title: str) -> Markup:
     return Markup("\n".join(out))
 
 
-def _frame(kind: str, title: str) -> list[str]:
+def _frame(kind: str, title: str, quality: str | None = None) -> list[str]:
+    tag = "" if quality is None else f' data-quality="{escape(quality)}"'
     return [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="{kind}" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="{kind}"{tag} viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'role="img" aria-label="{escape(title)}" font-family="system-ui, sans-serif">',
         f"<title>{escape(title)}</title>",
         f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH - LEFT - RIGHT}" height="{HEIGHT - TOP - BOTTOM}" '
@@ -167,15 +177,18 @@ class RealizationPoint:
 DIAGONAL = 'stroke="#444" stroke-dasharray="5 4"'
 
 
-def realization_svg(points: Sequence[RealizationPoint], title: str) -> Markup:
-    """x: theoretical (roofline) speedup, y: measured speedup; points on the diagonal realize all of it."""
+def realization_svg(points: Sequence[RealizationPoint], title: str, quality: str | None = None) -> Markup:
+    """x: theoretical (roofline) speedup, y: measured speedup; points on the diagonal realize all of it.
+
+    No quality is drawn; `quality` only tags the svg with the view it belongs to (data-quality).
+    """
     xs = [p.theoretical for p in points]
     ys = [p.measured for p in points]
     lo, hi = min(xs + ys + [1.0]), max(xs + ys + [1.0])
     ticks = nice_ticks(lo, hi)
     x = _Scale(ticks, LEFT, WIDTH - RIGHT)
     y = _Scale(ticks, HEIGHT - BOTTOM, TOP)
-    out = _frame("realization", title)
+    out = _frame("realization", title, quality)
     out += _axes(x, y, ticks, ticks, "×", "theoretical (roofline) speedup over dense", "measured speedup over dense")
     out.append(
         f'<line class="diagonal" x1="{x(ticks[0])}" y1="{y(ticks[0])}" x2="{x(ticks[-1])}" y2="{y(ticks[-1])}" {DIAGONAL}/>'

@@ -1,21 +1,27 @@
-"""The built site in a real browser: selector, sorting, navigation, no network, no script from submissions.
+"""The built site in a real browser: selector, sorting, navigation, no network, no script from submissions,
+and the reported and measured views never sharing a plot or a table.
 
 Playwright drives Debian's chromium (no `playwright install`, no download): the site is built
 from a registry made with the conftest factories, one submission of which carries markup payloads
-in every free-text field the schema accepts, and is served on 127.0.0.1 by a thread. Screenshots
-of the index and a method page go to tests/screenshots/ (ignored by git) for a person to look at.
+in every free-text field the schema accepts, and is served on 127.0.0.1 by a thread; a second site
+adds papers' claims joined with llama-2-7b random-weight runs, for the headline and reported views.
+Screenshots of the headline, the reported and measured views and a method page go to tests/screenshots/
+(ignored by git) for a person to look at.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from factories import CAPTURE_ERROR, in_mode, make_result, make_submission
+from test_leaderboard import ingest_measured_and_reported
 
 from prunereg.leaderboard.build import build_site
 from prunereg.registry.ingest import ingest
@@ -87,14 +93,35 @@ def served(tmp_path_factory):
     ingest(engine, random, make_result(random, losses={}, model="llama-3.1-8b", weights="random"))
     site = build_site(engine, folder / "site").parent
     engine.dispose()
+    with serve(site) as origin:
+        yield origin
 
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    """Measured quality on the embedded model and papers' claims on llama-2-7b random-weight runs."""
+    from prunereg.registry.db import connect
+
+    folder = tmp_path_factory.mktemp("both")
+    engine = connect(f"sqlite:///{folder / 'registry.db'}")
+    ingest_measured_and_reported(engine)
+    site = build_site(engine, folder / "site").parent
+    engine.dispose()
+    with serve(site) as origin:
+        yield origin
+
+
+@contextlib.contextmanager
+def serve(site: Path) -> Iterator[str]:
     handler = functools.partial(QuietHandler, directory=str(site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -151,7 +178,7 @@ def visible_groups(page) -> list[str]:
 
 def test_selector_changes_the_visible_plot_and_table(served, watched):
     page = watched.page
-    page.goto(f"{served}/index.html")
+    page.goto(f"{served}/measured.html")
     assert page.locator("form#scenario").is_visible()
     groups = page.locator("section.group").count()
     assert groups == 6  # prunereg-mini eager and graph, llama-3.1-8b eager; prefill and decode
@@ -181,7 +208,7 @@ def test_selector_changes_the_visible_plot_and_table(served, watched):
 
 def test_harness_tables_follow_the_scenario_but_span_the_modes(served, watched):
     page = watched.page
-    page.goto(f"{served}/index.html")
+    page.goto(f"{served}/measured.html")
 
     def shown() -> list[str]:
         return page.eval_on_selector_all("table.harness", "els => els.filter(e => !e.hidden).map(e => e.dataset.phase)")
@@ -202,7 +229,7 @@ def test_harness_tables_follow_the_scenario_but_span_the_modes(served, watched):
 
 def test_clicking_a_header_sorts_the_table(served, watched):
     page = watched.page
-    page.goto(f"{served}/index.html")
+    page.goto(f"{served}/measured.html")
     anchor = visible_groups(page)[0]
     table = page.locator(f"#{anchor} table.rows")
     header = table.locator("thead th", has_text="Speedup").first
@@ -232,14 +259,20 @@ def test_method_pages_open_from_the_index(served, watched):
     page.wait_for_url("**/methods/flap-test.html")
     assert page.locator("h1").inner_text() == "FLAP test"
     assert page.locator("table").count() >= 3
-    page.locator("header.site a").click()
+    page.locator("header.site nav a", has_text="Measured quality").click()
+    page.wait_for_url("**/measured.html")
+    assert page.locator("section.group").count() == 6
+    page.locator("header.site nav a", has_text="Reported quality").click()
+    page.wait_for_url("**/reported.html")
+    page.locator("header.site > a").click()
     page.wait_for_url("**/index.html")
+    assert "no headline frontier" in page.locator("main").inner_text()  # no claim meets a timed base model here
     watched.assert_clean(served)
 
 
 def test_hostile_submission_executes_nothing(served, watched):
     page = watched.page
-    for path in ("index.html", "methods/hostile-method.html"):
+    for path in ("index.html", "measured.html", "reported.html", "methods/hostile-method.html"):
         page.goto(f"{served}/{path}")
         page.wait_for_load_state("load")
         page.wait_for_timeout(200)  # let any onerror or timer fire
@@ -254,14 +287,123 @@ def test_hostile_submission_executes_nothing(served, watched):
     watched.assert_clean(served)
 
 
-def test_screenshots(served, watched):
+def test_headline_shows_the_reported_frontier_its_bands_and_realization_with_both_views_one_click_away(both, watched):
+    page = watched.page
+    page.goto(f"{both}/index.html")
+    lead = page.locator("p.lead").inner_text()
+    assert "Llama-2-7B" in lead and "wikitext2 · perplexity · 2048-token windows" in lead
+    assert "NVIDIA H200" in lead and "eager" in lead and "reported quality (papers' tables) × measured speed" in lead
+    headline = page.locator("section[id^=headline-]")
+    assert headline.count() == 2  # prefill and decode
+    for i in range(2):
+        assert headline.nth(i).locator("svg.pareto").is_visible()
+        assert headline.nth(i).locator("table.bands").is_visible()
+        assert "reported quality (papers' tables) × measured speed" in headline.nth(i).inner_text().lower()
+    assert page.locator("table.realization").count() == 2
+    assert "static M, depth" in page.locator("table.realization").first.inner_text()
+    assert page.locator("ul.methods a").count() == 2
+    page.locator("p.views a", has_text="measured quality").click()
+    page.wait_for_url("**/measured.html")
+    assert page.locator("section.group svg.pareto").first.is_visible()
+    page.go_back()
+    page.locator("p.views a", has_text="reported quality").click()
+    page.wait_for_url("**/reported.html")
+    assert page.locator("section.reported").count() == 8
+    watched.assert_clean(both)
+
+
+QUALITIES = """() => Array.from(document.querySelectorAll("svg, table")).map(el => {
+  const seen = new Set();
+  for (let e = el; e && e.getAttribute; e = e.parentElement) {
+    if (e.hasAttribute("data-quality")) seen.add(e.getAttribute("data-quality"));
+  }
+  el.querySelectorAll("[data-quality]").forEach(d => seen.add(d.getAttribute("data-quality")));
+  const section = el.closest("section");
+  return {
+    what: el.tagName.toLowerCase() + "." + (el.getAttribute("class") || ""),
+    own: el.getAttribute("data-quality") || (section && section.getAttribute("data-quality")) || null,
+    seen: Array.from(seen),
+    text: el.textContent.toLowerCase(),
+  };
+})"""
+"""Each svg and table: its data-quality (on it, else on its closest section), and every value on it, around it and in it."""
+
+
+def test_reported_and_measured_never_share_a_plot_or_a_table(both, watched):
+    page = watched.page
+    found = {}
+    for name in ("index.html", "reported.html", "measured.html"):
+        page.goto(f"{both}/{name}")
+        found[name] = page.evaluate(QUALITIES)
+        assert found[name], name
+        for element in found[name]:
+            assert element["own"] is not None, (name, element["what"])
+            assert element["seen"] == [element["own"]], (name, element["what"], element["seen"])
+            other = "measured" if element["own"] == "reported" else "reported"
+            assert f"{other} quality" not in element["text"], (name, element["what"])
+    assert {e["own"] for e in found["measured.html"]} == {"measured"}
+    assert {e["own"] for e in found["reported.html"]} == {"reported"}
+    assert {e["own"] for e in found["index.html"]} == {"reported", "none"}  # the realization tables hold no quality
+    headline_plots = [e for e in found["index.html"] if e["what"] == "svg.pareto"]
+    assert len(headline_plots) == 2 and all(e["own"] == "reported" for e in headline_plots)
+    page.goto(f"{both}/measured.html")
+    assert page.locator('[data-quality="reported"]').count() == 0
+    assert page.locator("section.group svg.pareto").count() == 2 and page.locator("table.rows").count() == 4
+    for name in ("index.html", "reported.html"):
+        page.goto(f"{both}/{name}")
+        assert page.locator('[data-quality="measured"]').count() == 0, name
+        assert page.locator("section.group, table.harness").count() == 0, name
+    watched.assert_clean(both)
+
+
+def test_recovery_groups_come_after_the_one_shot_ones_and_are_labelled(both, watched):
+    page = watched.page
+    page.goto(f"{both}/reported.html")
+    sections = page.eval_on_selector_all("section.reported", "els => els.map(e => e.classList.contains('recovery'))")
+    assert sections == [False] * 6 + [True] * 2
+    assert page.locator("h2#recovery").inner_text() == "With recovery fine-tuning: 2 groups"
+    for section in page.locator("section.recovery").all():
+        assert section.locator("h3 .mark.recovery").inner_text() == "with recovery fine-tuning"
+        budgets = section.locator("table.rows tbody tr td:nth-child(10)").all_inner_texts()
+        assert budgets == ["recovery fine-tuning: Alpaca (LoRA)"]
+    one_shot = page.locator("section.reported:not(.recovery)")
+    assert one_shot.locator(".mark.recovery").count() == 0
+    assert set(one_shot.locator("table.rows tbody tr td:nth-child(10)").all_inner_texts()) == {"one-shot"}
+    source = page.locator("#reported-1 table.rows tbody tr", has_text="drop-25").locator("td.source")
+    assert source.inner_text() == "arXiv:9999.00002v3, Table 4, row drop-25 | 6.0"  # the <q>'s marks are CSS's
+    assert source.locator("q.paper-row").inner_text() == "drop-25 | 6.0"  # the paper's row as printed
+    assert source.locator("a").get_attribute("href") == "https://arxiv.org/abs/9999.00002v3"
+    watched.assert_clean(both)
+
+
+def test_the_views_read_whole_without_script(both, browser):
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    try:
+        page.goto(f"{both}/index.html")
+        assert page.locator("section[id^=headline-] svg.pareto").first.is_visible()
+        assert page.locator("table.realization").first.is_visible()
+        page.goto(f"{both}/measured.html")
+        assert not page.locator("form#scenario").is_visible()
+        assert all(s.is_visible() for s in page.locator("section.group").all())
+        page.goto(f"{both}/reported.html")
+        assert all(s.is_visible() for s in page.locator("section.reported").all())
+    finally:
+        context.close()
+
+
+def test_screenshots(served, both, watched):
     SCREENSHOTS.mkdir(exist_ok=True)
     page = watched.page
-    page.goto(f"{served}/index.html")
-    page.screenshot(path=str(SCREENSHOTS / "index.png"), full_page=True)
-    page.goto(f"{served}/methods/shortgpt-test.html")
-    page.screenshot(path=str(SCREENSHOTS / "method.png"), full_page=True)
-    for name in ("index.png", "method.png"):
+    shots = {
+        "index.png": f"{both}/index.html",
+        "reported.png": f"{both}/reported.html",
+        "measured.png": f"{served}/measured.html",
+        "method.png": f"{served}/methods/shortgpt-test.html",
+    }
+    for name, url in shots.items():
+        page.goto(url)
+        page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
         assert (SCREENSHOTS / name).stat().st_size > 10_000
     print(f"screenshots in {SCREENSHOTS}")
-    watched.assert_clean(served)
+    assert watched.errors == [] and watched.dialogs == []

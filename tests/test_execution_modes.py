@@ -144,7 +144,7 @@ def cells(html: str, table_class: str, point: str) -> list[list[str]]:
 def test_site_sets_eager_and_graph_side_by_side_and_flags_the_fallback(engine, width, tmp_path):
     ingest_both_modes(engine, width)
     index = build_site(engine, tmp_path / "site")
-    html = index.read_text()
+    html = (index.parent / "measured.html").read_text()
     for page in sorted(index.parent.rglob("*.html")):
         check_html5(page)
 
@@ -171,7 +171,7 @@ def test_site_sets_eager_and_graph_side_by_side_and_flags_the_fallback(engine, w
 
 def test_single_mode_site_says_there_is_nothing_to_compare(engine, width, tmp_path):
     ingest(engine, width, make_result(width))
-    html = build_site(engine, tmp_path / "site").read_text()
+    html = (build_site(engine, tmp_path / "site").parent / "measured.html").read_text()
     assert 'class="harness sortable"' not in html
     assert "Every scenario so far was measured in one execution mode (eager)" in html
 
@@ -181,7 +181,7 @@ def test_a_fallback_reason_is_text_not_markup(engine, width, tmp_path):
     reason = "RuntimeError: <script>alert(1)</script> <img src=x onerror=alert(1)>"
     ingest(engine, width, in_mode(make_result(width), "graph", {"width-25": reason}))
     site = build_site(engine, tmp_path / "site").parent
-    for page in (site / "index.html", site / "methods" / "llm-pruner-test.html"):
+    for page in (site / "measured.html", site / "methods" / "llm-pruner-test.html"):
         check_html5(page)
         html = page.read_text()
         assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;img src=x onerror=alert(1)&gt;" in html

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from factories import make_result, make_submission
+from factories import make_result, make_submission, row
 from pages import SCRIPT_TAG, check_html5, check_html5_strict
 
 from prunereg.leaderboard.build import build_site
@@ -26,6 +26,7 @@ from prunereg.leaderboard.plot import (
 )
 from prunereg.registry.ingest import ingest
 
+RECOVERED = {"data": "Alpaca", "method": "LoRA"}
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_ATTR = '"><img src=x onerror=alert(1)>'
 
@@ -55,20 +56,21 @@ def site(registry, tmp_path) -> Path:
 
 
 def test_site_files_exist(site):
-    for name in ("index.html", "methods/shortgpt-test.html", "methods/flap-test.html", "methods/latency-only.html",
-                 "data/leaderboard.json", "static/style.css"):  # fmt: skip
+    for name in ("index.html", "measured.html", "reported.html", "methods/shortgpt-test.html",
+                 "methods/flap-test.html", "methods/latency-only.html", "data/leaderboard.json", "data/reported.json",
+                 "static/style.css"):  # fmt: skip
         assert (site / name).is_file(), name
 
 
 def test_every_page_is_valid_html5(site):
     pages = sorted(site.rglob("*.html"))
-    assert len(pages) == 4
+    assert len(pages) == 6
     for page in pages:
         check_html5(page)
 
 
-def test_index_plots_one_circle_per_point_with_quality(site):
-    html = (site / "index.html").read_text()
+def test_measured_page_plots_one_circle_per_point_with_quality(site):
+    html = (site / "measured.html").read_text()
     svgs = re.findall(r'<svg[^>]*class="pareto".*?</svg>', html, re.S)
     assert len(svgs) == 2  # prefill and decode scenarios
     for svg in svgs:
@@ -80,7 +82,7 @@ def test_index_plots_one_circle_per_point_with_quality(site):
 
 
 def test_realization_chart_has_one_circle_per_latency_row_and_the_diagonal(site):
-    html = (site / "index.html").read_text()
+    html = (site / "measured.html").read_text()
     charts = re.findall(r'<svg[^>]*class="realization".*?</svg>', html, re.S)
     assert len(charts) == 2  # one per group
     for chart in charts:
@@ -96,7 +98,7 @@ def test_latency_only_groups_get_a_realization_chart(engine, tmp_path):
     """Random-weight runs measure no quality: no Pareto plot, but the realization chart is there."""
     sub = make_submission("random-only", claims=[])
     ingest(engine, sub, make_result(sub, losses={}, model="llama-3.1-8b", weights="random"))
-    html = build_site(engine, tmp_path / "site").read_text()
+    html = (build_site(engine, tmp_path / "site").parent / "measured.html").read_text()
     assert 'class="pareto"' not in html
     charts = re.findall(r'<svg[^>]*class="realization".*?</svg>', html, re.S)
     assert len(charts) == 2 and all(c.count("<circle") == 2 for c in charts)
@@ -104,8 +106,8 @@ def test_latency_only_groups_get_a_realization_chart(engine, tmp_path):
 
 
 def test_scenario_selector_and_every_group_without_script(site):
-    html = (site / "index.html").read_text()
-    page = check_html5(site / "index.html")
+    html = (site / "measured.html").read_text()
+    page = check_html5(site / "measured.html")
     selects = [attrs["name"] for tag, attrs in page.tags if tag == "select"]
     assert selects == ["phase", "batch", "device", "mode"]
     options = re.findall(r'<option value="([^"]*)">', html)
@@ -124,8 +126,8 @@ def test_scenario_selector_and_every_group_without_script(site):
 
 
 def test_band_table_present_when_bands_exist(site):
-    html = (site / "index.html").read_text()
-    tables = re.findall(r'<table class="bands sortable">.*?</table>', html, re.S)
+    html = (site / "measured.html").read_text()
+    tables = re.findall(r'<table class="bands sortable" data-quality="measured">.*?</table>', html, re.S)
     assert len(tables) == 2
     for table in tables:
         assert "Transition bands" in table
@@ -212,9 +214,12 @@ def test_html5_strict_check_catches_misnesting(tmp_path):
 
 def test_empty_registry_builds_a_valid_site(engine, tmp_path):
     site = build_site(engine, tmp_path / "site").parent
-    check_html5(site / "index.html")
-    assert "<svg" not in (site / "index.html").read_text()
+    for name in ("index.html", "reported.html", "measured.html"):
+        check_html5(site / name)
+        assert "<svg" not in (site / name).read_text()
+    assert "no headline frontier" in (site / "index.html").read_text()
     assert json.loads((site / "data" / "leaderboard.json").read_text())["rows"] == []
+    assert json.loads((site / "data" / "reported.json").read_text())["rows"] == []
 
 
 @pytest.mark.parametrize(
@@ -240,7 +245,7 @@ def test_noisy_medians_are_flagged_not_hidden(engine, tmp_path):
     ingest(engine, submission, make_result(submission))
     rows = leaderboard_rows(engine)
     assert rows and all(noisy(r) and r.spread > NOISY_SPREAD for r in rows)
-    html = (build_site(engine, tmp_path / "site")).read_text()
+    html = (build_site(engine, tmp_path / "site").parent / "measured.html").read_text()
     assert html.count('class="note noisy"') == len(rows)
     assert not noisy(replace(rows[0], p80_ms=rows[0].p20_ms * 1.02))
 
@@ -317,7 +322,7 @@ def test_method_page_marks_the_current_and_the_superseded_versions_current_first
     old = (unmarked / "methods" / "shortgpt-test.html").read_text()
     assert "Current submission" not in old
     assert old.index(superseded.spec_hash()) < old.index(current.spec_hash()) < old.index(unknown.spec_hash())
-    for name in ("index.html", "data/leaderboard.json"):
+    for name in ("index.html", "measured.html", "data/leaderboard.json"):
         assert (site / name).read_text() == (unmarked / name).read_text(), name
 
     copy.unlink()
@@ -325,3 +330,126 @@ def test_method_page_marks_the_current_and_the_superseded_versions_current_first
     (tmp_path / "elsewhere.json").write_text(superseded.model_dump_json(exclude_defaults=True))
     relinked = build_site(engine, tmp_path / "relinked", submissions=folder).parent
     assert "Superseded submission" not in (relinked / "methods" / "shortgpt-test.html").read_text()
+
+
+def claim(point: str, value: float, dense: float = 5.0, *, task: str = "wikitext2", **more) -> dict:
+    """A paper's WikiText-2 perplexity claim on llama-2-7b (or a zero-shot average), as a submission states it."""
+    metric = {"task": task, "metric": "perplexity", "higher_is_better": False, "eval_length": 2048}
+    if task == "zero-shot-average":
+        metric = {"task": task, "metric": "mean_accuracy", "higher_is_better": True, "shots": 0}
+        metric["tasks_averaged"] = ["arc_easy", "piqa"]
+    provenance = {"source": "reported", "arxiv": "9999.00002v3", "table": "Table 4", "row": f"{point} | {value}"}
+    return {"base_model": "llama-2-7b", "operating_point": point, "value": value, "dense_value": dense,
+            "provenance": provenance, **metric, **more}  # fmt: skip
+
+
+def ingest_measured_and_reported(engine) -> None:
+    """Measured quality on the embedded model, and papers' claims joined with llama-2-7b random-weight runs:
+    Llama-2-7B has the most one-shot claims (WikiText-2 most of all), LLaMA-7B borrows its latency, and
+    one claim includes recovery fine-tuning."""
+    depth = make_submission(
+        "shortgpt-test",
+        claims=[
+            claim("drop-25", 6.0), claim("drop-50", 20.0), claim("drop-25", 55.0, 60.0, task="zero-shot-average"),
+            claim("drop-25", 7.1, 5.68, base_model="llama-7b"),
+        ],
+    )  # fmt: skip
+    width = make_submission(
+        "flap-test", adapter="width", name="FLAP test",
+        claims=[claim("width-25", 5.5), claim("width-50", 7.0, recovery=RECOVERED)],
+    )  # fmt: skip
+    for sub, speedups, losses in (
+        (depth, {"drop-25": 1.3, "drop-50": 1.9}, {"drop-25": 0.03, "drop-50": 0.2}),
+        (width, {"width-25": 1.1, "width-50": 1.5}, {"width-25": 0.05, "width-50": 0.12}),
+    ):
+        ingest(engine, sub, make_result(sub, speedups=speedups, losses=losses))
+        timed = {p: s + 0.1 for p, s in speedups.items()}
+        ingest(engine, sub, make_result(sub, speedups=timed, losses={}, model="llama-2-7b", weights="random"))
+
+
+def reported_row(base: str, task: str, device: str = "NVIDIA H200", recovery: dict | None = None):
+    from dataclasses import fields
+
+    from prunereg.registry.queries import ReportedRow, Row
+
+    measured = row("static_depth", "drop-25", 1.5, 0.1, device=device)
+    kept = {f.name: getattr(measured, f.name) for f in fields(Row)}
+    return ReportedRow(**kept, base_model=base, task=task, recovery=recovery)
+
+
+def test_the_headline_is_the_base_model_with_the_most_one_shot_rows():
+    from prunereg.leaderboard.build import HeadlineChoice, headline_choice
+
+    rows = [
+        reported_row("llama-7b", "wikitext2"),
+        reported_row("llama-7b", "piqa"),
+        reported_row("llama-7b", "piqa"),
+        reported_row("llama-7b", "piqa", device="NVIDIA A100"),
+        reported_row("llama-2-7b", "wikitext2"),
+        reported_row("llama-2-7b", "wikitext2"),
+        reported_row("llama-2-7b", "wikitext2"),
+        *[reported_row("llama-2-7b", "wikitext2", recovery=RECOVERED)] * 3,  # another budget: does not count
+    ]
+    assert headline_choice(rows) == HeadlineChoice("llama-7b", "piqa", "NVIDIA H200", "bfloat16", "eager")
+    assert headline_choice(rows[::-1]) == headline_choice(rows)
+    tie = [reported_row("qwen2.5-7b", "piqa"), reported_row("llama-3-8b", "piqa")]
+    assert headline_choice(tie).base_model == "llama-3-8b"  # a tie goes to the first name
+    assert headline_choice(rows[-3:]) is None and headline_choice([]) is None
+
+
+def quality_of_every_svg_and_table(html: str) -> list[set[str]]:
+    """For each <svg> and <table>: the data-quality values on it, or else on the <section> around it."""
+    found = []
+    for match in re.finditer(r"<(svg|table)\b[^>]*>", html):
+        own = re.findall(r'data-quality="([^"]*)"', match.group(0))
+        if not own:
+            sections = re.findall(r"<section\b[^>]*>|</section>", html[: match.start()])
+            opened = sections[-1] if sections and sections[-1] != "</section>" else ""
+            own = re.findall(r'data-quality="([^"]*)"', opened)
+        found.append(set(own))
+    return found
+
+
+def test_headline_reported_and_measured_pages_keep_the_two_qualities_apart(engine, tmp_path):
+    ingest_measured_and_reported(engine)
+    site = build_site(engine, tmp_path / "site").parent
+    pages = {name: (site / name).read_text() for name in ("index.html", "reported.html", "measured.html")}
+    for name in pages:
+        check_html5(site / name)
+
+    index = pages["index.html"]
+    assert (
+        "<strong>Llama-2-7B</strong>" in index
+        and "<strong>wikitext2 · perplexity · 2048-token windows</strong>" in index
+    )
+    assert len(re.findall(r'<svg[^>]*class="pareto" data-quality="reported"', index)) == 2  # prefill and decode
+    assert index.count('<table class="bands sortable" data-quality="reported">') == 2
+    assert index.count('<table class="realization sortable" data-quality="none"') == 2
+    assert 'href="reported.html"' in index and 'href="measured.html"' in index and 'class="methods"' in index
+    assert index.count("reported quality (papers&#39; tables) × measured speed") >= 3
+
+    reported = pages["reported.html"]
+    assert reported.count('<section id="reported-') == 6  # Llama-2-7B: two tasks; LLaMA-7B; prefill and decode each
+    assert reported.count('<section id="recovery-') == 2
+    assert reported.index('id="reported-1"') < reported.index('id="recovery"') < reported.index('id="recovery-1"')
+    assert '<a href="https://arxiv.org/abs/9999.00002v3">arXiv:9999.00002v3</a>, Table 4, row' in reported
+    assert '<q class="paper-row">drop-25 | 6.0</q>' in reported
+    assert reported.count("recovery fine-tuning: Alpaca (LoRA)") == 2
+    assert "Speed: the latency of Llama-2-7B runs" in reported  # LLaMA-7B's claims
+
+    for name, allowed in (("index.html", {"reported", "none"}), ("reported.html", {"reported"}),
+                          ("measured.html", {"measured"})):  # fmt: skip
+        qualities = quality_of_every_svg_and_table(pages[name])
+        assert qualities and all(len(q) == 1 for q in qualities), name
+        assert set().union(*qualities) <= allowed, name
+    assert 'data-quality="reported"' not in pages["measured.html"]
+    assert 'data-quality="measured"' not in index + reported
+
+    data = json.loads((site / "data" / "reported.json").read_text())
+    assert data["quality"] == "reported" and all(r["quality"] == "reported" for r in data["rows"])
+    assert len(data["rows"]) == 2 * 6  # five one-shot claims and one with recovery, prefill and decode
+    (recovered,) = {json.dumps(r["recovery"]) for r in data["rows"] if r["recovery"]}
+    assert json.loads(recovered)["data"] == "Alpaca"
+    assert {r["paper_table"] for r in data["rows"]} == {"Table 4"}
+    measured = json.loads((site / "data" / "leaderboard.json").read_text())
+    assert {r["model"] for r in measured["rows"]} == {"prunereg-mini", "llama-2-7b"} and "quality" not in measured
