@@ -186,7 +186,7 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
     return ranked(rows, speedup)
 
 
-def claim_task(q: QualityRecord) -> str:
+def claim_task(q: QualityRecord | Quality) -> str:
     """What two claimed figures must share to be compared, in words: task, metric, averaged tasks, protocol.
 
     Base model and scenario come from the row's group; perplexities at other window lengths, averages
@@ -391,6 +391,15 @@ class PointDetail:
     params: dict[str, Any]
     claims: list[Quality]
     runs: list[RunDetail]
+
+    @property
+    def disagreements(self) -> list[list[Quality]]:
+        """Claims of one base model, task, protocol and budget (one-shot or with recovery) that give other values,
+        e.g. a method's own table and a later paper's re-run: shown side by side, none chosen."""
+        same: dict[tuple[str, str, bool], list[Quality]] = defaultdict(list)
+        for q in self.claims:
+            same[(q.base_model, claim_task(q), q.recovery is not None)].append(q)
+        return [group for group in same.values() if len({(q.value, q.dense_value) for q in group}) > 1]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from prunereg.registry.ingest import ingest
 from prunereg.registry.queries import Row
 from prunereg.spec.catalog import Phase, Scenario, models
 from prunereg.spec.effects import resolve
@@ -259,3 +260,41 @@ def row(family: str, point: str, speedup: float, loss: float | None, *, method: 
         quality_metric=None if loss is None else "cross_entropy",
         environment={"device_name": device, "dtype": "bfloat16", "execution_mode": "eager"},
     )  # fmt: skip
+
+
+RECOVERED = {"data": "Alpaca", "method": "LoRA"}
+
+
+def claim(point: str, value: float, dense: float = 5.0, *, task: str = "wikitext2", **more) -> dict:
+    """A paper's WikiText-2 perplexity claim on llama-2-7b (or a zero-shot average), as a submission states it."""
+    metric = {"task": task, "metric": "perplexity", "higher_is_better": False, "eval_length": 2048}
+    if task == "zero-shot-average":
+        metric = {"task": task, "metric": "mean_accuracy", "higher_is_better": True, "shots": 0}
+        metric["tasks_averaged"] = ["arc_easy", "piqa"]
+    provenance = {"source": "reported", "arxiv": "9999.00002v3", "table": "Table 4", "row": f"{point} | {value}"}
+    return {"base_model": "llama-2-7b", "operating_point": point, "value": value, "dense_value": dense,
+            "provenance": provenance, **metric, **more}  # fmt: skip
+
+
+def ingest_measured_and_reported(engine) -> None:
+    """Measured quality on the embedded model, and papers' claims joined with llama-2-7b random-weight runs:
+    Llama-2-7B has the most one-shot claims (WikiText-2 most of all), LLaMA-7B borrows its latency, and
+    one claim includes recovery fine-tuning."""
+    depth = make_submission(
+        "shortgpt-test",
+        claims=[
+            claim("drop-25", 6.0), claim("drop-50", 20.0), claim("drop-25", 55.0, 60.0, task="zero-shot-average"),
+            claim("drop-25", 7.1, 5.68, base_model="llama-7b"),
+        ],
+    )  # fmt: skip
+    width = make_submission(
+        "flap-test", adapter="width", name="FLAP test",
+        claims=[claim("width-25", 5.5), claim("width-50", 7.0, recovery=RECOVERED)],
+    )  # fmt: skip
+    for sub, speedups, losses in (
+        (depth, {"drop-25": 1.3, "drop-50": 1.9}, {"drop-25": 0.03, "drop-50": 0.2}),
+        (width, {"width-25": 1.1, "width-50": 1.5}, {"width-25": 0.05, "width-50": 0.12}),
+    ):
+        ingest(engine, sub, make_result(sub, speedups=speedups, losses=losses))
+        timed = {p: s + 0.1 for p, s in speedups.items()}
+        ingest(engine, sub, make_result(sub, speedups=timed, losses={}, model="llama-2-7b", weights="random"))

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from factories import make_environment, make_result, make_submission, row
+from factories import claim, make_environment, make_result, make_submission, row
 
 from prunereg.registry.analysis import Band, scenario_analysis, transition_bands
 from prunereg.registry.ingest import ingest
@@ -171,23 +171,6 @@ def test_frontier_command_does_not_import_torch(registry):
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-
-
-def claim(point: str, value: float, dense: float = 5.0, *, task: str = "wikitext2", **more) -> dict:
-    """A reported WikiText-2 perplexity claim on llama-2-7b (2048-token windows) unless `task`/`more` say otherwise."""
-    metric = {"task": task, "metric": "perplexity", "higher_is_better": False, "eval_length": 2048}
-    if task == "zero-shot-average":
-        metric = {"task": task, "metric": "mean_accuracy", "higher_is_better": True, "shots": 0}
-        metric["tasks_averaged"] = ["arc_easy", "piqa"]
-    return {
-        "base_model": "llama-2-7b",
-        "operating_point": point,
-        "value": value,
-        "dense_value": dense,
-        "provenance": {"source": "reported", "arxiv": "9999.00002v3", "table": "Table 4", "row": f"{point} | {value}"},
-        **metric,
-        **more,
-    }
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from factories import CAPTURE_ERROR, in_mode, make_result, make_submission
-from test_leaderboard import ingest_measured_and_reported
+from factories import CAPTURE_ERROR, in_mode, ingest_measured_and_reported, make_result, make_submission
 
 from prunereg.leaderboard.build import build_site
 from prunereg.registry.ingest import ingest

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from factories import make_result, make_submission, row
+from factories import RECOVERED, claim, ingest_measured_and_reported, make_result, make_submission, row
 from pages import SCRIPT_TAG, check_html5, check_html5_strict
 
 from prunereg.leaderboard.build import build_site
@@ -26,7 +26,6 @@ from prunereg.leaderboard.plot import (
 )
 from prunereg.registry.ingest import ingest
 
-RECOVERED = {"data": "Alpaca", "method": "LoRA"}
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_ATTR = '"><img src=x onerror=alert(1)>'
 
@@ -332,41 +331,6 @@ def test_method_page_marks_the_current_and_the_superseded_versions_current_first
     assert "Superseded submission" not in (relinked / "methods" / "shortgpt-test.html").read_text()
 
 
-def claim(point: str, value: float, dense: float = 5.0, *, task: str = "wikitext2", **more) -> dict:
-    """A paper's WikiText-2 perplexity claim on llama-2-7b (or a zero-shot average), as a submission states it."""
-    metric = {"task": task, "metric": "perplexity", "higher_is_better": False, "eval_length": 2048}
-    if task == "zero-shot-average":
-        metric = {"task": task, "metric": "mean_accuracy", "higher_is_better": True, "shots": 0}
-        metric["tasks_averaged"] = ["arc_easy", "piqa"]
-    provenance = {"source": "reported", "arxiv": "9999.00002v3", "table": "Table 4", "row": f"{point} | {value}"}
-    return {"base_model": "llama-2-7b", "operating_point": point, "value": value, "dense_value": dense,
-            "provenance": provenance, **metric, **more}  # fmt: skip
-
-
-def ingest_measured_and_reported(engine) -> None:
-    """Measured quality on the embedded model, and papers' claims joined with llama-2-7b random-weight runs:
-    Llama-2-7B has the most one-shot claims (WikiText-2 most of all), LLaMA-7B borrows its latency, and
-    one claim includes recovery fine-tuning."""
-    depth = make_submission(
-        "shortgpt-test",
-        claims=[
-            claim("drop-25", 6.0), claim("drop-50", 20.0), claim("drop-25", 55.0, 60.0, task="zero-shot-average"),
-            claim("drop-25", 7.1, 5.68, base_model="llama-7b"),
-        ],
-    )  # fmt: skip
-    width = make_submission(
-        "flap-test", adapter="width", name="FLAP test",
-        claims=[claim("width-25", 5.5), claim("width-50", 7.0, recovery=RECOVERED)],
-    )  # fmt: skip
-    for sub, speedups, losses in (
-        (depth, {"drop-25": 1.3, "drop-50": 1.9}, {"drop-25": 0.03, "drop-50": 0.2}),
-        (width, {"width-25": 1.1, "width-50": 1.5}, {"width-25": 0.05, "width-50": 0.12}),
-    ):
-        ingest(engine, sub, make_result(sub, speedups=speedups, losses=losses))
-        timed = {p: s + 0.1 for p, s in speedups.items()}
-        ingest(engine, sub, make_result(sub, speedups=timed, losses={}, model="llama-2-7b", weights="random"))
-
-
 def reported_row(base: str, task: str, device: str = "NVIDIA H200", recovery: dict | None = None):
     from dataclasses import fields
 
@@ -453,3 +417,23 @@ def test_headline_reported_and_measured_pages_keep_the_two_qualities_apart(engin
     assert {r["paper_table"] for r in data["rows"]} == {"Table 4"}
     measured = json.loads((site / "data" / "leaderboard.json").read_text())
     assert {r["model"] for r in measured["rows"]} == {"prunereg-mini", "llama-2-7b"} and "quality" not in measured
+
+
+def test_method_page_shows_disagreeing_sources_side_by_side(engine, tmp_path):
+    """A method's own table and a later re-run of the same point, model and task: both shown, none chosen."""
+    later = {"source": "reported", "arxiv": "9999.00003v1", "table": "Table 1", "row": "re-run | 30.74"}
+    sub = make_submission(
+        "slice-test",
+        claims=[
+            claim("drop-25", 8.12, 5.47, calibration={"data": "WikiText-2 train", "sequences": 1024, "length": 2048}),
+            claim("drop-25", 30.74, 5.47, provenance=later, calibration={"data": "Alpaca"}),
+            claim("drop-25", 8.12, 5.47, recovery=RECOVERED),  # another budget: no disagreement with those
+        ],
+    )
+    ingest(engine, sub)
+    html = (build_site(engine, tmp_path / "site").parent / "methods" / "slice-test.html").read_text()
+    (block,) = re.findall(r'<div class="disagreements">(.*?)</div>', html, re.S)
+    assert block.count("<li>") == 1 and "8.12" in block and "30.74" in block and "against" in block
+    assert "arXiv:9999.00002v3" in block and "arXiv:9999.00003v1" in block and "calibration Alpaca" in block
+    assert "re-run | 30.74" in html and "WikiText-2 train, 1024 × 2048 tokens" in html
+    assert "2,048-token windows" in html
