@@ -5,7 +5,8 @@
 VENV  ?= .venv
 TORCH ?= torch==2.13.0
 BIN   := $(VENV)/bin
-SUBMISSIONS := dense shortgpt llm-pruner
+# The demo's points: the submissions also carry their papers' points (issue 11), measured on GPUs.
+DEMO := dense:dense shortgpt:drop-25,drop-50 llm-pruner:width-25,width-50
 
 .PHONY: demo lint test
 
@@ -17,10 +18,12 @@ $(BIN)/prunereg: pyproject.toml
 	touch $@
 
 demo: $(BIN)/prunereg
-	$(BIN)/prunereg validate $(SUBMISSIONS:%=submissions/%.json) submissions/shortgpt-checkpoint.json
-	for s in $(SUBMISSIONS); do $(BIN)/prunereg evaluate submissions/$$s.json || exit 1; done
+	$(BIN)/prunereg validate submissions/*.json
+	for d in $(DEMO); do \
+	  $(BIN)/prunereg evaluate submissions/$${d%%:*}.json $$(echo $${d#*:} | sed 's/^/--point /; s/,/ --point /g') || exit 1; done
 	$(BIN)/prunereg prune submissions/shortgpt.json --point drop-25 --out submissions/checkpoints/shortgpt-drop-25
 	$(BIN)/prunereg evaluate submissions/shortgpt-checkpoint.json
+	$(BIN)/prunereg register submissions/*.json
 	$(BIN)/prunereg ingest results/*/*--*.json
 	$(BIN)/prunereg leaderboard build --out site --force
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import DbOption, connect, console, empty_registry, fail, load_all, note, registry_name
+from .common import DbOption, connect, console, empty_registry, fail, load_all, load_valid, note, registry_name
 
 
 def ingest_saved(
@@ -38,6 +38,31 @@ def ingest_saved(
     loaded = load_all(files, lambda path: load_saved(path, submissions))
     try:
         summaries = ingest_all(connect(db), [(s.submission, s.result) for s in loaded], update_method=False)
+    except (SQLAlchemyError, ValueError) as err:
+        raise fail(f"nothing stored: {' '.join(str(err).split())[:300]}") from None
+    for path, summary in zip(files, summaries):
+        console.print(Text(f"{path}: {summary}"))
+
+
+def register(
+    files: Annotated[list[Path], typer.Argument(help="submission JSON files")],
+    db: DbOption = None,
+) -> None:
+    """Store submissions without measuring them: method, operating points and quality claims, all files or none.
+
+    What a paper reports enters the registry this way; `prunereg frontier --quality reported` then joins each
+    claim with the latency measured for its point (here or ingested from a GPU), and the site shows the claims
+    on the method pages. Registering a file twice adds nothing.
+
+    Example: prunereg register submissions/*.json
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from prunereg.registry.ingest import ingest_all
+
+    loaded = load_valid(files)
+    try:
+        summaries = ingest_all(connect(db), [(s, None) for s in loaded])
     except (SQLAlchemyError, ValueError) as err:
         raise fail(f"nothing stored: {' '.join(str(err).split())[:300]}") from None
     for path, summary in zip(files, summaries):

@@ -282,3 +282,21 @@ def test_evaluate_names_an_unknown_suite_or_quality_task_in_one_line(tmp_path):
     )
     assert "unknown scenario suite 'x'" in suite
     assert not db.exists()
+
+
+def test_register_stores_submissions_with_their_claims_all_or_nothing(tmp_path):
+    db = tmp_path / "registry.db"
+    files = [str(ROOT / "submissions" / f"{slug}.json") for slug in ("slicegpt", "sleb")]
+    first = prunereg("register", *files, "--db", str(db))
+    assert first.returncode == 0, first.stderr
+    assert "slicegpt" in first.stdout and "quality_results" in first.stdout
+    again = prunereg("register", *files, "--db", str(db))
+    assert again.returncode == 0 and again.stdout.count("added nothing") == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text((ROOT / "submissions" / "wanda.json").read_text().replace('"2306.11695v2"', '"2306.11695"'))
+    refused = prunereg("register", str(ROOT / "submissions" / "wanda.json"), str(bad), "--db", str(db))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"{bad}: /quality_claims/0/provenance/arxiv:" in refused.stderr
+    exported = prunereg("export", "--format", "json", "--table", "quality", "--db", str(db))
+    slugs = {q["method_slug"] for q in json.loads(exported.stdout)["quality"]}
+    assert slugs == {"slicegpt", "sleb"}  # nothing of wanda.json
