@@ -33,9 +33,10 @@ class ExecutionChoice(str, Enum):
     eager = "eager"
     graph = "graph"
     compiled = "compiled"
+    fused = "fused"
 
 
-DEFAULT_REPEATS = {"eager": 15, "graph": 50, "compiled": 50}
+DEFAULT_REPEATS = {"eager": 15, "graph": 50, "compiled": 50, "fused": 50}
 
 
 def evaluate(
@@ -49,7 +50,7 @@ def evaluate(
     ] = None,
     repeats: Annotated[
         int | None,
-        typer.Option(min=3, max=1000, help="timed repeats per scenario [default: 15 eager, 50 graph/compiled]"),
+        typer.Option(min=3, max=1000, help="timed repeats per scenario [default: 15 eager, 50 graph/compiled/fused]"),
     ] = None,
     warmup: Annotated[int, typer.Option(min=0, max=100, help="untimed repeats first")] = 3,
     point: Annotated[list[str] | None, typer.Option(help="measure only this operating point (repeatable)")] = None,

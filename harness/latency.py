@@ -2,7 +2,7 @@
 
 Dense and pruned repeats alternate so that slow drift of the machine (clocks, other load) hits
 both alike; the speedup is a ratio of medians taken within one run. Input token values are
-random: latency does not depend on them. Three execution modes (spec.results.EXECUTION_MODES):
+random: latency does not depend on them. Four execution modes (spec.results.EXECUTION_MODES):
 
 - eager: transformers' forward as a user calls it (dynamic KV cache, op-by-op launches). It is
   the figure most papers report, and launch-bound in decode on a fast GPU.
@@ -12,9 +12,13 @@ random: latency does not depend on them. Three execution modes (spec.results.EXE
   Prefill runs without a cache, so SDPA takes its causal fast path (flash/cuDNN); writing the
   prompt's keys and values (0.5 GB for Llama-3.1-8B at 4096 tokens, ~0.1 ms) is not timed.
 - compiled: graph mode on a torch.compile'd forward (fused elementwise kernels).
+- fused: prunereg's own forward (harness/fused.py: q/k/v and gate/up concatenated, a static KV
+  cache of its own, SDPA), captured like graph mode, its layers torch.compile'd on CUDA. It times
+  what the pruned shapes cost without transformers' forward around them.
 
 A pair that cannot be captured or compiled is timed in eager mode, both models alike so the
-ratio stays fair, and the reason is recorded with the measurement.
+ratio stays fair, and the reason is recorded with the measurement; a pair fused mode refuses or
+cannot capture is timed in graph mode (or, failing that too, eager), with the reasons.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from prunereg.spec.catalog import Phase, Scenario
 from prunereg.spec.results import ExecutionMode, GpuState
 
 from .fingerprint import gpu_state
+from .fused import FusedModel, FusedRefusal
 
 
 def cache_argument(model: PreTrainedModel) -> str:
@@ -179,6 +184,42 @@ class StaticWorkload(Workload):
         pass
 
 
+class FusedWorkload(StaticWorkload):
+    """Fused mode: the model's fused forward (harness/fused.py) with its own static KV cache.
+
+    Like StaticWorkload, a decode step writes the slot after the context on every run, and a
+    prefill runs without a cache; uncaptured (no `capture`) it runs the same kernels eagerly.
+    """
+
+    def __init__(
+        self, model: PreTrainedModel, scenario: Scenario, seed: int = 0, compiled: bool = False, tokenizer=None
+    ):
+        self.model, self.scenario = model, scenario
+        device = next(model.parameters()).device
+        prompt, token = scenario_ids(model.config.vocab_size, scenario, tokenizer, seed)
+        self.prompt, self.token = prompt.to(device), token.to(device)
+        decode = scenario.phase is Phase.decode
+        with torch.no_grad():
+            self.fused = FusedModel(model, scenario.batch_size, scenario.seq_len + 1, cache=decode)
+        if decode:
+            with torch.inference_mode():
+                self.fused(self.prompt)  # the context, uncompiled and untimed
+        if compiled:
+            self.fused.compile_layers()
+        self.graph = None
+
+    @torch.inference_mode()
+    def _run(self):
+        if self.scenario.phase is Phase.decode:
+            return self.fused(self.token, position=self.scenario.seq_len, logits_to_keep=1)
+        return self.fused(self.prompt, use_cache=False, logits_to_keep=1)
+
+    def capture(self, warmup: int = 2) -> None:
+        if self.fused.capture_refusal is not None:
+            raise FusedRefusal(self.fused.capture_refusal)
+        super().capture(warmup)
+
+
 @contextmanager
 def _unmasked_sdpa(config):
     """The model's config on UNMASKED_SDPA for one step, if it runs plain SDPA; the dense model is shared."""
@@ -205,30 +246,59 @@ class PairTiming:
 
 
 def prepare(
-    dense: PreTrainedModel, pruned: PreTrainedModel, scenario: Scenario, mode: ExecutionMode, tokenizer=None
+    dense: PreTrainedModel,
+    pruned: PreTrainedModel,
+    scenario: Scenario,
+    mode: ExecutionMode,
+    tokenizer=None,
+    compile_fused: bool | None = None,
 ) -> tuple[list[Workload], ExecutionMode, str | None]:
-    """Both workloads in `mode`, or both in eager mode with the reason the mode failed."""
-    reason = None
-    if mode != "eager":
+    """Both workloads in `mode`, or both in the next mode that works with the reasons the others failed.
+
+    fused falls back to graph, graph and compiled to eager. Off CUDA a fused pair runs uncaptured (how
+    the CPU tests run it); `compile_fused` (default: on CUDA) compiles its layers.
+    """
+    reasons: list[str] = []
+    if mode == "fused":
+        device = next(dense.parameters()).device
+        compiled = device.type == "cuda" if compile_fused is None else compile_fused
         works: list[Workload] = []
+        try:
+            for model in (dense, pruned):
+                fused = FusedWorkload(model, scenario, compiled=compiled, tokenizer=tokenizer)
+                if device.type == "cuda":
+                    fused.capture()
+                works.append(fused)
+            return works, mode, None
+        except Exception as err:  # a refused model, or a capture or compile failure: graph mode next
+            reasons.append(_failure(mode, works, err))
+            mode = "graph"
+    if mode != "eager":
+        works = []
         try:
             for model in (dense, pruned):
                 work = StaticWorkload(model, scenario, compiled=mode == "compiled", tokenizer=tokenizer)
                 work.capture()
                 works.append(work)
-            return works, mode, None
+            return works, mode, "; ".join(reasons)[:300] or None
         except Exception as err:  # any capture or compile failure: recorded with the run, which goes on eagerly
-            which = "pruned" if works else "dense"
-            works.clear()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-                torch.cuda.empty_cache()
-            reason = f"{mode} mode failed on the {which} model: {type(err).__name__}: {_first_line(err)}"[:300]
+            reasons.append(_failure(mode, works, err))
     return (
         [Workload(dense, scenario, tokenizer=tokenizer), Workload(pruned, scenario, tokenizer=tokenizer)],
         "eager",
-        reason,
+        "; ".join(reasons)[:300] or None,
     )
+
+
+def _failure(mode: ExecutionMode, works: list[Workload], err: Exception) -> str:
+    """Why `mode` failed on the first model it failed on, once what it allocated is released."""
+    which = "pruned" if works else "dense"
+    works.clear()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    verb = "refused" if isinstance(err, FusedRefusal) else "failed on"
+    return f"{mode} mode {verb} the {which} model: {type(err).__name__}: {_first_line(err)}"[:300]
 
 
 def _first_line(err: Exception) -> str:

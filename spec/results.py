@@ -61,11 +61,13 @@ def relative_loss(value: float, dense_value: float, higher_is_better: bool) -> f
     return change / abs(dense_value)
 
 
-ExecutionMode = Literal["eager", "graph", "compiled"]
+ExecutionMode = Literal["eager", "graph", "compiled", "fused"]
 EXECUTION_MODES: dict[str, str] = {
     "eager": "transformers' own forward with its dynamic KV cache, launched op by op: what a user's script times",
     "graph": "static KV cache, each step captured once in a CUDA Graph and replayed; L2 flushed between repeats",
     "compiled": "graph mode on a torch.compile'd forward (fused kernels)",
+    "fused": "prunereg's own forward on the pruned weights (q/k/v and gate/up each one GEMM, its own static KV cache, "
+    "SDPA), compiled and captured like graph mode",
 }
 """How the timed steps run; runs in different modes are never compared with each other."""
 
