@@ -12,7 +12,7 @@ import typer
 
 from prunereg import __version__
 
-from . import leaderboard, measure, registry, submissions
+from . import check, leaderboard, measure, registry, submissions
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -47,6 +47,8 @@ app.command()(registry.register)
 app.command("ingest")(registry.ingest_saved)
 app.command()(registry.frontier)
 app.command()(registry.export)
+app.command("check")(check.check)
+app.command("diff")(check.diff)
 
 db_app = typer.Typer(no_args_is_help=True, help="The registry database.")
 db_app.command("upgrade")(registry.db_upgrade)

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from prunereg.spec.catalog import models
+from prunereg.spec.division import division
 
 from .pareto import SpeedupKind, ranked
 from .schema import LatencyMeasurement, MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
@@ -309,13 +310,23 @@ class MethodSummary:
     year: int
     submissions: int
     runs: int
+    division: str = "closed"
+    """spec.division's 'closed' or 'open', over every version, run and claim of the method."""
+    division_reason: str = ""
 
 
 def _summary(m: MethodRecord) -> MethodSummary:
-    runs = sum(len(p.runs) for s in m.submissions for p in s.operating_points)
+    points = [p for s in m.submissions for p in s.operating_points]
+    runs = sum(len(p.runs) for p in points)
+    verdict = division(
+        [json.loads(s.spec)["adapter"]["name"] for s in m.submissions],
+        [r.model for p in points for r in p.runs],
+        any(q.provenance == "measured" and q.run_id is not None for p in points for q in p.quality_results),
+        len({(p.name, q.identity) for p in points for q in p.quality_results if q.run_id is None}),
+    )
     return MethodSummary(
         m.slug, m.name, m.family, list(m.authors), m.paper_title,
-        m.arxiv, m.url, m.year, len(m.submissions), runs,
+        m.arxiv, m.url, m.year, len(m.submissions), runs, *verdict,
     )  # fmt: skip
 
 
