@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,7 @@ def fusable(module: nn.Module) -> bool:
     return type(module) is nn.Linear and not isinstance(module.weight, SparseSemiStructuredTensor)
 
 
-def concatenated(linears: list[nn.Linear]) -> nn.Linear:
+def concatenated(linears: list[Any]) -> nn.Linear:
     """One Linear computing the listed ones side by side (their outputs concatenated), biases included."""
     first = linears[0]
     if any(linear.in_features != first.in_features for linear in linears):
@@ -94,7 +95,7 @@ def concatenated(linears: list[nn.Linear]) -> nn.Linear:
 class Projections(nn.Module):
     """Linears that read one input: concatenated into one GEMM where all are plain, else run one by one."""
 
-    def __init__(self, linears: list[nn.Module]):
+    def __init__(self, linears: list[Any]):
         super().__init__()
         self.sizes = [int(linear.out_features) for linear in linears]
         self.fused = all(fusable(linear) for linear in linears)
@@ -109,7 +110,24 @@ class Projections(nn.Module):
 class FusedLayer(nn.Module):
     """One decoder layer: attention and MLP blocks (either may be gone), shortcuts where SliceGPT added them."""
 
-    def __init__(self, layer: nn.Module, index: int, config, attention: Callable | None):
+    input_norm: Any
+    post_norm: Any
+    qkv: Projections
+    gate_up: Projections
+    o_proj: Any
+    down_proj: Any
+    act: Any
+    mlp: Any
+    attn: Any
+    attn_shortcut: Any
+    mlp_shortcut: Any
+    head_dim: int
+    scaling: float
+    heads: int
+    kv_heads: int
+    attention: Callable | None
+
+    def __init__(self, layer: Any, index: int, config, attention: Callable | None):
         super().__init__()
         self.index, self.eps = index, config.rms_norm_eps
         attn, mlp = layer.self_attn, layer.mlp
@@ -238,7 +256,14 @@ class FusedModel(nn.Module):
     modes and the dense baseline it is shared with); everything else is the model's own module.
     """
 
-    def __init__(self, model: PreTrainedModel, batch: int, max_len: int, cache: bool = True):
+    embed: Any
+    norm: Any
+    lm_head: Any
+    cos: torch.Tensor
+    sin: torch.Tensor
+    positions: torch.Tensor
+
+    def __init__(self, model: Any, batch: int, max_len: int, cache: bool = True):
         super().__init__()
         reason = refusal(model, max_len)
         if reason is not None:

@@ -186,3 +186,26 @@ def test_a_fallback_reason_is_text_not_markup(engine, width, tmp_path):
         html = page.read_text()
         assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;img src=x onerror=alert(1)&gt;" in html
         assert "<script>alert" not in html and "<img" not in html
+
+
+FUSED = {"width-25": 1.25, "width-50": 1.84}
+REFUSED = "fused mode refused the pruned model: FusedRefusal: a sliding window of 16 tokens inside a 257-token cache"
+
+
+def test_a_fused_run_that_fell_back_to_graph_is_stored_and_set_beside_eager(engine, width, tmp_path):
+    """Fused mode falls back to graph mode (not eager): the point records that it ran graph, and why."""
+    ingest(engine, width, make_result(width, speedups=EAGER, theoretical=THEORETICAL))
+    document = in_mode(make_result(width, speedups=FUSED, theoretical=THEORETICAL), "fused").model_dump(mode="json")
+    for point in document["points"]:
+        if point["operating_point"] == "width-25":
+            for latency in point["latency"]:
+                latency.update(execution="graph", fallback=REFUSED)
+    ingest(engine, width, EvaluationResult.model_validate(document))
+    fused = [r for r in leaderboard_rows(engine) if r.execution_mode == "fused"]
+    assert {(r.operating_point, r.execution, r.fallback) for r in fused} == {
+        ("width-25", "graph", REFUSED), ("width-50", "fused", None),
+    }  # fmt: skip
+    html = (build_site(engine, tmp_path / "site").parent / "measured.html").read_text()
+    assert re.search(r"<th[^>]*>Theoretical</th><th[^>]*>eager</th><th[^>]*>fused</th></tr>", html)
+    assert f"<dt>fused</dt><dd>{EXECUTION_MODES['fused'].replace(chr(39), '&#39;')}</dd>" in html
+    assert cells(html, "harness", "width-50")[0][5] == "98.4 % (1.84×)"

@@ -7,6 +7,7 @@ uncompiled; capture and compile run on CUDA only (the tests marked so)."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ IDS = torch.randint(97, (2, 40), generator=torch.Generator().manual_seed(5))
 PREFILL = 24
 DECODE = Scenario(phase=Phase.decode, batch_size=3, seq_len=20)
 PROMPT = Scenario(phase=Phase.prefill, batch_size=2, seq_len=16)
-TIGHT = {"rtol": 1e-5, "atol": 1e-5}
+TIGHT: dict[str, Any] = {"rtol": 1e-5, "atol": 1e-5}
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA Graph capture needs a CUDA device")
 
 
@@ -169,3 +170,16 @@ def test_fused_replay_computes_what_eager_does(scenario, compiled):
         work.step()
         torch.cuda.synchronize()
         torch.testing.assert_close(work.output, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_cli_accepts_fused_and_keeps_it_on_cuda(tmp_path):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from prunereg.cli import app
+
+    dense = Path(__file__).parent.parent / "submissions" / "dense.json"
+    out = CliRunner().invoke(app, ["evaluate", str(dense), "--mode", "fused", "--db", str(tmp_path / "r.db")])
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert "error: --mode fused captures CUDA Graphs and needs --device cuda" in out.output
