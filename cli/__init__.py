@@ -12,7 +12,7 @@ import typer
 
 from prunereg import __version__
 
-from . import check, leaderboard, measure, registry, submissions
+from . import check, leaderboard, measure, registry, submissions, sweep
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -43,6 +43,7 @@ app.command()(submissions.schema)
 app.command()(measure.evaluate)
 app.command()(measure.trace)
 app.command()(measure.prune)
+app.command()(sweep.sweep)
 app.command()(registry.register)
 app.command("ingest")(registry.ingest_saved)
 app.command()(registry.frontier)

@@ -26,7 +26,7 @@ import json
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,11 +40,13 @@ from prunereg.registry.analysis import Band, Realization, realization_by_family,
 from prunereg.registry.harness import HarnessTable, harness_tables
 from prunereg.registry.pareto import axes, ranked
 from prunereg.registry.queries import (
+    Failure,
     GroupKey,
     MethodSummary,
     ReportedRow,
     Row,
     SpeedupKind,
+    failures,
     leaderboard_rows,
     method_detail,
     methods,
@@ -52,6 +54,7 @@ from prunereg.registry.queries import (
 )
 from prunereg.spec.catalog import models
 from prunereg.spec.results import EXECUTION_MODES
+from prunereg.spec.sweep import FAILURE_KINDS
 from prunereg.spec.taxonomy import GEMM_SHAPES, Gemm
 from prunereg.spec.validate import SUPERSEDED, validate_file
 
@@ -69,12 +72,14 @@ class Group:
     rows: list[Row]
     plot: Markup | None
     unplotted: int
-    realization: Markup
+    realization: Markup | None
     bands: list[Band]
     phase: str
     batch_size: int
     device_name: str
     execution_mode: str
+    failed: list[Failure] = field(default_factory=list)
+    """Points of this group that could not be measured (and no later run measured): a row each, never left out."""
 
 
 @dataclass(frozen=True)
@@ -109,10 +114,16 @@ def _harness(rows: list[Row]) -> list[tuple[str, HarnessTable]]:
     return [(_title(t.key[:3], t.phase, t.batch_size, t.seq_len), t) for t in harness_tables(rows)]
 
 
-def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
+def _groups(rows: list[Row], speedup: SpeedupKind, failed: Sequence[Failure] = ()) -> list[Group]:
+    """The comparable groups with their plots and bands; failures join the group their row would have been in, and a
+    group of failures only is listed after the measured ones."""
     grouped: dict[GroupKey, list[Row]] = defaultdict(list)
     for row in rows:
         grouped[row.group].append(row)
+    latest = {(f.spec_hash, f.operating_point, f.group): f for f in failed if not f.superseded}  # oldest first
+    failed_in: dict[GroupKey, list[Failure]] = defaultdict(list)
+    for failure in latest.values():  # one row per point and scenario: its latest failure (the method page has all)
+        failed_in[failure.group].append(failure)
     groups = []
     with_quality_first = sorted(grouped.items(), key=lambda kv: all(r.quality_loss is None for r in kv[1]))
     for i, (key, members) in enumerate(with_quality_first):
@@ -136,7 +147,16 @@ def _groups(rows: list[Row], speedup: SpeedupKind) -> list[Group]:
         bands = transition_bands(members, speedup=speedup) if points else []
         group = Group(
             f"group-{i + 1}", title, ordered, plot, len(members) - len(points), realization, bands,
-            first.phase, first.batch_size, key.device_name, key.execution_mode,
+            first.phase, first.batch_size, key.device_name, key.execution_mode, failed_in.pop(key, []),
+        )  # fmt: skip
+        groups.append(group)
+    only_failed = sorted(failed_in.items(), key=lambda kv: (kv[0][:4], kv[1][0].phase != "prefill", kv[0].scenario))
+    for key, failed_here in only_failed:
+        one = failed_here[0]
+        title = _title(key[:4], one.phase, one.batch_size, one.seq_len)
+        group = Group(
+            f"group-{len(groups) + 1}", title, [], None, 0, None, [], one.phase, one.batch_size, key.device_name,
+            key.execution_mode, failed_here,
         )  # fmt: skip
         groups.append(group)
     return groups
@@ -431,7 +451,8 @@ def _write(
         root="", one_shot=one_shot_groups, recovered=_reported_groups(recovered, speedup, "recovery"), speedup=speedup
     )
     (out_dir / "reported.html").write_text(page, encoding="utf-8")
-    groups = _groups(rows, speedup)
+    failed = failures(engine)
+    groups = _groups(rows, speedup, failed)
     page = env.get_template("measured.html").render(
         root="", groups=groups, selectors=_selectors(groups), speedup=speedup,
         harness=_harness(rows), modes=EXECUTION_MODES, measured_modes=sorted({r.execution_mode for r in rows}),
@@ -444,8 +465,9 @@ def _write(
         detail = replace(detail, submissions=current_first)
         current = next((h for h, v in versions.items() if v == "current"), None)
         page = env.get_template("method.html").render(
-            root="../", method=detail, m=summary, versions=versions, current=current
-        )
+            root="../", method=detail, m=summary, versions=versions, current=current,
+            failures=[f for f in failed if f.method_slug == summary.slug], failure_kinds=FAILURE_KINDS,
+        )  # fmt: skip
         (out_dir / "methods" / f"{summary.slug}.html").write_text(page, encoding="utf-8")
 
     data = {"speedup": speedup, "rows": [_json_row(r) for r in rows]}

@@ -30,9 +30,19 @@ from prunereg.spec.result_checks import (
 )
 from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, QualityResult, relative_loss
 from prunereg.spec.submission import QualityClaim, Reported, Submission, spec_hash
+from prunereg.spec.sweep import MeasurementFailure
 
 from .db import writer
-from .schema import Base, LatencyMeasurement, MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
+from .schema import (
+    Base,
+    FailedMeasurement,
+    LatencyMeasurement,
+    MethodRecord,
+    OperatingPointRecord,
+    QualityRecord,
+    Run,
+    SubmissionRecord,
+)
 
 T = TypeVar("T", bound=Base)
 ATTEMPTS = 6
@@ -95,6 +105,63 @@ def ingest_all(
                 raise
             time.sleep(random.uniform(0, 0.05 * 2**attempt))  # let the other transaction finish
     raise AssertionError("unreachable")
+
+
+def ingest_failures(engine: Engine, submission: Submission, failures: Sequence[MeasurementFailure]) -> IngestSummary:
+    """Store the submission (as `ingest` does) and what it could not measure, in one transaction, retried as ingest's.
+
+    Each failure is keyed by its point, scenario and `attempt`, so a retried transaction adds it once
+    and the same point failing again later is another row: failures are records, never overwritten.
+    """
+    names = {p.name for p in submission.adapter.operating_points}
+    unknown = sorted({f.operating_point for f in failures} - names)
+    if unknown:
+        raise ValueError(f"failure names unknown operating point {unknown[0]!r}")
+    for attempt in range(ATTEMPTS):
+        summary = IngestSummary(submission.method.slug, submission.spec_hash())
+        try:
+            with Session(writer(engine)) as session, session.begin():
+                points = _store_submission(session, submission, summary)
+                for failure in failures:
+                    _store_failure(session, points[failure.operating_point], failure, summary)
+            return summary
+        except DBAPIError as err:
+            if attempt == ATTEMPTS - 1 or not _retryable(err):
+                raise
+            time.sleep(random.uniform(0, 0.05 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+def _store_failure(
+    session: Session, point: OperatingPointRecord, failure: MeasurementFailure, summary: IngestSummary
+) -> None:
+    scenario = failure.scenario
+    env = failure.environment
+    key = {"operating_point_id": point.id, "scenario": scenario.name, "attempt": failure.attempt}
+    if session.scalars(select(FailedMeasurement.id).filter_by(**key)).first() is not None:
+        summary.existing[FailedMeasurement.__tablename__] += 1
+        return
+    row = FailedMeasurement(
+        **key,
+        model=failure.model,
+        weights=failure.weights,
+        environment_key=env.key() if env else None,
+        environment=env.model_dump(mode="json") if env else None,
+        device=failure.device,
+        device_name=failure.device_name,
+        dtype=failure.dtype,
+        execution_mode=failure.execution_mode,
+        phase=scenario.phase.value,
+        batch_size=scenario.batch_size,
+        seq_len=scenario.seq_len,
+        stage=failure.stage,
+        kind=failure.kind,
+        reason=failure.reason,
+        node=failure.node,
+    )  # not _get_or_create, whose own `model` parameter this table's column would shadow
+    session.add(row)
+    session.flush()
+    summary.added[FailedMeasurement.__tablename__] += 1
 
 
 def _check_matches(submission: Submission, result: EvaluationResult | None) -> None:

@@ -23,7 +23,15 @@ from prunereg.spec.catalog import models
 from prunereg.spec.division import division
 
 from .pareto import SpeedupKind, ranked
-from .schema import LatencyMeasurement, MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
+from .schema import (
+    FailedMeasurement,
+    LatencyMeasurement,
+    MethodRecord,
+    OperatingPointRecord,
+    QualityRecord,
+    Run,
+    SubmissionRecord,
+)
 
 MODEL_GEMMS_ONLY = ("router", "other")
 """Traced GEMM kinds that are not the model's matrix products; their kernels say nothing about the pruning."""
@@ -510,6 +518,99 @@ def stored_points(
         for point, scenario in session.execute(stmt):
             found[point].add(scenario)
     return {point for point, measured in found.items() if measured >= set(scenarios)}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A scenario of an operating point that could not be measured (registry.schema.FailedMeasurement), with its method.
+
+    `superseded`: a run of the same point, model, device, dtype and execution mode measured this scenario
+    afterwards; the record is kept, and the leaderboard shows the run instead of the failure.
+    """
+
+    method_slug: str
+    method_name: str
+    family: str
+    spec_hash: str
+    operating_point: str
+    model: str
+    weights: str | None
+    device_name: str
+    dtype: str
+    execution_mode: str
+    environment_key: str | None
+    scenario: str
+    phase: str
+    batch_size: int
+    seq_len: int
+    stage: str
+    kind: str
+    reason: str
+    node: str | None
+    created_at: datetime
+    superseded: bool = False
+
+    @property
+    def group(self) -> GroupKey:
+        """The leaderboard group its row would have been in."""
+        return GroupKey(self.model, self.device_name, self.dtype, self.execution_mode, self.scenario)
+
+
+def failures(engine: Engine) -> list[Failure]:
+    """Every failed measurement, oldest first, each marked superseded where a later run measured what it could not."""
+    stmt = (
+        select(FailedMeasurement, OperatingPointRecord, SubmissionRecord, MethodRecord)
+        .join(FailedMeasurement.operating_point)
+        .join(OperatingPointRecord.submission)
+        .join(SubmissionRecord.method)
+        .order_by(FailedMeasurement.created_at, FailedMeasurement.id)
+    )
+    measured = (
+        select(
+            Run.operating_point_id,
+            Run.model,
+            Run.device_name,
+            Run.dtype,
+            Run.execution_mode,
+            LatencyMeasurement.scenario,
+            Run.created_at,
+        )  # fmt: skip
+        .join(Run.latency)
+        .where(Run.operating_point_id.in_(select(FailedMeasurement.operating_point_id)))
+    )
+    with Session(engine) as session:
+        latest: dict[tuple, datetime] = {}
+        for *key, created in session.execute(measured):
+            latest[tuple(key)] = max(created, latest.get(tuple(key), created))
+        out = []
+        for f, point, submission, method in session.execute(stmt):
+            last_run = latest.get((f.operating_point_id, f.model, f.device_name, f.dtype, f.execution_mode, f.scenario))
+            out.append(
+                Failure(
+                    method.slug,
+                    method.name,
+                    method.family,
+                    submission.spec_hash,
+                    point.name,
+                    f.model,
+                    f.weights,
+                    f.device_name,
+                    f.dtype,
+                    f.execution_mode,
+                    f.environment_key,
+                    f.scenario,
+                    f.phase,
+                    f.batch_size,
+                    f.seq_len,
+                    f.stage,
+                    f.kind,
+                    f.reason,
+                    f.node,
+                    f.created_at,
+                    superseded=last_run is not None and last_run >= f.created_at,
+                )  # fmt: skip
+            )
+        return out
 
 
 def is_empty(engine: Engine) -> bool:

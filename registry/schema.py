@@ -91,6 +91,9 @@ class OperatingPointRecord(Base):
     quality_results: Mapped[list[QualityRecord]] = relationship(
         back_populates="operating_point", order_by="QualityRecord.id"
     )
+    failures: Mapped[list[FailedMeasurement]] = relationship(
+        back_populates="operating_point", order_by="FailedMeasurement.id"
+    )
 
 
 class Run(Base):
@@ -233,3 +236,40 @@ class QualityRecord(Base):
 
     operating_point: Mapped[OperatingPointRecord] = relationship(back_populates="quality_results")
     run: Mapped[Run | None] = relationship(back_populates="quality")
+
+
+class FailedMeasurement(Base):
+    """A scenario of an operating point that an evaluation could not measure, and why (spec.sweep.MeasurementFailure).
+
+    Kept for good: a later run of the same point, model, device, dtype, mode and scenario only stops
+    the leaderboard from showing it (registry.queries.failures). Each failure recorded is its own row
+    (`attempt`, one id per recording), so the same point failing twice is two rows, and a retried
+    transaction stores it once.
+    """
+
+    __tablename__ = "failed_measurements"
+    __table_args__ = (UniqueConstraint("operating_point_id", "scenario", "attempt"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    operating_point_id: Mapped[int] = mapped_column(ForeignKey("operating_points.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(300))
+    weights: Mapped[str | None] = mapped_column(String(16), doc="None where the model never loaded")
+    environment_key: Mapped[str | None] = mapped_column(String(32))
+    # none_as_null: a worker that died before saying where it ran is SQL NULL
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    device: Mapped[str] = mapped_column(String(8))
+    device_name: Mapped[str] = mapped_column(String(300))
+    dtype: Mapped[str] = mapped_column(String(16))
+    execution_mode: Mapped[str] = mapped_column(String(16))
+    scenario: Mapped[str] = mapped_column(String(64))
+    phase: Mapped[str] = mapped_column(String(16))
+    batch_size: Mapped[int]
+    seq_len: Mapped[int]
+    stage: Mapped[str] = mapped_column(String(300), doc="where it failed: loading the model, a scenario's name, ...")
+    kind: Mapped[str] = mapped_column(String(32), doc="spec.sweep.FAILURE_KINDS")
+    reason: Mapped[str] = mapped_column(String(1000))
+    node: Mapped[str | None] = mapped_column(String(300), doc="the Ray node it ran on")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    operating_point: Mapped[OperatingPointRecord] = relationship(back_populates="failures")
