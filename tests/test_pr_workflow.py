@@ -122,3 +122,10 @@ def test_a_broken_submission_fails_with_the_checkers_lines(repo, tmp_path):
     ]
     assert "Traceback" not in result.stderr
     assert not (out / "site").exists() and not (out / "diff.md").exists() and not (out / "new.db").exists()
+
+
+def test_the_workflow_runs_this_script_on_submission_changes():
+    workflow = (ROOT / ".github" / "workflows" / "submission.yml").read_text()
+    assert f'bash {SCRIPT} "$BASE_REF" "$OUT"' in workflow
+    assert '- "submissions/**"' in workflow and '- "results/**"' in workflow
+    assert "fetch-depth: 0" in workflow  # the script diffs against the base branch's merge base

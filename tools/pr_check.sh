@@ -8,9 +8,10 @@
 #   1. install (`make .venv/bin/prunereg`, the README's set-up target), unless PRUNEREG_SKIP_INSTALL=1 and a
 #      prunereg is on PATH (the test runs the script with its own venv);
 #   2. `prunereg check` on the changed files: any problem stops here, exit 1, with the checker's lines;
-#   3. a fresh registry OUT/new.db: every submission of HEAD registered, every saved result of HEAD ingested,
-#      and the changed submissions evaluated on the embedded model (CPU; PRUNEREG_EVALUATE_ARGS adds options,
-#      e.g. "--repeats 3 --task heldout-ppl"); a `checkpoint` submission is not evaluated (its folder is not in git);
+#   3. a fresh registry OUT/new.db: every submission of HEAD registered, its saved results ingested (those
+#      `make demo` ingests: results/<folder>/*--*.json), and the changed submissions evaluated on the embedded
+#      model (CPU; PRUNEREG_EVALUATE_ARGS adds options, e.g. "--repeats 3 --task heldout-ppl"); a `checkpoint`
+#      submission is not evaluated (its folder is not in git);
 #   4. the site built from it into OUT/site (the workflow's artifact);
 #   5. the base registry OUT/base.db the same way from BASE_REF's tree (the base versions of changed submissions
 #      evaluated too, so a modified point is compared with itself), and `prunereg diff` into OUT/diff.md.
@@ -23,6 +24,7 @@ ROOT=$(git rev-parse --show-toplevel)
 cd "$ROOT"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+rm -rf "$OUT/site" "$OUT/diff.md" "$OUT/new.db" "$OUT/base.db" "$OUT/base-tree" # never an earlier run's
 
 # Changed JSON files a submission can consist of; deleted files are not checked (nothing is left to check).
 mapfile -t CHANGED < <(
@@ -70,7 +72,7 @@ fill() {
   (
     cd "$tree"
     shopt -s nullglob
-    local subs=(submissions/*.json) saved=(results/*/*--*.json results/*/*/*--*.json)
+    local subs=(submissions/*.json) saved=(results/*/*--*.json) # what `make demo` ingests
     [ ${#subs[@]} -eq 0 ] || "$PRUNEREG" register "${subs[@]}" --db "$db" >/dev/null
     [ ${#saved[@]} -eq 0 ] || "$PRUNEREG" ingest "${saved[@]}" --db "$db" >/dev/null
     for f in "$@"; do
