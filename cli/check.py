@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.text import Text
@@ -182,26 +182,24 @@ def check(
     Example: prunereg check submissions/shortgpt.json results/h200/shortgpt--llama-3.1-8b--h200-*.json
     """
     paths = files or _repository_files(submissions, results)
-    checker = _Checker(submissions, results, [p for p in paths if _results_document(p) is not None])
-    bad = False
+    saved = {p for p in paths if _results_document(p) is not None}
+    checker = _Checker(submissions, results, [p for p in paths if p in saved])
+    printed: set[tuple[Path, Problem]] = set()  # a result found for its submission and named too: its lines once
     for path in paths:
-        if _results_document(path) is not None:
-            problems, summary = _check_results(checker, path)
-        else:
-            problems, summary = _check_submission(checker, path)
+        problems, summary = (_check_results if path in saved else _check_submission)(checker, path)
         for where, problem in problems:
-            errors.print(Text(f"{where}: {problem.pointer or '/'}: {problem.message}"), soft_wrap=True)
-        if problems:
-            bad = True
-        else:
+            if (where.resolve(), problem) not in printed:
+                errors.print(Text(f"{where}: {problem.pointer or '/'}: {problem.message}"), soft_wrap=True)
+            printed.add((where.resolve(), problem))
+        if not problems:
             console.print(Text(summary), soft_wrap=True)
-    if bad:
+    if printed:
         raise typer.Exit(1)
 
 
 # --- diff ---------------------------------------------------------------------------------------------
 
-QUALITIES = ("measured", "reported")
+QUALITIES: tuple[Literal["measured", "reported"], ...] = ("measured", "reported")
 
 
 @dataclass(frozen=True)
@@ -231,9 +229,10 @@ def _fronts(engine: Engine) -> dict[tuple, _Front]:
     fronts = {}
     for quality in QUALITIES:
         for phase, batch in scenarios:
-            for a in scenario_analysis(engine, phase, batch, quality=quality):  # type: ignore[arg-type]
+            for a in scenario_analysis(engine, phase, batch, quality=quality):
                 if a.has_quality:
-                    fronts[(quality, *a.key)] = _Front(quality, _group_title(a), _points(a), _bands(a))
+                    key = (quality, *a.key)
+                    fronts[key] = _Front(quality, _group_title(a), _points(a), _bands(a))
     return fronts
 
 
@@ -265,9 +264,10 @@ def _md(text: str) -> str:
 
 def _point_line(change: str, row: Row) -> str:
     from prunereg.leaderboard.display import family_label
+    from prunereg.registry.queries import ReportedRow
 
     loss = "n/a" if row.quality_loss is None else f"{row.quality_loss * 100:.1f} %"
-    source = f" (arXiv {_md(row.arxiv)}, {_md(row.paper_table)})" if getattr(row, "arxiv", "") else ""
+    source = f" (arXiv {_md(row.arxiv)}, {_md(row.paper_table)})" if isinstance(row, ReportedRow) else ""
     return (
         f"| {change} | {_md(row.method_name)} | {_md(row.operating_point)}{source} | {_md(family_label(row.family))} "
         f"| {row.speedup:.2f}× | {loss} |"

@@ -116,6 +116,8 @@ def test_check_reports_a_saved_result_that_contradicts_its_submission(repo):
     assert {f for f, _, _ in found} == {f"results/gpu/{MOD_RESULT.name}"}
     pointers = {p for _, p, _ in found}
     assert "/result/points/0/latency/0/median" in pointers and "/result/points/1/operating_point" in pointers
+    both = run("check", f"submissions/{MOD}.json", f"results/gpu/{MOD_RESULT.name}")  # found and named: once
+    assert both.exit_code == 1 and problems(both) == found
 
 
 def test_a_changed_submission_no_longer_owns_its_results_and_a_result_names_its_own(repo):

@@ -24,7 +24,7 @@ ROOT=$(git rev-parse --show-toplevel)
 cd "$ROOT"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-rm -rf "$OUT/site" "$OUT/diff.md" "$OUT/new.db" "$OUT/base.db" "$OUT/base-tree" # never an earlier run's
+rm -rf "$OUT/site" "$OUT/diff.md" "$OUT"/new.db* "$OUT"/base.db* "$OUT/base-tree" # never an earlier run's
 
 # Changed JSON files a submission can consist of; deleted files are not checked (nothing is left to check).
 mapfile -t CHANGED < <(
