@@ -270,7 +270,7 @@ def _point_line(change: str, row: Row) -> str:
     source = f" (arXiv {_md(row.arxiv)}, {_md(row.paper_table)})" if isinstance(row, ReportedRow) else ""
     return (
         f"| {change} | {_md(row.method_name)} | {_md(row.operating_point)}{source} | {_md(family_label(row.family))} "
-        f"| {row.speedup:.2f}× | {loss} |"
+        f"| {row.speedup:.2f}× | {loss} | {row.spec_hash[:8]} · {_md(row.environment_key[:8])} |"
     )
 
 
@@ -305,7 +305,10 @@ def diff_markdown(old: dict[tuple, _Front], new: dict[tuple, _Front]) -> str:
         status = " (new group)" if before is None else " (group gone)" if after is None else ""
         lines = [f"### {_md(front.title)}{status}", ""]
         if entered or left:
-            lines += ["| front | method | point | family | speedup | loss |", "|---|---|---|---|---|---|"]
+            lines += [
+                "| front | method | point | family | speedup | loss | version · environment |",
+                "|---|---|---|---|---|---|---|",
+            ]
             lines += [_point_line("entered", r) for r in sorted(entered, key=_order)]
             lines += [_point_line("left", r) for r in sorted(left, key=_order)]
             lines.append("")

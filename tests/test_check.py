@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from factories import claim, make_result, make_submission
+from factories import claim, make_environment, make_result, make_submission
 from pages import check_html5_strict
 from typer.testing import CliRunner
 
@@ -228,7 +228,8 @@ def test_diff_names_the_points_that_entered_and_left_and_the_bands_that_moved(tm
     section = text.split("### ")[1]
     assert section.startswith("measured quality · prunereg-mini · NVIDIA H200 · bfloat16 · eager · decode-b1-c256\n")
     name = r"Width \[x\](https://example.org) @​someone \|"  # inert: no link, no mention, no extra cell
-    assert f"| entered | {name} | width-25 | static NK, width | 1.60× | 4.0 % |" in section
+    version = f"{WIDTH.spec_hash()[:8]} · {make_environment().key()[:8]}"
+    assert f"| entered | {name} | width-25 | static NK, width | 1.60× | 4.0 % | {version} |" in section
     assert "| left | Depth Test | drop-50 |" in section  # width-50 is faster at less loss
     assert "- before: dense baseline 0–2 %; static M, depth 3–20 %" in section
     assert "- after: dense baseline 0–2 %; static M, depth 3 %; static NK, width 4–20 %" in section
