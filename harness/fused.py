@@ -15,7 +15,7 @@ inside this forward: low-rank factors (LowRankLinear) and 2:4 weights on sparse 
 separate projections, SliceGPT's shortcut rotations run where `shortcut_forward` runs them, token
 routing's RoutedMLP runs as the MLP (told the positions its pre-hook would have read), and the
 block-sparse attention function that sparse_attention registers runs in place of SDPA. A model
-with anything else (another architecture, a sliding window inside the cache, a length-dependent
+with anything else (another architecture, block-sparse attention under a sliding window, a length-dependent
 rotary, a module or hook this forward does not know) is refused with the reason (`FusedRefusal`),
 and the harness times it in graph mode instead.
 """
@@ -127,9 +127,9 @@ class FusedLayer(nn.Module):
     kv_heads: int
     attention: Callable | None
 
-    def __init__(self, layer: Any, index: int, config, attention: Callable | None):
+    def __init__(self, layer: Any, index: int, config, attention: Callable | None, window: int | None = None):
         super().__init__()
-        self.index, self.eps = index, config.rms_norm_eps
+        self.index, self.eps, self.window = index, config.rms_norm_eps, window
         attn, mlp = layer.self_attn, layer.mlp
         self.has_attention = not isinstance(attn, DroppedAttention)
         if self.has_attention:
@@ -197,15 +197,30 @@ class FusedLayer(nn.Module):
         if self.attention is not None:  # the adapter's attention function: [b, s, heads, d]
             out = self.attention(self.attn, q, k, v, None, scaling=self.scaling, dropout=0.0)[0].reshape(b, s, -1)
             return self.o_proj(out)
-        gqa = self.heads != self.kv_heads
-        if position == 0 and s > 1:
+        gqa, end = self.heads != self.kv_heads, position + s
+        start = 0 if self.window is None or s > 1 else max(0, end - self.window)  # one query: its window, sliced
+        k, v = k[:, :, start:], v[:, :, start:]
+        if self.window is not None and end > self.window and s > 1:  # a prefill longer than the window: banded
+            mask = torch.ones(s, end, dtype=torch.bool, device=q.device).tril(diagonal=position)
+            mask = mask.triu(diagonal=position - self.window + 1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=gqa)
+        elif position == 0 and s > 1:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling, enable_gqa=gqa)
-        elif s == 1:  # one query over every key written so far: nothing to mask
+        elif s == 1:  # one query over every key written so far (in its window): nothing to mask
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling, enable_gqa=gqa)
         else:  # a chunk after earlier tokens: causal with the offset
-            mask = torch.ones(s, position + s, dtype=torch.bool, device=q.device).tril(diagonal=position)
+            mask = torch.ones(s, end, dtype=torch.bool, device=q.device).tril(diagonal=position)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+
+def windows(config) -> list[int | None]:
+    """Each layer's sliding window as transformers applies it (Mistral: every layer; Qwen2: its sliding layers)."""
+    window = getattr(config, "sliding_window", None)
+    if config.model_type == "mistral":
+        return [window] * config.num_hidden_layers
+    types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    return [window if kind == "sliding_attention" else None for kind in types[: config.num_hidden_layers]]
 
 
 def refusal(model: PreTrainedModel, max_len: int) -> str | None:
@@ -213,10 +228,9 @@ def refusal(model: PreTrainedModel, max_len: int) -> str | None:
     config = model.config
     if config.model_type not in ARCHITECTURES:
         return f"fused mode runs {', '.join(ARCHITECTURES)}, not {config.model_type}"
-    window = getattr(config, "sliding_window", None)
-    sliding = config.model_type == "mistral" or "sliding_attention" in (getattr(config, "layer_types", None) or ())
-    if sliding and window is not None and window < max_len:
-        return f"a sliding window of {window} tokens inside a {max_len}-token cache"
+    window = next((w for w in windows(config) if w is not None and w < max_len), None)
+    if window is not None and config._attn_implementation == BLOCK_SPARSE:
+        return f"block-sparse attention under a sliding window of {window} tokens inside a {max_len}-token cache"
     rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
     if rope in LENGTH_DEPENDENT_ROPE:
         return f"rotary type '{rope}' changes with the sequence length"
@@ -273,7 +287,8 @@ class FusedModel(nn.Module):
         self.embed, self.norm, self.lm_head = inner.embed_tokens, inner.norm, model.lm_head
         self.eps, self.max_len = config.rms_norm_eps, max_len
         self.layers = nn.ModuleList(
-            FusedLayer(layer, i, config, attention) for i, layer in enumerate(inner.layers[: config.num_hidden_layers])
+            FusedLayer(layer, i, config, attention, window)
+            for i, (layer, window) in enumerate(zip(inner.layers[: config.num_hidden_layers], windows(config)))
         )
         weight = self.embed.weight
         positions = torch.arange(max_len, device=weight.device)

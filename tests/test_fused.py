@@ -19,9 +19,11 @@ from prunereg.adapters.low_rank import LowRankLinear
 from prunereg.harness.fused import CAPTURE_REFUSAL, FusedModel, FusedRefusal
 from prunereg.harness.latency import FusedWorkload, Workload, measure_pair, prepare
 from prunereg.harness.models import load_model
+from prunereg.spec.adapters import adapters
 from prunereg.spec.catalog import Phase, Scenario
 from prunereg.spec.parameters import LayerDropParams, SublayerDropParams, TokenRoutingParams, WidthParams
 
+EXAMPLES_BY_NAME = {row.name: row.examples[0] for row in adapters().values() if row.examples}
 IDS = torch.randint(97, (2, 40), generator=torch.Generator().manual_seed(5))
 PREFILL = 24
 DECODE = Scenario(phase=Phase.decode, batch_size=3, seq_len=20)
@@ -94,19 +96,38 @@ def test_per_layer_shapes_and_dropped_blocks_have_no_cache():
     assert (fused.layers[2].heads, fused.layers[2].kv_heads) == (4, 2) and fused.caches[2][0].shape[1] == 2
 
 
+@pytest.mark.parametrize(
+    "model_type,fields",
+    [
+        ("mistral", {"sliding_window": 16}),
+        ("qwen2", {"sliding_window": 16, "use_sliding_window": True, "max_window_layers": 3}),
+    ],
+    ids=["mistral", "qwen2-some-layers"],
+)
+def test_a_sliding_window_inside_the_cache_is_applied_as_transformers_does(model_type, fields):
+    model = tiny(model_type, **fields)
+    fused = check_fused(model, IDS, PREFILL)  # a 24-token prefill is longer than the window: a banded mask
+    expected = [16] * 6 if model_type == "mistral" else [None] * 3 + [16] * 3
+    assert [layer.window for layer in fused.layers] == expected
+
+
 def test_refusals_say_why():
-    windowed = tiny("mistral", sliding_window=16)
-    with pytest.raises(FusedRefusal, match="a sliding window of 16 tokens inside a 40-token cache"):
+    windowed = get_adapter("sparse_attention").apply(
+        tiny("mistral", sliding_window=16), EXAMPLES_BY_NAME["sparse_attention"]
+    )
+    with pytest.raises(
+        FusedRefusal, match="block-sparse attention under a sliding window of 16 tokens inside a 40-token"
+    ):
         FusedModel(windowed, 2, 40)
     FusedModel(windowed, 2, 16)  # a window the cache does not exceed changes nothing
     hooked = tiny("llama")
     hooked.model.layers[1].mlp.register_forward_hook(lambda *_: None)
     with pytest.raises(FusedRefusal, match="layer 1.mlp has a forward hook fused mode would not run"):
         FusedModel(hooked, 2, 40)
-    eager = tiny("llama")
-    eager.set_attn_implementation("flex_attention")
+    flex = tiny("llama")
+    flex.set_attn_implementation("flex_attention")
     with pytest.raises(FusedRefusal, match="attention implementation 'flex_attention' is not SDPA"):
-        FusedModel(eager, 2, 40)
+        FusedModel(flex, 2, 40)
 
 
 def test_token_routing_runs_fused_but_is_not_captured():
@@ -144,11 +165,13 @@ def test_prepare_runs_fused_uncaptured_on_cpu():
 
 def test_a_refused_pair_falls_back_to_graph_mode_and_records_why():
     """On a CPU graph capture fails too, so the pair ends eager, with both reasons."""
-    model = tiny("mistral", sliding_window=8)
-    works, execution, reason = prepare(model, copy.deepcopy(model), DECODE, "fused")
+    model = tiny("llama")
+    hooked = copy.deepcopy(model)
+    hooked.model.layers[0].register_forward_hook(lambda *_: None)
+    works, execution, reason = prepare(model, hooked, DECODE, "fused")
     assert execution == "eager" and type(works[0]) is Workload
     assert reason is not None and reason.startswith(
-        "fused mode refused the dense model: FusedRefusal: a sliding window of 8 tokens inside a 21-token cache; "
+        "fused mode refused the pruned model: FusedRefusal: layer 0 has a forward hook fused mode would not run; "
         "graph mode failed on the dense model: "
     )
 
