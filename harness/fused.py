@@ -7,17 +7,18 @@ Linear (weights and biases) and gate/up into another at load, a static KV cache 
 ([batch, kv_heads, max_len, head_dim] per layer, written at the step's position), RMSNorm and
 rotary computed as transformers computes them (cos/sin from the model's own rotary embedding,
 RMSNorm with the config's rms_norm_eps), attention through torch SDPA (causal in a prefill from
-position 0; no mask for one query over the cache it fills, grouped K/V heads read in place).
+position 0; no mask for one query over the cache it fills, grouped K/V heads read in place;
+sliding windows where transformers applies them).
 
 Every layer is built from what the pruned model holds, so shapes may differ per layer (width,
 sublayer drop, layer drop). What fusion does not apply to keeps the adapter's own module and runs
 inside this forward: low-rank factors (LowRankLinear) and 2:4 weights on sparse tensor cores stay
 separate projections, SliceGPT's shortcut rotations run where `shortcut_forward` runs them, token
-routing's RoutedMLP runs as the MLP (told the positions its pre-hook would have read), and the
-block-sparse attention function that sparse_attention registers runs in place of SDPA. A model
-with anything else (another architecture, block-sparse attention under a sliding window, a length-dependent
-rotary, a module or hook this forward does not know) is refused with the reason (`FusedRefusal`),
-and the harness times it in graph mode instead.
+routing's RoutedMLP runs as the MLP (told the positions its pre-hook would have read; it cannot be
+captured, `capture_refusal`), and the block-sparse attention function that sparse_attention
+registers runs in place of SDPA. A model with anything else (another architecture, block-sparse
+attention under a sliding window, a length-dependent rotary, a module or hook this forward does not
+know) is refused with the reason (`FusedRefusal`), and the harness times it in graph mode instead.
 """
 
 from __future__ import annotations
