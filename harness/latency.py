@@ -265,10 +265,7 @@ def prepare(
         works: list[Workload] = []
         try:
             for model in (dense, pruned):
-                fused = FusedWorkload(model, scenario, compiled=compiled, tokenizer=tokenizer)
-                if device.type == "cuda":
-                    fused.capture()
-                works.append(fused)
+                works.append(_fused(model, scenario, compiled, device.type == "cuda", tokenizer))
             return works, mode, None
         except Exception as err:  # a refused model, or a capture or compile failure: graph mode next
             reasons.append(_failure(mode, works, err))
@@ -288,6 +285,14 @@ def prepare(
         "eager",
         "; ".join(reasons)[:300] or None,
     )
+
+
+def _fused(model: PreTrainedModel, scenario: Scenario, compiled: bool, capture: bool, tokenizer) -> Workload:
+    """One fused workload, captured on CUDA; on failure nothing of it outlives the exception."""
+    work = FusedWorkload(model, scenario, compiled=compiled, tokenizer=tokenizer)
+    if capture:
+        work.capture()
+    return work
 
 
 def _failure(mode: ExecutionMode, works: list[Workload], err: Exception) -> str:
