@@ -21,11 +21,11 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 from sqlalchemy import Engine
 
-from .pareto import SpeedupKind, axes, frontier
+from .pareto import FrontierPoint, SpeedupKind, axes, frontier
 from .queries import GroupKey, Row, leaderboard_rows, reported_rows
 
 QualitySource = Literal["measured", "reported"]
@@ -51,7 +51,7 @@ class _Candidate:
     loss: float
 
 
-def _candidates(rows: Sequence[Row], kind: SpeedupKind) -> list[_Candidate]:
+def _candidates(rows: Sequence[BandPoint], kind: SpeedupKind) -> list[_Candidate]:
     """Rows with a measured loss, plus the dense baseline pinned at loss 0 and speedup 1.
 
     A dense row's own speedup is dense timed against itself, noise around 1.0; pinning it keeps
@@ -75,8 +75,21 @@ def _winner(candidates: list[_Candidate], tolerance: float) -> _Candidate:
     return min(fitting, key=lambda c: (-c.speedup, c.loss, c.family, c.method))
 
 
+class BandPoint(FrontierPoint, Protocol):
+    """What the bands read of a row: a point of one group with its family and name."""
+
+    @property
+    def family(self) -> str: ...
+
+    @property
+    def method_name(self) -> str: ...
+
+    @property
+    def operating_point(self) -> str: ...
+
+
 def transition_bands(
-    rows: Sequence[Row], step: float = 0.01, speedup: Literal["measured", "theoretical"] = "measured"
+    rows: Sequence[BandPoint], step: float = 0.01, speedup: Literal["measured", "theoretical"] = "measured"
 ) -> list[Band]:
     """The winning family at each tolerance 0, step, 2·step, … up to the largest measured loss.
 
