@@ -16,6 +16,7 @@ rest of the CLI stays fast and runs without it.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import os
 import socket
@@ -100,6 +101,13 @@ def node_name() -> str:
     return socket.gethostname()
 
 
+def stored_model_name(model: str) -> str:
+    """The name runs of `model` are stored under (harness.models.load_model): a catalog name, or a checkpoint's folder name."""
+    from prunereg.spec.catalog import models
+
+    return model if model in models() else Path(model).name or model
+
+
 def classify(err: BaseException) -> tuple[FailureKind, str]:
     """The failure kind and a one-line reason; an out-of-memory error is told apart however torch raised it."""
     from prunereg.evaluate import EvaluationError
@@ -148,11 +156,11 @@ def run_evaluation(job: Job, events: Any) -> Outcome:
         )
     )
     engine = connect(job.url)
-    loaded_weights: list[str] = []
+    loaded: list[tuple[str, str]] = []
     state: dict[str, Any] = {}
 
     def stored(model_name: str, weights: str, run_env: Environment) -> set[str]:
-        loaded_weights.append(weights)
+        loaded.append((model_name, weights))
         state.update(in_loop=True, point=None)
         return stored_points(engine, spec.spec_hash(), model_name, weights, run_env.key(), names)
 
@@ -178,8 +186,8 @@ def run_evaluation(job: Job, events: Any) -> Outcome:
         records = [
             MeasurementFailure(
                 operating_point=point,
-                model=job.model,
-                weights=loaded_weights[-1] if loaded_weights else None,
+                model=loaded[-1][0] if loaded else stored_model_name(job.model),
+                weights=loaded[-1][1] if loaded else None,
                 environment=env,
                 device=device.type,
                 device_name=outcome.device_name,
@@ -191,7 +199,7 @@ def run_evaluation(job: Job, events: Any) -> Outcome:
                 reason=reason,
                 node=outcome.node,
                 attempt=attempt,
-            )  # fmt: skip
+            )
             for point in points
             for scenario in scenarios
         ]
@@ -216,13 +224,40 @@ def run_evaluation(job: Job, events: Any) -> Outcome:
                 if not state["in_loop"]:  # before the first point: nothing of these can be measured here
                     failed(pending, state["stage"], err)
                     break
+                if not pending:  # every point is stored: nothing is missing
+                    break
                 point = state["point"] or pending[0]  # no step named yet: it failed pruning the next point
                 failed([point], state["stage"] if state["point"] else "applying the adapter", err)
                 remaining = [p for p in pending if p != point]
+            finally:
+                if device.type == "cuda" and torch.cuda.is_available():  # before loading the model again
+                    gc.collect()
+                    torch.cuda.empty_cache()
     finally:
         engine.dispose()
     outcome.seconds = time.monotonic() - started
     return outcome
+
+
+def stored_by(task: Tracked, spec: Submission, url: str) -> set[str]:
+    """Points of a task Ray gave up on that are stored all the same: its worker died after storing one, before
+    saying so. Only known where a worker said which environment it measured in."""
+    from prunereg.registry.db import connect
+    from prunereg.registry.queries import stored_points
+
+    if task.environment is None:
+        return set()
+    names = [s.name for s in suites()[task.job.suite]]
+    model, key = stored_model_name(task.job.model), task.environment.key()
+    engine = None
+    try:
+        engine = connect(url)
+        return {p for w in ("trained", "random") for p in stored_points(engine, spec.spec_hash(), model, w, key, names)}
+    except Exception:  # the registry is unreachable: the failures will not be stored either, and say so
+        return set()
+    finally:
+        if engine is not None:
+            engine.dispose()
 
 
 def lost(
@@ -238,11 +273,12 @@ def lost(
         kind = "unschedulable"
     elif not isinstance(err, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)):
         kind = "error"
+    cause = getattr(err, "cause", None) or err  # a task that raised: its own exception, not Ray's traceback
     attempt = uuid.uuid4().hex
     return [
         MeasurementFailure(
             operating_point=point,
-            model=job.model,
+            model=stored_model_name(job.model),
             environment=env,
             device=cast(Any, job.device),
             device_name=env.device_name if env else job.device,
@@ -251,10 +287,10 @@ def lost(
             scenario=scenario,
             stage="running the task",
             kind=kind,
-            reason=one_line(f"{type(err).__name__}: {err}"),
+            reason=one_line(f"{type(cause).__name__}: {cause}"),
             node=node,
             attempt=attempt,
-        )  # fmt: skip
+        )
         for point in job.points
         if point not in done
         for scenario in suites()[job.suite]
@@ -361,7 +397,7 @@ def run_sweep(
                     task.outcome = ray.get(ref)
                 except ray.exceptions.RayError as err:
                     spec = Submission.model_validate_json(task.job.submission_json)
-                    done = task.measured | task.reused | task.failed
+                    done = task.measured | task.reused | task.failed | stored_by(task, spec, url)
                     node = task.nodes[-1] if task.nodes else None
                     records = lost(task.job, spec, done, task.environment, node, err)
                     try:

@@ -217,3 +217,33 @@ def test_a_killed_worker_is_retried_and_nothing_is_stored_twice(cluster, postgre
     assert runs_per_point(postgres) == {point: [CI_SCENARIOS] for point in points}
     assert failure_rows(postgres) == []
     assert Counter(task.nodes) == Counter({task.nodes[0]: 2})
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_task_ray_gives_up_on_is_stored_as_failed_for_its_missing_points(cluster, postgres):
+    """No retries: the worker killed after its first point leaves that point stored and the others failed
+    ('worker-lost', recorded by the driver), never missing."""
+    from prunereg.cli.sweep import run_sweep
+    from prunereg.spec.validate import validate_file
+
+    points = ["drop-25", "drop-50"]
+    sweep = Sweep.model_validate(
+        {"submissions": [{"path": "shortgpt.json", "points": points}], "max_retries": 0, **FAST}
+    )
+    spec, _ = validate_file(SUBMISSIONS / "shortgpt.json")
+    assert spec is not None
+    starts: list[int] = []
+
+    def on_event(task, event) -> None:
+        if event.kind == "start":
+            starts.append(event.pid)
+        if event.kind == "measured" and event.point:
+            os.kill(starts[-1], signal.SIGKILL)
+
+    connect(postgres).dispose()
+    (task,) = run_sweep(sweep, {"shortgpt.json": (spec, SUBMISSIONS)}, postgres, on_event)
+    assert len(starts) == 1
+    assert runs_per_point(postgres) == {"drop-25": [CI_SCENARIOS]}
+    assert sorted(failure_rows(postgres)) == sorted(("drop-50", s.name, "worker-lost") for s in suites()["ci"])
+    assert task.outcome is not None and {f.operating_point for f in task.outcome.failures} == {"drop-50"}
