@@ -63,5 +63,6 @@ def test_eight_processes_ingest_overlapping_results(backend, tmp_path):
         "runs": 2 * pairs,
         "latency_measurements": 4 * pairs,
         "quality_results": len(SLUGS) + 2 * pairs,  # one claim per method, one measured per run
+        "failed_measurements": 0,
     }
     assert sum((Counter(r) for r in reports), Counter()) == Counter(stored)  # each row added once

@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from backends import BACKENDS, backend_url
-from factories import default_effects, in_mode, make_environment, make_result, make_submission
+from factories import claim, default_effects, in_mode, make_environment, make_result, make_submission
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.orm import Session
 
@@ -30,7 +30,7 @@ from prunereg.registry.db import (
 )
 from prunereg.registry.ingest import ingest, ingest_failures
 from prunereg.registry.queries import leaderboard_rows
-from prunereg.registry.schema import Base, FailedMeasurement, Run
+from prunereg.registry.schema import Base, FailedMeasurement, QualityRecord, Run
 from prunereg.spec.results import CheckpointRecord, WeightFile
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -142,6 +142,50 @@ def test_0006_adds_the_checkpoint_record_and_leaves_every_digest(backend, tmp_pa
         upgrade_schema(engine)
         with engine.connect() as connection:
             assert connection.execute(runs).all() == [(i, digest, None) for i, digest, _ in before]
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0007_turns_finetune_tokens_into_a_recovery_record_and_back(backend, tmp_path):
+    """Down to 0006 a claim keeps its recovery tokens as finetune_tokens; up again they are a record whose data
+    is 'unstated' (0006 never knew it); one-shot claims stay NULL both ways."""
+    recovered = {"data": "Alpaca", "tokens": 50_000_000, "method": "LoRA"}
+    claims = [claim("drop-25", 9.0), claim("drop-50", 12.0, recovery=recovered)]
+    with backend_url(backend, tmp_path) as url:
+        engine = connect(url)
+        sub = make_submission("recovered-test", claims=claims)
+        ingest(engine, sub)
+        downgrade(engine, "0006")
+        with engine.connect() as connection:
+            old = sorted(connection.execute(text("SELECT value, finetune_tokens FROM quality_results")).all())
+        assert old == [(9.0, 0), (12.0, 50_000_000)]
+        upgrade_schema(engine)
+        rows = select(QualityRecord.value, QualityRecord.recovery, QualityRecord.eval_length).order_by(
+            QualityRecord.value
+        )
+        with engine.connect() as connection:
+            assert connection.execute(rows).all() == [
+                (9.0, None, None),
+                (12.0, {"data": "unstated", "tokens": 50_000_000, "method": ""}, None),
+            ]
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0008_adds_the_stand_in_and_leaves_every_digest(backend, tmp_path):
+    """Down to 0007 drops the stand-in column, not a run or its digest; up again every run has none."""
+    with backend_url(backend, tmp_path) as url:
+        engine = connect(url)
+        fill(engine)
+        runs = select(Run.id, Run.measurement).order_by(Run.id)
+        with engine.connect() as connection:
+            before = connection.execute(runs).all()
+        downgrade(engine, "0007")
+        assert "stand_in" not in {c["name"] for c in inspect(engine).get_columns("runs")}
+        upgrade_schema(engine)
+        with engine.connect() as connection:
+            assert connection.execute(runs).all() == before
+            assert connection.execute(select(Run.stand_in).distinct()).scalars().all() == [None]
         engine.dispose()
 
 

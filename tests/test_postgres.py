@@ -35,7 +35,7 @@ def test_postgres_ingest_is_idempotent(pg_engine):
     assert first.changed and not second.changed
     assert counts(pg_engine) == after_first == {
         "methods": 1, "submissions": 1, "operating_points": 2, "runs": 2,
-        "latency_measurements": 4, "quality_results": 3,
+        "latency_measurements": 4, "quality_results": 3, "failed_measurements": 0,
     }  # fmt: skip
 
 

@@ -16,6 +16,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
+INT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # what the ORM maps an int to (0001's INT)
 quality = sa.table(
     "quality_results",
     sa.column("id", sa.Integer),
@@ -26,7 +27,7 @@ quality = sa.table(
 
 def upgrade() -> None:
     with op.batch_alter_table("quality_results") as batch:
-        batch.add_column(sa.Column("eval_length", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("eval_length", INT, nullable=True))
         batch.add_column(sa.Column("tasks_averaged", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("recovery", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("calibration", sa.JSON(), nullable=True))
@@ -46,7 +47,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("quality_results") as batch:
-        batch.add_column(sa.Column("finetune_tokens", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("finetune_tokens", INT, nullable=False, server_default="0"))
     connection = op.get_bind()
     rows = connection.execute(sa.select(quality.c.id, quality.c.recovery))
     for row_id, recovery in rows.all():
