@@ -45,6 +45,7 @@ def checkpoint_submission(folder: Path, like: str, slug: str, path: str, **decla
     document["method"] |= {"slug": slug, "name": f"{document['method']['name']} checkpoint"}
     params = {"path": path, "base": EMBEDDED_MODEL, **declared}
     document["adapter"] = {"name": "checkpoint", "operating_points": [{"name": "point", "params": params}]}
+    document["quality_claims"] = []  # the papers' claims name `like`'s points, which this submission has not
     file = folder / f"{slug}.json"
     file.write_text(json.dumps(document))
     return file

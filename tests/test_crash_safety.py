@@ -18,6 +18,7 @@ COMMAND = [
     "prunereg.cli",
     "evaluate",
     str(ROOT / "submissions" / "shortgpt.json"),
+    *("--point", "drop-25", "--point", "drop-50"),  # the demo's points (the file also has its papers')
     "--repeats",
     "25",
 ]
