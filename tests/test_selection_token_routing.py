@@ -130,7 +130,7 @@ def test_capacity_is_exact_on_the_calibration_and_passes_the_declaration_check_e
 def test_on_the_embedded_model_the_trained_router_beats_the_seeded_rule():
     """prunereg-mini, float32, default calibration (32 × 256 tokens of the train split), the submission's
     points (every second MLP, sparsity 0.5 and 0.875), held-out cross-entropy; the trained point's
-    declaration check on held-out text passes. Numbers: /tmp/notes/router.md, merged into the README."""
+    declaration check on held-out text passes. Numbers: README, "Faithful selections and calibration"."""
     from prunereg.harness.embedded import EVAL_SPLIT
     from prunereg.harness.models import load_model
     from prunereg.harness.quality import encode, mean_cross_entropy
