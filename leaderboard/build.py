@@ -128,7 +128,7 @@ def _groups(rows: list[Row], speedup: SpeedupKind, failed: Sequence[Failure] = (
     with_quality_first = sorted(grouped.items(), key=lambda kv: all(r.quality_loss is None for r in kv[1]))
     for i, (key, members) in enumerate(with_quality_first):
         points = [
-            PlotPoint(a.quality_loss, a.speedup, r.family, f"{r.method_name} · {r.operating_point}")
+            PlotPoint(a.quality_loss, a.speedup, r.family, f"{r.method_name} · {r.operating_point}", display.noisy(r))
             for r in members
             if (a := axes(r, speedup)) is not None
         ]
@@ -203,7 +203,7 @@ def _reported_groups(rows: Sequence[ReportedRow], speedup: SpeedupKind, prefix: 
         first = members[0]
         title = _title(key[:4], first.phase, first.batch_size, first.seq_len)  # the base model, not the timed one
         points = [
-            PlotPoint(a.quality_loss, a.speedup, r.family, f"{r.method_name} · {r.operating_point}")
+            PlotPoint(a.quality_loss, a.speedup, r.family, f"{r.method_name} · {r.operating_point}", display.noisy(r))
             for r in members
             if (a := axes(r, speedup)) is not None
         ]

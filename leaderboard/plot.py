@@ -15,7 +15,7 @@ from markupsafe import Markup, escape
 
 from prunereg.registry.pareto import frontier
 
-from .display import family_label
+from .display import NOISY_SPREAD, family_label
 
 FAMILY_COLOURS = {
     "dense": "#000000",
@@ -36,6 +36,8 @@ FRONT = 'fill="none" stroke="#222" stroke-width="1.5"'
 TICK = 'font-size="11" fill="#333"'
 LABEL = 'font-size="12" fill="#111"'
 POINT = 'fill-opacity="0.85" stroke="#fff" stroke-width="1"'
+NOISY = 'fill="#fff" stroke-width="2" stroke-dasharray="2 2"'
+FRONT_LABEL = 'font-size="10" fill="#222"'
 
 WIDTH, HEIGHT = 760, 360
 LEFT, RIGHT, TOP, BOTTOM = 58, 200, 16, 46
@@ -47,6 +49,8 @@ class PlotPoint:
     speedup: float
     family: str
     label: str
+    noisy: bool = False
+    """Its median's p80/p20 spread is over display.NOISY_SPREAD: drawn hollow, so it reads as uncertain."""
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -109,12 +113,21 @@ def pareto_svg(points: Sequence[PlotPoint], title: str, quality: str = "measured
         out.append(f'<path class="frontier" d="{" ".join(steps)}" {FRONT}/>')
     for p in sorted(points, key=lambda p: (p.family, p.label)):
         colour = FAMILY_COLOURS.get(p.family, "#444444")
-        tip = f"{p.label}: {100 * p.quality_loss:.2f} % loss, {p.speedup:.2f}× speedup"
+        tip = f"{p.label}: {100 * p.quality_loss:.2f} % loss, {p.speedup:.2f}× speedup" + (
+            " (noisy)" if p.noisy else ""
+        )
+        style = f'stroke="{colour}" {NOISY}' if p.noisy else f'fill="{colour}" {POINT}'
         out.append(
-            f'<circle cx="{x(100 * p.quality_loss)}" cy="{y(p.speedup)}" r="5" fill="{colour}" {POINT}>'
+            f'<circle cx="{x(100 * p.quality_loss)}" cy="{y(p.speedup)}" r="5" {style}>'
             f"<title>{escape(tip)}</title></circle>"
         )
-    out.extend(_legend({p.family for p in points}, [(FRONT, "Pareto front"), (DENSE, "dense speed (1×)")]))
+    for p in front:  # the points a reader looks for are named on the plot, not only on hover
+        out.append(
+            f'<text class="front-label" {FRONT_LABEL} x="{x(100 * p.quality_loss) + 7}" y="{y(p.speedup) - 7}">'
+            f"{escape(p.label)}</text>"
+        )
+    lines = [(FRONT, "Pareto front"), (DENSE, "dense speed (1×)")]
+    out.extend(_legend({p.family for p in points}, lines, noisy=any(p.noisy for p in points)))
     out.append("</svg>")
     return Markup("\n".join(out))
 
@@ -149,8 +162,8 @@ def _axes(
     return out
 
 
-def _legend(families: set[str], lines: list[tuple[str, str]]) -> list[str]:
-    """Family colours in taxonomy order, then the meaning of each line style drawn."""
+def _legend(families: set[str], lines: list[tuple[str, str]], noisy: bool = False) -> list[str]:
+    """Family colours in taxonomy order, then the meaning of each line style drawn (and of a hollow point)."""
     order = list(FAMILY_COLOURS)
     left = WIDTH - RIGHT + 16
     out = [f'<text {LABEL} x="{left}" y="{TOP + 10}">family</text>']
@@ -163,6 +176,10 @@ def _legend(families: set[str], lines: list[tuple[str, str]]) -> list[str]:
         top = TOP + 22 + 20 * (len(families) + i)
         out.append(f'<line x1="{left}" x2="{left + 10}" y1="{top + 5}" y2="{top + 5}" {style}/>')
         out.append(f'<text {TICK} x="{left + 16}" y="{top + 9}">{label}</text>')
+    if noisy:
+        top = TOP + 22 + 20 * (len(families) + len(lines))
+        out.append(f'<circle cx="{left + 5}" cy="{top + 5}" r="5" stroke="#444" {NOISY}/>')
+        out.append(f'<text {TICK} x="{left + 16}" y="{top + 9}">noisy (p80/p20 &gt; {NOISY_SPREAD:.0%})</text>')
     return out
 
 

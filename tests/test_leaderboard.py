@@ -73,7 +73,7 @@ def test_measured_page_plots_one_circle_per_point_with_quality(site):
     svgs = re.findall(r'<svg[^>]*class="pareto".*?</svg>', html, re.S)
     assert len(svgs) == 2  # prefill and decode scenarios
     for svg in svgs:
-        assert svg.count("<circle") == 4  # the latency-only method's two points are not plotted
+        assert svg.count("</circle>") == 4  # one per point (the legend's are empty); not the latency-only method's
         assert len(re.findall(r'<path class="frontier" d="M[^"]*H[^"]*V', svg)) == 1
         assert "FLAP test · width-50" in svg
     assert "2 rows have no measured quality" in html
@@ -193,6 +193,22 @@ def test_plot_escapes_labels_and_draws_the_step_front():
     assert svg.count("<circle") == 3
     assert re.search(r'class="frontier" d="M\S+ \S+ H\S+ V\S+"', svg)  # two front points, one step
     assert "static M, depth" in svg and "static NK, width" in svg
+
+
+def test_front_points_are_named_on_the_plot_and_noisy_points_are_hollow():
+    """Finding one's method without hovering, and telling an uncertain speedup from a firm one."""
+    points = [
+        PlotPoint(0.02, 1.3, "static_depth", "ShortGPT · drop-25"),
+        PlotPoint(0.10, 1.2, "static_width", "LLM-Pruner · width-25", noisy=True),  # dominated
+        PlotPoint(0.20, 1.9, "static_depth", "ShortGPT <drop-50>", noisy=True),
+    ]
+    svg = str(pareto_svg(points, "t"))
+    labels = re.findall(r'<text class="front-label"[^>]*>([^<]*)</text>', svg)
+    assert labels == ["ShortGPT · drop-25", "ShortGPT &lt;drop-50&gt;"]  # the front, escaped; not the dominated point
+    hollow = re.findall(r'<circle [^>]*fill="#fff"[^>]*stroke-dasharray="2 2"[^>]*>', svg)
+    assert len(hollow) == 3  # the two noisy points and the legend's sample
+    assert "noisy (p80/p20 &gt; 3%)" in svg
+    assert "noisy" not in str(pareto_svg(points[:1], "t")).split("</circle>")[-1]  # no legend entry without one
 
 
 def test_realization_svg_escapes_and_draws_the_diagonal():
