@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunereg.registry.analysis import transition_bands
+from prunereg.registry.queries import claim_task
 from prunereg.spec.catalog import devices, models, suites
-from prunereg.spec.checks import AVERAGE_TASK
 from prunereg.spec.costmodel import theoretical_speedup
 from prunereg.spec.effects import resolve
 from prunereg.spec.results import relative_loss
@@ -41,19 +41,13 @@ class Point:
     group: str = "one group"
 
 
-def task_of(claim) -> str:
-    averaged = f" of {', '.join(sorted(claim.tasks_averaged))}" if claim.task == AVERAGE_TASK else ""
-    length = f", {claim.eval_length}-token windows" if claim.eval_length else ""
-    return f"{claim.task} {claim.metric}{averaged}{length}"
-
-
 def main() -> None:
     catalog, h200, headline = models(), devices()["h200"], suites()["headline"]
     submissions = [s for s in (validate_file(p)[0] for p in sorted((ROOT / "submissions").glob("*.json"))) if s]
     claims = [(s, c) for s in submissions for c in s.quality_claims if c.recovery is None and c.base_model in catalog]
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for submission, claim in claims:
-        groups[(claim.base_model, task_of(claim))].append((submission, claim))
+        groups[(claim.base_model, claim_task(claim))].append((submission, claim))
     compared = {k: v for k, v in groups.items() if len({s.family for s, _ in v}) >= 2}
     lines = [
         "Reported quality × THEORETICAL speedup (roofline, H200 profile, bf16, suite `headline`): every base model and "

@@ -440,7 +440,7 @@ def _write(
         (out_dir / sub).mkdir()
     shutil.copytree(HERE / "static", out_dir / "static")
 
-    reported = reported_rows(engine, speedup, recovery=True)
+    reported = reported_rows(engine, speedup, recovery=True, measured=rows)
     one_shot, recovered = split_recovery(reported, speedup)
     one_shot_groups = _reported_groups(one_shot, speedup, "reported")
     choice = headline_choice(one_shot)

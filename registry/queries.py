@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from prunereg.spec.catalog import models
 from prunereg.spec.division import division
+from prunereg.spec.submission import QualityClaim
 
 from .pareto import SpeedupKind, ranked
 from .schema import (
@@ -195,7 +196,7 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
     return ranked(rows, speedup)
 
 
-def claim_task(q: QualityRecord | Quality) -> str:
+def claim_task(q: QualityRecord | Quality | QualityClaim) -> str:
     """What two claimed figures must share to be compared, in words: task, metric, averaged tasks, protocol.
 
     Base model and scenario come from the row's group; perplexities at other window lengths, averages
@@ -233,7 +234,9 @@ class ReportedRow(Row):
         return GroupKey(self.base_model, self.device_name, self.dtype, self.execution_mode, self.scenario, self.task)
 
 
-def reported_rows(engine: Engine, speedup: SpeedupKind = "measured", recovery: bool = False) -> list[ReportedRow]:
+def reported_rows(
+    engine: Engine, speedup: SpeedupKind = "measured", recovery: bool = False, measured: list[Row] | None = None
+) -> list[ReportedRow]:
     """Every latency row of a base model that a paper reports quality for at that operating point, once per claim.
 
     A claim meets a run through the method, the point's name and parameters and the base model, so runs of
@@ -241,7 +244,7 @@ def reported_rows(engine: Engine, speedup: SpeedupKind = "measured", recovery: b
     borrows the runs of the first catalog model of its shapes that was (`ModelArchitecture.shapes`: LLaMA-7B's
     claims take Llama-2-7B's latency); the row's `model` says which was timed, its group the claim's base model.
     `recovery` admits claims that include fine-tuning after pruning (a different budget from one-shot pruning;
-    left out by default).
+    left out by default). `measured` is `leaderboard_rows(engine, speedup)` where the caller has it already.
     """
     claims: dict[tuple[str, str, str, str], dict[str, QualityRecord]] = defaultdict(dict)
     params: dict[tuple[str, str], str] = {}
@@ -262,7 +265,7 @@ def reported_rows(engine: Engine, speedup: SpeedupKind = "measured", recovery: b
             key = (method.slug, point.name, json.dumps(point.params, sort_keys=True), q.base_model)
             claims[key].setdefault(q.identity, q)  # the same claim in two versions of a submission counts once
             session.expunge(q)
-    measured = leaderboard_rows(engine, speedup)
+    measured = leaderboard_rows(engine, speedup) if measured is None else measured
     timed_as = _timed_as({base for *_, base in claims}, {r.model for r in measured})
     by_timed: dict[tuple[str, str, str, str], list[QualityRecord]] = defaultdict(list)
     for (slug, point_name, point_params, base), same in claims.items():
