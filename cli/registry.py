@@ -30,14 +30,20 @@ def ingest_saved(
 
     Example: prunereg ingest results/h200/*.json
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from prunereg.registry.ingest import ingest_all
     from prunereg.spec.result_checks import load_saved
 
     loaded = load_all(files, lambda path: load_saved(path, submissions))
+    _store_all(db, files, [(s.submission, s.result) for s in loaded], update_method=False)
+
+
+def _store_all(db: str | None, files: list[Path], items: list, update_method: bool = True) -> None:
+    """Every (submission, result) in one transaction, one summary line per file; on any error nothing is stored."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from prunereg.registry.ingest import ingest_all
+
     try:
-        summaries = ingest_all(connect(db), [(s.submission, s.result) for s in loaded], update_method=False)
+        summaries = ingest_all(connect(db), items, update_method=update_method)
     except (SQLAlchemyError, ValueError) as err:
         raise fail(f"nothing stored: {' '.join(str(err).split())[:300]}") from None
     for path, summary in zip(files, summaries):
@@ -56,17 +62,7 @@ def register(
 
     Example: prunereg register submissions/*.json
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from prunereg.registry.ingest import ingest_all
-
-    loaded = load_valid(files)
-    try:
-        summaries = ingest_all(connect(db), [(s, None) for s in loaded])
-    except (SQLAlchemyError, ValueError) as err:
-        raise fail(f"nothing stored: {' '.join(str(err).split())[:300]}") from None
-    for path, summary in zip(files, summaries):
-        console.print(Text(f"{path}: {summary}"))
+    _store_all(db, files, [(s, None) for s in load_valid(files)])
 
 
 class PhaseChoice(str, Enum):

@@ -31,7 +31,7 @@ SHIPPED = [
     "prunereg/spec/data/models.json",
     "prunereg/spec/data/scenarios.json",
     "prunereg/spec/schema/submission.schema.json",
-    "prunereg/leaderboard/templates/bands.html",
+    "prunereg/leaderboard/templates/parts.html",
     "prunereg/leaderboard/templates/index.html",
     "prunereg/leaderboard/templates/measured.html",
     "prunereg/leaderboard/templates/reported.html",

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from factories import claim
 
 from prunereg.spec import checks
 from prunereg.spec.adapters import adapters
@@ -21,18 +22,7 @@ SHORTGPT = json.loads((ROOT / "submissions" / "shortgpt.json").read_text()) | {"
 LLM_PRUNER = json.loads((ROOT / "submissions" / "llm-pruner.json").read_text()) | {"quality_claims": []}
 """Both without their claims: they name catalog models, on which each edited point would be checked too."""
 DENSE = json.loads((ROOT / "submissions" / "dense.json").read_text())
-CLAIM = {
-    "base_model": "llama-2-7b",
-    "operating_point": "drop-25",
-    "task": "wikitext2",
-    "metric": "perplexity",
-    "higher_is_better": False,
-    "value": 9.0,
-    "dense_value": 5.5,
-    "eval_length": 2048,
-    "provenance": {"source": "reported", "arxiv": "9999.00001v1", "table": "Table 2", "row": "Made up | 9.0"},
-}
-CLAIMED = SHORTGPT | {"quality_claims": [CLAIM]}
+CLAIMED = SHORTGPT | {"quality_claims": [claim("drop-25", 9.0, 5.5)]}
 
 
 def claim_edit(**fields):
