@@ -203,13 +203,15 @@ def export(
     out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
     db: DbOption = None,
 ) -> None:
-    """Export the registry as flat tables for pandas: latency rows and quality figures.
+    """Export the registry as flat tables for pandas: latency rows, quality figures, reported quality x speed.
 
     latency: one row per latency measurement with its provenance (method, spec hash, operating point, model, weights, environment key and every environment field as env_* columns), the scenario, median/p20/p80 ms, dense median, measured and theoretical speedup, realization, how it really ran (execution, fallback reason), the GPU's NVML state before and after (gpu_before_*, gpu_after_*) and the measured quality loss (task, metric).
 
-    quality: every quality figure; provenance is measured (with its run) or reported / measured-elsewhere (with arxiv and paper_table).
+    quality: every quality figure; provenance is measured (with its run) or reported / measured-elsewhere (with arxiv, paper_table, paper_row, evaluation length, averaged tasks, recovery and calibration).
 
-    CSV writes one table (--table, default latency): pandas.read_csv(FILE). JSON writes {"latency": [...], "quality": [...]} (or only the --table one): pandas.DataFrame(data["latency"]).
+    reported: the papers' claims joined with the latency measured for their point on their base model's shapes; quality_provenance is "reported" on every row, recovery claims included and marked.
+
+    CSV writes one table (--table, default latency): pandas.read_csv(FILE). JSON writes {"latency": [...], "quality": [...], "reported": [...]} (or only the --table one): pandas.DataFrame(data["latency"]).
 
     Example: prunereg export --format json --out registry.json
     """
