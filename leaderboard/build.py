@@ -38,7 +38,7 @@ from prunereg import __version__
 from prunereg.outputs import SITE_MARKER, replaced_folder
 from prunereg.registry.analysis import Band, Realization, realization_by_family, transition_bands
 from prunereg.registry.harness import HarnessTable, harness_tables
-from prunereg.registry.pareto import axes, ranked
+from prunereg.registry.pareto import Axes, axes, ranked
 from prunereg.registry.queries import (
     Failure,
     GroupKey,
@@ -114,6 +114,14 @@ def _harness(rows: list[Row]) -> list[tuple[str, HarnessTable]]:
     return [(_title(t.key[:3], t.phase, t.batch_size, t.seq_len), t) for t in harness_tables(rows)]
 
 
+def _plot_point(r: Row, a: Axes, speedup: SpeedupKind) -> PlotPoint:
+    """A row on its group's Pareto plot, placed by its ranking axes and drawn with its method's marker."""
+    return PlotPoint(
+        a.quality_loss, a.speedup, r.family, f"{r.method_name} · {r.operating_point}", display.noisy(r),
+        r.method_slug, r.method_name,
+    )  # fmt: skip
+
+
 def _groups(rows: list[Row], speedup: SpeedupKind, failed: Sequence[Failure] = ()) -> list[Group]:
     """The comparable groups with their plots and bands; failures join the group their row would have been in, and a
     group of failures only is listed after the measured ones."""
@@ -127,18 +135,21 @@ def _groups(rows: list[Row], speedup: SpeedupKind, failed: Sequence[Failure] = (
     groups = []
     with_quality_first = sorted(grouped.items(), key=lambda kv: all(r.quality_loss is None for r in kv[1]))
     for i, (key, members) in enumerate(with_quality_first):
-        points = [
-            PlotPoint(a.quality_loss, a.speedup, r.family, f"{r.method_name} · {r.operating_point}", display.noisy(r))
-            for r in members
-            if (a := axes(r, speedup)) is not None
-        ]
+        points = [_plot_point(r, a, speedup) for r in members if (a := axes(r, speedup)) is not None]
         first = members[0]
         title = _title(key[:4], first.phase, first.batch_size, first.seq_len)  # the key without its scenario
         ordered = sorted(members, key=lambda r: (r.quality_loss is None, r.quality_loss or 0.0, -r.speedup))
         plot = pareto_svg(points, title, "measured") if points else None
         realization = realization_svg(
             [
-                RealizationPoint(r.theoretical_speedup, r.speedup, r.family, f"{r.method_name} · {r.operating_point}")
+                RealizationPoint(
+                    r.theoretical_speedup,
+                    r.speedup,
+                    r.family,
+                    f"{r.method_name} · {r.operating_point}",
+                    method_slug=r.method_slug,
+                    method_name=r.method_name,
+                )
                 for r in members
             ],
             f"Realization: {title}",
@@ -202,11 +213,7 @@ def _reported_groups(rows: Sequence[ReportedRow], speedup: SpeedupKind, prefix: 
     for i, (key, members) in enumerate(sorted(grouped.items(), key=order)):
         first = members[0]
         title = _title(key[:4], first.phase, first.batch_size, first.seq_len)  # the base model, not the timed one
-        points = [
-            PlotPoint(a.quality_loss, a.speedup, r.family, f"{r.method_name} · {r.operating_point}", display.noisy(r))
-            for r in members
-            if (a := axes(r, speedup)) is not None
-        ]
+        points = [_plot_point(r, a, speedup) for r in members if (a := axes(r, speedup)) is not None]
         ordered = sorted(members, key=lambda r: (r.quality_loss, -r.speedup, r.method_slug, r.operating_point))
         group = ReportedGroup(
             key, f"{prefix}-{i + 1}", title, key.task or "", ordered,

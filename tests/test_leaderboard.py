@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,16 @@ from pages import SCRIPT_TAG, check_html5, check_html5_strict
 from prunereg.leaderboard.build import build_site
 from prunereg.leaderboard.plot import (
     BOTTOM,
+    CHAR_WIDTH,
     HEIGHT,
     LEFT,
     RIGHT,
+    SHAPES,
     TOP,
     WIDTH,
     PlotPoint,
     RealizationPoint,
+    marker_shapes,
     nice_ticks,
     pareto_svg,
     realization_svg,
@@ -68,24 +72,25 @@ def test_every_page_is_valid_html5(site):
         check_html5(page)
 
 
-def test_measured_page_plots_one_circle_per_point_with_quality(site):
+def test_measured_page_plots_one_marker_per_point_with_quality(site):
     html = (site / "measured.html").read_text()
     svgs = re.findall(r'<svg[^>]*class="pareto".*?</svg>', html, re.S)
     assert len(svgs) == 2  # prefill and decode scenarios
     for svg in svgs:
-        assert svg.count("</circle>") == 4  # one per point (the legend's are empty); not the latency-only method's
+        assert svg.count('<g class="point"') == 4  # one per point; not the latency-only method's
+        assert re.findall(r'<g class="legend-method" data-method="([^"]*)"', svg) == ["shortgpt-test", "flap-test"]
         assert len(re.findall(r'<path class="frontier" d="M[^"]*H[^"]*V', svg)) == 1
         assert "FLAP test · width-50" in svg
     assert "2 rows have no measured quality" in html
     assert html.count('href="methods/latency-only.html"') >= 3  # methods list + two table rows
 
 
-def test_realization_chart_has_one_circle_per_latency_row_and_the_diagonal(site):
+def test_realization_chart_has_one_marker_per_latency_row_and_the_diagonal(site):
     html = (site / "measured.html").read_text()
     charts = re.findall(r'<svg[^>]*class="realization".*?</svg>', html, re.S)
     assert len(charts) == 2  # one per group
     for chart in charts:
-        assert chart.count("<circle") == 6  # every row with a latency, the latency-only method's too
+        assert chart.count('<g class="point"') == 6  # every row with a latency, the latency-only method's too
         diagonal = re.search(r'<line class="diagonal" x1="(\S+)" y1="(\S+)" x2="(\S+)" y2="(\S+)"', chart)
         x1, y1, x2, y2 = map(float, diagonal.groups())
         # both axes share one tick range, so y = x runs from corner to corner of the inset frame
@@ -100,7 +105,7 @@ def test_latency_only_groups_get_a_realization_chart(engine, tmp_path):
     html = (build_site(engine, tmp_path / "site").parent / "measured.html").read_text()
     assert 'class="pareto"' not in html
     charts = re.findall(r'<svg[^>]*class="realization".*?</svg>', html, re.S)
-    assert len(charts) == 2 and all(c.count("<circle") == 2 for c in charts)
+    assert len(charts) == 2 and all(c.count('<g class="point"') == 2 for c in charts)
     assert 'class="bands' not in html
 
 
@@ -108,7 +113,7 @@ def test_scenario_selector_and_every_group_without_script(site):
     html = (site / "measured.html").read_text()
     page = check_html5(site / "measured.html")
     selects = [attrs["name"] for tag, attrs in page.tags if tag == "select"]
-    assert selects == ["phase", "batch", "device", "mode"]
+    assert selects == ["phase", "batch", "device", "mode", "method"]  # the scenario, then the method highlighter
     options = re.findall(r'<option value="([^"]*)">', html)
     assert {"", "prefill", "decode", "1", "NVIDIA H200", "eager"} <= set(options)
     sections = [attrs for tag, attrs in page.tags if tag == "section" and "group" in (attrs.get("class") or "")]
@@ -117,6 +122,9 @@ def test_scenario_selector_and_every_group_without_script(site):
     assert {s["data-phase"] for s in sections} == {"prefill", "decode"}
     assert {(s["data-batch"], s["data-device"], s["data-mode"]) for s in sections} == {("1", "NVIDIA H200", "eager")}
     assert re.search(r'<form id="scenario"[^>]* hidden>', html)  # shown by the script only
+    assert re.search(r'<form id="highlight"[^>]* hidden>', html)
+    highlight = re.search(r'<select name="method">(.*?)</select>', html, re.S).group(1)
+    assert re.findall(r'<option value="([^"]*)">', highlight) == ["", "flap-test", "latency-only", "shortgpt-test"]
     assert 'id="results"' in html and "Results: all 2 groups" in html
     assert html.count('class="rows sortable"') == 2
     assert (site / "static" / "leaderboard.js").is_file()
@@ -190,7 +198,7 @@ def test_plot_escapes_labels_and_draws_the_step_front():
     ]
     svg = str(pareto_svg(points, 'title "<quoted>"'))
     assert "a&lt;b" in svg and "<quoted>" not in svg
-    assert svg.count("<circle") == 3
+    assert svg.count('<g class="point"') == 3
     assert re.search(r'class="frontier" d="M\S+ \S+ H\S+ V\S+"', svg)  # two front points, one step
     assert "static M, depth" in svg and "static NK, width" in svg
 
@@ -205,18 +213,127 @@ def test_front_points_are_named_on_the_plot_and_noisy_points_are_hollow():
     svg = str(pareto_svg(points, "t"))
     labels = re.findall(r'<text class="front-label"[^>]*>([^<]*)</text>', svg)
     assert labels == ["ShortGPT · drop-25", "ShortGPT &lt;drop-50&gt;"]  # the front, escaped; not the dominated point
-    hollow = re.findall(r'<circle [^>]*fill="#fff"[^>]*stroke-dasharray="2 2"[^>]*>', svg)
+    hollow = re.findall(r'<path class="marker" [^>]*fill="#fff"[^>]*stroke-dasharray="2 2"[^>]*>', svg)
     assert len(hollow) == 3  # the two noisy points and the legend's sample
-    assert "noisy (p80/p20 &gt; 3%)" in svg
-    assert "noisy" not in str(pareto_svg(points[:1], "t")).split("</circle>")[-1]  # no legend entry without one
+    assert "dashed: noisy (p80/p20 &gt; 3%)" in svg
+    assert "noisy" not in str(pareto_svg(points[:1], "t"))  # no legend entry without one
 
 
 def test_realization_svg_escapes_and_draws_the_diagonal():
     points = [RealizationPoint(2.0, 1.5, "static_width", 'w<"x">'), RealizationPoint(1.3, 1.35, "static_depth", "d")]
     svg = str(realization_svg(points, "t<i>"))
     assert "<i>" not in svg and 'w<"x">' not in svg and "w&lt;&#34;x&#34;&gt;" in svg
-    assert svg.count("<circle") == 2 and svg.count('class="diagonal"') == 1
+    assert svg.count('<g class="point"') == 2 and svg.count('class="diagonal"') == 1
     assert "75 % realized" in svg
+
+
+def markers(svg: str) -> list[dict[str, str]]:
+    """Each plotted point's method, family, tooltip, marker shape and fill, and its error bar's path (or "")."""
+    found = []
+    for attrs, body in re.findall(r'<g class="point" ([^>]*)>(.*?)</g>', svg, re.S):
+        marker = re.search(
+            r'<path class="marker" data-shape="([^"]*)" d="[^"]*" (?:stroke="[^"]*" )?fill="([^"]*)"', body
+        )
+        bar = re.search(r'<path class="error-bar" d="([^"]*)"', body)
+        found.append({
+            **dict(re.findall(r'data-(\w+)="([^"]*)"', attrs)),
+            "title": re.search(r"<title>([^<]*)</title>", body).group(1),
+            "shape": marker.group(1), "fill": marker.group(2), "bar": bar.group(1) if bar else "",
+            "colour": re.search(r'(?:fill|stroke)="(#[0-9A-Fa-f]{6})"', body.split('class="marker"')[1]).group(1),
+        })  # fmt: skip
+    return found
+
+
+def test_methods_of_one_family_share_its_colour_with_a_shape_each_and_the_legend_names_them():
+    points = [
+        PlotPoint(0.02, 1.3, "static_depth", "ShortGPT · drop-25", method_slug="shortgpt", method_name="ShortGPT"),
+        PlotPoint(0.05, 1.4, "static_depth", "SLEB · drop-25", method_slug="sleb", method_name="SLEB"),
+        PlotPoint(0.08, 1.45, "static_depth", "LaCo · drop-25", method_slug="laco", method_name="LaCo"),
+        PlotPoint(0.10, 1.2, "static_width", "FLAP · width-25", method_slug="flap", method_name="FLAP"),
+        PlotPoint(0.20, 1.6, "static_depth", "SLEB · drop-50", method_slug="sleb", method_name="SLEB"),
+    ]
+    svg = str(pareto_svg(points, "t"))
+    by_method: dict[str, set[tuple[str, str]]] = {}
+    for m in markers(svg):
+        by_method.setdefault(m["method"], set()).add((m["shape"], m["colour"]))
+    assert all(len(v) == 1 for v in by_method.values())  # one look per method, on every one of its points
+    look = {method: next(iter(v)) for method, v in by_method.items()}
+    assert look == {  # slug order within the family; the next family starts over
+        "laco": ("circle", "#0072B2"), "shortgpt": ("square", "#0072B2"), "sleb": ("triangle", "#0072B2"),
+        "flap": ("circle", "#009E73"),
+    }  # fmt: skip
+    legend = re.findall(r'<g class="legend-(family|method)" data-(?:family|method)="([^"]*)"', svg)
+    assert legend == [
+        ("family", "static_depth"), ("method", "laco"), ("method", "shortgpt"), ("method", "sleb"),
+        ("family", "static_width"), ("method", "flap"),
+    ]  # fmt: skip
+    for name in ("LaCo", "ShortGPT", "SLEB", "FLAP"):
+        assert f">{name}</text>" in svg
+    assert marker_shapes([replace(points[0], method_slug=f"m{i:02}") for i in range(10)])["m08"] == SHAPES[0]
+
+
+def test_error_bars_span_the_interval_and_only_where_there_is_one():
+    points = [
+        PlotPoint(0.02, 1.3, "static_depth", "a · p", low=1.2, high=1.45),
+        PlotPoint(0.10, 1.5, "static_width", "b · p"),
+    ]
+    svg = str(pareto_svg(points, "t"))
+    a, b = sorted(markers(svg), key=lambda m: m["method"])
+    assert b["bar"] == "" and "interval" not in b["title"]
+    assert "interval 1.20–1.45×" in a["title"]
+    ticks = {float(t): float(y) for y, t in re.findall(r'<text [^>]*y="(\S+)" text-anchor="end">([\d.]+)×</text>', svg)}
+    scale = (ticks[1.0] - ticks[1.5]) / 0.5  # pixels per 1× of speedup (tick texts sit 4 below their lines)
+    x, lo, hi = re.match(r"M(\S+) (\S+) V(\S+) ", a["bar"]).groups()
+    assert float(lo) + 4 == pytest.approx(ticks[1.0] - 0.2 * scale, abs=0.05)
+    assert float(hi) + 4 == pytest.approx(ticks[1.0] - 0.45 * scale, abs=0.05)
+    assert max(ticks) >= 1.45  # the axis reaches the top of the interval
+    assert "speedup interval" in svg and "speedup interval" not in str(pareto_svg(points[1:], "t"))
+
+
+def test_an_excluded_point_is_hollow_off_the_front_and_says_why():
+    reason = "speedup interval 1.10–2.60× wider than 15 %"
+    points = [
+        PlotPoint(0.02, 1.3, "static_depth", "ShortGPT · drop-25"),
+        PlotPoint(0.05, 2.2, "static_width", "FLAP · width-20", excluded=reason),  # would lead the front
+        PlotPoint(0.10, 1.5, "static_width", "FLAP · width-50"),
+    ]
+    svg = str(pareto_svg(points, "t"))
+    excluded = [m for m in markers(svg) if "excluded" in m]
+    assert len(excluded) == 1 and excluded[0]["excluded"] == reason
+    assert excluded[0]["fill"] == "#fff" and excluded[0]["title"].endswith(f"; left out of the front: {reason}")
+    assert all(m["fill"] != "#fff" for m in markers(svg) if "excluded" not in m)
+    labels = re.findall(r'<text class="front-label"[^>]*>([^<]*)</text>', svg)
+    assert labels == ["ShortGPT · drop-25", "FLAP · width-50"]
+    assert "hollow: left out of the front (reason in tooltip)" in svg
+    assert "left out of the front" not in str(pareto_svg(points[:1], "t"))
+
+
+def test_front_labels_keep_clear_of_each_other():
+    """Close front points: each label takes the first offset around its marker that overlaps no earlier label."""
+    points = [PlotPoint(0.01 * i, 1.0 + 0.02 * i, "static_depth", f"Method {i} · point-{i}") for i in range(8)]
+    svg = str(pareto_svg(points, "t"))
+    boxes = []
+    for x, y, anchor, text in re.findall(
+        r'<text class="front-label"[^>]* x="(\S+)" y="(\S+)" text-anchor="(\w+)">([^<]*)</text>', svg
+    ):
+        width = CHAR_WIDTH * len(text)
+        left = float(x) if anchor == "start" else float(x) - width
+        boxes.append((left, float(y) - 11, left + width, float(y) + 3))
+    assert len(boxes) == 8
+    for i, a in enumerate(boxes):
+        for b in boxes[:i]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+
+
+def test_plots_fill_the_page_width_and_grow_for_a_long_legend():
+    few = str(pareto_svg([PlotPoint(0.1, 1.2, "static_depth", "a · p")], "t"))
+    assert f'viewBox="0 0 {WIDTH} {HEIGHT}"' in few and WIDTH >= 1000
+    many = [PlotPoint(0.01 * i, 1.1, "static_depth", f"m{i:02} · p") for i in range(40)]
+    height = int(re.search(r'viewBox="0 0 \d+ (\d+)"', str(pareto_svg(many, "t"))).group(1))
+    last = max(
+        float(y) for y in re.findall(r'<g class="legend-[^>]*>.*?<text [^>]* y="(\S+)"', str(pareto_svg(many, "t")))
+    )
+    assert height > HEIGHT and last < height  # the plot keeps its size, the legend its every line
 
 
 def test_html5_strict_check_catches_misnesting(tmp_path):

@@ -1,6 +1,6 @@
-// prunereg leaderboard: the scenario selector and sortable tables.
+// prunereg leaderboard: the scenario selector, the method highlighter and sortable tables.
 // Our own code, no third-party library, no network request. The pages read completely without it:
-// every group and every table row is in the HTML; this only hides groups and reorders rows.
+// every group and every table row is in the HTML; this only hides groups, marks one method and reorders rows.
 "use strict";
 
 (function () {
@@ -52,6 +52,28 @@
     AXES.forEach(function (axis) {
       if (selects[axis]) selects[axis].addEventListener("change", apply);
     });
+    form.hidden = false;
+    apply();
+  }
+
+  // Choosing a method marks everything that carries its slug in data-method (plot markers, legend
+  // entries, front labels, table rows) with "highlighted", and the body with "highlighting": the
+  // stylesheet fades the other methods' markers and emphasises the chosen one's.
+  function setUpHighlight() {
+    var form = document.getElementById("highlight");
+    if (!form) return;
+    var select = form.elements.namedItem("method");
+    var marked = Array.prototype.slice.call(document.querySelectorAll("main [data-method]"));
+
+    function apply() {
+      var chosen = select.value;
+      document.body.classList.toggle("highlighting", chosen !== "");
+      marked.forEach(function (element) {
+        element.classList.toggle("highlighted", chosen !== "" && element.getAttribute("data-method") === chosen);
+      });
+    }
+
+    select.addEventListener("change", apply);
     form.hidden = false;
     apply();
   }
@@ -111,6 +133,7 @@
 
   function start() {
     setUpSelector();
+    setUpHighlight();
     setUpSorting();
   }
 
