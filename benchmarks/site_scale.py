@@ -134,7 +134,11 @@ def fill(engine: Engine, methods: int) -> None:
                             })  # fmt: skip
                         for q in (x for x in template["quality_results"] if x["run_id"] == run["id"]):
                             lost = loss(i, d, k)
-                            value = q["dense_value"] * (1 - lost) if q["higher_is_better"] else q["dense_value"] * (1 + lost)
+                            value = (
+                                q["dense_value"] * (1 - lost)
+                                if q["higher_is_better"]
+                                else q["dense_value"] * (1 + lost)
+                            )
                             add("quality_results", {**q, "operating_point_id": point_id, "run_id": run_id,
                                                     "value": value, "relative_loss": lost})  # fmt: skip
             if i % 200 == 0:

@@ -2,15 +2,15 @@
 
 A point dominates another when it is at least as fast and loses at most as much quality, and
 is strictly better on one of the two. Equal points do not dominate each other, so ties share
-the front. Groups on a leaderboard hold tens of points, so the plain quadratic scan is kept
-for being obviously right. Queries rank rows with `ranked`, analysis and the plot draw the front
-with `frontier`.
+the front. `dominates` says it for two points; a group of a community leaderboard holds thousands,
+so `dominance_rank` counts with a sweep (tests check it against the pairwise definition). Queries
+rank rows with `ranked`, analysis and the plot draw the front with `frontier`.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import replace
 from typing import Literal, NamedTuple, Protocol, TypeVar
@@ -67,7 +67,35 @@ def dominance_rank(points: Sequence[Axes]) -> list[int]:
     for p in points:
         if math.isnan(p.speedup) or math.isnan(p.quality_loss):
             raise ValueError(f"a Pareto point needs numbers, got speedup={p.speedup}, loss={p.quality_loss}")
-    return [sum(dominates(other, p) for other in points) for p in points]
+    return _dominators(points)
+
+
+def _dominators(points: Sequence[Axes]) -> list[int]:
+    """The same count as `sum(dominates(q, p) for q in points)` for each p, in O(n log n) instead of O(n²):
+    sweeping from the fastest speedup down, a Fenwick tree over quality-loss ranks counts the points at least
+    as fast and at most as lossy; the point itself and its exact ties, which do not dominate it, are taken off."""
+    losses = {loss: i + 1 for i, loss in enumerate(sorted({p.quality_loss for p in points}))}
+    tree = [0] * (len(losses) + 1)
+    ties = Counter((p.speedup, p.quality_loss) for p in points)
+    order = sorted(range(len(points)), key=lambda i: -points[i].speedup)
+    counts = [0] * len(points)
+    start = 0
+    while start < len(order):
+        end = start
+        while end < len(order) and points[order[end]].speedup == points[order[start]].speedup:
+            i = losses[points[order[end]].quality_loss]
+            while i < len(tree):
+                tree[i] += 1
+                i += i & -i
+            end += 1
+        for k in order[start:end]:
+            i, seen = losses[points[k].quality_loss], 0
+            while i:
+                seen += tree[i]
+                i -= i & -i
+            counts[k] = seen - ties[(points[k].speedup, points[k].quality_loss)]
+        start = end
+    return counts
 
 
 def pareto_front(points: Sequence[Axes]) -> list[bool]:

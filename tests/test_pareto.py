@@ -88,3 +88,16 @@ def test_rows_are_ranked_within_their_group_on_the_chosen_speedup():
     assert frontier([slow, fast, unrated]) == [fast]
     with pytest.raises(ValueError, match="measured' or 'theoretical"):
         ranked([fast], "guessed")  # type: ignore[arg-type]
+
+
+def test_the_sweep_counts_what_the_pairwise_definition_counts():
+    """dominance_rank sweeps in O(n log n); on random points with many ties it must agree with dominates()."""
+    import random
+
+    rng = random.Random(16)
+    for _ in range(200):
+        points = [
+            P(rng.choice([1.0, 1.5, 2.0, rng.uniform(0.5, 3)]), rng.choice([0.0, -0.1, 0.1, rng.uniform(-0.2, 0.5)]))
+            for _ in range(rng.randint(0, 60))
+        ]
+        assert dominance_rank(points) == [sum(dominates(q, p) for q in points) for p in points]
