@@ -406,3 +406,84 @@ def test_screenshots(served, both, watched):
         assert (SCREENSHOTS / name).stat().st_size > 10_000
     print(f"screenshots in {SCREENSHOTS}")
     assert watched.errors == [] and watched.dialogs == []
+
+
+MARKERS = """svg => Array.from(svg.querySelectorAll("g.point")).map(g => {
+  const marker = g.querySelector(".marker");
+  const style = getComputedStyle(marker);
+  return {
+    method: g.dataset.method, family: g.dataset.family, excluded: g.dataset.excluded || null,
+    shape: marker.dataset.shape, fill: style.fill, stroke: style.stroke,
+    title: g.querySelector("title").textContent, bar: g.querySelector(".error-bar") !== null,
+    opacity: parseFloat(getComputedStyle(g).opacity), highlighted: g.classList.contains("highlighted"),
+  };
+})"""
+"""Each plotted point of an svg as the browser draws it: method, family, shape, computed fill and stroke, tooltip."""
+
+
+def first_pareto(page):
+    return page.locator("section.group:not([hidden]) svg.pareto").first
+
+
+def test_the_plot_names_every_method_once_and_tells_two_of_one_family_apart_by_shape(served, watched):
+    page = watched.page
+    page.goto(f"{served}/measured.html")
+    svg = first_pareto(page)
+    assert svg.is_visible()
+    box = svg.bounding_box()
+    assert box["width"] >= 1000 and box["height"] >= 500  # the page's width, not a third of it
+    points = svg.evaluate(MARKERS)
+    methods = {p["method"] for p in points}
+    assert methods == {"shortgpt-test", "hostile-method", "flap-test"}
+    legend = svg.locator("g.legend-method").evaluate_all("els => els.map(e => e.dataset.method)")
+    assert sorted(legend) == sorted(methods)  # one entry per method, no more
+    names = svg.locator("g.legend-method text").all_text_contents()
+    assert "FLAP test" in names and "Hostile & method" in names
+    depth = {p["method"]: (p["shape"], p["fill"]) for p in points if p["family"] == "static_depth"}
+    assert len(depth) == 2
+    (shape_a, fill_a), (shape_b, fill_b) = depth.values()
+    assert shape_a != shape_b and fill_a == fill_b  # one family colour, one shape per method
+    for method in methods:  # every point of a method looks alike
+        assert len({(p["shape"], p["fill"]) for p in points if p["method"] == method}) == 1
+    watched.assert_clean(served)
+
+
+def test_choosing_a_method_highlights_its_markers_and_rows(served, watched):
+    page = watched.page
+    page.goto(f"{served}/measured.html")
+    form = page.locator("form#highlight")
+    assert form.is_visible()
+    svg = first_pareto(page)
+    assert all(p["opacity"] == 1 and not p["highlighted"] for p in svg.evaluate(MARKERS))
+    page.select_option("form#highlight select[name=method]", "flap-test")
+    points = svg.evaluate(MARKERS)
+    chosen = [p for p in points if p["method"] == "flap-test"]
+    others = [p for p in points if p["method"] != "flap-test"]
+    assert chosen and others
+    assert all(p["highlighted"] and p["opacity"] == 1 for p in chosen)
+    assert all(not p["highlighted"] and p["opacity"] < 0.5 for p in others)
+    rows = page.locator("section.group:not([hidden]) table.rows tbody tr")
+    marked = rows.evaluate_all("rs => rs.map(r => [r.dataset.method, r.classList.contains('highlighted'), "
+                               "getComputedStyle(r.cells[1]).backgroundColor])")  # fmt: skip
+    flap = {background for method, on, background in marked if method == "flap-test" and on}
+    rest = {background for method, on, background in marked if method != "flap-test" and not on}
+    assert len(flap) == 1 and flap.isdisjoint(rest)  # its rows, and only its rows, stand out
+    assert len([m for m in marked if m[1]]) == len([m for m in marked if m[0] == "flap-test"])
+    page.select_option("form#highlight select[name=method]", "")
+    assert all(p["opacity"] == 1 for p in svg.evaluate(MARKERS))
+    watched.assert_clean(served)
+
+
+def test_without_script_the_plot_and_tables_show_and_the_highlighter_hides(served, browser):
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"{served}/measured.html")
+        assert not page.locator("form#highlight").is_visible()
+        svg = page.locator("svg.pareto").first
+        assert svg.is_visible() and svg.locator("g.point").first.is_visible()
+        assert all(p["opacity"] == 1 for p in svg.evaluate(MARKERS))
+        assert svg.locator("g.legend-method").count() == 3
+        assert all(t.is_visible() for t in page.locator("table.rows").all())
+    finally:
+        context.close()
