@@ -139,7 +139,7 @@ class FusedLayer(nn.Module):
             self.o_proj = attn.o_proj
             self.head_dim, self.scaling = attn.head_dim, attn.scaling
             q, k, v = self.qkv.sizes
-            if q % self.head_dim or k % self.head_dim or k != v or (q // self.head_dim) % (k // self.head_dim):
+            if q % self.head_dim or k % self.head_dim or k != v or (q // self.head_dim) % max(k // self.head_dim, 1):
                 raise FusedRefusal(
                     f"layer {index}: q/k/v widths {q}/{k}/{v} are no grouped-query heads of {self.head_dim}"
                 )
@@ -274,6 +274,8 @@ class FusedModel(nn.Module):
     embed: Any
     norm: Any
     lm_head: Any
+    layer_class: type[FusedLayer] = FusedLayer
+    """What each decoder layer becomes (harness/tensor_parallel.py's shard of one all-reduces its outputs)."""
     cos: torch.Tensor
     sin: torch.Tensor
     positions: torch.Tensor
@@ -288,7 +290,7 @@ class FusedModel(nn.Module):
         self.embed, self.norm, self.lm_head = inner.embed_tokens, inner.norm, model.lm_head
         self.eps, self.max_len = config.rms_norm_eps, max_len
         self.layers = nn.ModuleList(
-            FusedLayer(layer, i, config, attention, window)
+            self.layer_class(layer, i, config, attention, window)
             for i, (layer, window) in enumerate(zip(inner.layers[: config.num_hidden_layers], windows(config)))
         )
         weight = self.embed.weight

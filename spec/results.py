@@ -89,9 +89,14 @@ class Environment(Measured):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(description="dtype of weights and activations")
     execution_mode: ExecutionMode = Field("eager", description="how the timed steps were meant to run")
     threads: int = Field(strict=True, ge=1, le=4096, description="torch CPU threads")
+    tensor_parallel: int | None = Field(
+        None, strict=True, ge=2, le=64,
+        description="processes (GPUs) one model ran tensor-parallel over (harness/tensor_parallel.py); none for one",
+    )  # fmt: skip
 
     def key(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        unset = {"tensor_parallel"} if self.tensor_parallel is None else set()  # keys from before the field stay
+        blob = json.dumps(self.model_dump(mode="json", exclude=unset), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @property
@@ -264,6 +269,35 @@ class CheckpointRecord(Measured):
     files: list[WeightFile] = Field(min_length=1, max_length=256, description="every *.safetensors file loaded")
 
 
+RankCounts = Annotated[list[Annotated[int, Field(strict=True, ge=0, le=10**7)]], Field(min_length=2, max_length=64)]
+
+
+class LayerSharding(Measured):
+    """How one decoder layer was split over the ranks: whole units per rank, the first ranks one more where the
+    rank count does not divide them (14 KV groups over 4: 4, 4, 3, 3)."""
+
+    kv_groups: RankCounts | None = Field(None, description="KV groups per rank, each with its query heads; none "
+                                         "where the attention block is dropped")  # fmt: skip
+    heads: RankCounts | None = Field(None, description="query heads per rank")
+    channels: RankCounts | None = Field(None, description="MLP channels per rank; none where the MLP is dropped")
+
+
+class Sharding(Measured):
+    """A tensor-parallel run's split of the pruned model: column-parallel q/k/v and gate/up, row-parallel o_proj
+    and down_proj, embedding, norms and lm_head replicated on every rank."""
+
+    tensor_parallel: int = Field(strict=True, ge=2, le=64, description="ranks (GPUs)")
+    layers: list[LayerSharding] = Field(max_length=10_000, description="one entry per decoder layer left")
+
+    @property
+    def uneven(self) -> list[int]:
+        """Layers where some rank holds more KV groups or MLP channels than another."""
+        return [
+            i for i, layer in enumerate(self.layers)
+            if any(c is not None and max(c) != min(c) for c in (layer.kv_groups, layer.channels))
+        ]  # fmt: skip
+
+
 class PointResult(Measured):
     operating_point: Name = Field(description="name of the submission's operating point")
     effects: list[ResolvedEffect] = Field(max_length=32, description="the declared effects resolved at this point")
@@ -287,6 +321,9 @@ class PointResult(Measured):
         description="random weights only: the baseline selection that pruned in place of the point's calibrated one, "
         "with the same GEMM shapes (AdapterParams.shape_stand_in); none where the point's own selection ran",
     )  # fmt: skip
+    sharding: Sharding | None = Field(
+        None, description="tensor-parallel runs only: how each layer of the pruned model was split over the ranks"
+    )
 
 
 class EvaluationResult(Measured):
