@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 from prunereg.adapters import get_adapter
 from prunereg.harness.calibration import calibration_ids
 from prunereg.harness.fingerprint import environment, model_stats
-from prunereg.harness.latency import Workload, measure_pair
+from prunereg.harness.latency import Workload, busy, measure_pair, pin_threads
 from prunereg.harness.models import LoadedModel, load_model
 from prunereg.harness.tasks import QualityMeasure, TaskUnavailable, measure
 from prunereg.harness.trace import check_declaration
@@ -66,6 +66,9 @@ def evaluate(
     store: Callable[[EvaluationResult], None] = lambda partial: None,
     folder: Path | None = None,
     tasks: tuple[str, ...] | None = None,
+    max_repeats: int | None = None,
+    threads: int | None = None,
+    on_warning: Callable[[str], None] = lambda _: None,
 ) -> EvaluationResult:
     """Measure every operating point not `stored` yet, handing each to `store` as soon as it is done.
 
@@ -73,10 +76,16 @@ def evaluate(
     the named operating points (and only those are checked against the model). `folder` is the
     submission file's folder, which the `checkpoint` adapter's paths are relative to. `tasks` are the
     quality tasks to measure (default: the suite's, spec/catalog.py suite_tasks).
+
+    Against noise: torch's CPU threads are pinned (`threads`, default harness.latency.pin_threads's),
+    repeats are added while a speedup's interval is too wide, up to `max_repeats` (default `repeats`:
+    none added; never past spec.results.MAX_REPEATS), and a scenario timed on a busy machine is
+    reported to `on_warning`; its latency's `timing` records all three.
     """
     device, dtype = check_request(submission, device_name, mode, only)
     points = [p for p in submission.adapter.operating_points if not only or p.name in only]
     loaded = load_checked(submission, model_name, device_name, dtype, points)
+    pin_threads(threads)
     env = environment(device, dtype, mode)
     if env.device_profile is None:
         raise EvaluationError(f"no roofline profile for '{env.device_name}': add one to spec/data/devices.json")
@@ -106,7 +115,10 @@ def evaluate(
         latency = []
         for scenario in scenarios:
             on_step(f"{point.name} · {scenario.name}")
-            latency.append(time_scenario(loaded, pruned, scenario, effects, roofline, warmup, repeats, mode))
+            timed = time_scenario(loaded, pruned, scenario, effects, roofline, warmup, repeats, mode, max_repeats)
+            if timed.timing is not None and (why := busy(timed.timing)):
+                on_warning(f"{point.name} · {scenario.name}: {why}")
+            latency.append(timed)
         peak = activation_peak(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None
         point_result = PointResult(
             operating_point=point.name, effects=effects, gemms=gemms, stats=model_stats(pruned, peak),
@@ -262,15 +274,24 @@ def checked_gemms(loaded: LoadedModel, pruned, effects, point_name: str) -> list
 
 
 def time_scenario(
-    loaded: LoadedModel, pruned, scenario: Scenario, effects, roofline, warmup: int, repeats: int, mode: ExecutionMode
+    loaded: LoadedModel,
+    pruned,
+    scenario: Scenario,
+    effects,
+    roofline,
+    warmup: int,
+    repeats: int,
+    mode: ExecutionMode,
+    max_repeats: int | None = None,
 ) -> LatencyResult:
     """Dense and pruned timed side by side in one scenario, next to the roofline's times for both."""
-    timing = measure_pair(loaded.model, pruned, scenario, warmup, repeats, mode, loaded.tokenizer)
+    timing = measure_pair(loaded.model, pruned, scenario, warmup, repeats, mode, loaded.tokenizer, max_repeats)
     return LatencyResult(
         scenario=scenario, samples=timing.pruned, **latency_summary(timing.pruned),
         dense_samples=timing.dense, dense_median=latency_summary(timing.dense)["median"],
         theoretical=roofline(scenario, effects).time_ms, theoretical_dense=roofline(scenario, ()).time_ms,
         execution=timing.execution, fallback=timing.fallback, gpu_before=timing.gpu_before, gpu_after=timing.gpu_after,
+        timing=timing.timing,
     )  # fmt: skip
 
 

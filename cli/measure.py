@@ -15,9 +15,10 @@ from rich.table import Table
 from rich.text import Text
 
 from prunereg.spec.catalog import EMBEDDED_MODEL, suites
-from prunereg.spec.results import ExecutionMode, SavedEvaluation
+from prunereg.spec.results import MAX_REPEATS, ExecutionMode, SavedEvaluation
 from prunereg.spec.submission import Submission
 from prunereg.spec.tasks import task as quality_task
+from prunereg.spec.uncertainty import MAX_HALF_WIDTH
 
 from .common import DbOption, ForceOption, connect, console, errors, fail, load_valid
 
@@ -37,6 +38,9 @@ class ExecutionChoice(str, Enum):
 
 
 DEFAULT_REPEATS = {"eager": 15, "graph": 50, "compiled": 50, "fused": 50}
+MORE_REPEATS = 4
+"""Default --max-repeats: this many times --repeats. Four times the pairs halve a speedup's interval (it
+narrows as one over the square root of the pairs); a point still too noisy then is flagged, not timed on."""
 
 
 def evaluate(
@@ -46,11 +50,28 @@ def evaluate(
     scenarios: Annotated[str, typer.Option(help="scenario suite: " + ", ".join(suites()))] = "ci",
     mode: Annotated[
         ExecutionChoice | None,
-        typer.Option(help="execution mode (README, 'Execution modes') [default: graph on cuda, eager on cpu]"),
+        typer.Option(
+            help="execution mode (README, 'Execution modes') [default: fused with --tp, else graph on cuda, eager on cpu]"
+        ),
     ] = None,
     repeats: Annotated[
         int | None,
         typer.Option(min=3, max=1000, help="timed repeats per scenario [default: 15 eager, 50 graph/compiled/fused]"),
+    ] = None,
+    max_repeats: Annotated[
+        int | None,
+        typer.Option(
+            min=3,
+            max=MAX_REPEATS,
+            help=f"add repeats up to this many while a speedup's interval is wider than "
+            f"±{MAX_HALF_WIDTH:.0%} [default: {MORE_REPEATS} × --repeats]",
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=4096, help="torch CPU threads [default: torch's, at most the CPUs this process may use]"
+        ),
     ] = None,
     warmup: Annotated[int, typer.Option(min=0, max=100, help="untimed repeats first")] = 3,
     point: Annotated[list[str] | None, typer.Option(help="measure only this operating point (repeatable)")] = None,
@@ -61,15 +82,34 @@ def evaluate(
             "--task", help="quality task to measure instead of the suite's (repeatable; `prunereg list tasks`)"
         ),
     ] = None,
+    remeasure: Annotated[
+        bool,
+        typer.Option("--remeasure", help="measure points already in the registry again: a new run beside the old ones"),
+    ] = False,
+    tp: Annotated[
+        int | None,
+        typer.Option(
+            "--tp",
+            min=2,
+            max=64,
+            help="tensor-parallel over this many GPUs (CPU: gloo processes), fused mode sharded "
+            "(README, 'Tensor parallelism') [default: one device]",
+        ),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Apply a submission at each operating point, measure latency and quality, store the results.
+
+    A point already measured here (same submission, model, weights and environment) is skipped, unless
+    --remeasure: then it is measured again and stored as another run, the earlier ones kept (hide one with
+    `prunereg runs retire`). Repeats are added while a speedup's interval is too wide (--max-repeats), and
+    a scenario timed on a busy machine is warned about.
 
     Example: prunereg evaluate submissions/shortgpt.json --model prunereg-mini --scenarios ci
     """
     (spec,) = load_valid([submission])
     execution: ExecutionMode = (
-        cast("ExecutionMode", mode.value) if mode else "graph" if device is Device.cuda else "eager"
+        cast("ExecutionMode", mode.value) if mode else "fused" if tp else "graph" if device is Device.cuda else "eager"
     )
     repeats = repeats or DEFAULT_REPEATS[execution]
     if scenarios not in suites():
@@ -91,6 +131,8 @@ def evaluate(
     added: Counter[str] = Counter()
 
     def stored(model_name: str, weights: str, env) -> set[str]:
+        if remeasure:
+            return set()
         return stored_points(engine, spec.spec_hash(), model_name, weights, env.key(), names)
 
     def store(partial) -> None:
@@ -120,6 +162,10 @@ def evaluate(
                 store,
                 folder=submission.absolute().parent,
                 tasks=tuple(quality_tasks) if quality_tasks else None,
+                max_repeats=max_repeats or min(MORE_REPEATS * repeats, MAX_REPEATS),
+                threads=threads,
+                on_warning=lambda text: progress.console.print(Text(f"warning: {text}", style="yellow")),
+                tensor_parallel=tp,
             )
         except EvaluationError as err:
             raise fail(str(err)) from None

@@ -24,6 +24,8 @@ cannot capture is timed in graph mode (or, failing that too, eager), with the re
 from __future__ import annotations
 
 import inspect
+import os
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -34,7 +36,8 @@ from transformers import AttentionInterface, DynamicCache, PreTrainedModel, Stat
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from prunereg.spec.catalog import Phase, Scenario
-from prunereg.spec.results import ExecutionMode, GpuState
+from prunereg.spec.results import MAX_REPEATS, ExecutionMode, GpuState, Timing
+from prunereg.spec.uncertainty import MAX_HALF_WIDTH, half_width, speedup_interval
 
 from .fingerprint import gpu_state
 from .fused import FusedModel, FusedRefusal
@@ -243,6 +246,45 @@ class PairTiming:
     fallback: str | None = None
     gpu_before: GpuState | None = None
     gpu_after: GpuState | None = None
+    timing: Timing | None = None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the system has one, as taskset and cgroups set it)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+def pin_threads(threads: int | None = None) -> int:
+    """Fix torch's CPU thread count for the whole evaluation, and return it.
+
+    Default: torch's own count, but never more than the CPUs this process may use; torch counts the
+    machine's cores, so a process confined to fewer would run more threads than CPUs, and a thread
+    descheduled in the middle of a GEMM stalls the others and shows up as noise.
+    """
+    count = threads if threads is not None else min(torch.get_num_threads(), available_cpus())
+    torch.set_num_threads(count)
+    return count
+
+
+def load_average() -> float | None:
+    """The system's 1-minute load average; None where it reports none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy(timing: Timing) -> str | None:
+    """Why the machine was too busy for a quiet measurement, or None.
+
+    Busy means more runnable processes, on average over the last minute, than CPUs this process may
+    use. The average includes this process's own recent work, so a machine this flags is oversubscribed
+    beyond doubt; its numbers are kept, their intervals say how much that cost.
+    """
+    if timing.load_before is None or timing.load_before <= timing.cpus:
+        return None
+    return f"load average {timing.load_before:.2f} over {timing.cpus} CPUs before timing: the machine is busy"
 
 
 def prepare(
@@ -349,18 +391,51 @@ def measure_pair(
     repeats: int,
     mode: ExecutionMode = "eager",
     tokenizer=None,
+    max_repeats: int | None = None,
 ) -> PairTiming:
     """Time dense and pruned interleaved in `mode` on the scenario's ids (`scenario_ids`); GPU clocks and
-    temperature read around the repeats."""
+    temperature, and the load average, read before the repeats.
+
+    While the speedup's interval (spec.uncertainty) is wider than MAX_HALF_WIDTH, more pairs are timed,
+    doubling the count each round, up to `max_repeats` (default `repeats`: none added). The record of
+    what was done is the result's `timing`.
+    """
     device = next(dense.parameters()).device
     works, execution, fallback = prepare(dense, pruned, scenario, mode, tokenizer)
     timed = Timer(device)
     for _ in range(warmup):
         for work in works:
             timed(work)
+    load = load_average()
     before = gpu_state(device)
     samples: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for work, out in zip(works, samples):
-            out.append(timed(work))
-    return PairTiming(*samples, execution=execution, fallback=fallback, gpu_before=before, gpu_after=gpu_state(device))
+
+    def time_pairs(count: int) -> tuple[list[float], list[float]]:
+        for _ in range(count):
+            for work, out in zip(works, samples):
+                out.append(timed(work))
+        return samples
+
+    cap = max(repeats, min(max_repeats or repeats, MAX_REPEATS))
+    repeated(time_pairs, repeats, cap)
+    timing = Timing(
+        threads=torch.get_num_threads(), cpus=available_cpus(), load_before=load, repeats=repeats,
+        added_repeats=len(samples[0]) - repeats, max_repeats=cap,
+    )  # fmt: skip
+    return PairTiming(
+        *samples, execution=execution, fallback=fallback, gpu_before=before, gpu_after=gpu_state(device), timing=timing
+    )
+
+
+def repeated(
+    time_pairs: Callable[[int], tuple[list[float], list[float]]], repeats: int, max_repeats: int
+) -> tuple[list[float], list[float]]:
+    """`repeats` interleaved pairs, then more while the speedup's interval is too wide: each round doubles
+    the pairs, never past `max_repeats`. `time_pairs(n)` times n more pairs and returns all so far."""
+    dense, pruned = time_pairs(repeats)
+    while len(dense) < max_repeats:
+        low, high = speedup_interval(dense, pruned)
+        if half_width(statistics.median(dense) / statistics.median(pruned), low, high) <= MAX_HALF_WIDTH:
+            break
+        dense, pruned = time_pairs(min(len(dense), max_repeats - len(dense)))
+    return dense, pruned

@@ -26,11 +26,13 @@ from prunereg.spec.result_checks import (
     checkpoint_mismatch,
     fallback_mismatch,
     ran_params,
+    samples_mismatch,
     stand_in_mismatch,
 )
 from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, QualityResult, relative_loss
 from prunereg.spec.submission import QualityClaim, Reported, Submission, spec_hash
 from prunereg.spec.sweep import MeasurementFailure
+from prunereg.spec.uncertainty import speedup_interval
 
 from .db import writer
 from .schema import (
@@ -196,7 +198,7 @@ def _check_matches(submission: Submission, result: EvaluationResult | None) -> N
         if problem:
             raise ValueError(f"{point.operating_point}: checkpoint record {problem}")
         for latency in point.latency:
-            problem = fallback_mismatch(mode, latency)
+            problem = fallback_mismatch(mode, latency) or samples_mismatch(latency)
             if problem:
                 raise ValueError(f"{point.operating_point} {latency.scenario.name}: {problem}")
 
@@ -338,9 +340,15 @@ def _store_run(
 
 
 def _store_latency(session: Session, run: Run, latency: LatencyResult, summary: IngestSummary) -> None:
+    """One latency row, with the speedup interval computed here from its paired samples (never read from a file).
+
+    A row stored before revision 0010 has no dense samples or timing record; the same measurement ingested
+    again (same digest: the same pruned samples and dense median) fills them in, with the interval.
+    """
     scenario = latency.scenario
     row = _latency_row(latency)
-    _get_or_create(
+    extra = _interval(latency)
+    stored, created = _get_or_create(
         session,
         summary,
         LatencyMeasurement,
@@ -352,7 +360,20 @@ def _store_latency(session: Session, run: Run, latency: LatencyResult, summary: 
         theoretical=latency.theoretical,
         theoretical_dense=latency.theoretical_dense,
         **row,
+        **extra,
     )
+    if not created:
+        for name, value in (*extra.items(), ("timing", row["timing"])):
+            if getattr(stored, name) is None and value is not None:
+                setattr(stored, name, value)
+
+
+def _interval(latency: LatencyResult) -> dict[str, Any]:
+    """The dense samples and the speedup interval they give with the pruned ones; all None without them."""
+    if latency.dense_samples is None:
+        return dict(dense_samples=None, speedup_low=None, speedup_high=None)
+    low, high = speedup_interval(latency.dense_samples, latency.samples)
+    return dict(dense_samples=list(latency.dense_samples), speedup_low=low, speedup_high=high)
 
 
 def _store_measured_quality(
@@ -479,4 +500,5 @@ def _latency_row(latency: LatencyResult) -> dict[str, Any]:
         fallback=latency.fallback,
         gpu_before=latency.gpu_before.model_dump(mode="json") if latency.gpu_before else None,
         gpu_after=latency.gpu_after.model_dump(mode="json") if latency.gpu_after else None,
+        timing=latency.timing.model_dump(mode="json") if latency.timing else None,
     )

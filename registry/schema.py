@@ -148,6 +148,10 @@ class Run(Base):
         JSON(none_as_null=True), doc="spec.results.CheckpointRecord as JSON: the submitted folder and its sha256s"
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    retired_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), doc="when `prunereg runs retire` hid the run from fronts, bands and exports"
+    )
+    retired_why: Mapped[str | None] = mapped_column(String(300), doc="the reason given; shown on the method page")
 
     operating_point: Mapped[OperatingPointRecord] = relationship(back_populates="runs")
     latency: Mapped[list[LatencyMeasurement]] = relationship(back_populates="run", order_by="LatencyMeasurement.id")
@@ -169,6 +173,17 @@ class LatencyMeasurement(Base):
     p20: Mapped[float]
     p80: Mapped[float]
     samples: Mapped[list[Any]] = mapped_column(JSON)
+    # none_as_null: rows from before revision 0010, and files that kept no dense samples, are SQL NULL
+    dense_samples: Mapped[list[Any] | None] = mapped_column(
+        JSON(none_as_null=True), doc="the dense repeats, interleaved with `samples` (pair i: dense i, pruned i)"
+    )
+    speedup_low: Mapped[float | None] = mapped_column(
+        doc="spec.uncertainty.speedup_interval of the samples, computed on ingestion; NULL without dense samples"
+    )
+    speedup_high: Mapped[float | None]
+    timing: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), doc="spec.results.Timing as JSON: threads, repeats added, load before the repeats"
+    )
     dense_median: Mapped[float]
     theoretical: Mapped[float]
     theoretical_dense: Mapped[float]

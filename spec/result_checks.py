@@ -205,6 +205,49 @@ def dense_median_is_the_dense_samples(saved: SavedEvaluation) -> Iterator[Proble
             yield Problem(f"{pointer}/dense_median", f"is {latency.dense_median:g}, the dense samples give {dense:g}")
 
 
+def timing_is_the_samples(saved: SavedEvaluation) -> Iterator[Problem]:
+    """Where the timing record is given, the samples are the repeats it says were asked for and added."""
+    for pointer, _, latency in _latencies(saved):
+        problem = timing_mismatch(latency)
+        if problem:
+            yield Problem(f"{pointer}/timing", problem)
+
+
+def timing_mismatch(latency: LatencyResult) -> str | None:
+    """Why a latency's timing record contradicts its samples; None when it does not (or there is none)."""
+    timing = latency.timing
+    if timing is None:
+        return None
+    if timing.repeats + timing.added_repeats != len(latency.samples):
+        return (
+            f"says {timing.repeats} repeats and {timing.added_repeats} added, but there are {len(latency.samples)} "
+            "samples"
+        )
+    if len(latency.samples) > timing.max_repeats:
+        return f"holds {len(latency.samples)} repeats, more than its max_repeats {timing.max_repeats}"
+    return None
+
+
+def samples_mismatch(latency: LatencyResult) -> str | None:
+    """Why a latency's speedup is not that of its samples, in one line; None when it is.
+
+    Ingestion asks this of every latency, wherever it comes from: the speedup it stores is
+    dense_median / median and the interval it computes comes from the samples, so both medians must
+    be those of the samples (a results file passes the fuller `statistics_are_the_samples`,
+    `dense_median_is_the_dense_samples` and `timing_is_the_samples` first).
+    """
+    median = latency_summary(latency.samples)["median"]
+    if _differs(latency.median, median):
+        return f"median is {latency.median:g}, the samples give {median:g}"
+    if latency.dense_samples is not None:
+        if len(latency.dense_samples) != len(latency.samples):
+            return "dense and pruned repeats are interleaved, so they are as many"
+        dense = latency_summary(latency.dense_samples)["median"]
+        if _differs(latency.dense_median, dense):
+            return f"dense_median is {latency.dense_median:g}, the dense samples give {dense:g}"
+    return timing_mismatch(latency)
+
+
 def fallback_mismatch(mode: str, latency: LatencyResult) -> str | None:
     """Why a scenario's execution contradicts its environment's `mode`: it leaves that mode exactly when it
     falls back, with the reason. None when it does not."""
@@ -317,6 +360,7 @@ RESULT_CHECKS: list[ResultCheck] = [
     checkpoint_is_the_declaration,
     statistics_are_the_samples,
     dense_median_is_the_dense_samples,
+    timing_is_the_samples,
     fallback_explained,
     catalog_model_and_device,
     theoretical_is_the_roofline,

@@ -36,7 +36,8 @@ def text(max_length: int, description: str) -> Any:
 
 Label = Annotated[str, Field(**_text(64))]
 MAX_REPEATS = 1000
-"""Timed repeats a latency may hold: `prunereg evaluate --repeats` accepts at most this many."""
+"""Timed repeats a latency may hold: `prunereg evaluate --repeats` accepts at most this many, and repeats added
+while the speedup's interval is too wide (Timing.added_repeats) stop here too."""
 MAX_MS = 3_600_000.0
 """An hour: no single forward step of a measured scenario takes longer."""
 Milliseconds = Annotated[float, Field(strict=True, gt=0, le=MAX_MS)]
@@ -130,6 +131,29 @@ class GpuState(Measured):
     )
 
 
+class Timing(Measured):
+    """What the harness did against noise while timing one scenario, kept with its latency.
+
+    On a CPU the wall clock shares the machine: the thread count is pinned, the load is read before
+    the repeats (a busy machine is warned about, not refused), and repeats are added while the
+    speedup's interval is wider than spec.uncertainty.MAX_HALF_WIDTH, up to `max_repeats`.
+    """
+
+    threads: int = Field(strict=True, ge=1, le=4096, description="torch CPU threads during the repeats")
+    cpus: int = Field(strict=True, ge=1, le=65536, description="CPUs the process could run on")
+    load_before: float | None = Field(
+        None, strict=True, ge=0, le=1e5, description="1-minute load average right before the repeats; none where the "
+        "system does not report one",
+    )  # fmt: skip
+    repeats: int = Field(strict=True, ge=3, le=MAX_REPEATS, description="timed repeats asked for")
+    added_repeats: int = Field(
+        strict=True, ge=0, le=MAX_REPEATS, description="repeats added because the speedup's interval was too wide"
+    )
+    max_repeats: int = Field(
+        strict=True, ge=3, le=MAX_REPEATS, description="the most repeats it would have added up to"
+    )
+
+
 class LatencyResult(Measured):
     scenario: Scenario = Field(description="phase, batch size and length measured")
     unit: Literal["ms"] = Field("ms", description="unit of every time here")
@@ -156,6 +180,10 @@ class LatencyResult(Measured):
     fallback: str | None = Field(None, **_text(300), description="why the environment's mode could not be used")
     gpu_before: GpuState | None = Field(None, description="the GPU right before the timed repeats (CUDA only)")
     gpu_after: GpuState | None = Field(None, description="the GPU right after the timed repeats (CUDA only)")
+    timing: Timing | None = Field(
+        None, description="threads, load and repeats added against noise; none in files written before prunereg "
+        "recorded them",
+    )  # fmt: skip
 
     @property
     def speedup(self) -> float:
