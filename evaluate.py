@@ -40,6 +40,7 @@ from prunereg.spec.results import (
     GemmTrace,
     LatencyResult,
     PointResult,
+    Sharding,
     latency_summary,
 )
 from prunereg.spec.submission import OperatingPoint, Submission
@@ -69,6 +70,7 @@ def evaluate(
     max_repeats: int | None = None,
     threads: int | None = None,
     on_warning: Callable[[str], None] = lambda _: None,
+    tensor_parallel: int | None = None,
 ) -> EvaluationResult:
     """Measure every operating point not `stored` yet, handing each to `store` as soon as it is done.
 
@@ -81,15 +83,22 @@ def evaluate(
     repeats are added while a speedup's interval is too wide, up to `max_repeats` (default `repeats`:
     none added; never past spec.results.MAX_REPEATS), and a scenario timed on a busy machine is
     reported to `on_warning`; its latency's `timing` records all three.
+
+    `tensor_parallel` N: fused mode sharded over N processes (harness/tensor_parallel.py), one per GPU;
+    the model is loaded and pruned on the host, and each point records how it was split (`sharding`).
     """
-    device, dtype = check_request(submission, device_name, mode, only)
+    device, dtype = check_request(submission, device_name, mode, only, tensor_parallel)
     points = [p for p in submission.adapter.operating_points if not only or p.name in only]
-    loaded = load_checked(submission, model_name, device_name, dtype, points)
+    loaded = load_checked(submission, model_name, "cpu" if tensor_parallel else device_name, dtype, points)
     pin_threads(threads)
-    env = environment(device, dtype, mode)
+    env = environment(device, dtype, mode, tensor_parallel)
     if env.device_profile is None:
         raise EvaluationError(f"no roofline profile for '{env.device_name}': add one to spec/data/devices.json")
-    roofline = partial(estimate, loaded.architecture, devices()[env.device_profile], dtype_bytes=dtype.itemsize)
+    roofline = partial(
+        estimate, loaded.architecture, devices()[env.device_profile], dtype_bytes=dtype.itemsize,
+        tensor_parallel=tensor_parallel or 1,
+    )  # fmt: skip
+    ranks = tensor_parallel_ranks(tensor_parallel, device)
     qualities = quality_measures(loaded, suite_tasks(scenarios) if tasks is None else tasks)
     result = partial(
         EvaluationResult, spec_hash=submission.spec_hash(), model=loaded.name, weights=loaded.weights,
@@ -115,12 +124,17 @@ def evaluate(
         latency = []
         for scenario in scenarios:
             on_step(f"{point.name} · {scenario.name}")
-            timed = time_scenario(loaded, pruned, scenario, effects, roofline, warmup, repeats, mode, max_repeats)
+            timed = (
+                time_tensor_parallel(ranks, loaded, pruned, scenario, effects, roofline, warmup, repeats)
+                if ranks
+                else time_scenario(loaded, pruned, scenario, effects, roofline, warmup, repeats, mode, max_repeats)
+            )
             if timed.timing is not None and (why := busy(timed.timing)):
                 on_warning(f"{point.name} · {scenario.name}: {why}")
             latency.append(timed)
-        peak = activation_peak(pruned, max(scenarios, key=_size)) if device.type == "cuda" else None
+        peak = activation_peak(pruned, max(scenarios, key=_size)) if device.type == "cuda" and not ranks else None
         point_result = PointResult(
+            sharding=sharding(pruned, ranks.ranks) if ranks else None,
             operating_point=point.name, effects=effects, gemms=gemms, stats=model_stats(pruned, peak),
             latency=latency, quality=[q.of(pruned) for q in qualities], calibration=calibration,
             checkpoint=checkpoint, stand_in=getattr(params, "selection", None) if params is not point.params else None,
@@ -128,17 +142,30 @@ def evaluate(
         del pruned
         store(result(points=[point_result]))
         measured.append(point_result)
+    if ranks:
+        ranks.close()
     return result(points=measured)
 
 
 def check_request(
-    submission: Submission, device_name: str, mode: ExecutionMode, only: set[str] | None
+    submission: Submission,
+    device_name: str,
+    mode: ExecutionMode,
+    only: set[str] | None,
+    tensor_parallel: int | None = None,
 ) -> tuple[torch.device, torch.dtype]:
     """The device and dtype to measure with, once the request is known to make sense."""
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvaluationError("--device cuda asked for, but torch sees no CUDA device")
-    if mode != "eager" and device.type != "cuda":
+    if tensor_parallel is not None:
+        if mode != "fused":
+            raise EvaluationError(f"--tp shards fused mode's forward: use --mode fused, not --mode {mode}")
+        if device.type == "cuda" and torch.cuda.device_count() < tensor_parallel:
+            raise EvaluationError(
+                f"--tp {tensor_parallel} needs {tensor_parallel} GPUs; torch sees {torch.cuda.device_count()}"
+            )
+    elif mode != "eager" and device.type != "cuda":
         raise EvaluationError(f"--mode {mode} captures CUDA Graphs and needs --device cuda")
     unknown = sorted((only or set()) - {p.name for p in submission.adapter.operating_points})
     if unknown:
@@ -305,6 +332,48 @@ def quality_measures(loaded: LoadedModel, names: tuple[str, ...]) -> list[Qualit
         return [measure(loaded.model, loaded.tokenizer, name) for name in names]
     except (TaskUnavailable, ValueError) as err:
         raise EvaluationError(str(err)) from None
+
+
+def tensor_parallel_ranks(tensor_parallel: int | None, device: torch.device):
+    """The processes a tensor-parallel evaluation times on, started once for all its points; None for one device."""
+    if tensor_parallel is None:
+        return None
+    from prunereg.harness.tensor_parallel import Ranks
+
+    return Ranks(tensor_parallel, device.type)
+
+
+def time_tensor_parallel(
+    ranks, loaded: LoadedModel, pruned, scenario: Scenario, effects, roofline, warmup: int, repeats: int
+) -> LatencyResult:
+    """`time_scenario` on the ranks, each repeat the slowest rank's time; a model the shards cannot hold is
+    refused with the reason (there is no other mode to fall back to)."""
+    from prunereg.harness.fused import FusedRefusal
+    from prunereg.harness.tensor_parallel import TensorParallelError
+    from prunereg.harness.tensor_parallel import measure_pair as measure_sharded
+
+    try:
+        dense, samples, before, after = measure_sharded(
+            ranks, loaded.model, pruned, scenario, warmup, repeats, loaded.tokenizer
+        )
+    except (FusedRefusal, TensorParallelError) as err:
+        raise EvaluationError(f"tensor-parallel mode cannot run this point: {err}") from None
+    return LatencyResult(
+        scenario=scenario, samples=samples, **latency_summary(samples), dense_samples=dense,
+        dense_median=latency_summary(dense)["median"], theoretical=roofline(scenario, effects).time_ms,
+        theoretical_dense=roofline(scenario, ()).time_ms, execution="fused", gpu_before=before, gpu_after=after,
+    )  # fmt: skip
+
+
+def sharding(pruned, ranks: int) -> Sharding:
+    """How the pruned model is split over the ranks (harness.tensor_parallel.sharding), or why it cannot be."""
+    from prunereg.harness.tensor_parallel import TensorParallelRefusal
+    from prunereg.harness.tensor_parallel import sharding as split_layers
+
+    try:
+        return split_layers(pruned, ranks)
+    except TensorParallelRefusal as err:
+        raise EvaluationError(f"tensor-parallel mode cannot run this point: {err}") from None
 
 
 def _size(scenario: Scenario) -> int:

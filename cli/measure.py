@@ -50,7 +50,9 @@ def evaluate(
     scenarios: Annotated[str, typer.Option(help="scenario suite: " + ", ".join(suites()))] = "ci",
     mode: Annotated[
         ExecutionChoice | None,
-        typer.Option(help="execution mode (README, 'Execution modes') [default: graph on cuda, eager on cpu]"),
+        typer.Option(
+            help="execution mode (README, 'Execution modes') [default: fused with --tp, else graph on cuda, eager on cpu]"
+        ),
     ] = None,
     repeats: Annotated[
         int | None,
@@ -84,6 +86,16 @@ def evaluate(
         bool,
         typer.Option("--remeasure", help="measure points already in the registry again: a new run beside the old ones"),
     ] = False,
+    tp: Annotated[
+        int | None,
+        typer.Option(
+            "--tp",
+            min=2,
+            max=64,
+            help="tensor-parallel over this many GPUs (CPU: gloo processes), fused mode sharded "
+            "(README, 'Tensor parallelism') [default: one device]",
+        ),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Apply a submission at each operating point, measure latency and quality, store the results.
@@ -97,7 +109,7 @@ def evaluate(
     """
     (spec,) = load_valid([submission])
     execution: ExecutionMode = (
-        cast("ExecutionMode", mode.value) if mode else "graph" if device is Device.cuda else "eager"
+        cast("ExecutionMode", mode.value) if mode else "fused" if tp else "graph" if device is Device.cuda else "eager"
     )
     repeats = repeats or DEFAULT_REPEATS[execution]
     if scenarios not in suites():
@@ -153,6 +165,7 @@ def evaluate(
                 max_repeats=max_repeats or min(MORE_REPEATS * repeats, MAX_REPEATS),
                 threads=threads,
                 on_warning=lambda text: progress.console.print(Text(f"warning: {text}", style="yellow")),
+                tensor_parallel=tp,
             )
         except EvaluationError as err:
             raise fail(str(err)) from None

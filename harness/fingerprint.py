@@ -15,10 +15,14 @@ from prunereg.spec.catalog import devices
 from prunereg.spec.results import Environment, ExecutionMode, GpuState, ModelStats
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-PROFILE_FOR_GPU = {"H200": "h200", "A100": "a100", "RTX PRO 6000": "rtx-pro-6000"}
+PROFILE_FOR_GPU = {"H200": "h200", "H100": "h100", "A100": "a100", "RTX PRO 6000": "rtx-pro-6000"}
 
 
-def environment(device: torch.device, dtype: torch.dtype, mode: ExecutionMode = "eager") -> Environment:
+def environment(
+    device: torch.device, dtype: torch.dtype, mode: ExecutionMode = "eager", tensor_parallel: int | None = None
+) -> Environment:
+    """The fingerprint of a run; a tensor-parallel one names its device "N× <device>", so the registry's groups
+    (same device name) keep it apart from runs on one device and on another N."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         profile = next((p for key, p in PROFILE_FOR_GPU.items() if key in name), None)
@@ -28,7 +32,7 @@ def environment(device: torch.device, dtype: torch.dtype, mode: ExecutionMode = 
     assert profile is None or profile in devices()
     return Environment(
         device=device.type,
-        device_name=name,
+        device_name=f"{tensor_parallel}× {name}" if tensor_parallel else name,
         device_profile=profile,
         driver=driver,
         python=platform.python_version(),
@@ -39,6 +43,7 @@ def environment(device: torch.device, dtype: torch.dtype, mode: ExecutionMode = 
         dtype=DTYPE_NAMES[dtype],
         execution_mode=mode,
         threads=torch.get_num_threads(),
+        tensor_parallel=tensor_parallel,
     )
 
 

@@ -35,6 +35,7 @@ import os
 import queue
 import tempfile
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,10 @@ from .latency import FusedWorkload, Timer, scenario_ids
 
 TASK_TIMEOUT_S = 3600.0
 """How long the calling process waits for the ranks to finish one task (a 70B model's shards included)."""
+
+
+FAILURE_GRACE_S = 10.0
+"""How long the other ranks may take to fail too once one has; then they are stopped (a group is not reused)."""
 
 
 class TensorParallelRefusal(FusedRefusal):
@@ -303,45 +308,55 @@ class Ranks:
         for process in self.processes:
             process.start()
         self.ranks = ranks
+        self._stop = weakref.finalize(self, _stop, self.processes, self.tasks, self.store)
 
     def run(self, fn: Callable, per_rank: list | None = None, *shared: Any) -> list:
         for r, tasks in enumerate(self.tasks):
             tasks.put((fn, None if per_rank is None else per_rank[r], shared))
         got: dict[int, Any] = {}
         failures: list[str] = []
-        waited = 0.0
+        waited, patience = 0.0, TASK_TIMEOUT_S
         while len(got) + len(failures) < self.ranks:
             try:
                 rank, ok, value = self.results.get(timeout=1.0)
             except queue.Empty:
                 waited += 1.0
                 dead = [r for r, p in enumerate(self.processes) if not p.is_alive()]
-                if dead or waited > TASK_TIMEOUT_S:
+                if dead or waited > patience:  # the others of a failed rank may wait in a collective forever
                     self.close()
-                    why = f"rank {dead[0]} died" if dead else f"no answer in {TASK_TIMEOUT_S:.0f} s"
+                    why = failures[0] if failures else f"rank {dead[0]} died" if dead else "no answer"
                     raise TensorParallelError(why) from None
                 continue
-            (got.__setitem__(rank, value) if ok else failures.append(value))
+            if ok:
+                got[rank] = value
+            else:
+                failures.append(value)
+                patience = min(patience, waited + FAILURE_GRACE_S)
         if failures:
             raise TensorParallelError(failures[0])
         return [got[r] for r in range(self.ranks)]
 
     def close(self) -> None:
-        for process, tasks in zip(self.processes, self.tasks):
-            if process.is_alive():
-                tasks.put(None)
-        for process in self.processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-        if os.path.exists(self.store):
-            os.unlink(self.store)
+        """Stop the ranks (also done when the Ranks object is collected, as after an exception)."""
+        self._stop()
 
     def __enter__(self) -> Ranks:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _stop(processes: list, tasks: list, store: str) -> None:
+    for process, queue_ in zip(processes, tasks):
+        if process.is_alive():
+            queue_.put(None)
+    for process in processes:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+    if os.path.exists(store):
+        os.unlink(store)
 
 
 def _serve(rank: int, ranks: int, store: str, device_type: str, threads: int, tasks, results) -> None:

@@ -66,6 +66,11 @@ class DeviceProfile(Frozen):
     sparse_2_4: bool = Field(
         description="has 2:4 sparse tensor cores (Ampere and later); else 2:4 runs as masked dense"
     )
+    interconnect_bandwidth: float | None = Field(
+        None, gt=0, description="bytes/s one device sends to its peers (and receives) at once, the bus bandwidth of a "
+        "ring all-reduce: half the bidirectional figure vendors quote (NVLink 4 on H100/H200 SXM: 900 GB/s "
+        "bidirectional per GPU, 450e9 one way); none where tensor parallelism is not priced",
+    )  # fmt: skip
     source: str
 
 

@@ -37,10 +37,25 @@ Effects, each with fraction f removed, multiply when several hit one GEMM:
   shrunk by those effects like any projection.
 - Routing (any dynamic M effect): a router and the gather/scatter of kept tokens in every layer,
   in `routing_s` (see `_routing`).
+
+Tensor parallelism over T GPUs (harness/tensor_parallel.py), priced per GPU, the slowest one:
+
+- q/k/v (N), o_proj (K) and the attention core shard by whole KV groups, gate/up (N) and down (K) by
+  MLP channels, each as the harness splits them: the largest rank holds ceil(units/T) of the units
+  left after pruning (6 KV groups over 4 GPUs: 2, so 1/3 of the layer's attention, not 1/4). Units
+  are the declared kept share of the dense count, rounded to whole. Low-rank pairs keep their
+  replicated factor whole (column-parallel A, row-parallel B). lm_head, norms and SliceGPT's
+  rotations are replicated, their GEMMs whole on every GPU.
+- Each layer that keeps its attention (its MLP) ends it with one ring all-reduce of the o_proj
+  (down_proj) output, M×N values: every GPU sends 2·(T−1)/T of it over the interconnect
+  (`DeviceProfile.interconnect_bandwidth`), in `communication_s`, after its GEMMs (no overlap).
+  Dropped layers and blocks take their all-reduces with them; a sliced hidden size shrinks them.
+  Left out: the all-reduce's per-step latency, which is what a small decode batch pays.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -83,6 +98,10 @@ class Estimate(Frozen):
     weight_bytes: float
     kv_bytes: float
     routing_s: float = 0.0
+    tensor_parallel: int = 1
+    allreduce_bytes: float = 0.0
+    """Bytes each GPU sends in the step's all-reduces (tensor parallelism only)."""
+    communication_s: float = 0.0
     time_s: float
 
     @property
@@ -162,25 +181,31 @@ def _cost(gemm: Gemm, device: DeviceProfile, count, m, n, k, flops, nonzero, wei
     )
 
 
-def _projection(gemm, device, layers, m, k, n, keep, dtype_bytes) -> GemmCost:
+def _projection(gemm, device, layers, m, k, n, keep, dtype_bytes, shard_n=1.0, shard_k=1.0) -> GemmCost:
+    """One projection kind; `shard_n` (column-parallel) or `shard_k` (row-parallel) is the largest GPU's share."""
     count = layers * keep["layers"]
     m, n, k = m * keep["m"], n * keep["n"], k * keep["k"]
-    stored = k * n * keep["sparse"] * keep["rank"]
+    if keep["rank"] < 1:  # r·(K+N) = kept·K·N; under tensor parallelism one factor is whole on every GPU
+        rank = keep["rank"] * k * n / (k + n)
+        stored = rank * (k * shard_k + n * shard_n) * keep["sparse"]
+    else:
+        stored = k * shard_k * n * shard_n * keep["sparse"]
+    n, k = n * shard_n, k * shard_k
     weights = count * stored * dtype_bytes
     if keep["sparse"] < 1:
         weights += count * stored * METADATA_BITS_2_4 / 8
     activations = count * m * (k + n) * dtype_bytes
     if keep["rank"] < 1:
-        activations += count * 2 * m * (stored / (k + n)) * dtype_bytes
+        activations += count * 2 * m * rank * keep["sparse"] * dtype_bytes
     flops = count * 2 * m * stored
     return _cost(gemm, device, count, m, n, k, flops, keep["nonzero"], weights, 0.0, activations)
 
 
-def _attention(gemm, arch, device, scenario, effects, dtype_bytes) -> GemmCost:
+def _attention(gemm, arch, device, scenario, effects, dtype_bytes, shard=1.0) -> GemmCost:
     prefill = scenario.phase is Phase.prefill
     keep = _keep(effects, gemm, device)
     queries, kv = attention_heads_kept(effects)
-    heads, kv_heads = arch.num_attention_heads * queries, arch.num_key_value_heads * kv
+    heads, kv_heads = arch.num_attention_heads * queries * shard, arch.num_key_value_heads * kv * shard
     layers = arch.num_hidden_layers * keep["layers"]
     batch = scenario.batch_size
     m = batch * (scenario.seq_len if prefill else 1) * keep["m"]
@@ -208,16 +233,28 @@ def _routing(arch: ModelArchitecture, device: DeviceProfile, tokens: int, effect
     return arch.num_hidden_layers * max(flops / device.matmul_flops, moved / device.memory_bandwidth)
 
 
+def largest_share(units: float, ranks: int) -> float:
+    """The largest rank's share of `units` whole units (rounded, at least one) split as evenly as whole units allow."""
+    whole = max(1, round(units))
+    return math.ceil(whole / ranks) / whole
+
+
 def estimate(
     arch: ModelArchitecture,
     device: DeviceProfile,
     scenario: Scenario,
     effects: Iterable[ResolvedEffect] = (),
     dtype_bytes: int = 2,
+    tensor_parallel: int = 1,
 ) -> Estimate:
-    """Roofline cost of one forward step (a prefill, or one decode token) with `effects` applied."""
+    """Roofline cost of one forward step (a prefill, or one decode token) with `effects` applied, on one GPU of
+    `tensor_parallel` that run the model sharded (1: the whole model on one device)."""
     if dtype_bytes <= 0:
         raise ValueError(f"dtype_bytes must be positive, got {dtype_bytes}")
+    if tensor_parallel < 1:
+        raise ValueError(f"tensor_parallel must be 1 or more, got {tensor_parallel}")
+    if tensor_parallel > 1 and device.interconnect_bandwidth is None:
+        raise ValueError(f"device '{device.name}' has no interconnect bandwidth to price tensor parallelism with")
     effects = tuple(effects)
     batch, layers = scenario.batch_size, arch.num_hidden_layers
     tokens = batch * scenario.seq_len if scenario.phase is Phase.prefill else batch
@@ -232,13 +269,24 @@ def estimate(
         Gemm.lm_head: (1, batch, hidden, arch.vocab_size),
         **{g: (2 * layers if any(e.gemm is g for e in effects) else 0, tokens, hidden, hidden) for g in ADDED_GEMMS},
     }
+    keeps = {g: _keep(effects, g, device) for g in Gemm}
+    shards = {g: (1.0, 1.0) for g in Gemm}  # (N, K) share of the largest GPU
+    attention = largest_share(arch.num_key_value_heads * kv, tensor_parallel)
+    shards[Gemm.qkv_proj], shards[Gemm.o_proj] = (attention, 1.0), (1.0, attention)
+    shards[Gemm.gate_up_proj] = (largest_share(inter * keeps[Gemm.gate_up_proj]["n"], tensor_parallel), 1.0)
+    shards[Gemm.down_proj] = (1.0, largest_share(inter * keeps[Gemm.down_proj]["k"], tensor_parallel))
     rows = tuple(
-        _attention(g, arch, device, scenario, effects, dtype_bytes)
+        _attention(g, arch, device, scenario, effects, dtype_bytes, attention)
         if g in (Gemm.attn_score, Gemm.attn_value)
-        else _projection(g, device, *shapes[g], _keep(effects, g, device), dtype_bytes)
+        else _projection(g, device, *shapes[g], keeps[g], dtype_bytes, *shards[g])
         for g in Gemm
     )
     routing_s = _routing(arch, device, tokens, effects, dtype_bytes)
+    sent = 0.0
+    if tensor_parallel > 1:  # one ring all-reduce of each row-parallel output, per layer that keeps the block
+        reduced = [r for r in rows if r.gemm in (Gemm.o_proj, Gemm.down_proj)]
+        sent = sum(r.count * r.m * r.n * dtype_bytes for r in reduced) * 2 * (tensor_parallel - 1) / tensor_parallel
+    communication_s = sent / device.interconnect_bandwidth if sent else 0.0
     return Estimate(
         model=arch.name,
         device=device.name,
@@ -246,7 +294,10 @@ def estimate(
         dtype_bytes=dtype_bytes,
         rows=rows,
         routing_s=routing_s,
-        time_s=routing_s + sum(r.time_s for r in rows),
+        tensor_parallel=tensor_parallel,
+        allreduce_bytes=sent,
+        communication_s=communication_s,
+        time_s=routing_s + sum(r.time_s for r in rows) + communication_s,
         **{
             f: sum(getattr(r, f) for r in rows)
             for f in ("flops", "theoretical_flops", "bytes", "weight_bytes", "kv_bytes")
@@ -260,7 +311,9 @@ def theoretical_speedup(
     scenario: Scenario,
     effects: Iterable[ResolvedEffect],
     dtype_bytes: int = 2,
+    tensor_parallel: int = 1,
 ) -> float:
-    """Dense time over pruned time on the roofline: the ceiling a measured speedup is compared with."""
-    dense = estimate(arch, device, scenario, (), dtype_bytes)
-    return dense.time_s / estimate(arch, device, scenario, effects, dtype_bytes).time_s
+    """Dense time over pruned time on the roofline (both on `tensor_parallel` GPUs): the ceiling a measured
+    speedup is compared with."""
+    dense = estimate(arch, device, scenario, (), dtype_bytes, tensor_parallel)
+    return dense.time_s / estimate(arch, device, scenario, effects, dtype_bytes, tensor_parallel).time_s

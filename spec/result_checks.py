@@ -275,6 +275,13 @@ def catalog_model_and_device(saved: SavedEvaluation) -> Iterator[Problem]:
     profile = result.environment.device_profile
     if profile not in devices():
         yield Problem("/result/environment/device_profile", f"is not a catalog device ({', '.join(devices())})")
+    elif result.environment.tensor_parallel and devices()[profile].interconnect_bandwidth is None:
+        yield Problem("/result/environment/tensor_parallel", f"device '{profile}' has no interconnect bandwidth")
+    for i, point in enumerate(result.points):
+        ranks = point.sharding.tensor_parallel if point.sharding else None
+        if ranks != result.environment.tensor_parallel:
+            yield Problem(f"/result/points/{i}/sharding", f"is for {ranks or 'no'} ranks, the environment's "
+                          f"tensor_parallel is {result.environment.tensor_parallel}")  # fmt: skip
 
 
 def theoretical_is_the_roofline(saved: SavedEvaluation) -> Iterator[Problem]:
@@ -377,7 +384,10 @@ def _roofline(result: EvaluationResult):
     if result.model not in models() or profile not in devices():
         return None
     arch, device, dtype_bytes = models()[result.model], devices()[profile], result.environment.dtype_bytes
-    return lambda scenario, effects: estimate(arch, device, scenario, effects, dtype_bytes).time_ms
+    ranks = result.environment.tensor_parallel or 1
+    if ranks > 1 and device.interconnect_bandwidth is None:
+        return None
+    return lambda scenario, effects: estimate(arch, device, scenario, effects, dtype_bytes, ranks).time_ms
 
 
 def with_roofline(saved: SavedEvaluation) -> SavedEvaluation:
