@@ -20,7 +20,7 @@ from markupsafe import Markup, escape
 
 from prunereg.registry.pareto import frontier
 
-from .display import NOISY_SPREAD, family_label
+from .display import family_label
 
 FAMILY_COLOURS = {
     "dense": "#000000",
@@ -67,7 +67,7 @@ class PlotPoint:
     family: str
     label: str
     noisy: bool = False
-    """Its median's p80/p20 spread is over display.NOISY_SPREAD: drawn hollow and dashed, so it reads as uncertain."""
+    """Its measured speedup is too noisy to rank (display.noisy): drawn hollow and dashed, so it reads as uncertain."""
     method_slug: str = ""
     """Its method: one marker shape per method within the family colour; empty: the label before " · "."""
     method_name: str = ""
@@ -254,7 +254,7 @@ def _pareto_styles(points: Sequence[PlotPoint]) -> list[tuple[str, str]]:
     if any(p.excluded is not None for p in points):
         styles.append(("hollow", "hollow: left out of the front (reason in tooltip)"))
     if any(p.noisy for p in points):
-        styles.append(("dashed", f"dashed: noisy (p80/p20 &gt; {NOISY_SPREAD:.0%})"))
+        styles.append(("dashed", "dashed: noisy measured speedup"))
     return styles
 
 

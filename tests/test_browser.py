@@ -24,6 +24,7 @@ from factories import CAPTURE_ERROR, in_mode, ingest_measured_and_reported, make
 
 from prunereg.leaderboard.build import build_site
 from prunereg.registry.ingest import ingest
+from prunereg.spec.results import EvaluationResult, latency_summary
 from prunereg.spec.submission import Submission
 
 CHROMIUM = os.environ.get("PRUNEREG_CHROMIUM", "/usr/bin/chromium")
@@ -104,6 +105,45 @@ def both(tmp_path_factory):
     folder = tmp_path_factory.mktemp("both")
     engine = connect(f"sqlite:///{folder / 'registry.db'}")
     ingest_measured_and_reported(engine)
+    site = build_site(engine, folder / "site").parent
+    engine.dispose()
+    with serve(site) as origin:
+        yield origin
+
+
+def with_samples(result: EvaluationResult, point: str, pruned: list[float], dense: list[float] | None = None):
+    """`result` with `point` timed as `pruned` (and the dense model as `dense`) times its medians, every scenario:
+    the percentiles follow the samples, and ingestion computes the interval from them (None without `dense`)."""
+    points = []
+    for p in result.points:
+        if p.operating_point == point:
+            latency = []
+            for lat in p.latency:
+                samples = [lat.median * f for f in pruned]
+                dense_samples = None if dense is None else [lat.dense_median * f for f in dense]
+                update = {"samples": samples, **latency_summary(samples), "dense_samples": dense_samples}
+                latency.append(lat.model_copy(update=update))
+            p = p.model_copy(update={"latency": latency})
+        points.append(p)
+    return result.model_copy(update={"points": points})
+
+
+@pytest.fixture(scope="module")
+def uncertain(tmp_path_factory):
+    """A noisy point that would lead the front (left out of it), and a steady one timed without dense samples
+    (no interval); the others have intervals from the factories' steady dense samples."""
+    from prunereg.registry.db import connect
+
+    folder = tmp_path_factory.mktemp("uncertain")
+    engine = connect(f"sqlite:///{folder / 'registry.db'}")
+    depth = make_submission("shortgpt-test")
+    result = make_result(depth, speedups={"drop-25": 1.3, "drop-50": 1.9}, losses={"drop-25": 0.03, "drop-50": 0.2})
+    ingest(engine, depth, with_samples(result, "drop-50", [0.7, 0.85, 1.0, 1.2, 1.4], dense=[1.0] * 5))
+    width = make_submission("flap-test", adapter="width", name="FLAP test", claims=[])
+    result = make_result(
+        width, speedups={"width-25": 1.1, "width-50": 1.5}, losses={"width-25": 0.05, "width-50": 0.12}
+    )
+    ingest(engine, width, with_samples(result, "width-25", [0.99, 1.0, 1.01]))
     site = build_site(engine, folder / "site").parent
     engine.dispose()
     with serve(site) as origin:
@@ -487,3 +527,44 @@ def test_without_script_the_plot_and_tables_show_and_the_highlighter_hides(serve
         assert all(t.is_visible() for t in page.locator("table.rows").all())
     finally:
         context.close()
+
+
+def test_points_with_an_interval_have_an_error_bar_that_spans_it(uncertain, watched):
+    page = watched.page
+    page.goto(f"{uncertain}/measured.html")
+    svg = first_pareto(page)
+    points = {p["title"].split(":")[0]: p for p in svg.evaluate(MARKERS)}
+    assert len(points) == 4
+    assert not points["FLAP test · width-25"]["bar"]  # timed without dense samples: no interval, no bar
+    assert "interval" not in points["FLAP test · width-25"]["title"]
+    assert all(p["bar"] for label, p in points.items() if label != "FLAP test · width-25")
+    rows = page.evaluate("fetch('data/leaderboard.json').then(r => r.json())")["rows"]
+    steady = next(r for r in rows if (r["operating_point"], r["phase"]) == ("drop-25", "prefill"))
+    low, high = steady["speedup_low"], steady["speedup_high"]
+    assert low < steady["speedup"] < high
+    assert f"interval {low:.2f}–{high:.2f}×" in points["Shortgpt Test · drop-25"]["title"]
+    spans = svg.locator("g.point:has(.error-bar)").evaluate_all(
+        """gs => gs.map(g => {
+          const bar = g.querySelector(".error-bar").getBBox(), marker = g.querySelector(".marker").getBBox();
+          return [bar.y, marker.y + marker.height / 2, bar.y + bar.height, bar.height];
+        })"""
+    )
+    assert len(spans) == 3 and all(top < centre < bottom and height > 0 for top, centre, bottom, height in spans)
+    watched.assert_clean(uncertain)
+
+
+def test_an_excluded_point_is_hollow_and_its_title_says_why(uncertain, watched):
+    page = watched.page
+    page.goto(f"{uncertain}/measured.html")
+    svg = first_pareto(page)
+    points = {p["title"].split(":")[0]: p for p in svg.evaluate(MARKERS)}
+    noisy = points["Shortgpt Test · drop-50"]
+    assert noisy["excluded"] and noisy["excluded"].startswith("speedup interval")
+    assert f"left out of the front: {noisy['excluded']}" in noisy["title"]
+    assert noisy["fill"] == "rgb(255, 255, 255)" and noisy["stroke"] != "rgb(255, 255, 255)"
+    assert all(p["fill"] != "rgb(255, 255, 255)" and p["excluded"] is None for p in points.values() if p is not noisy)
+    labels = svg.locator("text.front-label").all_text_contents()
+    assert "Shortgpt Test · drop-50" not in labels and "Shortgpt Test · drop-25" in labels
+    legend = svg.locator("g.legend-style text").all_text_contents()
+    assert "hollow: left out of the front (reason in tooltip)" in legend
+    watched.assert_clean(uncertain)
