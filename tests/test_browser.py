@@ -568,3 +568,19 @@ def test_an_excluded_point_is_hollow_and_its_title_says_why(uncertain, watched):
     legend = svg.locator("g.legend-style text").all_text_contents()
     assert "hollow: left out of the front (reason in tooltip)" in legend
     watched.assert_clean(uncertain)
+
+
+def test_the_highlighter_lists_the_methods_of_the_page_and_marks_them_on_every_plot(both, watched):
+    page = watched.page
+    page.goto(f"{both}/index.html")
+    options = page.locator("form#highlight select[name=method] option").evaluate_all("os => os.map(o => o.value)")
+    plots = page.locator("svg.pareto")
+    assert plots.count() == 2
+    plotted = {p["method"] for i in range(2) for p in plots.nth(i).evaluate(MARKERS)}
+    assert options == ["", *sorted(plotted)] and len(plotted) == 2
+    page.select_option("form#highlight select[name=method]", "shortgpt-test")
+    for i in range(2):
+        for p in plots.nth(i).evaluate(MARKERS):
+            assert p["highlighted"] == (p["method"] == "shortgpt-test")
+            assert (p["opacity"] == 1) == (p["method"] == "shortgpt-test")
+    watched.assert_clean(both)
