@@ -12,7 +12,7 @@ import typer
 
 from prunereg import __version__
 
-from . import check, leaderboard, measure, registry, submissions, sweep
+from . import check, leaderboard, measure, registry, runs, submissions, sweep
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -50,6 +50,11 @@ app.command()(registry.frontier)
 app.command()(registry.export)
 app.command("check")(check.check)
 app.command("diff")(check.diff)
+
+runs_app = typer.Typer(no_args_is_help=True, help="The registry's runs: list them, retire one (nothing is deleted).")
+runs_app.command("list")(runs.list_)
+runs_app.command("retire")(runs.retire)
+app.add_typer(runs_app, name="runs")
 
 db_app = typer.Typer(no_args_is_help=True, help="The registry database.")
 db_app.command("upgrade")(registry.db_upgrade)

@@ -115,9 +115,14 @@ def frontier(
     the papers' claims with the latency measured for the same point on the same base model's shapes, one
     group per task and protocol, one-shot claims only unless --with-recovery.
 
+    Each speedup shows its 95 % paired-bootstrap interval over the interleaved dense/pruned repeats and a
+    noise flag. A point whose measured speedup is too noisy (interval wider than ±5 %, or without dense
+    samples a p80/p20 spread above 3 %) is left out of the frontier and the bands, and listed after them
+    with the reason; retired runs (`prunereg runs retire`) are left out altogether.
+
     Example: prunereg frontier --quality reported --phase prefill --batch 1 --device h200
     """
-    from prunereg.leaderboard.display import family_label
+    from prunereg.leaderboard.display import family_label, noise_reason
     from prunereg.registry.analysis import scenario_analysis
 
     engine = connect(db)
@@ -148,7 +153,8 @@ def frontier(
             title = "no measured quality in this group (random weights?): no frontier, speedups only"
             shown = a.by_rank()
         table = Table(title=Text(title))
-        columns = ["method", "family", "point", "loss %", "speedup", "theoretical", "realization", "rank"]
+        columns = ["method", "family", "point", "loss %", "speedup", "95 % interval", "noise", "theoretical",
+                   "realization", "rank", "run"]  # fmt: skip
         for column in columns + (["reported in"] if reported else []):
             table.add_column(column, justify="right" if column in columns[3:] else "left")
         for r in shown:
@@ -160,12 +166,26 @@ def frontier(
                 Text(r.operating_point),
                 loss,
                 f"{r.speedup:.2f}x",
+                interval(r),
+                "noisy" if noise_reason(r) else "",
                 f"{r.theoretical_speedup:.2f}x",
                 f"{r.realization:.2f}",
                 "" if r.dominated_by is None else str(r.dominated_by),
+                str(r.run_id),
                 *source,
             )
         console.print(table)
+        if a.has_quality and a.excluded:
+            left = Table(title=Text("left out of the frontier and the bands: speedup too noisy to rank"))
+            for column in ("method", "point", "loss %", "speedup", "95 % interval", "run", "why"):
+                left.add_column(column, justify="right" if column in ("loss %", "speedup", "run") else "left")
+            for r in a.excluded:
+                loss = "n/a" if r.quality_loss is None else f"{r.quality_loss * 100:.1f}"
+                left.add_row(
+                    Text(r.method_name), Text(r.operating_point), loss, f"{r.speedup:.2f}x", interval(r),
+                    str(r.run_id), Text(r.excluded or ""),
+                )  # fmt: skip
+            console.print(left)
         if not a.has_quality:
             continue
         bands = Table(title=f"best family per quality-loss tolerance ({quality.value} quality)")
@@ -176,6 +196,13 @@ def frontier(
             bands.add_row(tolerance, family_label(b.family), Text(b.method), f"{b.speedup:.2f}x")
         console.print(bands)
     console.print(Text(QUALITY_NOTES[quality.value]))
+
+
+def interval(row) -> str:
+    """'1.62–2.31x', or 'n/a' for a latency stored without dense samples."""
+    if row.speedup_low is None or row.speedup_high is None:
+        return "n/a"
+    return f"{row.speedup_low:.2f}–{row.speedup_high:.2f}x"
 
 
 def _reported_in(row) -> str:
@@ -205,13 +232,13 @@ def export(
 ) -> None:
     """Export the registry as flat tables for pandas: latency rows, quality figures, reported quality x speed.
 
-    latency: one row per latency measurement with its provenance (method, spec hash, operating point, model, weights, environment key and every environment field as env_* columns), the scenario, median/p20/p80 ms, dense median, measured and theoretical speedup, realization, how it really ran (execution, fallback reason), the GPU's NVML state before and after (gpu_before_*, gpu_after_*) and the measured quality loss (task, metric).
+    latency: one row per latency measurement of a run that is not retired, with its provenance (method, spec hash, operating point, model, weights, run id, environment key and every environment field as env_* columns), the scenario, median/p20/p80 ms, dense median, measured speedup with its 95 % interval (speedup_low, speedup_high) and why it is left out of the front if it is (excluded), theoretical speedup, realization, how it really ran (execution, fallback reason), the GPU's NVML state before and after (gpu_before_*, gpu_after_*) and the measured quality loss (task, metric).
 
     quality: every quality figure; provenance is measured (with its run) or reported / measured-elsewhere (with arxiv, paper_table, paper_row, evaluation length, averaged tasks, recovery and calibration).
 
     reported: the papers' claims joined with the latency measured for their point on their base model's shapes; quality_provenance is "reported" on every row, recovery claims included and marked.
 
-    CSV writes one table (--table, default latency): pandas.read_csv(FILE). JSON writes {"latency": [...], "quality": [...], "reported": [...]} (or only the --table one): pandas.DataFrame(data["latency"]).
+    CSV writes one table (--table, default latency): pandas.read_csv(FILE). JSON writes {"latency": [...], "quality": [...], "reported": [...]} (or only the --table one): pandas.DataFrame(data["latency"]); its latency rows also carry the raw samples and dense_samples.
 
     Example: prunereg export --format json --out registry.json
     """

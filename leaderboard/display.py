@@ -11,11 +11,10 @@ from typing import Any
 
 from prunereg.registry.queries import Row
 from prunereg.spec.taxonomy import FAMILY_LABELS
+from prunereg.spec.uncertainty import NOISY_SPREAD as NOISY_SPREAD  # its home, with the interval's threshold
+from prunereg.spec.uncertainty import noise
 
 _LABELS = {family.value: label for family, label in FAMILY_LABELS.items()}
-
-NOISY_SPREAD = 0.03
-"""p80/p20 − 1 above which a latency is flagged as noisy: shown flagged, not hidden."""
 
 PLAIN_KERNELS = ("dense", "causal (SDPA)", "dense (SDPA)")
 """What every dense model runs too; only other kernels are worth a note."""
@@ -54,8 +53,14 @@ def recovery_note(recovery: dict[str, Any] | None) -> str:
     return f"recovery fine-tuning: {recovery['data']}{tokens}{method}"
 
 
+def noise_reason(row: Row) -> str | None:
+    """Why the row's measured speedup is too noisy to rank (spec.uncertainty.noise), or None; the same rule
+    that leaves it out of the measured front (`Row.excluded`), said of its latency in every view."""
+    return noise(row.speedup, row.speedup_low, row.speedup_high, row.spread)
+
+
 def noisy(row: Row) -> bool:
-    return row.spread > NOISY_SPREAD
+    return noise_reason(row) is not None
 
 
 def gpu_change(row: Row) -> str | None:

@@ -12,6 +12,9 @@ weights: the shapes decide the time), the paper's own frontier. Reported groups 
 one protocol (`queries.claim_task`), so methods reported on other tasks are never ranked together.
 Quality loss has one definition per metric direction (spec.results.relative_loss): the relative
 increase of a perplexity or cross-entropy, the relative drop of an accuracy or of a task average.
+
+A point whose measured speedup is too noisy to rank (`Row.excluded`, spec.uncertainty.noise) takes no
+part in a measured frontier or band; each analysis names the points it left out and why.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Literal, Protocol
 
 from sqlalchemy import Engine
 
-from .pareto import FrontierPoint, SpeedupKind, axes, frontier
+from .pareto import FrontierPoint, SpeedupKind, competing, frontier
 from .queries import GroupKey, Row, leaderboard_rows, reported_rows
 
 QualitySource = Literal["measured", "reported"]
@@ -52,7 +55,8 @@ class _Candidate:
 
 
 def _candidates(rows: Sequence[BandPoint], kind: SpeedupKind) -> list[_Candidate]:
-    """Rows with a measured loss, plus the dense baseline pinned at loss 0 and speedup 1.
+    """Rows with a measured loss that compete (`pareto.competing`), plus the dense baseline pinned at loss 0 and
+    speedup 1.
 
     A dense row's own speedup is dense timed against itself, noise around 1.0; pinning it keeps
     that noise from deciding whether dense "beats" a family at the smallest tolerances.
@@ -60,7 +64,7 @@ def _candidates(rows: Sequence[BandPoint], kind: SpeedupKind) -> list[_Candidate
     dense_name = next((f"{r.method_name} · {r.operating_point}" for r in rows if r.family == DENSE), DENSE)
     out = [_Candidate(DENSE, dense_name, 1.0, 0.0)]
     for r in rows:
-        if (a := axes(r, kind)) is not None and r.family != DENSE:
+        if (a := competing(r, kind)) is not None and r.family != DENSE:
             out.append(_Candidate(r.family, f"{r.method_name} · {r.operating_point}", a.speedup, a.quality_loss))
     return out
 
@@ -98,7 +102,7 @@ def transition_bands(
 
     Consecutive tolerances won by the same family merge into one band [low, high]. Pass the rows
     of one group (`Row.group`): speedups from different machines or scenarios are not comparable,
-    so mixing them raises ValueError. Rows without a quality loss are ignored.
+    so mixing them raises ValueError. Rows without a quality loss, and excluded rows, are ignored.
     """
     if step <= 0:
         raise ValueError(f"step must be positive, not {step}")
@@ -138,12 +142,19 @@ class ScenarioAnalysis:
     def has_quality(self) -> bool:
         return any(r.quality_loss is not None for r in self.rows)
 
+    @property
+    def excluded(self) -> list[Row]:
+        """Rows left out of the frontier and the bands, each with its reason (`Row.excluded`), by method and point."""
+        return sorted(
+            (r for r in self.rows if r.excluded is not None), key=lambda r: (r.method_slug, r.operating_point)
+        )
+
     def by_rank(self) -> list[Row]:
-        """Rows with quality by dominance rank (the front first), then loss; without quality: fastest first."""
+        """Ranked rows by dominance rank (the front first), then loss; without quality: fastest first, all rows."""
         if not self.has_quality:
             return sorted(self.rows, key=lambda r: (-r.speedup, r.method_slug, r.operating_point))
-        rated = (r for r in self.rows if r.quality_loss is not None)
-        return sorted(rated, key=lambda r: (r.dominated_by, r.quality_loss, -r.speedup))
+        ranked = (r for r in self.rows if r.dominated_by is not None)
+        return sorted(ranked, key=lambda r: (r.dominated_by, r.quality_loss, -r.speedup))
 
 
 def scenario_analysis(

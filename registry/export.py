@@ -11,7 +11,11 @@ NVML), the kernels the run's GEMMs ran on (`kernels`; what they mean for a speed
 leaderboard's to say) and the calibration its selection ran on, with the seconds calibrating and
 pruning took (`calibration_*`; empty where the selection needs none), and for a submitted checkpoint
 its weights files' sha256 (`checkpoint_sha256`, comma-separated in file order; empty for every other
-adapter). The quality table keeps
+adapter). Each speedup carries its 95 % paired-bootstrap interval (`speedup_low`, `speedup_high`; empty
+without dense samples) and, where it is too noisy to rank, why it is left out of the front (`excluded`);
+the JSON export adds the raw samples of both models (`samples`, `dense_samples`, pair i at index i), so
+the interval can be recomputed (spec/uncertainty.py). Retired runs (`prunereg runs retire`) are left out
+of every table. `run_id` names the run in the registry it came from. The quality table keeps
 prunereg's measurements (`provenance` "measured", with the run they belong to) and the claims
 reported in submissions ("reported" / "measured-elsewhere", with arXiv id and table) side by side,
 never merged. The reported table is the papers' frontier: each claim next to the latency prunereg measured
@@ -32,7 +36,7 @@ from sqlalchemy.orm import Session
 from prunereg.spec.results import Environment, GpuState
 
 from .queries import Row, leaderboard_rows, reported_rows
-from .schema import MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
+from .schema import LatencyMeasurement, MethodRecord, OperatingPointRecord, QualityRecord, Run, SubmissionRecord
 
 ENV_FIELDS = tuple(Environment.model_fields)
 GPU_COLUMNS = tuple(f"gpu_{when}_{f}" for when in ("before", "after") for f in GpuState.model_fields)
@@ -41,7 +45,8 @@ CALIBRATION_COLUMNS = ("calibration_dataset", "calibration_tokens", "calibration
 LATENCY_COLUMNS = (
     "method_slug", "method_name", "family", "spec_hash", "operating_point", "model", "weights",
     "environment_key", *(f"env_{f}" for f in ENV_FIELDS), "scenario", "phase", "batch_size", "seq_len",
-    "median_ms", "p20_ms", "p80_ms", "dense_median_ms", "speedup", "theoretical_speedup", "realization",
+    "run_id", "median_ms", "p20_ms", "p80_ms", "dense_median_ms", "speedup", "speedup_low", "speedup_high",
+    "excluded", "theoretical_speedup", "realization",
     "execution", "fallback", *GPU_COLUMNS, "kernels", *CALIBRATION_COLUMNS, "checkpoint_sha256", "stand_in",
     "quality_provenance", "quality_loss", "quality_task", "quality_metric", "pareto", "dominated_by",
 )  # fmt: skip
@@ -72,8 +77,10 @@ def latency_record(r: Row) -> dict[str, Any]:
         "operating_point": r.operating_point, "model": r.model, "weights": r.weights,
         "environment_key": r.environment_key, **{f"env_{f}": r.environment.get(f) for f in ENV_FIELDS},
         "scenario": r.scenario, "phase": r.phase, "batch_size": r.batch_size, "seq_len": r.seq_len,
-        "median_ms": r.median_ms, "p20_ms": r.p20_ms, "p80_ms": r.p80_ms, "dense_median_ms": r.dense_median_ms,
-        "speedup": r.speedup, "theoretical_speedup": r.theoretical_speedup, "realization": r.realization,
+        "run_id": r.run_id, "median_ms": r.median_ms, "p20_ms": r.p20_ms, "p80_ms": r.p80_ms,
+        "dense_median_ms": r.dense_median_ms, "speedup": r.speedup, "speedup_low": r.speedup_low,
+        "speedup_high": r.speedup_high, "excluded": r.excluded, "theoretical_speedup": r.theoretical_speedup,
+        "realization": r.realization,
         "execution": r.execution, "fallback": r.fallback, **_gpu("before", r.gpu_before),
         **_gpu("after", r.gpu_after), "kernels": ",".join(r.kernels), **_calibration(r.calibration),
         "checkpoint_sha256": ",".join(f["sha256"] for f in r.checkpoint["files"]) if r.checkpoint else None,
@@ -84,19 +91,38 @@ def latency_record(r: Row) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def latency_records(engine: Engine) -> list[dict[str, Any]]:
-    """Every latency row, in the leaderboard's order, as a flat dict with `LATENCY_COLUMNS`."""
-    return [latency_record(r) for r in leaderboard_rows(engine)]
+def latency_records(engine: Engine, samples: bool = False) -> list[dict[str, Any]]:
+    """Every latency row, in the leaderboard's order, as a flat dict with `LATENCY_COLUMNS`; with `samples`, also
+    the raw `samples` and `dense_samples` (lists: JSON only)."""
+    rows = leaderboard_rows(engine)
+    if not samples:
+        return [latency_record(r) for r in rows]
+    raw = _samples(engine)
+    return [{**latency_record(r), **dict(zip(("samples", "dense_samples"), raw[(r.run_id, r.scenario)]))} for r in rows]
+
+
+def _samples(engine: Engine) -> dict[tuple[int | None, str], tuple[list[float], list[float] | None]]:
+    """(pruned, dense) samples of every latency of a run that is not retired, by run id and scenario."""
+    stmt = (
+        select(LatencyMeasurement.run_id, LatencyMeasurement.scenario, LatencyMeasurement.samples,
+               LatencyMeasurement.dense_samples)
+        .join(LatencyMeasurement.run)
+        .where(Run.retired_at.is_(None))
+    )  # fmt: skip
+    with Session(engine) as session:
+        return {(run, scenario): (pruned, dense) for run, scenario, pruned, dense in session.execute(stmt)}
 
 
 def quality_records(engine: Engine) -> list[dict[str, Any]]:
-    """Every quality figure, measured and reported, as a flat dict with `QUALITY_COLUMNS`."""
+    """Every quality figure, measured (by a run that is not retired) and reported, as a flat dict with
+    `QUALITY_COLUMNS`."""
     stmt = (
         select(QualityRecord, OperatingPointRecord, SubmissionRecord, MethodRecord, Run)
         .join(QualityRecord.operating_point)
         .join(OperatingPointRecord.submission)
         .join(SubmissionRecord.method)
         .outerjoin(QualityRecord.run)
+        .where(Run.retired_at.is_(None))
     )
     out = []
     with Session(engine) as session:
@@ -163,5 +189,8 @@ def export_csv(engine: Engine, table: str = "latency") -> str:
 
 
 def export_json(engine: Engine, tables: Sequence[str] = tuple(TABLES)) -> str:
-    """{"latency": [...], "quality": [...], "reported": [...]} (the tables asked for): `pandas.DataFrame(data["latency"])`."""
-    return json.dumps({t: TABLES[t][1](engine) for t in tables}, indent=1, ensure_ascii=False) + "\n"
+    """{"latency": [...], "quality": [...], "reported": [...]} (the tables asked for): `pandas.DataFrame(data["latency"])`.
+
+    The latency records carry their raw samples too (`latency_records(samples=True)`)."""
+    data = {t: latency_records(engine, samples=True) if t == "latency" else TABLES[t][1](engine) for t in tables}
+    return json.dumps(data, indent=1, ensure_ascii=False) + "\n"

@@ -56,6 +56,15 @@ def axes(point: Point, speedup: SpeedupKind = "measured") -> Axes | None:
     raise ValueError(f"speedup must be 'measured' or 'theoretical', not {speedup!r}")
 
 
+def competing(point: Point, speedup: SpeedupKind = "measured") -> Axes | None:
+    """The axes of a point that takes part in a ranking; None when it has no quality loss, or when its measured
+    speedup is too noisy to rank (its `excluded` reason, as leaderboard rows carry it). A theoretical speedup
+    has no noise, so no point is excluded from a theoretical ranking."""
+    if speedup == "measured" and getattr(point, "excluded", None) is not None:
+        return None
+    return axes(point, speedup)
+
+
 def dominates(a: Axes, b: Axes) -> bool:
     at_least_as_good = a.speedup >= b.speedup and a.quality_loss <= b.quality_loss
     strictly_better = a.speedup > b.speedup or a.quality_loss < b.quality_loss
@@ -106,19 +115,20 @@ def pareto_front(points: Sequence[Axes]) -> list[bool]:
 def frontier(points: Sequence[P], speedup: SpeedupKind = "measured") -> list[P]:
     """The points of one group on its front, by quality loss then speedup: the order a step line is drawn in.
 
-    Points without a quality loss are left out; ties keep the order they came in.
+    Points without a quality loss, and excluded ones (`competing`), are left out; ties keep the order they came in.
     """
-    rated = [(p, a) for p in points if (a := axes(p, speedup)) is not None]
+    rated = [(p, a) for p in points if (a := competing(p, speedup)) is not None]
     ranks = dominance_rank([a for _, a in rated])
     on_front = [(p, a) for (p, a), rank in zip(rated, ranks) if rank == 0]
     return [p for p, _ in sorted(on_front, key=lambda pa: (pa[1].quality_loss, pa[1].speedup))]
 
 
 def ranked(rows: Sequence[R], speedup: SpeedupKind = "measured") -> list[R]:
-    """The rows with `pareto` and `dominated_by` set within their groups (rows without quality: None)."""
+    """The rows with `pareto` and `dominated_by` set within their groups, among the rows that compete (rows without
+    quality, and excluded rows: False and None)."""
     groups: dict[Hashable, list[tuple[int, Axes]]] = defaultdict(list)
     for i, row in enumerate(rows):
-        if (a := axes(row, speedup)) is not None:
+        if (a := competing(row, speedup)) is not None:
             groups[row.group].append((i, a))
     marked = list(rows)
     for members in groups.values():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from prunereg.spec.catalog import models
 from prunereg.spec.division import division
 from prunereg.spec.submission import QualityClaim
+from prunereg.spec.uncertainty import noise
 
 from .pareto import SpeedupKind, ranked
 from .schema import (
@@ -94,6 +95,14 @@ class Row:
     """The run's spec.results.CheckpointRecord as JSON (folder, base, sha256 per file); None but for `checkpoint`."""
     stand_in: str | None = None
     """Random weights: the shape stand-in selection that pruned in place of the point's own; None where it ran."""
+    run_id: int | None = None
+    """The registry's id of the run (`prunereg runs list`, `prunereg runs retire`)."""
+    speedup_low: float | None = None
+    """Low end of the measured speedup's paired-bootstrap interval (spec.uncertainty); None without dense samples."""
+    speedup_high: float | None = None
+    excluded: str | None = None
+    """Why the row is left out of its group's ranking (front, bands): its measured speedup is too noisy
+    (spec.uncertainty.noise). None: ranked. Always None in a theoretical ranking, which has no noise."""
     pareto: bool = False
     dominated_by: int | None = None
 
@@ -160,7 +169,8 @@ TEXT_FIELDS = ("method_slug", "method_name", "family", "operating_point", "spec_
 
 
 def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[Row]:
-    """Every latency measurement as a row, sorted deterministically, with Pareto flags per group.
+    """Every latency measurement of a run that is not retired as a row, sorted deterministically, with Pareto
+    flags per group; a row whose measured speedup is too noisy is `excluded` from the measured ranking, with why.
 
     Reads columns, not ORM objects: a latency's raw samples are never loaded, and each run's fingerprint and
     kernels are read once and shared by its rows, so a registry of a million rows builds in one pass.
@@ -195,11 +205,14 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
             LatencyMeasurement.fallback,
             LatencyMeasurement.gpu_before,
             LatencyMeasurement.gpu_after,
+            LatencyMeasurement.speedup_low,
+            LatencyMeasurement.speedup_high,
         )  # fmt: skip
         .join(LatencyMeasurement.run)
         .join(Run.operating_point)
         .join(OperatingPointRecord.submission)
         .join(SubmissionRecord.method)
+        .where(Run.retired_at.is_(None))
     )
     rows = []
     shared: dict[str, str] = {}
@@ -208,7 +221,7 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
         facts = _run_facts(session)
         for (run_id, slug, name, family, point, spec_hash, model, weights, device_name, mode, dtype, environment_key,
              scenario, phase, batch_size, seq_len, median, p20, p80, dense_median, theoretical, theoretical_dense,
-             execution, fallback, gpu_before, gpu_after) in session.execute(stmt):  # fmt: skip
+             execution, fallback, gpu_before, gpu_after, low, high) in session.execute(stmt):  # fmt: skip
             q = quality.get(run_id)
             run = facts[run_id]
             measured = dense_median / median
@@ -239,6 +252,10 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
                     calibration=run.calibration,
                     checkpoint=run.checkpoint,
                     stand_in=run.stand_in,
+                    run_id=run_id,
+                    speedup_low=low,
+                    speedup_high=high,
+                    excluded=noise(measured, low, high, p80 / p20 - 1) if speedup == "measured" else None,
                 )  # fmt: skip
             )
     rows.sort(key=Row.sort_key)
@@ -497,6 +514,12 @@ class RunDetail:
     """spec.results.CheckpointRecord as JSON: the submitted folder, its base and each weights file's sha256."""
     stand_in: str | None = None
     """Random weights: the shape stand-in selection that pruned in place of the point's own."""
+    id: int | None = None
+    """The registry's run id (`prunereg runs retire`)."""
+    created_at: datetime | None = None
+    retired_at: datetime | None = None
+    """When `prunereg runs retire` hid the run from fronts, bands and exports; None: it is shown."""
+    retired_why: str | None = None
 
 
 @dataclass(frozen=True)
@@ -506,6 +529,9 @@ class PointDetail:
     params: dict[str, Any]
     claims: list[Quality]
     runs: list[RunDetail]
+    """The runs the leaderboard shows."""
+    retired: list[RunDetail] = field(default_factory=list)
+    """Runs retired with `prunereg runs retire`, each with its reason; kept, never ranked or exported."""
 
     @property
     def disagreements(self) -> list[list[Quality]]:
@@ -541,10 +567,10 @@ class MethodDetail:
 def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> MethodDetail:
     """Everything the method page shows; pass `rows` to reuse an already computed leaderboard."""
     rows = leaderboard_rows(engine) if rows is None else rows
-    by_run: dict[tuple, list[Row]] = defaultdict(list)
+    by_run: dict[int | None, list[Row]] = defaultdict(list)
     for row in rows:
         if row.method_slug == slug:
-            by_run[(row.spec_hash, row.operating_point, row.model, row.weights, row.environment_key)].append(row)
+            by_run[row.run_id].append(row)
     with Session(engine) as session:
         method = session.scalars(select(MethodRecord).where(MethodRecord.slug == slug)).one_or_none()
         if method is None:
@@ -568,16 +594,22 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
                         r.peak_memory_bytes,
                         list(r.effects),
                         list(r.gemms or []),
-                        by_run[(sub.spec_hash, p.name, r.model, r.weights, r.environment_key)],
+                        by_run[r.id],
                         [_quality(q) for q in r.quality],
                         r.calibration,
                         r.checkpoint,
                         r.stand_in,
+                        r.id,
+                        r.created_at,
+                        r.retired_at,
+                        r.retired_why,
                     )  # fmt: skip
                     for r in p.runs
                 ]
                 claims = [_quality(q) for q in p.quality_results if q.run_id is None]
-                points.append(PointDetail(p.name, p.description, dict(p.params), claims, runs))
+                shown = [r for r in runs if r.retired_at is None]
+                retired = [r for r in runs if r.retired_at is not None]
+                points.append(PointDetail(p.name, p.description, dict(p.params), claims, shown, retired))
             submissions.append(
                 SubmissionDetail(
                     sub.spec_hash,
@@ -595,7 +627,8 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
 def stored_points(
     engine: Engine, spec_hash: str, model: str, weights: str, environment_key: str, scenarios: list[str]
 ) -> set[str]:
-    """Operating points of this submission already measured here in every one of `scenarios` (for resuming)."""
+    """Operating points of this submission already measured here in every one of `scenarios` (for resuming),
+    by runs that are not retired: a point whose runs are all retired is measured again."""
     stmt = (
         select(OperatingPointRecord.name, LatencyMeasurement.scenario)
         .join(Run.operating_point)
@@ -607,6 +640,7 @@ def stored_points(
             Run.weights == weights,
             Run.environment_key == environment_key,
             LatencyMeasurement.scenario.in_(scenarios),
+            Run.retired_at.is_(None),
         )
     )
     found: dict[str, set[str]] = defaultdict(set)

@@ -30,8 +30,10 @@ from prunereg.registry.db import (
 )
 from prunereg.registry.ingest import ingest, ingest_failures
 from prunereg.registry.queries import leaderboard_rows
-from prunereg.registry.schema import Base, FailedMeasurement, QualityRecord, Run
+from prunereg.registry.runs import retire
+from prunereg.registry.schema import Base, FailedMeasurement, LatencyMeasurement, QualityRecord, Run
 from prunereg.spec.results import CheckpointRecord, WeightFile
+from prunereg.spec.uncertainty import noise
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 LATER_TABLES = ("failed_measurements",)
@@ -87,7 +89,14 @@ def test_upgrade_from_the_baseline_keeps_every_row(backend, tmp_path):
         assert current_revision(engine) == HEAD
         assert counts(engine) == before
         upgraded = leaderboard_rows(engine)
-        assert upgraded == [replace(r, gpu_before=None, gpu_after=None) for r in rows]  # NVML readings are 0002's
+        assert upgraded == [
+            replace(
+                r, gpu_before=None, gpu_after=None, speedup_low=None, speedup_high=None, pareto=False, dominated_by=None,
+                excluded=noise(r.speedup, None, None, r.spread),
+            )
+            for r in rows
+        ]  # fmt: skip  # NVML readings are 0002's, intervals 0010's: without them a 5 % spread is too noisy to rank
+        assert all(r.excluded and "p80/p20 spread" in r.excluded for r in upgraded)
         assert {(r.execution_mode, r.execution, r.fallback) for r in upgraded} == {
             ("eager", "eager", None), ("graph", "graph", None),
         }  # fmt: skip
@@ -206,6 +215,36 @@ def test_0009_adds_the_failed_measurements_table_and_nothing_else(backend, tmp_p
         with Session(engine) as session:
             assert session.scalars(select(func.count()).select_from(FailedMeasurement)).one() == 0
         assert counts(engine) == before
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0010_adds_intervals_and_retirements_and_leaves_every_digest(backend, tmp_path):
+    """Down to 0009 drops the dense samples, intervals, timing records and retirements, not a run or a digest; up
+    again, every latency has no interval (NULL) and no run is retired, until the same results come again."""
+    with backend_url(backend, tmp_path) as url:
+        engine = connect(url)
+        before = fill(engine)
+        retire(engine, 1, "timed on a busy machine")
+        runs = select(Run.id, Run.measurement).order_by(Run.id)
+        with engine.connect() as connection:
+            digests = connection.execute(runs).all()
+        downgrade(engine, "0009")
+        assert not latency_columns(engine) & {"dense_samples", "speedup_low", "speedup_high", "timing"}
+        assert not {c["name"] for c in inspect(engine).get_columns("runs")} & {"retired_at", "retired_why"}
+        assert counts(engine) == before
+        upgrade_schema(engine)
+        with engine.connect() as connection:
+            assert connection.execute(runs).all() == digests
+            assert connection.execute(select(Run.retired_at, Run.retired_why).distinct()).all() == [(None, None)]
+            intervals = select(LatencyMeasurement.dense_samples, LatencyMeasurement.speedup_low)
+            assert set(connection.execute(intervals).all()) == {(None, None)}
+        sub = make_submission("shortgpt-test")
+        ingest(engine, sub, make_result(sub))  # the same measurement brings its dense samples back
+        assert counts(engine) == before
+        with Session(engine) as session:
+            filled = session.scalars(select(LatencyMeasurement).join(LatencyMeasurement.run).where(Run.id == 1)).all()
+        assert filled and all(lat.speedup_low is not None for lat in filled)
         engine.dispose()
 
 

@@ -139,7 +139,7 @@ def test_a_latency_without_dense_samples_has_no_interval_until_the_same_measurem
     """Rows from before revision 0010 are like this one; the same results file ingested again fills them in."""
     engine = connect(f"sqlite:///{tmp_path / 'r.db'}")
     sub = make_submission()
-    ingest(engine, sub, make_result(sub))
+    ingest(engine, sub, make_result(sub, paired=False))
     assert {(r.dense_samples, r.speedup_low, r.speedup_high) for r in stored_latency(engine)} == {(None, None, None)}
     summary = ingest(engine, sub, paired(make_result(sub), (0.99, 1.0, 1.01)))
     assert not summary.changed  # the same runs: the digest holds no dense samples
