@@ -48,7 +48,10 @@ POINT = 'fill-opacity="0.85" stroke="#fff" stroke-width="1"'
 HOLLOW = 'fill="#fff" stroke-width="2"'
 DASHED = 'stroke-dasharray="2 2"'
 BAR = 'fill="none" stroke-width="1.5"'
-FRONT_LABEL = 'font-size="11" fill="#222"'
+FRONT_LABEL = (
+    'font-size="11" fill="#222" stroke="#fafafa" stroke-width="3" stroke-linejoin="round" paint-order="stroke"'
+)
+"""A halo of the frame's colour keeps a label readable where it crosses the step line or an error bar."""
 
 WIDTH, HEIGHT = 1040, 540
 """The viewBox at its smallest; it grows downwards when the legend needs more room. At the page's
@@ -233,7 +236,8 @@ def pareto_svg(points: Sequence[PlotPoint], title: str, quality: str = "measured
                 f'stroke="{colour}" {BAR}/>'
             )
         hollow = p.noisy or p.excluded is not None
-        out.append(_marker(shapes[p.method], cx, cy, colour, hollow, dashed=p.noisy) + "</g>")
+        dashed = p.noisy and p.excluded is None  # noisy and still ranked: the theoretical axis ignores latency noise
+        out.append(_marker(shapes[p.method], cx, cy, colour, hollow, dashed) + "</g>")
     obstacles = [_box(x(100 * p.quality_loss), y(p.speedup), RADIUS + 2) for p in points]
     for p, (lx, ly, anchor) in zip(front, _place_labels(front, x, y, obstacles), strict=True):
         # the points a reader looks for are named on the plot, not only on hover
@@ -253,7 +257,7 @@ def _pareto_styles(points: Sequence[PlotPoint]) -> list[tuple[str, str]]:
         styles.append(("bar", "speedup interval"))
     if any(p.excluded is not None for p in points):
         styles.append(("hollow", "hollow: left out of the front (reason in tooltip)"))
-    if any(p.noisy for p in points):
+    if any(p.noisy and p.excluded is None for p in points):
         styles.append(("dashed", "dashed: noisy measured speedup"))
     return styles
 
@@ -360,11 +364,24 @@ def _legend(
             top += LEGEND_LINE
     top += 6
     for style, label in styles:
+        first, *rest = _wrapped(label)
+        more = "".join(f'<tspan x="{left + 16}" dy="{LEGEND_LINE - 4}">{line}</tspan>' for line in rest)
         out.append(f'<g class="legend-style" data-style="{style}">{_sample(style, left, top)}')
-        out.append(f'<text {LEGEND} x="{left + 16}" y="{top + 9}">{label}</text></g>')
-        top += LEGEND_LINE
+        out.append(f'<text {LEGEND} x="{left + 16}" y="{top + 9}">{first}{more}</text></g>')
+        top += LEGEND_LINE + (LEGEND_LINE - 4) * len(rest)
     out.append("</g>")
     return out, max(HEIGHT, top + 8)
+
+
+def _wrapped(label: str, width: int = LEGEND_NAME + 4) -> list[str]:
+    """The label in lines of at most `width` characters, broken at spaces, each but the last ending in one
+    (so that the text element's text reads as the whole label)."""
+    lines = [""]
+    for word in label.split(" "):
+        if lines[-1] and len(lines[-1]) + len(word) > width:
+            lines.append("")
+        lines[-1] += word + " "
+    return [line if i < len(lines) - 1 else line.rstrip() for i, line in enumerate(lines)]
 
 
 def _sample(style: str, left: float, top: float) -> str:

@@ -301,7 +301,7 @@ def test_an_excluded_point_is_hollow_off_the_front_and_says_why():
     reason = "speedup interval 1.10–2.60× wider than 15 %"
     points = [
         PlotPoint(0.02, 1.3, "static_depth", "ShortGPT · drop-25"),
-        PlotPoint(0.05, 2.2, "static_width", "FLAP · width-20", excluded=reason),  # would lead the front
+        PlotPoint(0.05, 2.2, "static_width", "FLAP · width-20", noisy=True, excluded=reason),  # would lead the front
         PlotPoint(0.10, 1.5, "static_width", "FLAP · width-50"),
     ]
     svg = str(pareto_svg(points, "t"))
@@ -311,7 +311,9 @@ def test_an_excluded_point_is_hollow_off_the_front_and_says_why():
     assert all(m["fill"] != "#fff" for m in markers(svg) if "excluded" not in m)
     labels = re.findall(r'<text class="front-label"[^>]*>([^<]*)</text>', svg)
     assert labels == ["ShortGPT · drop-25", "FLAP · width-50"]
-    assert "hollow: left out of the front (reason in tooltip)" in svg
+    assert "hollow: left out of the front (reason in tooltip)" in re.sub(r"<tspan [^>]*>|</tspan>", "", svg)
+    assert "stroke-dasharray" not in svg.split('data-excluded="')[1].split("</g>")[0]  # its hollow says it all
+    assert "dashed:" not in svg
     assert "left out of the front" not in str(pareto_svg(points[:1], "t"))
 
 
