@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from markupsafe import Markup, escape
@@ -140,12 +140,18 @@ def _span(values: list[float], floor: float, ceiling: float) -> tuple[float, flo
     return min(values + [floor]), max(values + [ceiling])
 
 
-def marker_shapes(points: Sequence[PlotPoint | RealizationPoint]) -> dict[str, str]:
-    """Method slug -> shape: within each family its methods in slug order take SHAPES in turn."""
+def marker_shapes(methods: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Method slug -> shape, from (family, slug) pairs: within each family its methods in slug order take SHAPES
+    in turn. Given every method of a site (`shapes` of the plots), a method keeps its shape on every plot."""
     by_family: dict[str, set[str]] = defaultdict(set)
-    for p in points:
-        by_family[p.family].add(p.method)
-    return {m: SHAPES[i % len(SHAPES)] for methods in by_family.values() for i, m in enumerate(sorted(methods))}
+    for family, method in methods:
+        by_family[family].add(method)
+    return {m: SHAPES[i % len(SHAPES)] for slugs in by_family.values() for i, m in enumerate(sorted(slugs))}
+
+
+def _shapes(points: Sequence[PlotPoint | RealizationPoint], shapes: Mapping[str, str] | None) -> dict[str, str]:
+    """`shapes` where it names the method, else the shapes of this plot's methods alone."""
+    return {**marker_shapes((p.family, p.method) for p in points), **(shapes or {})}
 
 
 def _polygon(cx: float, cy: float, radii: Sequence[float], turn: float) -> str:
@@ -194,11 +200,14 @@ def _interval(p: PlotPoint) -> tuple[float, float] | None:
     return (p.low, p.high) if p.low is not None and p.high is not None else None
 
 
-def pareto_svg(points: Sequence[PlotPoint], title: str, quality: str = "measured") -> Markup:
+def pareto_svg(
+    points: Sequence[PlotPoint], title: str, quality: str = "measured", shapes: Mapping[str, str] | None = None
+) -> Markup:
     """x: relative quality loss in %, y: speedup over dense; the front of the eligible points as a step line.
 
     `quality` ("measured" or "reported") becomes the svg's data-quality and names the x axis. A point
     with an interval gets a vertical error bar; an excluded point is drawn hollow and left off the front.
+    `shapes` (method slug -> shape, `marker_shapes` of the whole site) keeps a method's marker alike across plots.
     """
     xs = [100 * p.quality_loss for p in points]
     ys = [p.speedup for p in points] + [v for p in points if (i := _interval(p)) for v in i]
@@ -206,7 +215,7 @@ def pareto_svg(points: Sequence[PlotPoint], title: str, quality: str = "measured
     y_ticks = nice_ticks(*_span(ys, 1.0, 1.0))
     x = _Scale(x_ticks, LEFT, WIDTH - RIGHT)
     y = _Scale(y_ticks, HEIGHT - BOTTOM, TOP)
-    shapes = marker_shapes(points)
+    shapes = _shapes(points, shapes)
     legend, height = _legend(points, shapes, _pareto_styles(points))
     out = _frame("pareto", title, height, quality)
     out += _axes(x, y, x_ticks, y_ticks, "", QUALITY_AXIS[quality], "measured speedup over dense, higher is better")
@@ -397,10 +406,13 @@ def _sample(style: str, left: float, top: float) -> str:
 DIAGONAL = 'stroke="#444" stroke-dasharray="5 4"'
 
 
-def realization_svg(points: Sequence[RealizationPoint], title: str, quality: str | None = None) -> Markup:
+def realization_svg(
+    points: Sequence[RealizationPoint], title: str, quality: str | None = None, shapes: Mapping[str, str] | None = None
+) -> Markup:
     """x: theoretical (roofline) speedup, y: measured speedup; points on the diagonal realize all of it.
 
-    No quality is drawn; `quality` only tags the svg with the view it belongs to (data-quality).
+    No quality is drawn; `quality` only tags the svg with the view it belongs to (data-quality); `shapes` as
+    for `pareto_svg`.
     """
     xs = [p.theoretical for p in points]
     ys = [p.measured for p in points]
@@ -408,7 +420,7 @@ def realization_svg(points: Sequence[RealizationPoint], title: str, quality: str
     ticks = nice_ticks(lo, hi)
     x = _Scale(ticks, LEFT, WIDTH - RIGHT)
     y = _Scale(ticks, HEIGHT - BOTTOM, TOP)
-    shapes = marker_shapes(points)
+    shapes = _shapes(points, shapes)
     legend, height = _legend(points, shapes, [("diagonal", "measured = theoretical")])
     out = _frame("realization", title, height, quality)
     out += _axes(x, y, ticks, ticks, "×", "theoretical (roofline) speedup over dense", "measured speedup over dense")

@@ -276,7 +276,19 @@ def test_methods_of_one_family_share_its_colour_with_a_shape_each_and_the_legend
     ]  # fmt: skip
     for name in ("LaCo", "ShortGPT", "SLEB", "FLAP"):
         assert f">{name}</text>" in svg
-    assert marker_shapes([replace(points[0], method_slug=f"m{i:02}") for i in range(10)])["m08"] == SHAPES[0]
+    assert marker_shapes(("static_depth", f"m{i:02}") for i in range(10))["m08"] == SHAPES[0]  # the ninth cycles
+
+
+def test_a_method_keeps_its_shape_on_every_plot_given_the_sites_shapes():
+    """Alone on a plot SLEB would be the family's circle; the site's shapes keep it the triangle it is elsewhere."""
+    site = marker_shapes([("static_depth", "laco"), ("static_depth", "shortgpt"), ("static_depth", "sleb")])
+    alone = [PlotPoint(0.05, 1.4, "static_depth", "SLEB · drop-25", method_slug="sleb")]
+    assert [m["shape"] for m in markers(str(pareto_svg(alone, "t")))] == ["circle"]
+    assert [m["shape"] for m in markers(str(pareto_svg(alone, "t", shapes=site)))] == ["triangle"]
+    chart = str(
+        realization_svg([RealizationPoint(1.5, 1.4, "static_depth", "SLEB · drop-25", "sleb")], "t", shapes=site)
+    )
+    assert 'data-shape="triangle"' in chart and 'data-shape="circle"' not in chart
 
 
 def test_error_bars_span_the_interval_and_only_where_there_is_one():
@@ -378,7 +390,6 @@ def test_nice_ticks_cover_the_range(lo, hi, expected):
 def test_noisy_medians_are_flagged_not_hidden(engine, tmp_path):
     """Without dense samples the factories' p80/p20 spread, 1.03/0.98 − 1 ≈ 5 %, is above the 3 % threshold:
     flagged and left out of the front, but shown."""
-    from dataclasses import replace
 
     from prunereg.leaderboard.display import NOISY_SPREAD, noisy
     from prunereg.registry.queries import leaderboard_rows
