@@ -22,20 +22,26 @@ third-party code, no network) only adds the scenario selector and sortable table
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
+import pickle
+import re
+import secrets
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 from sqlalchemy import Engine
 
 from prunereg import __version__
-from prunereg.outputs import SITE_MARKER, replaced_folder
+from prunereg.outputs import SITE_MARKER, check_output, replaced_folder
 from prunereg.registry.analysis import Band, Realization, realization_by_family, transition_bands
 from prunereg.registry.harness import HarnessTable, harness_tables
 from prunereg.registry.pareto import Axes, axes, ranked
@@ -49,6 +55,7 @@ from prunereg.registry.queries import (
     failures,
     leaderboard_rows,
     method_detail,
+    method_fingerprints,
     methods,
     reported_rows,
 )
@@ -62,6 +69,7 @@ from . import display
 from .plot import PlotPoint, RealizationPoint, pareto_svg, realization_svg
 
 HERE = Path(__file__).parent
+P = TypeVar("P")
 DIMENSION_INDEX = {"M": 0, "K": 1, "N": 2}
 
 
@@ -80,6 +88,10 @@ class Group:
     execution_mode: str
     failed: list[Failure] = field(default_factory=list)
     """Points of this group that could not be measured (and no later run measured): a row each, never left out."""
+    slug: str = ""
+    """Its pages' file name (groups/<slug>.html), from its key alone."""
+    undrawn: int = 0
+    """Rated points the Pareto plot leaves out because a drawn point is within a pixel of them (`_drawn`)."""
 
 
 @dataclass(frozen=True)
@@ -111,20 +123,26 @@ def _title(parts: tuple[str, ...], phase: str, batch_size: int, seq_len: int) ->
 
 
 def _harness(rows: list[Row]) -> list[tuple[str, HarnessTable]]:
+    if len({r.execution_mode for r in rows}) < 2:
+        return []  # a table needs two modes of one scenario
     return [(_title(t.key[:3], t.phase, t.batch_size, t.seq_len), t) for t in harness_tables(rows)]
 
 
 def _plot_point(r: Row, a: Axes, speedup: SpeedupKind) -> PlotPoint:
-    """A row on its group's Pareto plot, placed by its ranking axes and drawn with its method's marker."""
+    """A row on its group's Pareto plot, placed by its ranking axes and drawn with its method's marker; the
+    measured speedup's interval as an error bar (only on the measured axis), hollow when left out of the front."""
+    low, high = (r.speedup_low, r.speedup_high) if speedup == "measured" else (None, None)
     return PlotPoint(
         a.quality_loss, a.speedup, r.family, f"{r.method_name} · {r.operating_point}", display.noisy(r),
-        r.method_slug, r.method_name,
+        r.method_slug, r.method_name, low, high, r.excluded,
     )  # fmt: skip
 
 
-def _groups(rows: list[Row], speedup: SpeedupKind, failed: Sequence[Failure] = ()) -> list[Group]:
-    """The comparable groups with their plots and bands; failures join the group their row would have been in, and a
-    group of failures only is listed after the measured ones."""
+def _group_entries(
+    rows: list[Row], failed: Sequence[Failure] = ()
+) -> list[tuple[str, GroupKey, list[Row], list[Failure]]]:
+    """(anchor, key, rows, failures) per comparable group, groups with measured quality first; failures join the group
+    their row would have been in, and a group of failures only is listed after the measured ones."""
     grouped: dict[GroupKey, list[Row]] = defaultdict(list)
     for row in rows:
         grouped[row.group].append(row)
@@ -132,45 +150,91 @@ def _groups(rows: list[Row], speedup: SpeedupKind, failed: Sequence[Failure] = (
     failed_in: dict[GroupKey, list[Failure]] = defaultdict(list)
     for failure in latest.values():  # one row per point and scenario: its latest failure (the method page has all)
         failed_in[failure.group].append(failure)
-    groups = []
     with_quality_first = sorted(grouped.items(), key=lambda kv: all(r.quality_loss is None for r in kv[1]))
-    for i, (key, members) in enumerate(with_quality_first):
-        points = [_plot_point(r, a, speedup) for r in members if (a := axes(r, speedup)) is not None]
-        first = members[0]
-        title = _title(key[:4], first.phase, first.batch_size, first.seq_len)  # the key without its scenario
-        ordered = sorted(members, key=lambda r: (r.quality_loss is None, r.quality_loss or 0.0, -r.speedup))
-        plot = pareto_svg(points, title, "measured") if points else None
-        realization = realization_svg(
-            [
-                RealizationPoint(
-                    r.theoretical_speedup,
-                    r.speedup,
-                    r.family,
-                    f"{r.method_name} · {r.operating_point}",
-                    method_slug=r.method_slug,
-                    method_name=r.method_name,
-                )
-                for r in members
-            ],
-            f"Realization: {title}",
-            "measured",
-        )
-        bands = transition_bands(members, speedup=speedup) if points else []
-        group = Group(
-            f"group-{i + 1}", title, ordered, plot, len(members) - len(points), realization, bands,
-            first.phase, first.batch_size, key.device_name, key.execution_mode, failed_in.pop(key, []),
-        )  # fmt: skip
-        groups.append(group)
+    entries = [(key, members, failed_in.pop(key, [])) for key, members in with_quality_first]
     only_failed = sorted(failed_in.items(), key=lambda kv: (kv[0][:4], kv[1][0].phase != "prefill", kv[0].scenario))
-    for key, failed_here in only_failed:
-        one = failed_here[0]
-        title = _title(key[:4], one.phase, one.batch_size, one.seq_len)
-        group = Group(
-            f"group-{len(groups) + 1}", title, [], None, 0, None, [], one.phase, one.batch_size, key.device_name,
-            key.execution_mode, failed_here,
-        )  # fmt: skip
-        groups.append(group)
-    return groups
+    entries += [(key, [], failed_here) for key, failed_here in only_failed]
+    return [(f"group-{i}", key, members, failed_here) for i, (key, members, failed_here) in enumerate(entries, 1)]
+
+
+def _scenario(key: GroupKey, members: list[Row], failed: list[Failure]) -> tuple[str, int, str, str]:
+    one = members[0] if members else failed[0]
+    return one.phase, one.batch_size, key.device_name, key.execution_mode
+
+
+def _group_title(key: GroupKey, members: list[Row], failed: list[Failure]) -> str:
+    one = members[0] if members else failed[0]
+    return _title(key[:4], one.phase, one.batch_size, one.seq_len)  # the key without its scenario
+
+
+def _table_order(members: list[Row]) -> list[Row]:
+    return sorted(members, key=lambda r: (r.quality_loss is None, r.quality_loss or 0.0, -r.speedup))
+
+
+def _drawn(points: list[P], x: Callable[[P], float], y: Callable[[P], float], keep: set[int]) -> list[P]:
+    """At most DRAWN of `points` (and every index in `keep`): the first point of each cell of a grid over the plot,
+    the grid coarsened until few enough are left. A chart of thousands of points shows no more than this at its size."""
+    if len(points) <= DRAWN:
+        return points
+    xs, ys = [x(p) for p in points], [y(p) for p in points]
+    left, bottom = min(xs), min(ys)
+    width, height = (max(xs) - left) or 1.0, (max(ys) - bottom) or 1.0
+    cells = 256
+    while True:
+        seen: set[tuple[int, int]] = set()
+        chosen = []
+        for i, p in enumerate(points):
+            cell = (int((xs[i] - left) / width * cells), int((ys[i] - bottom) / height * cells))
+            if i in keep or cell not in seen:
+                seen.add(cell)
+                chosen.append(p)
+        if len(chosen) <= DRAWN or cells <= 8:
+            return chosen
+        cells //= 2
+
+
+def _group(
+    anchor: str, slug: str, key: GroupKey, members: list[Row], failed: list[Failure], speedup: SpeedupKind
+) -> Group:
+    """One group with its plots and bands, points thinned to what a chart can show (`_drawn`)."""
+    title = _group_title(key, members, failed)
+    if not members:
+        return Group(anchor, title, [], None, 0, None, [], *_scenario(key, members, failed), failed, slug)
+    ordered = _table_order(members)
+    rated = [r for r in ordered if axes(r, speedup) is not None]
+    front = {i for i, r in enumerate(rated) if r.pareto}
+    shown = _drawn(rated, lambda r: r.quality_loss or 0.0, lambda r: axes(r, speedup).speedup, front)  # type: ignore[union-attr]
+    points = [_plot_point(r, a, speedup) for r in shown if (a := axes(r, speedup)) is not None]
+    plot = pareto_svg(points, title, "measured") if points else None
+    charted = _drawn(ordered, lambda r: r.theoretical_speedup, lambda r: r.speedup, set())
+    realization = realization_svg(
+        [
+            RealizationPoint(
+                r.theoretical_speedup,
+                r.speedup,
+                r.family,
+                f"{r.method_name} · {r.operating_point}",
+                method_slug=r.method_slug,
+                method_name=r.method_name,
+            )
+            for r in charted
+        ],
+        f"Realization: {title}",
+        "measured",
+    )
+    bands = transition_bands(members, speedup=speedup) if points else []
+    return Group(
+        anchor, title, ordered, plot, len(members) - len(rated), realization, bands,
+        *_scenario(key, members, failed), failed, slug, len(rated) - len(shown),
+    )  # fmt: skip
+
+
+def _groups(rows: list[Row], speedup: SpeedupKind, failed: Sequence[Failure] = ()) -> list[Group]:
+    """The comparable groups with their plots and bands (`_group_entries`' order)."""
+    return [
+        _group(anchor, _slug(key), key, members, failed_here, speedup)
+        for anchor, key, members, failed_here in _group_entries(rows, failed)
+    ]
 
 
 @dataclass(frozen=True)
@@ -362,6 +426,7 @@ def _environment() -> Environment:
     )
     env.filters["recovery_note"] = display.recovery_note
     env.tests["noisy"] = display.noisy
+    env.filters["noise"] = display.noise_reason
     env.globals["quality"] = display.QUALITY_TEXT
     env.globals["version"] = __version__
     return env
@@ -381,11 +446,17 @@ NOT_IN_JSON = ("environment", "kernels", "calibration", "checkpoint")
 """Per-run data repeated on every row; the method pages show it once per run, keyed by environment_key."""
 
 
+_kernel_note = functools.cache(display.kernel_note)
+
+
+@functools.cache
+def _row_fields(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(kind))
+
+
 def _json_row(row: Row) -> dict[str, Any]:
-    data = {f.name: getattr(row, f.name) for f in fields(row) if f.name not in NOT_IN_JSON}
-    data.update(
-        family_label=display.family_label(row.family), kernel_note=display.kernel_note(row.kernels), spread=row.spread
-    )
+    data = {name: getattr(row, name) for name in _row_fields(type(row)) if name not in NOT_IN_JSON}
+    data.update(family_label=display.family_label(row.family), kernel_note=_kernel_note(row.kernels), spread=row.spread)
     return {k: _rounded(v) for k, v in data.items()}
 
 
@@ -412,26 +483,166 @@ def submission_versions(submissions: Path | None, slug: str) -> dict[str, str]:
     return versions
 
 
+PAGE_ROWS = 500
+"""Rows per page of a group's table: a group of thousands of points is split into pages at build time."""
+INLINE_ROWS = 1000
+"""measured.html shows every group whole, plots and tables, while the registry holds at most this many measured rows;
+beyond, it lists the groups and each group has its own pages, so no page grows with the registry."""
+METHODS_INLINE = 200
+"""The landing page lists the methods while there are at most this many; beyond, a table per family and methods.html."""
+DRAWN = 600
+"""Most points one chart draws: beyond, points within a pixel of a drawn point are not drawn (the front always is)."""
+MANIFEST = ".prunereg-manifest.json"
+"""In the site folder: a content hash per page (or set of pages) and the files it wrote, for incremental rebuilds."""
+
+
 def build_site(
     engine: Engine,
     out_dir: Path,
     speedup: SpeedupKind = "measured",
     force: bool = False,
     submissions: Path | None = None,
+    full: bool = False,
 ) -> Path:
-    """Write the site into out_dir, replacing an earlier build whole, and return the path of its index.html.
+    """Write the site into out_dir and return the path of its index.html.
 
-    `submissions` (the registered submissions folder) lets the method pages say which version of a
-    submission is current; without it they list every version newest first, unmarked.
-    Raises prunereg.outputs.OutputRefused for a link, a file, or a folder prunereg did not write
+    A folder this code built before (its manifest names this prunereg and the same speedup axis) is updated in
+    place: only the group and method pages whose content hash changed are rendered again, pages that no longer
+    exist are removed, and the summary pages and data files are rewritten. Otherwise, or with `full`, the site is
+    written into a fresh folder that replaces out_dir whole. `submissions` (the registered submissions folder) lets
+    the method pages say which version of a submission is current; without it they list every version newest
+    first, unmarked. Raises prunereg.outputs.OutputRefused for a link, a file, or a folder prunereg did not write
     (unless `force`).
     """
     out_dir = Path(out_dir)
     rows = leaderboard_rows(engine, speedup)
     summaries = methods(engine)
-    with replaced_folder(out_dir, SITE_MARKER, force) as fresh:
-        _write(engine, fresh, rows, summaries, speedup, submissions)
+    earlier = None if full else _manifest(out_dir, speedup)
+    if earlier is not None:
+        check_output(out_dir, SITE_MARKER, force)
+        (out_dir / MANIFEST).unlink()  # a crash from here on leaves no manifest: the next build is a full one
+        _write(engine, out_dir, rows, summaries, speedup, submissions, earlier)
+    else:
+        with replaced_folder(out_dir, SITE_MARKER, force) as fresh:
+            _write(engine, fresh, rows, summaries, speedup, submissions, {})
     return out_dir / "index.html"
+
+
+def _code() -> str:
+    """What the pages depend on besides the registry: this prunereg, its templates, static files and page code."""
+    digest = hashlib.sha256(__version__.encode())
+    for folder in (HERE, HERE / "templates", HERE / "static", HERE.parent / "registry"):
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix in (".py", ".html", ".js", ".css", ".svg"):
+                digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _manifest(out_dir: Path, speedup: SpeedupKind) -> dict[str, Any] | None:
+    """The pages of an earlier build by this same code and speedup axis, or None (then the build is a full one)."""
+    path = out_dir / MANIFEST
+    if out_dir.is_symlink() or not path.is_file() or path.is_symlink() or not (out_dir / SITE_MARKER).is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("code") != _code() or manifest.get("speedup") != speedup:
+        return None
+    units = manifest.get("units")
+    return units if isinstance(units, dict) else None
+
+
+class _Site:
+    """Writes the pages of one build; a unit (one page or a set of pages) whose hash is the earlier build's, with
+    every file still there, is kept as it is."""
+
+    def __init__(self, out_dir: Path, earlier: dict[str, Any]):
+        self.out_dir = out_dir
+        self.earlier = earlier
+        self.units: dict[str, dict[str, Any]] = {}
+        self.rendered = 0
+
+    def unchanged(self, unit: str, digest: str) -> bool:
+        before = self.earlier.get(unit)
+        if (
+            isinstance(before, dict) and before.get("hash") == digest
+            and all((self.out_dir / f).is_file() for f in before.get("files", []))
+        ):  # fmt: skip
+            self.units[unit] = before
+            return True
+        return False
+
+    def write(self, unit: str, digest: str | None, files: dict[str, str]) -> None:
+        for name, text in files.items():
+            path = self.out_dir / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, path)
+        if digest is not None:
+            self.units[unit] = {"hash": digest, "files": sorted(files)}
+        self.rendered += 1
+
+    def finish(self, speedup: SpeedupKind) -> None:
+        """Remove the files of units that are gone, then write the manifest."""
+        kept = {f for u in self.units.values() for f in u["files"]}
+        for unit in self.earlier.values():
+            for name in unit.get("files", []) if isinstance(unit, dict) else []:
+                path = self.out_dir / name
+                if name not in kept and path.resolve().is_relative_to(self.out_dir.resolve()) and path.is_file():
+                    path.unlink()
+        manifest = {"code": _code(), "speedup": speedup, "units": self.units}
+        (self.out_dir / MANIFEST).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
+
+
+def _digest(*parts: Any) -> str:
+    """A content hash of plain data (pickled: strings, numbers, tuples, lists and dicts pickle the same each time)."""
+    return hashlib.sha256(pickle.dumps(parts, protocol=5)).hexdigest()
+
+
+def _row_text(row: Row) -> tuple:
+    """Everything a page may show of a row, to hash: each field, the per-run dicts by the run's key, and not
+    `dominated_by`, which no page shows (a group's JSON does: its hash adds them)."""
+    return tuple(getattr(row, f) for f in _hashed_fields(type(row)))
+
+
+@functools.cache
+def _hashed_fields(kind: type) -> tuple[str, ...]:
+    return tuple(f for f in _row_fields(kind) if f not in NOT_HASHED)
+
+
+NOT_HASHED = ("environment", "calibration", "checkpoint", "dominated_by")
+"""The run's fields, the same on each of its rows and fixed once stored (`environment_key` names them), and the
+count of points that dominate a row, which one new point changes on every row below it."""
+
+
+def _slug(key: GroupKey) -> str:
+    """A group's file name, from its key alone, so it stays the same while other groups come and go."""
+    readable = re.sub(r"[^a-z0-9.]+", "-", ".".join([key.model, key.device_name, key.dtype, key.execution_mode,
+                                                    key.scenario]).lower()).strip("-")  # fmt: skip
+    return f"{readable[:100]}-{hashlib.sha256(repr(tuple(key)).encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class PageOf:
+    """Where one page of a paginated table stands: its number, the rows it shows and every page's link."""
+
+    number: int
+    count: int
+    first: int
+    last: int
+    total: int
+    hrefs: list[str]
+
+
+def _pages(total: int, name: str, size: int) -> list[PageOf]:
+    count = max(1, -(-total // size))
+    hrefs = [f"{name}.html" if n == 1 else f"{name}-{n}.html" for n in range(1, count + 1)]
+    return [
+        PageOf(n, count, min(total, (n - 1) * size + 1), min(total, n * size), total, hrefs)
+        for n in range(1, count + 1)
+    ]
 
 
 def _write(
@@ -440,11 +651,15 @@ def _write(
     rows: list[Row],
     summaries: list[MethodSummary],
     speedup: SpeedupKind,
-    submissions: Path | None = None,
+    submissions: Path | None,
+    earlier: dict[str, Any],
 ) -> None:
     env = _environment()
-    for sub in ("methods", "data"):
-        (out_dir / sub).mkdir()
+    site = _Site(out_dir, earlier)
+    for sub in ("methods", "data", "groups", "data/groups"):
+        (out_dir / sub).mkdir(exist_ok=True)
+    if (out_dir / "static").exists():
+        shutil.rmtree(out_dir / "static")
     shutil.copytree(HERE / "static", out_dir / "static")
 
     reported = reported_rows(engine, speedup, recovery=True, measured=rows)
@@ -452,33 +667,155 @@ def _write(
     one_shot_groups = _reported_groups(one_shot, speedup, "reported")
     choice = headline_choice(one_shot)
     headline = _headline(choice, one_shot_groups, rows, speedup) if choice else None
-    page = env.get_template("index.html").render(root="", methods=summaries, headline=headline, speedup=speedup)
-    (out_dir / "index.html").write_text(page, encoding="utf-8")
+    page = env.get_template("index.html").render(
+        root="", methods=summaries, headline=headline, speedup=speedup, methods_inline=METHODS_INLINE
+    )
+    site.write("index", None, {"index.html": page})
     page = env.get_template("reported.html").render(
         root="", one_shot=one_shot_groups, recovered=_reported_groups(recovered, speedup, "recovery"), speedup=speedup
     )
-    (out_dir / "reported.html").write_text(page, encoding="utf-8")
+    site.write("reported", None, {"reported.html": page})
+
     failed = failures(engine)
-    groups = _groups(rows, speedup, failed)
+    texts = {id(r): _row_text(r) for r in rows}
+    inline = len(rows) + len(failed) <= INLINE_ROWS
+    entries = _group_entries(rows, failed)
+    harness = _harness(rows)
+    groups: list[Group] = []
+    json_rows: dict[GroupKey, list[str]] = {}
+    for anchor, key, members, failed_here in entries:
+        slug = _slug(key)
+        title = _group_title(key, members, failed_here)
+        digest = _digest(
+            speedup, title, [texts[id(r)] for r in members], [r.dominated_by for r in members], failed_here
+        )
+        unit = f"group {slug}"
+        chunks = _kept_json_rows(out_dir, slug) if site.unchanged(unit, digest) else None
+        if chunks is None or inline:
+            group = _group(anchor, slug, key, members, failed_here, speedup)
+        else:
+            group = Group(anchor, title, _table_order(members), None, 0, None, [], *_scenario(key, members, failed_here),
+                          failed_here, slug)  # fmt: skip
+        if chunks is None:
+            chunks = [_json_text(_json_row(r)) for r in members]
+            site.write(unit, digest, _group_files(env, group, key, chunks, speedup))
+        json_rows[key] = chunks
+        groups.append(group)
+    for i, (title, t) in enumerate(harness if not inline else [], 1):
+        digest = _digest(title, t)
+        if not site.unchanged(f"harness {i}", digest):
+            page = env.get_template("harness_page.html").render(root="../", title=title, t=t)
+            site.write(f"harness {i}", digest, {f"groups/harness-{i}.html": page})
     page = env.get_template("measured.html").render(
-        root="", groups=groups, selectors=_selectors(groups), speedup=speedup,
-        harness=_harness(rows), modes=EXECUTION_MODES, measured_modes=sorted({r.execution_mode for r in rows}),
+        root="", groups=groups, selectors=_selectors(groups), speedup=speedup, inline=inline,
+        harness=harness, modes=EXECUTION_MODES, measured_modes=sorted({r.execution_mode for r in rows}),
     )  # fmt: skip
-    (out_dir / "measured.html").write_text(page, encoding="utf-8")
+    site.write("measured", None, {"measured.html": page})
+
+    for n, part in enumerate(_pages(len(summaries), "methods", PAGE_ROWS), 1):
+        listed = summaries[part.first - 1 : part.last]
+        page = env.get_template("methods.html").render(root="", methods=listed, page=part)
+        site.write(f"methods list {n}", None, {part.hrefs[n - 1]: page})
+    _method_pages(engine, env, site, rows, texts, summaries, failed, submissions)
+
+    site.write("leaderboard.json", None, {"data/leaderboard.json": _merged_json(speedup, rows, json_rows)})
+    claims = sorted([*one_shot, *recovered], key=lambda r: (*r.sort_key(), r.task, r.arxiv, r.paper_table, r.value))
+    reported_data = {"speedup": speedup, "quality": "reported", "rows": [_json_reported_row(r) for r in claims]}
+    site.write("reported.json", None, {"data/reported.json": _json_for_web(reported_data)})
+    site.finish(speedup)
+
+
+def _method_pages(
+    engine: Engine,
+    env: Environment,
+    site: _Site,
+    rows: list[Row],
+    texts: dict[int, str],
+    summaries: list[MethodSummary],
+    failed: list[Failure],
+    submissions: Path | None,
+) -> None:
+    """One page per method, rendered again only where its rows, failures, versions or stored records changed."""
+    by_method: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        by_method[row.method_slug].append(row)
+    failed_by: dict[str, list[Failure]] = defaultdict(list)
+    for failure in failed:
+        failed_by[failure.method_slug].append(failure)
+    stored = method_fingerprints(engine)
     for summary in summaries:
-        detail = method_detail(engine, summary.slug, rows)
-        versions = submission_versions(submissions, summary.slug)
+        slug = summary.slug
+        versions = submission_versions(submissions, slug)
+        mine = by_method.get(slug, [])
+        digest = _digest(summary, versions, stored.get(slug), [texts[id(r)] for r in mine], failed_by.get(slug, []))
+        if site.unchanged(f"method {slug}", digest):
+            continue
+        detail = method_detail(engine, slug, mine)
         current_first = sorted(detail.submissions, key=lambda s: versions.get(s.spec_hash) != "current")
         detail = replace(detail, submissions=current_first)
         current = next((h for h, v in versions.items() if v == "current"), None)
         page = env.get_template("method.html").render(
             root="../", method=detail, m=summary, versions=versions, current=current,
-            failures=[f for f in failed if f.method_slug == summary.slug], failure_kinds=FAILURE_KINDS,
+            failures=failed_by.get(slug, []), failure_kinds=FAILURE_KINDS,
         )  # fmt: skip
-        (out_dir / "methods" / f"{summary.slug}.html").write_text(page, encoding="utf-8")
+        site.write(f"method {slug}", digest, {f"methods/{slug}.html": page})
 
-    data = {"speedup": speedup, "rows": [_json_row(r) for r in rows]}
-    (out_dir / "data" / "leaderboard.json").write_text(_json_for_web(data), encoding="utf-8")
-    claims = sorted([*one_shot, *recovered], key=lambda r: (*r.sort_key(), r.task, r.arxiv, r.paper_table, r.value))
-    reported_data = {"speedup": speedup, "quality": "reported", "rows": [_json_reported_row(r) for r in claims]}
-    (out_dir / "data" / "reported.json").write_text(_json_for_web(reported_data), encoding="utf-8")
+
+def _group_files(
+    env: Environment, group: Group, key: GroupKey, chunks: list[str], speedup: SpeedupKind
+) -> dict[str, str]:
+    """A group's pages (its table split every PAGE_ROWS rows, charts on the first) and its rows as JSON."""
+    files = {}
+    for part in _pages(len(group.rows), group.slug, PAGE_ROWS):
+        shown = replace(group, rows=group.rows[part.first - 1 : part.last])
+        files[f"groups/{part.hrefs[part.number - 1]}"] = env.get_template("group.html").render(
+            root="../", g=shown, page=part, speedup=speedup
+        )
+    head = {"group": {**key._asdict(), "title": group.title}, "speedup": speedup, "quality": "measured"}
+    files[f"data/groups/{group.slug}.json"] = _rows_document(head, chunks)
+    return files
+
+
+def _kept_json_rows(out_dir: Path, slug: str) -> list[str] | None:
+    """The row texts of an unchanged group's JSON file, to go into data/leaderboard.json again without re-encoding."""
+    try:
+        text = (out_dir / "data" / "groups" / f"{slug}.json").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    start, end = text.find(' "rows": [\n'), text.find("\n ],\n")
+    if start < 0 or end < 0:
+        return [] if ' "rows": []' in text else None
+    return _split_rows(text[start + len(' "rows": [\n') : end])
+
+
+def _split_rows(block: str) -> list[str]:
+    parts = block.split("\n  },\n  {\n")
+    if len(parts) == 1:
+        return [block]
+    return [parts[0] + "\n  }", *("  {\n" + p + "\n  }" for p in parts[1:-1]), "  {\n" + parts[-1]]
+
+
+def _json_text(row: dict[str, Any]) -> str:
+    """One row as `_json_for_web` writes it inside its "rows" list (indented by two), by the C encoder where the
+    row is flat: one row costs microseconds, not the pure-Python indenting encoder's tenth of a millisecond."""
+    if any(isinstance(v, (dict, list, tuple)) and v for v in row.values()):
+        text = json.dumps(row, indent=1, sort_keys=True, ensure_ascii=False).replace("\n", "\n  ")
+        text = "  " + text
+    else:
+        body = json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",\n   ", ": "))
+        text = "  {\n   " + body[1:-1] + "\n  }"
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _rows_document(head: dict[str, Any], chunks: list[str]) -> str:
+    """`_json_for_web({**head, "rows": rows})`, given each row's `_json_text`."""
+    text = _json_for_web({**head, "rows": []})
+    if not chunks:
+        return text
+    return text.replace(' "rows": []', ' "rows": [\n' + ",\n".join(chunks) + "\n ]", 1)
+
+
+def _merged_json(speedup: SpeedupKind, rows: list[Row], chunks: dict[GroupKey, list[str]]) -> str:
+    """data/leaderboard.json: every row in the leaderboard's order, from the groups' row texts."""
+    taken = {key: iter(texts) for key, texts in chunks.items()}
+    return _rows_document({"speedup": speedup}, [next(taken[r.group]) for r in rows])

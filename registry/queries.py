@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from prunereg.spec.catalog import models
 from prunereg.spec.division import division
@@ -572,7 +572,11 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
         if row.method_slug == slug:
             by_run[row.run_id].append(row)
     with Session(engine) as session:
-        method = session.scalars(select(MethodRecord).where(MethodRecord.slug == slug)).one_or_none()
+        points = selectinload(MethodRecord.submissions).selectinload(SubmissionRecord.operating_points)
+        everything = points.selectinload(OperatingPointRecord.runs).selectinload(Run.quality)
+        claims = points.selectinload(OperatingPointRecord.quality_results)
+        stmt = select(MethodRecord).where(MethodRecord.slug == slug).options(everything, claims)
+        method = session.scalars(stmt).one_or_none()
         if method is None:
             raise KeyError(f"no method {slug!r} in the registry")
         submissions = []
@@ -741,6 +745,35 @@ def failures(engine: Engine) -> list[Failure]:
                 )  # fmt: skip
             )
         return out
+
+
+def method_fingerprints(engine: Engine) -> dict[str, tuple]:
+    """Per method slug, how many records of each kind it has stored and the newest one's id: what changes when
+    anything is ingested for it, or one of its runs is retired. Records are otherwise only ever added, so an unchanged
+    fingerprint means an unchanged method."""
+    method = select(MethodRecord.slug).join(MethodRecord.submissions)
+    to_point = method.join(SubmissionRecord.operating_points)
+    counted = {
+        "submissions": method,
+        "operating_points": to_point,
+        "runs": to_point.join(OperatingPointRecord.runs),
+        "quality_results": to_point.join(OperatingPointRecord.quality_results),
+        "latency_measurements": to_point.join(OperatingPointRecord.runs).join(Run.latency),
+        "failed_measurements": to_point.join(OperatingPointRecord.failures),
+    }
+    ids = {"submissions": SubmissionRecord.id, "operating_points": OperatingPointRecord.id, "runs": Run.id,
+           "quality_results": QualityRecord.id, "latency_measurements": LatencyMeasurement.id,
+           "failed_measurements": FailedMeasurement.id}  # fmt: skip
+    found: dict[str, list] = defaultdict(list)
+    with Session(engine) as session:
+        for table, stmt in counted.items():
+            stmt = stmt.add_columns(func.count(ids[table]), func.max(ids[table])).group_by(MethodRecord.slug)
+            for slug, count, newest in session.execute(stmt):
+                found[slug].append((table, count, newest))
+        retired = counted["runs"].add_columns(func.count(Run.retired_at), func.max(Run.retired_at))
+        for slug, count, newest in session.execute(retired.group_by(MethodRecord.slug)):
+            found[slug].append(("retired runs", count, newest))  # the one record that changes: a run retired later
+    return {slug: tuple(parts) for slug, parts in found.items()}
 
 
 def is_empty(engine: Engine) -> bool:

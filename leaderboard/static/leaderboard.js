@@ -10,8 +10,10 @@
   function setUpSelector() {
     var form = document.getElementById("scenario");
     if (!form) return;
+    // Each group a section on this page, or (a large registry) a link to its own page in the list.
     var groups = Array.prototype.slice.call(document.querySelectorAll("section.group"));
-    var harness = Array.prototype.slice.call(document.querySelectorAll("table.harness"));
+    if (!groups.length) groups = Array.prototype.slice.call(document.querySelectorAll("ul.toc li[data-phase]"));
+    var harness = Array.prototype.slice.call(document.querySelectorAll("table.harness, p.harness-link"));
     var heading = document.getElementById("results");
     var selects = {};
     AXES.forEach(function (axis) { selects[axis] = form.elements.namedItem(axis); });
@@ -29,8 +31,10 @@
         var visible = matches(section, AXES);
         section.hidden = !visible;
         if (visible) shown += 1;
-        var entry = document.querySelector('ul.toc li[data-group="' + section.id + '"]');
-        if (entry) entry.hidden = !visible;
+        if (section.tagName !== "LI") {
+          var entry = document.querySelector('ul.toc li[data-group="' + section.id + '"]');
+          if (entry) entry.hidden = !visible;
+        }
       });
       harness.forEach(function (table) { table.hidden = !matches(table, HARNESS_AXES); });
       var chosen = AXES.map(function (axis) {
