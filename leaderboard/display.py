@@ -7,6 +7,7 @@ and for the command line (`prunereg frontier` labels families with `family_label
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from prunereg.registry.queries import Row
@@ -61,6 +62,11 @@ def noise_reason(row: Row) -> str | None:
 
 def noisy(row: Row) -> bool:
     return noise_reason(row) is not None
+
+
+def when(moment: datetime | None) -> str:
+    """A stored time as a page shows it, e.g. '2026-12-05 09:14 UTC' (SQLite keeps no zone: times are stored UTC)."""
+    return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def gpu_change(row: Row) -> str | None:

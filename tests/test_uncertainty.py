@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 from factories import make_result, make_submission
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from typer.testing import CliRunner
 
+from prunereg.cli import app
 from prunereg.harness.latency import busy, repeated
+from prunereg.registry.analysis import scenario_analysis
 from prunereg.registry.db import connect
 from prunereg.registry.ingest import ingest
+from prunereg.registry.queries import leaderboard_rows
 from prunereg.registry.schema import LatencyMeasurement
 from prunereg.spec.result_checks import load_saved
 from prunereg.spec.results import SavedEvaluation, Timing, latency_summary
@@ -217,3 +222,43 @@ def test_a_timing_record_is_kept_with_its_latency(tmp_path):
     engine = connect(f"sqlite:///{tmp_path / 'r.db'}")
     ingest(engine, saved.submission, saved.result)
     assert [r.timing for r in stored_latency(engine)].count(timing) == 1
+
+
+def with_noisy_point(engine, noisy: str = "drop-50"):
+    """ShortGPT's two points; `noisy` has the fastest speedup (2.2x) but dense repeats that swing by ±60 %."""
+    sub = make_submission()
+    document = make_result(sub, speedups={"drop-25": 1.3, "drop-50": 2.2}).model_dump(mode="json")
+    for point in document["points"]:
+        if point["operating_point"] == noisy:
+            for latency in point["latency"]:
+                latency["dense_samples"] = [latency["dense_median"] * f for f in (0.4, 1.0, 1.6)]
+    ingest(engine, sub, type(make_result(sub)).model_validate(document))
+
+
+def test_a_noisy_point_is_left_out_of_the_front_and_the_bands_with_its_reason(tmp_path):
+    engine = connect(f"sqlite:///{tmp_path / 'r.db'}")
+    with_noisy_point(engine)
+    rows = leaderboard_rows(engine)
+    noisy = [r for r in rows if r.operating_point == "drop-50"]
+    assert noisy and all(r.excluded and r.excluded.startswith("speedup interval ") for r in noisy)
+    assert all(not r.pareto and r.dominated_by is None and r.speedup_low < 2.2 < r.speedup_high for r in noisy)
+    assert all(r.pareto and r.excluded is None for r in rows if r.operating_point == "drop-25")
+    for analysis in scenario_analysis(engine, "decode", 1) + scenario_analysis(engine, "prefill", 1):
+        assert [r.operating_point for r in analysis.frontier] == ["drop-25"]
+        assert [r.operating_point for r in analysis.excluded] == ["drop-50"]
+        assert [r.operating_point for r in analysis.by_rank()] == ["drop-25"]
+        assert max(b.speedup for b in analysis.bands) == pytest.approx(1.3)  # 2.2x would win every band from 22 %
+        theoretical = scenario_analysis(engine, analysis.key.scenario.split("-")[0], 1, speedup="theoretical")
+        assert all(not a.excluded for a in theoretical)  # the roofline has no noise: nothing left out
+
+
+def test_frontier_prints_intervals_noise_and_what_it_left_out(tmp_path):
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    with_noisy_point(connect(db))
+    result = CliRunner().invoke(app, ["frontier", "--phase", "decode", "--batch", "1", "--db", db])
+    assert result.exit_code == 0, result.output
+    front, left_out = result.output.split("left out of the frontier and the bands")
+    assert "95 % interval" in front and "drop-25" in front and "drop-50" not in front
+    (row,) = [line for line in front.splitlines() if "drop-25" in line]
+    assert re.search(r"1\.30x │\s+1\.26–1\.33x │\s+│", row), row  # its interval (0.98–1.03 of 1.3), no noise flag
+    assert "drop-50" in left_out and "speedup interval" in left_out and "wider than ±5%" in left_out
