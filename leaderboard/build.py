@@ -428,7 +428,6 @@ def _environment() -> Environment:
     env.tests["noisy"] = display.noisy
     env.filters["noise"] = display.noise_reason
     env.filters["when"] = display.when
-    env.filters["noise"] = display.noise_reason
     env.globals["quality"] = display.QUALITY_TEXT
     env.globals["version"] = __version__
     return env
