@@ -127,11 +127,7 @@ def fill(engine: Engine, methods: int) -> None:
                         run_id = add("runs", {**run, "operating_point_id": point_id, "spec_hash": spec_hash})
                         s = speedup(i, d, k)
                         for lat in (x for x in template["latency_measurements"] if x["run_id"] == run["id"]):
-                            median = lat["dense_median"] / s
-                            add("latency_measurements", {
-                                **lat, "run_id": run_id, "median": median, "p20": median * 0.98,
-                                "p80": median * 1.03, "samples": [median] * len(lat["samples"]),
-                            })  # fmt: skip
+                            add("latency_measurements", _rescaled(lat, s) | {"run_id": run_id})
                         for q in (x for x in template["quality_results"] if x["run_id"] == run["id"]):
                             lost = loss(i, d, k)
                             value = (
@@ -144,6 +140,19 @@ def fill(engine: Engine, methods: int) -> None:
             if i % 200 == 0:
                 flush()
         flush()
+
+
+def _rescaled(lat: dict, speedup: float) -> dict:
+    """A template latency row timed at another speedup: pruned samples, percentiles and the speedup's interval
+    scaled together, so the copy is exactly as noisy (and as rankable) as the row ingested through the API."""
+    median = lat["dense_median"] / speedup
+    scale = median / lat["median"]
+    rescaled = {**lat, "median": median, "p20": lat["p20"] * scale, "p80": lat["p80"] * scale,
+                "samples": [v * scale for v in lat["samples"]]}  # fmt: skip
+    if lat.get("speedup_low") is not None:
+        rescaled["speedup_low"] = lat["speedup_low"] / scale
+        rescaled["speedup_high"] = lat["speedup_high"] / scale
+    return rescaled
 
 
 def build(db: str, out: str) -> dict:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Text, func, select, type_coerce
 from sqlalchemy.orm import Session, selectinload
 
 from prunereg.spec.catalog import models
@@ -163,9 +163,12 @@ def _run_facts(session: Session) -> dict[int, _RunFacts]:
     return facts
 
 
-TEXT_FIELDS = ("method_slug", "method_name", "family", "operating_point", "spec_hash", "model", "weights",
-               "device_name", "execution_mode", "dtype", "environment_key", "scenario", "phase")  # fmt: skip
-"""Row fields whose values repeat across rows: one string object per value, not one per row."""
+def _json_value(stored: Any) -> Any:
+    """A JSON column read as text (most rows hold null: no decoding for them); a driver that decodes JSON itself
+    (psycopg) hands over the value."""
+    if not isinstance(stored, str):
+        return stored
+    return None if stored == "null" else json.loads(stored)
 
 
 def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[Row]:
@@ -203,8 +206,8 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
             LatencyMeasurement.theoretical_dense,
             LatencyMeasurement.execution,
             LatencyMeasurement.fallback,
-            LatencyMeasurement.gpu_before,
-            LatencyMeasurement.gpu_after,
+            type_coerce(LatencyMeasurement.gpu_before, Text),
+            type_coerce(LatencyMeasurement.gpu_after, Text),
             LatencyMeasurement.speedup_low,
             LatencyMeasurement.speedup_high,
         )  # fmt: skip
@@ -215,7 +218,7 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
         .where(Run.retired_at.is_(None))
     )
     rows = []
-    shared: dict[str, str] = {}
+    intern = {}.setdefault  # one string object per repeated value (slug, model, scenario, ...), not one per row
     with Session(engine) as session:
         quality = _first_measured_quality(session)
         facts = _run_facts(session)
@@ -226,11 +229,21 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
             run = facts[run_id]
             measured = dense_median / median
             theoretical_speedup = theoretical_dense / theoretical
-            text = (slug, name, family, point, spec_hash, model, weights, device_name, mode, dtype, environment_key,
-                    scenario, phase)  # fmt: skip
             rows.append(
                 Row(
-                    **{k: shared.setdefault(v, v) for k, v in zip(TEXT_FIELDS, text)},
+                    method_slug=intern(slug, slug),
+                    method_name=intern(name, name),
+                    family=intern(family, family),
+                    operating_point=intern(point, point),
+                    spec_hash=intern(spec_hash, spec_hash),
+                    model=intern(model, model),
+                    weights=intern(weights, weights),
+                    device_name=intern(device_name, device_name),
+                    execution_mode=intern(mode, mode),
+                    dtype=intern(dtype, dtype),
+                    environment_key=intern(environment_key, environment_key),
+                    scenario=intern(scenario, scenario),
+                    phase=intern(phase, phase),
                     batch_size=batch_size,
                     seq_len=seq_len,
                     median_ms=median,
@@ -245,10 +258,10 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
                     quality_metric=q[2] if q else None,
                     environment=run.environment,
                     kernels=run.kernels,
-                    execution=shared.setdefault(execution, execution),
+                    execution=intern(execution, execution),
                     fallback=fallback,
-                    gpu_before=gpu_before,
-                    gpu_after=gpu_after,
+                    gpu_before=_json_value(gpu_before),
+                    gpu_after=_json_value(gpu_after),
                     calibration=run.calibration,
                     checkpoint=run.checkpoint,
                     stand_in=run.stand_in,
