@@ -137,7 +137,7 @@ def evaluate(
             sharding=sharding(pruned, ranks.ranks) if ranks else None,
             operating_point=point.name, effects=effects, gemms=gemms, stats=model_stats(pruned, peak),
             latency=latency, quality=[q.of(pruned) for q in qualities], calibration=calibration,
-            checkpoint=checkpoint, stand_in=getattr(params, "selection", None) if params is not point.params else None,
+            checkpoint=checkpoint, stand_in=stand_in_selection(params, point.params_for(loaded.architecture.name)),
         )  # fmt: skip
         del pruned
         store(result(points=[point_result]))
@@ -194,8 +194,12 @@ def load_checked(
 
 
 def check_fit(points: list[OperatingPoint], arch: ModelArchitecture) -> None:
+    """Each point's parameters for `arch` (its `per_model` entry, else `params`) apply to it."""
     for point in points:
-        problem = point.params.misfit(arch)
+        problem = point.params_for(arch.name).misfit(arch)
+        if problem and point.per_model and arch.name not in point.per_model:
+            named = ", ".join(point.per_model)
+            problem = f"its per_model parameters are for {named} only, and its plain params do not apply: {problem}"
         if problem:
             raise EvaluationError(f"operating point '{point.name}' does not fit {arch.name}: {problem}")
 
@@ -228,10 +232,17 @@ def _submission_folder(folder: Path | None) -> Path:
     return folder
 
 
+def stand_in_selection(ran: AdapterParams, own: AdapterParams) -> str | None:
+    """The selection that stood in for the point's own (`params_to_run`), or None where its own ran."""
+    return getattr(ran, "selection", None) if ran is not own else None
+
+
 def params_to_run(loaded: LoadedModel, point: OperatingPoint) -> AdapterParams:
-    """The point's parameters, or on random weights its shape stand-in (AdapterParams.shape_stand_in) where one fits."""
-    stand_in = point.params.shape_stand_in() if loaded.weights == "random" else None
-    return stand_in if stand_in is not None and stand_in.misfit(loaded.architecture) is None else point.params
+    """The point's parameters for the loaded model, or on random weights their shape stand-in
+    (AdapterParams.shape_stand_in) where one fits."""
+    own = point.params_for(loaded.architecture.name)
+    stand_in = own.shape_stand_in() if loaded.weights == "random" else None
+    return stand_in if stand_in is not None and stand_in.misfit(loaded.architecture) is None else own
 
 
 def apply_point(
@@ -247,24 +258,26 @@ def apply_point(
     dense copy before the adapter prunes it. A submitted checkpoint (adapter 'checkpoint') is loaded
     from under `folder`, the submission file's folder; the dense model is only read then, not copied.
     `params` replaces the point's parameters (its shape stand-in, from `params_to_run`); the effects are
-    always the point's own.
+    always the point's own on this model (its `per_model` entry, else `params`), resolved to what the adapter
+    removes from it.
     """
-    if isinstance(point.params, CheckpointParams):
+    own = point.params_for(loaded.architecture.name)
+    if isinstance(own, CheckpointParams):
         from prunereg.adapters.checkpoint import ADAPTER, CheckpointError
 
         try:
-            pruned = ADAPTER.apply(loaded.model, point.params, None, folder=_submission_folder(folder))
+            pruned = ADAPTER.apply(loaded.model, own, None, folder=_submission_folder(folder))
         except CheckpointError as err:
             raise EvaluationError(f"operating point '{point.name}': {err}") from None
-        return pruned, resolve(submission.effects, point.params)
-    params = params or point.params
+        return pruned, resolve(submission.effects, own, loaded.architecture)
+    params = params or own
     calibration = params.calibration_needed()
     ids = None
     if calibration is not None:
         config = loaded.model.config
         ids = calibration_ids(calibration, loaded.tokenizer, config.vocab_size, config.max_position_embeddings)
     pruned = get_adapter(submission.adapter.name).apply(copy.deepcopy(loaded.model), params, ids)
-    return pruned, resolve(submission.effects, point.params)
+    return pruned, resolve(submission.effects, own, loaded.architecture)
 
 
 def calibration_record(loaded: LoadedModel, params: AdapterParams, seconds: float) -> CalibrationRecord | None:

@@ -3,7 +3,10 @@
 Attention heads go in whole grouped-query KV groups: removing KV group g removes its key and
 value heads and the query heads that read them, i.e. rows of q/k/v_proj (N) and columns of
 o_proj (K). MLP channels are rows of gate/up_proj (N) and columns of down_proj (K). The same
-count is kept in every layer, so the pruned model is an ordinary config that transformers loads.
+count is kept in every layer, so the pruned model is an ordinary config that transformers loads,
+unless the point gives `per_layer` counts (FLAP's adaptive structure, OWL-style allocations): each
+layer then keeps its own, the model runs as such, and `prunereg prune` saves it only where every
+layer ended up the same width (no transformers config of these models has a per-layer width).
 
 Which groups and channels stay, all scored on the dense model before anything is removed:
 - 'magnitude' (baseline): the largest sum of squared weights of the coupled rows and columns;
@@ -18,7 +21,8 @@ Which groups and channels stay, all scored on the dense model before anything is
   a KV group sums its query heads' channels. FLAP's bias compensation (a bias W[:, removed]·mean(X)
   on o_proj/down_proj) is left out: Llama and Mistral have no such bias and Qwen2 none on o_proj,
   and adding one would make the pruned model a different config. Its adaptive per-layer structure
-  (standardised scores ranked across layers) is left out too: every layer keeps the same count.
+  (standardised scores ranked across layers) is not computed here: a submission gives the counts it
+  found as `per_layer`, and the metric then picks which groups and channels of each layer stay.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections import defaultdict
 from typing import Any, Protocol
 
 import torch
+import transformers
 from torch import nn
 
 from prunereg.spec.parameters import WidthParams
@@ -232,28 +237,47 @@ class Width(Adapter[WidthParams]):
     def apply(self, model, params: WidthParams, calibration=None):
         check_calibration(params, calibration)
         config = model.config
-        num_kv = config.num_key_value_heads
-        kept_groups = params.kept_kv_groups(num_kv)
-        kept_channels = params.kept_channels(config.intermediate_size)
+        num_kv, intermediate = config.num_key_value_heads, config.intermediate_size
         layers = list(model.model.layers)
         head_dim = layers[0].self_attn.head_dim
-        if kept_groups < num_kv or kept_channels < config.intermediate_size:
+        kept = params.kept_per_layer(len(layers), num_kv, intermediate)
+        if any(width.kv_groups < num_kv or width.channels < intermediate for width in kept):
             criterion = CRITERIA.get(params.selection)
             scores = (
                 criterion(model, calibration)
                 if criterion is not None and calibration is not None
                 else [magnitude(layer, num_kv) for layer in layers]
             )
-            for index, (layer, (group_scores, channel_scores)) in enumerate(zip(layers, scores)):
-                if kept_groups < num_kv:
-                    prune_attention(layer.self_attn, _keep(group_scores, kept_groups, params, salt=2 * index))
-                if kept_channels < config.intermediate_size:
-                    prune_mlp(layer.mlp, _keep(channel_scores, kept_channels, params, salt=2 * index + 1))
+            for index, (layer, width, (group_scores, channel_scores)) in enumerate(zip(layers, kept, scores)):
+                if width.kv_groups < num_kv:
+                    prune_attention(layer.self_attn, _keep(group_scores, width.kv_groups, params, salt=2 * index))
+                if width.channels < intermediate:
+                    prune_mlp(layer.mlp, _keep(channel_scores, width.channels, params, salt=2 * index + 1))
+        widest = max(width.kv_groups for width in kept)
         config.head_dim = head_dim  # no longer hidden_size / heads once heads are gone
-        config.num_attention_heads = kept_groups * (config.num_attention_heads // num_kv)
-        config.num_key_value_heads = kept_groups
-        config.intermediate_size = kept_channels
+        config.num_attention_heads = widest * (config.num_attention_heads // num_kv)
+        config.num_key_value_heads = widest
+        config.intermediate_size = max(width.channels for width in kept)
         return model
+
+    def refusal(self, model) -> str | None:
+        """Layers of different widths: a Llama, Qwen2 or Mistral config has one num_key_value_heads and one
+        intermediate_size for every layer (transformers has no per-layer field for them), so no plain checkpoint
+        holds the model. The pruned model itself runs: each layer's Linears carry their own shapes."""
+        widths = {layer_width(layer) for layer in model.model.layers}
+        if len(widths) == 1:
+            return None
+        groups, channels = sorted({g for g, _ in widths}), sorted({c for _, c in widths})
+        return (
+            f"its layers keep different widths ({groups[0]}-{groups[-1]} KV groups, {channels[0]}-{channels[-1]} "
+            f"MLP channels), and a {model.config.model_type} config of transformers {transformers.__version__} "
+            "holds one num_key_value_heads and one intermediate_size for all layers"
+        )
+
+
+def layer_width(layer: Any) -> tuple[int, int]:
+    """(KV groups, MLP channels) of one pruned decoder layer, read off its Linears."""
+    return layer.self_attn.k_proj.out_features // layer.self_attn.head_dim, layer.mlp.gate_proj.out_features
 
 
 ADAPTER = Width()

@@ -63,7 +63,8 @@ def main() -> None:
         lines += [f"### {catalog[base].label}: {task}", "", f"Families: {', '.join(families)}.", ""]
         priced = []
         for submission, claim in members:
-            effects = resolve(submission.effects, submission.point(claim.operating_point).params)
+            point = submission.point(claim.operating_point)
+            effects = resolve(submission.effects, point.params_for(base), catalog[base])
             speedups = [theoretical_speedup(catalog[base], h200, scenario, effects) for scenario in headline]
             loss = relative_loss(claim.value, claim.dense_value, claim.higher_is_better)
             priced.append((submission, claim, loss, speedups))

@@ -243,24 +243,36 @@ def trace_forward(model: torch.nn.Module, input_ids: torch.Tensor) -> list[GemmT
 
 
 TOLERANCE = 0.03
-"""Absolute difference allowed between the declared and the observed kept share of a GEMM's FLOPs."""
+"""Absolute difference allowed between the declared and the observed kept share of a GEMM's FLOPs, for a GEMM
+whose effects are not all counted in whole units (routing, key blocks, ranks, weights) or that declares none."""
+
+EXACT = 1e-9
+"""The difference allowed where every effect on a GEMM removes whole counted units (COUNTED): float rounding only."""
+
+COUNTED = frozenset(
+    {
+        Granularity.layer,
+        Granularity.sublayer,
+        Granularity.kv_group,
+        Granularity.head,
+        Granularity.channel,
+        Granularity.hidden,
+    }
+)
+"""Granularities whose removed share is a count over a count the pruned model's shapes show exactly (three of
+eight layers, 288 of 384 channels): the effects resolve to that count (AdapterParams.removed_share), so the
+traced share must equal the declared one, with no rounding allowed."""
 
 
 def rounding(effect: ResolvedEffect, arch: ModelArchitecture, scenario: Scenario) -> float:
     """How far from its declared share an adapter may land by keeping whole units of the granularity.
 
-    Half a unit of what is counted: layers, KV groups, heads, channels, hidden channels, tokens of a
-    routing window (at least 16), key blocks per query block (64-token blocks: (seq_len/64 + 1)/2 on
-    average under causality); a floored rank costs at most (K+N)/(K·N) <= 2/min(K, N) of the
-    projections; 2:4 and single weights are exact.
+    Half a unit of what is counted: tokens of a routing window (at least 16), key blocks per query
+    block (64-token blocks: (seq_len/64 + 1)/2 on average under causality); a floored rank costs at
+    most (K+N)/(K·N) <= 2/min(K, N) of the projections; 2:4, single weights and the COUNTED
+    granularities (resolved to the exact count removed) allow none.
     """
     units = {
-        Granularity.layer: arch.num_hidden_layers,
-        Granularity.sublayer: arch.num_hidden_layers,
-        Granularity.kv_group: arch.num_key_value_heads,
-        Granularity.head: arch.num_attention_heads,
-        Granularity.channel: arch.intermediate_size,
-        Granularity.hidden: arch.hidden_size,
         Granularity.token: 16,
         Granularity.key_block: (scenario.seq_len / 64 + 1) / 2,
         Granularity.rank: min(arch.hidden_size, arch.num_key_value_heads * arch.head_dim, arch.intermediate_size) / 4,
@@ -277,6 +289,14 @@ class Declared:
     pruned: GemmCost
     effects: tuple[tuple[ResolvedEffect, bool], ...]  # (effect, inherited from qkv_proj's heads)
     slack: float
+
+    @property
+    def exact(self) -> bool:
+        """Every effect on this GEMM removes whole counted units, so its kept share is known exactly."""
+        return bool(self.effects) and all(e.granularity in COUNTED for e, _ in self.effects)
+
+    def allowed(self, tolerance: float) -> float:
+        return EXACT if self.exact else tolerance + self.slack
 
     @property
     def kept(self) -> float:
@@ -351,7 +371,7 @@ def rows(declared: list[Declared], observed_dense, observed_pruned, tolerance: f
         problem = None
         if observed is None:
             problem = f"{g}: the dense model ran no {g} product, so its declaration cannot be checked"
-        elif abs(observed - d.kept) > tolerance + d.slack:
+        elif abs(observed - d.kept) > d.allowed(tolerance):
             problem = f"{g}: {d.describe()}, observed {_shapes(pruned)} (kept {_pct(observed)} of FLOPs, declared {_pct(d.kept)})"
         out.append(GemmCheck(g, dense, pruned, d.kept, observed, problem))
     for g in sorted({t.gemm for t in (*observed_dense, *observed_pruned)} - {d.gemm.value for d in declared}):
@@ -372,7 +392,7 @@ def _added(d: Declared, dense, pruned, tolerance: float) -> GemmCheck:
     problem = None
     if dense:
         problem = f"{g}: the dense model runs {_shapes(dense)}, but {g} is a GEMM only a pruned model adds"
-    elif abs(observed - 1) > tolerance + d.slack:
+    elif abs(observed - 1) > d.allowed(tolerance):
         p = d.pruned
         problem = (
             f"{g}: declared added, M×N×K = {p.m:g}×{p.n:g}×{p.k:g} ×{p.count:g}; observed {_shapes(pruned)} "

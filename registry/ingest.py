@@ -183,7 +183,7 @@ def _check_matches(submission: Submission, result: EvaluationResult | None) -> N
     for point in result.points:
         if point.operating_point not in names:
             raise ValueError(f"result names unknown operating point {point.operating_point!r}")
-        params = submission.point(point.operating_point).params
+        params = submission.point(point.operating_point).params_for(result.model)
         problem = stand_in_mismatch(result.weights, params, point.stand_in)
         if problem:
             raise ValueError(f"{point.operating_point}: stand-in {problem}")

@@ -79,9 +79,32 @@ def added_gemms_are_sized_by_hidden(sub: Submission) -> Iterator[Problem]:
             )
 
 
+def effects_fit_adapter(sub: Submission) -> Iterator[Problem]:
+    """An effect's granularity is a unit the named adapter removes (AdapterParams.granularities)."""
+    params_model = type(sub.adapter.operating_points[0].params)
+    allowed = params_model.granularities
+    if allowed is None:
+        return
+    for i, e in enumerate(sub.effects):
+        if e.granularity not in allowed:
+            units = ", ".join(f"'{g.value}'" for g in sorted(allowed, key=lambda g: g.value)) or "none"
+            why = (
+                ": it removes whole KV groups with their query heads, never single query heads"
+                if e.granularity is Granularity.head
+                else ""
+            )
+            yield Problem(
+                f"/effects/{i}/granularity",
+                f"adapter '{sub.adapter.name}' removes {units}, not '{e.granularity.value}'{why}",
+            )
+
+
+NUMERIC = (float, int, float | None, int | None)
+
+
 def effect_parameters_exist(sub: Submission) -> Iterator[Problem]:
     params_model = type(sub.adapter.operating_points[0].params)
-    numeric = {n for n, f in params_model.model_fields.items() if f.annotation in (float, int)}
+    numeric = {n for n, f in params_model.model_fields.items() if f.annotation in NUMERIC}
     for i, e in enumerate(sub.effects):
         if isinstance(e.fraction, ParamRef) and e.fraction.param not in numeric:
             known = ", ".join(sorted(numeric)) or "none"
@@ -136,12 +159,23 @@ def target_models(sub: Submission) -> list[ModelArchitecture]:
 
 
 def operating_points_fit_models(sub: Submission) -> Iterator[Problem]:
-    """Each point's own fit check (its parameter model's `misfit`) on every target model."""
-    for arch in target_models(sub):
-        for i, point in enumerate(sub.adapter.operating_points):
-            problem = point.params.misfit(arch)
+    """Each point's own fit check (its parameter model's `misfit`): a `per_model` entry on the catalog model it
+    names, and only there; `params` on every target model no entry names."""
+    catalog = models()
+    for i, point in enumerate(sub.adapter.operating_points):
+        where = f"/adapter/operating_points/{i}"
+        for name, params in (point.per_model or {}).items():
+            if name not in catalog:
+                yield Problem(f"{where}/per_model/{name}", f"'{name}' is not a catalog model (prunereg list models)")
+                continue
+            problem = params.misfit(catalog[name])
             if problem:
-                yield Problem(f"/adapter/operating_points/{i}/params", f"on {arch.name}: {problem}")
+                yield Problem(f"{where}/per_model/{name}", f"on {name}: {problem}")
+        for arch in target_models(sub):
+            if arch.name not in (point.per_model or {}):
+                problem = point.params.misfit(arch)
+                if problem:
+                    yield Problem(f"{where}/params", f"on {arch.name}: {problem}")
 
 
 CHECKS: list[Check] = [
@@ -151,6 +185,7 @@ CHECKS: list[Check] = [
     effects_fit_family,
     unique_effects,
     added_gemms_are_sized_by_hidden,
+    effects_fit_adapter,
     effect_parameters_exist,
     claims_name_operating_points,
     claims_are_comparable,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .catalog import Frozen
+from .catalog import Frozen, ModelArchitecture
 from .taxonomy import Dimension, Gemm, Granularity, Mode
 
 
@@ -22,12 +22,19 @@ class ResolvedEffect(Frozen):
     fraction: float = Field(ge=0.0, le=1.0, description="share of the dimension removed at this operating point")
 
 
-def resolve(effects, params) -> list[ResolvedEffect]:
-    """Evaluate each declared effect's fraction at an operating point's parameters."""
+def resolve(effects, params, arch: ModelArchitecture) -> list[ResolvedEffect]:
+    """Evaluate each declared effect's fraction at an operating point's parameters on one model.
+
+    A fraction given as a parameter is the share the adapter really removes from `arch`
+    (AdapterParams.removed_share): three of eight layers is 0.375 whether the point says 0.375 or lists
+    three layers. `params` are those the point runs with on `arch` (OperatingPoint.params_for).
+    """
     resolved = []
     for e in effects:
         fraction = (
-            e.fraction if isinstance(e.fraction, float) else e.fraction.scale * float(getattr(params, e.fraction.param))
+            e.fraction
+            if isinstance(e.fraction, float)
+            else e.fraction.scale * params.removed_share(e.fraction.param, arch)
         )
         resolved.append(
             ResolvedEffect(

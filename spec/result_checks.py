@@ -82,12 +82,23 @@ def scenarios_and_tasks_unique(saved: SavedEvaluation) -> Iterator[Problem]:
                 yield Problem(f"/result/points/{i}/quality/{j}", f"{task[0]} {task[1]} is given twice")
 
 
+def _params_for(saved: SavedEvaluation) -> dict[str, AdapterParams]:
+    """Each operating point's parameters on the result's model (OperatingPoint.params_for)."""
+    return {p.name: p.params_for(saved.result.model) for p in saved.submission.adapter.operating_points}
+
+
 def effects_are_the_declaration(saved: SavedEvaluation) -> Iterator[Problem]:
-    """Resolved effects equal `resolve(submission.effects, point.params)`: the cost model prices these."""
-    params = {p.name: p.params for p in saved.submission.adapter.operating_points}
+    """Resolved effects equal the point's declaration resolved on the model (spec/effects.py): the cost model prices
+    these. A model outside the catalog cannot be resolved (catalog_model_and_device says so)."""
+    params = _params_for(saved)
+    arch = models().get(saved.result.model)
     for i, point in enumerate(saved.result.points):
-        if point.operating_point in params:
-            declared = resolve(saved.submission.effects, params[point.operating_point])
+        if point.operating_point in params and arch is not None:
+            problem = params[point.operating_point].misfit(arch)
+            if problem:
+                yield Problem(f"/result/points/{i}/operating_point", f"does not fit {arch.name}: {problem}")
+                continue
+            declared = resolve(saved.submission.effects, params[point.operating_point], arch)
             if [e.model_dump() for e in point.effects] != [e.model_dump() for e in declared]:
                 yield Problem(f"/result/points/{i}/effects", "are not the submission's effects resolved at this point")
 
@@ -133,7 +144,7 @@ def stand_in_mismatch(weights: str, params: AdapterParams, stand_in: str | None)
 
 def stand_in_is_the_points(saved: SavedEvaluation) -> Iterator[Problem]:
     """A stand-in selection is the point's own shape stand-in, and only on random weights."""
-    params = {p.name: p.params for p in saved.submission.adapter.operating_points}
+    params = _params_for(saved)
     for i, point in enumerate(saved.result.points):
         if point.operating_point in params:
             problem = stand_in_mismatch(saved.result.weights, params[point.operating_point], point.stand_in)
@@ -150,7 +161,7 @@ def ran_params(params: AdapterParams, stand_in: str | None) -> AdapterParams:
 def calibration_is_the_declaration(saved: SavedEvaluation) -> Iterator[Problem]:
     """Each point's calibration record is the one its params (or its stand-in's) declare, capped at the catalog
     model's context."""
-    params = {p.name: p.params for p in saved.submission.adapter.operating_points}
+    params = _params_for(saved)
     arch = models().get(saved.result.model)
     for i, point in enumerate(saved.result.points):
         if point.operating_point in params:
@@ -177,7 +188,7 @@ def checkpoint_mismatch(adapter: str, params: AdapterParams, record: CheckpointR
 def checkpoint_is_the_declaration(saved: SavedEvaluation) -> Iterator[Problem]:
     """Each point of the `checkpoint` adapter records the folder and base its params name; no other point records one."""
     adapter = saved.submission.adapter
-    params = {p.name: p.params for p in adapter.operating_points}
+    params = _params_for(saved)
     for i, point in enumerate(saved.result.points):
         if point.operating_point in params:
             problem = checkpoint_mismatch(adapter.name, params[point.operating_point], point.checkpoint)
@@ -289,11 +300,11 @@ def theoretical_is_the_roofline(saved: SavedEvaluation) -> Iterator[Problem]:
     roofline = _roofline(saved.result)
     if roofline is None:
         return
-    params = {p.name: p.params for p in saved.submission.adapter.operating_points}
+    params, arch = _params_for(saved), models()[saved.result.model]
     for pointer, point, latency in _latencies(saved):
-        if point.operating_point not in params:
+        if point.operating_point not in params or params[point.operating_point].misfit(arch):
             continue
-        effects = resolve(saved.submission.effects, params[point.operating_point])
+        effects = resolve(saved.submission.effects, params[point.operating_point], arch)
         for name, value in (
             ("theoretical", roofline(latency.scenario, effects)),
             ("theoretical_dense", roofline(latency.scenario, ())),
@@ -394,9 +405,11 @@ def with_roofline(saved: SavedEvaluation) -> SavedEvaluation:
     """The evaluation with prunereg's own theoretical times (those a checked file agrees with to REL_TOL)."""
     roofline = _roofline(saved.result)
     assert roofline is not None, "run catalog_model_and_device first"
+    arch = models()[saved.result.model]
     document = saved.model_dump(mode="json")
     for point, point_result in zip(document["result"]["points"], saved.result.points):
-        effects = resolve(saved.submission.effects, saved.submission.point(point_result.operating_point).params)
+        declared = saved.submission.point(point_result.operating_point)
+        effects = resolve(saved.submission.effects, declared.params_for(arch.name), arch)
         for latency, latency_result in zip(point["latency"], point_result.latency):
             latency["theoretical"] = roofline(latency_result.scenario, effects)
             latency["theoretical_dense"] = roofline(latency_result.scenario, ())

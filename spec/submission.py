@@ -21,7 +21,7 @@ from pydantic_core import core_schema
 from .adapters import BUILT_IN, AdapterRow, adapters
 from .catalog import Frozen
 from .parameters import AdapterParams
-from .taxonomy import Dimension, Family, Gemm, Granularity, Mode
+from .taxonomy import VALUE_DESCRIPTIONS, Dimension, Family, Gemm, Granularity, Mode
 
 SCHEMA_VERSION = 1
 SCHEMA_ID = f"urn:prunereg:schema:submission:{SCHEMA_VERSION}"
@@ -84,10 +84,27 @@ class Effect(Frozen):
     )
 
 
+ModelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+
+
 class OperatingPoint(Frozen, Generic[P]):
+    """One setting of the method. `params` apply on every model, except a model that `per_model` names."""
+
     name: Name = Field(description="unique within the submission, e.g. drop-25")
     description: str = Field("", max_length=300, description="what this point is, e.g. a quarter of the layers")
-    params: P = Field(description="the adapter's parameters at this point")
+    params: P = Field(description="the adapter's parameters at this point, on every model `per_model` does not name")
+    per_model: dict[ModelName, P] | None = Field(
+        None,
+        max_length=16,
+        description=(
+            "the whole parameters used instead of `params` on the catalog model named (e.g. the layer indices or "
+            "per-layer widths of llama-2-7b), checked only against that model"
+        ),
+    )
+
+    def params_for(self, model: str) -> P:
+        """The parameters this point runs with on `model` (a catalog name)."""
+        return (self.per_model or {}).get(model, self.params)
 
 
 class AdapterSpecOf(Frozen, Generic[N, P]):
@@ -253,6 +270,14 @@ class PortableJsonSchema(GenerateJsonSchema):
     def tagged_union_schema(self, schema: core_schema.TaggedUnionSchema) -> JsonSchemaValue:
         generated = super().tagged_union_schema(schema)
         generated.pop("discriminator", None)
+        return generated
+
+    def enum_schema(self, schema: core_schema.EnumSchema) -> JsonSchemaValue:
+        """A taxonomy enum as a oneOf of `const`s, each with what the value means (taxonomy.VALUE_DESCRIPTIONS)."""
+        generated = super().enum_schema(schema)
+        described = VALUE_DESCRIPTIONS.get(schema["cls"])
+        if described is not None:
+            generated["oneOf"] = [{"const": v, "description": described[v]} for v in generated.pop("enum")]
         return generated
 
     def normalize_name(self, name: str) -> str:

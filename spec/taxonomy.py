@@ -129,3 +129,58 @@ FAMILY_EFFECTS: dict[Family, frozenset[tuple[Dimension, Mode, Granularity]]] = {
     Family.unstructured: frozenset({(Dimension.K, Mode.static, Granularity.weight)}),
 }
 """Which (dimension, mode, granularity) a family may declare; anything else is a validation error."""
+
+
+VALUE_DESCRIPTIONS: dict[type[Enum], dict[str, str]] = {
+    Gemm: {
+        "qkv_proj": "the query, key and value projections: M = tokens, K = hidden, N = (heads + 2·kv_heads)·head_dim",
+        "o_proj": "the attention output projection: M = tokens, K = heads·head_dim, N = hidden",
+        "gate_up_proj": "the MLP gate and up projections: M = tokens, K = hidden, N = 2·intermediate",
+        "down_proj": "the MLP down projection: M = tokens, K = intermediate, N = hidden",
+        "attn_score": "QKᵀ per query head: M = query tokens, K = head_dim, N = key tokens",
+        "attn_value": "PV per query head: M = query tokens, K = key tokens, N = head_dim",
+        "lm_head": "the output projection to the vocabulary: M = output tokens, K = hidden, N = vocab",
+        "shortcut_rotation": ADDED_GEMMS[Gemm.shortcut_rotation],
+    },
+    Dimension: {
+        "M": "the tokens (rows of X and Y): removed, the GEMM runs for fewer tokens or in fewer layers",
+        "N": "the outputs (columns of W and Y): removed, W loses columns and the next GEMM's K shrinks with them",
+        "K": "the reduction (columns of X, rows of W): removed, each output sums over fewer inputs",
+    },
+    Mode: {
+        "static": "the same units are removed for every input: the pruned model is smaller",
+        "dynamic": "the units removed are chosen per token or input at run time: the weights stay",
+    },
+    Granularity: {
+        "layer": "whole decoder layers: every GEMM of the layer is gone for every token",
+        "sublayer": "the attention block or the MLP block of a layer, for every token; the residual path stays",
+        "token": "single tokens that a router sends past a layer's block (dynamic M)",
+        "kv_group": (
+            "a grouped-query KV group: its key and value heads, the query heads that read them, and the "
+            "matching o_proj columns; the KV cache shrinks with it"
+        ),
+        "head": (
+            "single query heads (q rows and o_proj columns), every key and value head kept; no built-in adapter "
+            "removes these (width removes kv_group): only a checkpoint or plugin adapter may declare them"
+        ),
+        "channel": "MLP intermediate channels: a gate and an up row and a down_proj column each",
+        "hidden": "channels of the residual hidden dimension, in the embedding, every projection and the norms",
+        "rank": "rank of a factorised weight: W[K,N] becomes A[K,r]·B[r,N]",
+        "2:4": "two of every four consecutive weights along K are zero, run on 2:4 sparse tensor cores where present",
+        "key_block": "blocks of keys a query block skips (QKᵀ N and PV K), chosen per input",
+        "weight": "single weights set to zero, with no structure: dense kernels still multiply them",
+    },
+    Family: {
+        "dense": "nothing removed: the baseline every speedup and quality loss is measured against",
+        "static_depth": "static M: whole layers or whole attention / MLP sublayers removed for every token",
+        "dynamic_depth": "dynamic M: a layer's block skipped for some tokens, chosen per token by a router",
+        "static_k_2_4": "static K: 2:4 semi-structured sparsity of the projections",
+        "static_k_low_rank": "static K: each projection factorised into two low-rank matrices",
+        "static_width": "static N and K: attention heads (in KV groups) and MLP channels of every layer",
+        "static_cross_layer": "static N and K across layers: the residual hidden dimension itself",
+        "dynamic_attention": "dynamic N and K of attention: key blocks skipped per query block",
+        "unstructured": "single weights zeroed: no speedup on dense kernels, and the registry says so",
+    },
+}
+"""What each value of the taxonomy's enums means: the published schemas give each value its description
+(spec/submission.py PortableJsonSchema)."""

@@ -211,7 +211,9 @@ def make_result(
         points.append(
             PointResult(
                 operating_point=point.name,
-                effects=resolve(submission.effects, point.params),
+                effects=resolve(
+                    submission.effects, point.params_for(model), models().get(model, models()["prunereg-mini"])
+                ),
                 stats=stats(int(1e6 / s)),
                 latency=latency,
                 quality=quality,

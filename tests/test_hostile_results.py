@@ -44,7 +44,7 @@ def genuine(
     result = make_result(sub, environment=make_environment(**environment)).model_dump(mode="json")
     arch, device = models()[result["model"]], devices()["h200"]
     for point, declared in zip(result["points"], sub.adapter.operating_points):
-        effects = resolve(sub.effects, declared.params)
+        effects = resolve(sub.effects, declared.params_for(result["model"]), arch)
         for i, latency in enumerate(point["latency"]):
             scenario = Scenario.model_validate(latency["scenario"])
             pruned = [s * (1 + 0.1 * i) for s in samples]

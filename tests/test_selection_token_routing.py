@@ -118,8 +118,8 @@ def test_capacity_is_exact_on_the_calibration_and_passes_the_declaration_check_e
     ids = ids_for(calibration, model)
     n = ids.numel()
     assert [int(p.sum()) for p in passed(model, ids)] == [round((1 - sparsity) * n)] * 3
-    effects = resolve(SUBMISSION.effects, trained(sparsity, calibration))
     arch = architecture_of(dense.config, "tiny-llama", "tests/tiny_models.py")
+    effects = resolve(SUBMISSION.effects, trained(sparsity, calibration), arch)
     _, mismatches = check_declaration(
         dense, model, arch, Scenario(phase=Phase.prefill, batch_size=2, seq_len=128), effects
     )
@@ -147,7 +147,12 @@ def test_on_the_embedded_model_the_trained_router_beats_the_seeded_rule():
             model = ROUTING.apply(copy.deepcopy(loaded.model), params, calibration if policy == "trained" else None)
             loss[policy] = mean_cross_entropy(model, held_out, tokenizer.bos_token_id)[0]
         _, mismatches = check_declaration(
-            loaded.model, model, loaded.architecture, scenario, resolve(SUBMISSION.effects, params), tokenizer=tokenizer
+            loaded.model,
+            model,
+            loaded.architecture,
+            scenario,
+            resolve(SUBMISSION.effects, params, loaded.architecture),
+            tokenizer=tokenizer,
         )
         assert mismatches == [], point.name
         assert loss["trained"] < loss["seeded"], (point.name, loss)

@@ -16,7 +16,7 @@ import torch
 from tiny_models import ARCHITECTURES, IDS, logits, tiny
 
 from prunereg.adapters import get_adapter
-from prunereg.adapters.width import _keep, fluctuation, taylor_importance
+from prunereg.adapters.width import _keep, fluctuation, magnitude, taylor_importance
 from prunereg.harness.calibration import calibration_ids
 from prunereg.harness.models import architecture_of
 from prunereg.harness.quality import mean_cross_entropy
@@ -137,6 +137,36 @@ def test_shapes_and_parameters_are_those_of_magnitude(model_type):
         assert pruned.config.to_dict() == baseline.config.to_dict()
         assert point(selection).architecture_after(arch) == point("magnitude").architecture_after(arch)
         assert point(selection).parameters_after(arch) == point("magnitude").parameters_after(arch)
+
+
+@pytest.mark.parametrize("selection", [*CALIBRATED, "magnitude"])
+def test_a_per_layer_allocation_keeps_each_layer_s_own_count_of_its_best_groups_and_channels(selection):
+    """FLAP's adaptive structure given as `per_layer`: layer i keeps its own counts, the top-scoring ones."""
+    model = tiny("llama")
+    allocation = [(4, 96), (3, 80), (2, 64), (2, 48), (3, 72), (4, 96)]
+    params = WidthParams(
+        per_layer=[{"kv_groups": g, "channels": c} for g, c in allocation], selection=selection, calibration=SMALL
+    )
+    ids = ids_for() if selection in CALIBRATED else None
+    pruned = WIDTH.apply(copy.deepcopy(model), params, ids)
+    criterion = {"taylor": taylor_importance, "flap": fluctuation}.get(selection)
+    num_kv = model.config.num_key_value_heads
+    scores = (
+        criterion(copy.deepcopy(model), ids)
+        if criterion
+        else [magnitude(layer, num_kv) for layer in model.model.layers]
+    )
+    for i, (dense, small, (groups, channels), (heads, mlp)) in enumerate(
+        zip(model.model.layers, pruned.model.layers, allocation, scores)
+    ):
+        kept_groups = _keep(heads, groups, params, salt=2 * i)
+        kept_channels = _keep(mlp, channels, params, salt=2 * i + 1)
+        head_dim = dense.self_attn.head_dim
+        rows = (kept_groups[:, None] * head_dim + torch.arange(head_dim)).flatten()
+        assert torch.equal(small.self_attn.k_proj.weight, dense.self_attn.k_proj.weight[rows]), i
+        assert torch.equal(small.mlp.down_proj.weight, dense.mlp.down_proj.weight[:, kept_channels]), i
+    arch = architecture_of(model.config, "tiny-llama", "tests/tiny_models.py")
+    assert sum(p.numel() for p in pruned.parameters()) == params.parameters_after(arch)
 
 
 def test_taylor_on_bfloat16_weights_runs_in_float32_and_gives_them_back_unchanged():

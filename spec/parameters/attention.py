@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field
 
 from ..catalog import ModelArchitecture
-from .base import AdapterParams
+from ..taxonomy import Granularity
+from .base import AdapterParams, one_of
 
 
 class SparseAttentionParams(AdapterParams):
@@ -23,6 +24,8 @@ class SparseAttentionParams(AdapterParams):
     (arXiv 2407.02490) from the input, online (adapters/sparse_attention.py), so no calibration.
     """
 
+    granularities = frozenset({Granularity.key_block})
+
     sparsity: float = Field(ge=0.0, le=0.95, description="share of causal key blocks dropped per query block")
     block_size: int = Field(
         64, ge=16, le=1024, multiple_of=16, description="tokens per query and key block (whole kernel tiles of 16)"
@@ -31,8 +34,16 @@ class SparseAttentionParams(AdapterParams):
     local_blocks: int = Field(1, ge=1, le=64, description="most recent key blocks always kept (the diagonal included)")
     policy: Literal["seeded", "estimated"] = Field(
         "seeded",
-        description="'seeded': a seeded choice of the other key blocks per query block; 'estimated': MInference's"
-        " online block-sparse estimate (mean-pooled queries of the previous query block against mean-pooled keys)",
+        description="how the key blocks beyond sink and local are chosen",
+        json_schema_extra=one_of(
+            {
+                "seeded": "a seeded choice of the other key blocks of each query block and layer",
+                "estimated": (
+                    "MInference's online block-sparse estimate, per batch row and query head: mean-pooled queries of "
+                    "the previous query block against mean-pooled keys, the highest-scoring key blocks kept"
+                ),
+            }
+        ),
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds the choice of key blocks")
 

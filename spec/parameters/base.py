@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
 
 from ..calibration import Calibration
 from ..catalog import Frozen, ModelArchitecture
+from ..taxonomy import Granularity
 
 
 def linear_shapes(arch: ModelArchitecture) -> dict[str, tuple[int, int]]:
@@ -50,6 +54,23 @@ class AdapterParams(Frozen):
     The defaults describe an adapter that changes no shape (masks, routing, sparse attention).
     """
 
+    granularities: ClassVar[frozenset[Granularity] | None] = None
+    """The units this adapter removes, which are the only granularities its submission may declare
+    (spec/checks.py); None for an adapter that may remove any (a submitted checkpoint, a plugin)."""
+
+    def removed_share(self, param: str, arch: ModelArchitecture) -> float:
+        """The share a numeric parameter stands for on `arch`, as the adapter really removes it.
+
+        What an effect's `{"param": ...}` resolves to (spec/effects.py), so the cost model prices what the
+        pruned model runs: where the adapter removes whole units (layers, KV groups, channels) this is the
+        count it removes over the count there is, not the stated fraction it was rounded from. By default
+        the parameter's value.
+        """
+        value = getattr(self, param)
+        if value is None:
+            raise ValueError(f"'{param}' is not given, and {type(self).__name__} cannot derive it")
+        return float(value)
+
     def misfit(self, arch: ModelArchitecture) -> str | None:
         """Why this point cannot be applied to `arch`, or None."""
         return None
@@ -82,6 +103,27 @@ class AdapterParams(Frozen):
         return self.model_copy(update={"selection": baseline}) if selection in calibrated else None
 
 
+def exact_share(param: str, stated: float | None, removed: int, total: int, unit: str) -> float:
+    """removed / total, refusing a stated fraction that is not exactly that share (one line naming both)."""
+    share = removed / total
+    if stated is not None and abs(stated - share) > 1e-12:
+        raise ValueError(f"{param} {stated:g} disagrees with the {removed} of {total} {unit} removed ({share:g})")
+    return share
+
+
+def one_of(described: dict[str, str]) -> Callable[[dict[str, Any]], None]:
+    """json_schema_extra that states what each value of a Literal field means: its `enum` becomes a oneOf of
+    `const`s, each with its description (JSON Schema 2020-12, which strict ajv compiles)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        values = schema.pop("enum", None) or [schema.pop("const")]
+        if set(values) != set(described):
+            raise ValueError(f"described values {sorted(described)} are not the field's {sorted(values)}")
+        schema["oneOf"] = [{"const": v, "description": described[v]} for v in values]
+
+    return extra
+
+
 def _refusal(check, *args) -> str | None:
     """The message of the ValueError `check(*args)` raises, or None."""
     try:
@@ -94,8 +136,19 @@ def _refusal(check, *args) -> str | None:
 class DenseParams(AdapterParams):
     """The unpruned model: the baseline every speedup and quality loss is measured against."""
 
+    granularities = frozenset()
 
-Projection = Literal["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+PROJECTION_DESCRIPTIONS = {
+    "qkv_proj": "the q, k and v projections (q_proj, k_proj, v_proj) of every layer",
+    "o_proj": "the attention output projection (o_proj) of every layer",
+    "gate_up_proj": "the MLP gate and up projections (gate_proj, up_proj) of every layer",
+    "down_proj": "the MLP down projection (down_proj) of every layer",
+}
+Projection = Annotated[
+    Literal["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    Field(json_schema_extra=one_of(PROJECTION_DESCRIPTIONS)),
+]
 
 
 ALL_PROJECTIONS: list[Projection] = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]

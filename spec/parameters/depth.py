@@ -9,28 +9,68 @@ from pydantic import Field, model_validator
 
 from ..calibration import Calibration
 from ..catalog import ModelArchitecture
-from .base import AdapterParams, _refusal, attention_parameters, mlp_parameters, parameter_count
+from ..taxonomy import Granularity
+from .base import (
+    AdapterParams,
+    _refusal,
+    attention_parameters,
+    exact_share,
+    mlp_parameters,
+    one_of,
+    parameter_count,
+)
+
+LAYER_SELECTIONS = {
+    "deepest": (
+        "the contiguous block just before the last layer, round(sparsity × layers) long (where Block Influence and "
+        "SLEB find Llama models most redundant); never the first or last layer"
+    ),
+    "explicit": (
+        "exactly the layers listed in `layers`, on every model the point runs on (give them per model with the "
+        "operating point's `per_model`)"
+    ),
+    "seeded": "round(sparsity × layers) layers drawn at random with `seed` (the paper's simulation mode), never the first or last",
+    "block_influence": (
+        "ShortGPT's criterion (arXiv 2403.03853), per attention or MLP block for sublayer_drop as in 'What Matters "
+        "in Transformers': in one shot, the round(sparsity × layers) layers whose output on the calibration data "
+        "is most like their input (lowest 1 - mean cosine over tokens), first and last layer included"
+    ),
+    "sleb": (
+        "SLEB's search (arXiv 2402.09025): one block at a time, the one whose removal leaves the lowest calibration "
+        "cross-entropy on the model pruned so far, never the first or last remaining one, round(sparsity × layers) "
+        "times"
+    ),
+}
 
 
 class LayerDropParams(AdapterParams):
-    """Static depth pruning: remove whole decoder layers."""
+    """Static depth pruning: remove whole decoder layers.
 
-    sparsity: float = Field(ge=0.0, le=0.9, description="fraction of decoder layers removed")
-    selection: Literal["deepest", "explicit", "seeded", "block_influence", "sleb"] = Field(
-        "deepest",
+    The layers removed are a whole number: round(sparsity × layers) for a selection that chooses them,
+    len(layers) for 'explicit'. The effects price that count over the model's layers, never the stated
+    fraction, and an 'explicit' point that states a sparsity must state exactly len(layers) / layers of
+    every model it is checked against.
+    """
+
+    granularities = frozenset({Granularity.layer})
+
+    sparsity: float | None = Field(
+        None,
+        ge=0.0,
+        le=0.9,
         description=(
-            "which layers: 'block_influence' = ShortGPT's criterion (per attention or MLP block for sublayer_drop, "
-            "as in 'What Matters in Transformers'), in one shot: those whose output on the calibration data is most "
-            "like their input (lowest 1 - mean cosine over tokens), first and last layer included; "
-            "'sleb' = SLEB's search (arXiv 2402.09025): one block at a time, the one whose removal leaves the lowest "
-            "calibration cross-entropy on the model pruned so far, never the first or last remaining one; "
-            "'deepest' = the contiguous block just before the last layer (where Block Influence and SLEB find "
-            "Llama models most redundant), 'explicit' = `layers`, 'seeded' = a seeded random choice (the paper's "
-            "simulation mode); the first and last layer are never chosen by 'deepest' or 'seeded'"
+            "fraction of decoder layers removed; round(sparsity × layers) layers go. Required unless selection is "
+            "'explicit', whose fraction is len(layers) / layers of the model: omit it there, or state exactly that "
+            "(a different value is refused, naming both numbers)"
         ),
     )
+    selection: Literal["deepest", "explicit", "seeded", "block_influence", "sleb"] = Field(
+        "deepest", description="which layers go", json_schema_extra=one_of(LAYER_SELECTIONS)
+    )
     layers: list[Annotated[int, Field(ge=0, le=1023)]] | None = Field(
-        None, max_length=512, description="0-based indices of the layers to remove, for selection 'explicit'"
+        None,
+        max_length=512,
+        description="0-based indices of the layers to remove, for selection 'explicit' (and only then); unique",
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="for selection 'seeded'")
     calibration: Calibration = Field(
@@ -43,6 +83,8 @@ class LayerDropParams(AdapterParams):
             raise ValueError("'layers' is given exactly when selection is 'explicit'")
         if self.layers is not None and len(set(self.layers)) != len(self.layers):
             raise ValueError("layer indices must be unique")
+        if self.sparsity is None and self.selection != "explicit":
+            raise ValueError(f"selection '{self.selection}' needs 'sparsity': the fraction of layers it removes")
         return self
 
     def calibration_needed(self) -> Calibration | None:
@@ -53,6 +95,9 @@ class LayerDropParams(AdapterParams):
         return self._with_selection(("block_influence", "sleb"), "deepest")
 
     def count(self, num_layers: int) -> int:
+        if self.layers is not None:
+            return len(self.layers)
+        assert self.sparsity is not None
         return round(self.sparsity * num_layers)
 
     def removed(self, num_layers: int) -> int:
@@ -62,10 +107,9 @@ class LayerDropParams(AdapterParams):
             assert self.layers is not None
             if max(self.layers, default=-1) >= num_layers:
                 raise ValueError(f"layer {max(self.layers)} does not exist in a {num_layers}-layer model")
-            if len(self.layers) != n:
-                raise ValueError(
-                    f"{len(self.layers)} layers listed but sparsity {self.sparsity} of {num_layers} layers is {n}"
-                )
+            if n >= num_layers:
+                raise ValueError(f"cannot remove all {num_layers} layers")
+            exact_share("sparsity", self.sparsity, n, num_layers, f"layers (layers {sorted(self.layers)})")
         elif self.selection == "block_influence" and n >= num_layers:
             raise ValueError(f"cannot remove {n} of {num_layers} layers and keep one")
         elif self.selection in ("deepest", "seeded", "sleb") and n > num_layers - 2:
@@ -93,6 +137,12 @@ class LayerDropParams(AdapterParams):
     def misfit(self, arch: ModelArchitecture) -> str | None:
         return _refusal(self.removed, arch.num_hidden_layers)
 
+    def removed_share(self, param: str, arch: ModelArchitecture) -> float:
+        """'sparsity' is the layers removed over the model's layers."""
+        if param != "sparsity":
+            return super().removed_share(param, arch)
+        return self.removed(arch.num_hidden_layers) / arch.num_hidden_layers
+
     def architecture_after(self, arch: ModelArchitecture) -> ModelArchitecture:
         dropped = self.removed(arch.num_hidden_layers)
         return arch.model_copy(update={"num_hidden_layers": arch.num_hidden_layers - dropped})
@@ -104,7 +154,17 @@ class SublayerDropParams(LayerDropParams):
     The residual path stays: a dropped sublayer adds nothing to the residual stream.
     """
 
-    sublayer: Literal["attention", "mlp"] = Field(description="which block of the chosen layers is removed")
+    granularities = frozenset({Granularity.sublayer})
+
+    sublayer: Literal["attention", "mlp"] = Field(
+        description="which block of the chosen layers is removed",
+        json_schema_extra=one_of(
+            {
+                "attention": "the attention block (q/k/v/o projections and the attention core) of each chosen layer",
+                "mlp": "the MLP block (gate/up and down projections) of each chosen layer",
+            }
+        ),
+    )
 
     def architecture_after(self, arch: ModelArchitecture) -> ModelArchitecture:
         """No config field says "layer 5 has no attention": the config keeps every layer."""
@@ -127,24 +187,41 @@ class TokenRoutingParams(AdapterParams):
     """
 
     window: ClassVar[int] = 16
+    granularities = frozenset({Granularity.token})
 
     sparsity: float = Field(
         ge=0.0,
         le=0.95,
         description="share of tokens that skip each routed MLP; a whole number of tokens of a 16-position window (multiple of 1/16)",
     )
-    sublayer: Literal["mlp"] = Field("mlp", description="which sublayer is routed")
+    sublayer: Literal["mlp"] = Field(
+        "mlp",
+        description="which sublayer is routed",
+        json_schema_extra=one_of({"mlp": "the MLP block: skipped tokens run neither gate/up nor down_proj"}),
+    )
     layers: Literal["all", "alternate"] = Field(
-        "alternate", description="route every layer, or every second layer starting with layer 1 (MoD)"
+        "alternate",
+        description="which layers route their MLP",
+        json_schema_extra=one_of(
+            {"all": "every decoder layer", "alternate": "every second layer, starting with layer 1 (MoD)"}
+        ),
     )
     policy: Literal["seeded", "trained"] = Field(
         "seeded",
-        description=(
-            "'seeded': a seeded choice of the routed positions of every window (the paper's simulation mode: latency "
-            "depends on how many tokens skip, not which); 'trained': Mixture-of-Depths' router, trained on the "
-            "calibration ids with the base frozen (expert-choice top-k per window, MLP output scaled by sigmoid of "
-            "the score), then a token passes iff its score exceeds the layer's threshold, the sparsity quantile of "
-            "the calibration scores: causal, with a capacity that is exact on the calibration data only"
+        description="how each token's skip is decided",
+        json_schema_extra=one_of(
+            {
+                "seeded": (
+                    "a seeded choice of the routed positions of every window (the paper's simulation mode: latency "
+                    "depends on how many tokens skip, not which)"
+                ),
+                "trained": (
+                    "Mixture-of-Depths' router, trained on the calibration ids with the base frozen (expert-choice "
+                    "top-k per window, MLP output scaled by sigmoid of the score), then a token passes iff its score "
+                    "exceeds the layer's threshold, the sparsity quantile of the calibration scores: causal, with a "
+                    "capacity that is exact on the calibration data only"
+                ),
+            }
         ),
     )
     router_rank: int = Field(

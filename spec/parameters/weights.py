@@ -8,7 +8,16 @@ from pydantic import Field
 
 from ..calibration import Calibration
 from ..catalog import ModelArchitecture
-from .base import ALL_PROJECTIONS, PROJECTION_LINEARS, AdapterParams, Projection, linear_shapes, parameter_count
+from ..taxonomy import Granularity
+from .base import (
+    ALL_PROJECTIONS,
+    PROJECTION_LINEARS,
+    AdapterParams,
+    Projection,
+    linear_shapes,
+    one_of,
+    parameter_count,
+)
 
 
 class WeightSelection(AdapterParams):
@@ -16,9 +25,19 @@ class WeightSelection(AdapterParams):
 
     selection: Literal["magnitude", "wanda", "sparsegpt"] = Field(
         "magnitude",
-        description="'magnitude': smallest |w| (baseline); 'wanda': smallest |W_ij|·‖X_j‖₂ per output row (arXiv "
-        "2306.11695); 'sparsegpt': OBS mask and weight update from H = 2·X·Xᵀ (arXiv 2301.00774); the calibrated "
-        "ones layer by layer, on the outputs of the already-pruned earlier layers",
+        description=(
+            "which weights are zeroed; the calibrated criteria go layer by layer, on the outputs of the "
+            "already-pruned earlier layers"
+        ),
+        json_schema_extra=one_of(
+            {
+                "magnitude": "baseline: the weights of smallest |w|",
+                "wanda": "Wanda (arXiv 2306.11695): per output row, the weights of smallest |W_ij|·‖X_j‖₂",
+                "sparsegpt": (
+                    "SparseGPT (arXiv 2301.00774): the OBS mask from H = 2·X·Xᵀ, with the update of the weights kept"
+                ),
+            }
+        ),
     )
     calibration: Calibration = Field(default_factory=Calibration, description="what 'wanda'/'sparsegpt' score on")
 
@@ -32,6 +51,8 @@ class WeightSelection(AdapterParams):
 
 class SemiStructuredParams(WeightSelection):
     """2:4 sparsity along K: in every group of four consecutive input weights, two are zero."""
+
+    granularities = frozenset({Granularity.pattern_2_4})
 
     projections: list[Projection] = Field(
         default_factory=lambda: list(ALL_PROJECTIONS),
@@ -51,6 +72,8 @@ class SemiStructuredParams(WeightSelection):
 class LowRankParams(AdapterParams):
     """W[K,N] becomes A[K,r]·B[r,N] by truncated SVD, r chosen so a `sparsity` share of the parameters goes."""
 
+    granularities = frozenset({Granularity.rank})
+
     sparsity: float = Field(ge=0.0, le=0.95, description="share of each projection's parameters removed")
     projections: list[Projection] = Field(
         default_factory=lambda: list(ALL_PROJECTIONS),
@@ -60,9 +83,14 @@ class LowRankParams(AdapterParams):
     )
     selection: Literal["svd", "svd_llm", "asvd"] = Field(
         "svd",
-        description="'svd': truncated SVD of W (baseline); 'svd_llm': SVD-LLM's truncation-aware whitening, SVD of "
-        "W·S with S the Cholesky factor of X·Xᵀ (arXiv 2403.07378); 'asvd': ASVD's activation-aware scaling, SVD of "
-        "W·diag(mean |X_j|)^0.5 (arXiv 2312.05821); X the Linear's inputs on the calibration data, on the dense model",
+        description="how the rank-r factors are found; X the Linear's inputs on the calibration data, on the dense model",
+        json_schema_extra=one_of(
+            {
+                "svd": "baseline: truncated SVD of W",
+                "svd_llm": "SVD-LLM's truncation-aware whitening (arXiv 2403.07378): SVD of W·S, S the Cholesky factor of X·Xᵀ",
+                "asvd": "ASVD's activation-aware scaling (arXiv 2312.05821): SVD of W·diag(mean |X_j|)^0.5",
+            }
+        ),
     )
     calibration: Calibration = Field(default_factory=Calibration, description="what 'svd_llm'/'asvd' scale by")
 
@@ -97,6 +125,8 @@ class LowRankParams(AdapterParams):
 
 class UnstructuredParams(WeightSelection):
     """Single weights set to zero (in each output row, or each SparseGPT block); dense kernels run them at full cost."""
+
+    granularities = frozenset({Granularity.weight})
 
     sparsity: float = Field(ge=0.0, le=0.99, description="share of each projection's weights zeroed")
     projections: list[Projection] = Field(
