@@ -43,7 +43,7 @@ def main() -> None:
     device = devices()["h200"]
     print(
         f"Roofline on {device.label} (bf16), per GPU, the slowest one; interconnect "
-        f"{device.interconnect_bandwidth / 1e9:.0f} GB/s one way per GPU. `comm`: the dense step's share in "
+        f"{(device.interconnect_bandwidth or 0) / 1e9:.0f} GB/s one way per GPU. `comm`: the dense step's share in "
         "all-reduces, bandwidth only (their per-step latency, some microseconds each, 160 per step, is left out: "
         "decode at batch 1 pays it). Written by benchmarks/tp_roofline.py.\n"
     )

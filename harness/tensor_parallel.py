@@ -90,7 +90,7 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     nn.Module.__init__(linear)
     linear.in_features, linear.out_features = weight.shape[1], weight.shape[0]
     linear.weight = nn.Parameter(weight, requires_grad=False)
-    linear.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+    linear.register_parameter("bias", None if bias is None else nn.Parameter(bias, requires_grad=False))
     return linear
 
 
@@ -101,24 +101,32 @@ def _dense(module: Any, path: str) -> None:
         raise TensorParallelRefusal(f"{path} is a {type(module).__name__}, not a Linear or low-rank pair")
 
 
-def column(module: Any, start: int, end: int, path: str) -> nn.Module:
+def column(module: Any, start: int, end: int, path: str) -> nn.Linear | LowRankLinear:
     """Output features start..end of a Linear, or of a low-rank pair (its second factor's rows)."""
     _dense(module, path)
     if isinstance(module, LowRankLinear):
-        return LowRankLinear(module.a, column(module.b, start, end, path + ".b"))
-    bias = None if module.bias is None else module.bias.detach()[start:end]
-    return _linear(module.weight.detach()[start:end], bias)
+        return LowRankLinear(module.a, _rows(module.b, start, end))
+    return _rows(module, start, end)
 
 
-def row(module: Any, start: int, end: int, path: str) -> nn.Module | None:
+def _rows(linear: nn.Linear, start: int, end: int) -> nn.Linear:
+    bias = None if linear.bias is None else linear.bias.detach()[start:end]
+    return _linear(linear.weight.detach()[start:end], bias)
+
+
+def row(module: Any, start: int, end: int, path: str) -> nn.Linear | LowRankLinear | None:
     """Input features start..end of a Linear or low-rank pair (its first factor's columns), bias left out;
     None for no features."""
     _dense(module, path)
     if start == end:
         return None
     if isinstance(module, LowRankLinear):
-        return LowRankLinear(row(module.a, start, end, path + ".a"), _linear(module.b.weight.detach(), None))
-    return _linear(module.weight.detach()[:, start:end].contiguous(), None)
+        return LowRankLinear(_columns(module.a, start, end), _linear(module.b.weight.detach(), None))
+    return _columns(module, start, end)
+
+
+def _columns(linear: nn.Linear, start: int, end: int) -> nn.Linear:
+    return _linear(linear.weight.detach()[:, start:end].contiguous(), None)
 
 
 class RowParallel(nn.Module):

@@ -282,11 +282,11 @@ def estimate(
         for g in Gemm
     )
     routing_s = _routing(arch, device, tokens, effects, dtype_bytes)
-    sent = 0.0
-    if tensor_parallel > 1:  # one ring all-reduce of each row-parallel output, per layer that keeps the block
+    sent = communication_s = 0.0
+    if tensor_parallel > 1 and device.interconnect_bandwidth:  # a ring all-reduce of each row-parallel output
         reduced = [r for r in rows if r.gemm in (Gemm.o_proj, Gemm.down_proj)]
         sent = sum(r.count * r.m * r.n * dtype_bytes for r in reduced) * 2 * (tensor_parallel - 1) / tensor_parallel
-    communication_s = sent / device.interconnect_bandwidth if sent else 0.0
+        communication_s = sent / device.interconnect_bandwidth
     return Estimate(
         model=arch.name,
         device=device.name,
