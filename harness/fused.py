@@ -83,14 +83,10 @@ def concatenated(linears: list[Any]) -> nn.Linear:
             )
         else:
             bias = None
-    fused = nn.Linear(
-        first.in_features, weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype
-    )
-    with torch.no_grad():
-        fused.weight.copy_(weight)
-        if bias is not None:
-            fused.bias.copy_(bias)
-    return fused.requires_grad_(False)
+    fused = nn.Linear(first.in_features, weight.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
+    fused.weight = nn.Parameter(weight, requires_grad=False)  # no initialization and no second copy of a 70B's
+    fused.register_parameter("bias", None if bias is None else nn.Parameter(bias, requires_grad=False))
+    return fused
 
 
 class Projections(nn.Module):
