@@ -235,6 +235,24 @@ def test_per_layer_width_is_pruned_and_traced_as_declared_on_the_embedded_model(
     assert [m.split(":")[0] for m in mismatches] == ["gate_up_proj", "down_proj"]
 
 
+def test_a_per_layer_width_decodes_against_a_static_and_a_dynamic_cache_as_one_forward_computes(mini):
+    """Each cache layer takes its shape from its own keys, so the graph modes' StaticCache holds uneven layers."""
+    from transformers import DynamicCache, StaticCache
+
+    from prunereg.adapters import get_adapter
+    from prunereg.harness.latency import cache_argument
+
+    pruned = get_adapter("width").apply(copy.deepcopy(mini.model), per_layer())
+    ids = torch.randint(mini.model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        full = pruned(ids).logits
+        for cache in (StaticCache(config=pruned.config, max_cache_len=32), DynamicCache(config=pruned.config)):
+            steps = [pruned(ids[:, :12], use_cache=True, **{cache_argument(pruned): cache}).logits]
+            for t in range(12, 20):
+                steps.append(pruned(ids[:, t : t + 1], use_cache=True, **{cache_argument(pruned): cache}).logits)
+            torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+
+
 def test_a_non_uniform_width_is_refused_as_a_checkpoint_and_a_uniform_per_layer_one_saves_and_reloads(mini, tmp_path):
     from transformers import AutoModelForCausalLM
 
