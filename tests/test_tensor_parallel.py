@@ -23,8 +23,8 @@ from prunereg.harness.tensor_parallel import (
     Ranks,
     TensorParallelRefusal,
     forward_logits,
-    shards,
     sharding,
+    shards,
     split,
 )
 from prunereg.spec.catalog import Phase, Scenario, devices, models
@@ -56,21 +56,35 @@ TOLERANCE: dict[str, Any] = {"rtol": 1e-4, "atol": 1e-4}
 POINTS = {
     "dense": ("dense", DenseParams()),
     "layer-drop": ("layer_drop", LayerDropParams(sparsity=0.5, selection="deepest")),
-    "attention-drop": ("sublayer_drop", SublayerDropParams(sparsity=0.5, selection="explicit", layers=[0, 3, 4, 6],
-                                                           sublayer="attention")),  # fmt: skip
+    "attention-drop": (
+        "sublayer_drop",
+        SublayerDropParams(sparsity=0.5, selection="explicit", layers=[0, 3, 4, 6], sublayer="attention"),
+    ),
     "mlp-drop": ("sublayer_drop", SublayerDropParams(sparsity=0.5, selection="deepest", sublayer="mlp")),
     "width-even": ("width", WidthParams(attention_sparsity=0.5, mlp_sparsity=0.25, selection="magnitude")),
     "width-uneven": ("width", WidthParams(attention_sparsity=0.25, mlp_sparsity=0.5, selection="seeded", seed=1)),
     "width-one-group": ("width", WidthParams(attention_sparsity=0.75, mlp_sparsity=0.25, selection="magnitude")),
     "hidden-slice": ("hidden_slice", HiddenSliceParams(sparsity=0.25, selection="magnitude")),
-    "slicegpt": ("hidden_slice", HiddenSliceParams(sparsity=0.25, selection="slicegpt", calibration={
-        "dataset": "embedded-train", "sequences": 4, "length": 32})),  # fmt: skip
-    "low-rank": ("low_rank", LowRankParams(sparsity=0.5, selection="svd",
-                                           projections=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),  # fmt: skip
-    "2:4": ("semi_structured_2_4", SemiStructuredParams(selection="magnitude",
-                                                        projections=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),  # fmt: skip
-    "unstructured": ("unstructured", UnstructuredParams(selection="magnitude", sparsity=0.5,
-                                                        projections=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),  # fmt: skip
+    "slicegpt": (
+        "hidden_slice",
+        HiddenSliceParams(
+            sparsity=0.25, selection="slicegpt", calibration={"dataset": "embedded-train", "sequences": 4, "length": 32}
+        ),
+    ),
+    "low-rank": (
+        "low_rank",
+        LowRankParams(sparsity=0.5, selection="svd", projections=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
+    ),
+    "2:4": (
+        "semi_structured_2_4",
+        SemiStructuredParams(selection="magnitude", projections=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
+    ),
+    "unstructured": (
+        "unstructured",
+        UnstructuredParams(
+            selection="magnitude", sparsity=0.5, projections=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+        ),
+    ),
 }
 """One point of every static family on prunereg-mini (8 layers, 4 KV groups of 2 query heads, 384 channels)."""
 
@@ -232,8 +246,10 @@ def test_evaluate_tp_2_records_ranks_split_and_roofline():
     device name, each point its split, and its theoretical times are the cost model's for 2 GPUs (what ingestion
     checks: the saved file passes every results check)."""
     spec = Submission.model_validate(json.loads((SUBMISSIONS / "wanda-sp.json").read_text()))
-    result = evaluate(spec, "prunereg-mini", "cpu", TINY, warmup=1, repeats=3, mode="fused", only={"ratio-20"},
-                      tasks=(), tensor_parallel=2)  # fmt: skip
+    result = evaluate(
+        spec, "prunereg-mini", "cpu", TINY, warmup=1, repeats=3, mode="fused", only={"ratio-20"}, tasks=(),
+        tensor_parallel=2,
+    )  # fmt: skip
     env = result.environment
     assert env.tensor_parallel == 2 and env.device_name.startswith("2× ") and env.execution_mode == "fused"
     (point,) = result.points
@@ -246,6 +262,10 @@ def test_evaluate_tp_2_records_ranks_split_and_roofline():
     saved = SavedEvaluation(submission=spec, result=result)
     assert [p for check in RESULT_CHECKS for p in check(saved)] == []
     assert env.key() != env.model_copy(update={"tensor_parallel": None}).key()
+    four = result.model_copy(update={"environment": env.model_copy(update={"tensor_parallel": 4})})
+    problems = {p.pointer for check in RESULT_CHECKS for p in check(saved.model_copy(update={"result": four}))}
+    assert "/result/points/0/sharding" in problems  # a file claiming 4 ranks for a split over 2
+    assert any(pointer.endswith("/theoretical") for pointer in problems)  # priced for 2 GPUs, not 4
 
 
 def test_tp_needs_fused_mode():
@@ -260,5 +280,7 @@ def test_the_cli_takes_tp_and_refuses_one(tmp_path):
     dense = SUBMISSIONS / "dense.json"
     out = CliRunner().invoke(app, ["evaluate", str(dense), "--tp", "1", "--db", str(tmp_path / "r.db")])
     assert out.exit_code != 0 and "Traceback" not in out.output and "--tp" in out.output
-    out = CliRunner().invoke(app, ["evaluate", str(dense), "--tp", "2", "--mode", "graph", "--db", str(tmp_path / "r.db")])
+    out = CliRunner().invoke(
+        app, ["evaluate", str(dense), "--tp", "2", "--mode", "graph", "--db", str(tmp_path / "r.db")]
+    )
     assert out.exit_code == 1 and "error: --tp shards fused mode's forward" in out.output
