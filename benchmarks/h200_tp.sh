@@ -11,6 +11,7 @@
 # Host memory: the model is built and pruned on the host (dense 138 GB, the pruned copy up to 138 GB) and the
 # shards travel through shared memory (/dev/shm as large as both models' shards): a 4- or 8-GPU host.
 set -uo pipefail
+ulimit -n "$(ulimit -Hn)"  # torch.multiprocessing shares each tensor of the shards by an open descriptor: ~1500 here
 degrees=("$@"); [ ${#degrees[@]} -gt 0 ] || degrees=(2 4 8)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/prunereg
