@@ -26,10 +26,12 @@ SEED = 0
 MAX_HALF_WIDTH = 0.05
 """A measured speedup whose interval's half-width exceeds 5 % of it is too noisy to rank.
 
-Neighbouring points on a front differ by about 10 % (the demo's 20 % width point at 1.17x against 25 %
-depth at 1.30x; ShortGPT's 1.33x against a 1.25x miscount in issue 14), so a ±5 % interval still tells
-them apart, while the busy-machine runs that put dense at 1.90x against itself are far wider. Every
-H200 graph-mode result committed under results/ is within ±1 %.
+At ±5 % two points 10 % apart have disjoint intervals, so a front ranks what was measured rather than
+the noise; the differences a front is read for are of that size (ShortGPT's 1.33x against the 1.25x of
+the same cut miscounted, in issue 14). Dense timed against itself on a busy two-core CPU gave 1.19x with
+an interval of 0.92–1.42 after 60 pairs (benchmarks/busy_cpu_dense.md): left out. The H200 eager results
+that kept dense samples have a median half-width of ±5.3 % after 10 pairs, so about half of them are
+left out (benchmarks/intervals.md): eager timing on a GPU is launch-bound and jittery.
 """
 NOISY_SPREAD = 0.03
 """p80/p20 − 1 of the pruned samples above which a latency without dense samples (files written before
