@@ -163,6 +163,23 @@ def mini():
     return load_model(EMBEDDED_MODEL, "cpu", torch.float32)
 
 
+def test_apply_point_prunes_the_embedded_model_with_its_per_model_entry_and_resolves_on_it(mini):
+    from prunereg.evaluate import apply_point
+
+    point = {
+        "name": "quarter",
+        "params": {"sparsity": 0.5},
+        "per_model": {"prunereg-mini": {"selection": "explicit", "layers": [2, 4]}},
+    }
+    sub = Submission.model_validate(submission("shortgpt.json", [point]))
+    dense_layers = list(mini.model.model.layers)
+    pruned, effects = apply_point(sub, mini, sub.point("quarter"))
+    assert len(pruned.model.layers) == 6 and {e.fraction for e in effects} == {0.25}
+    kept = [dense_layers[i] for i in (0, 1, 3, 5, 6, 7)]
+    for small, dense in zip(pruned.model.layers, kept):
+        assert torch.equal(small.mlp.down_proj.weight, dense.mlp.down_proj.weight)
+
+
 def per_layer(allocation=FLAP_ALLOCATION, **stated) -> WidthParams:
     return WidthParams(per_layer=[{"kv_groups": g, "channels": c} for g, c in allocation], **stated)
 
