@@ -56,8 +56,9 @@ def points(adapter: str, i: int) -> dict[str, dict]:
     fractions = [0.1 + 0.1 * k + 0.01 * (i % 7) for k in range(4)]
     if adapter == "layer_drop":
         return {f"drop-{k}": {"sparsity": round(f, 3), "seed": 0} for k, f in enumerate(fractions)}
-    return {
-        f"width-{k}": {"attention_sparsity": round(f, 3), "mlp_sparsity": round(f, 3)} for k, f in enumerate(fractions)
+    return {  # attention heads go in whole KV groups (a quarter of prunereg-mini's four), channels in any share
+        f"width-{k}": {"attention_sparsity": 0.25 * (1 + k // 2), "mlp_sparsity": round(f, 3)}
+        for k, f in enumerate(fractions)
     }
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.table import Table
@@ -242,20 +243,25 @@ def export(
 
     Example: prunereg export --format json --out registry.json
     """
-    from prunereg.registry.export import export_csv, export_json
+    from prunereg.registry.export import write_csv, write_json
 
     engine = connect(db)
     if empty := empty_registry(engine):
         note(f"{empty}; the export has no rows")
-    if fmt is ExportFormat.json:
-        text = export_json(engine, [table.value] if table else [t.value for t in ExportTable])
-    else:
-        text = export_csv(engine, (table or ExportTable.latency).value)
+
+    def write(stream: TextIO) -> None:  # record by record: a large registry never becomes one string
+        if fmt is ExportFormat.json:
+            write_json(engine, [table.value] if table else [t.value for t in ExportTable], stream)
+        else:
+            write_csv(engine, (table or ExportTable.latency).value, stream)
+
     if out is None:
-        typer.echo(text, nl=False)
+        write(sys.stdout)
+        sys.stdout.flush()
     else:
         try:
-            out.write_text(text, encoding="utf-8")
+            with out.open("w", encoding="utf-8", newline="") as stream:
+                write(stream)
         except OSError as err:
             raise fail(f"cannot write {out}: {err.strerror}") from None
         note(f"written: {out}")

@@ -31,12 +31,12 @@ import re
 import secrets
 import shutil
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 from sqlalchemy import Engine
 
@@ -66,7 +66,7 @@ from prunereg.spec.taxonomy import GEMM_SHAPES, Gemm
 from prunereg.spec.validate import SUPERSEDED, validate_file
 
 from . import display
-from .plot import PlotPoint, RealizationPoint, pareto_svg, realization_svg
+from .plot import PlotPoint, RealizationPoint, marker_shapes, pareto_svg, realization_svg
 
 HERE = Path(__file__).parent
 P = TypeVar("P")
@@ -188,15 +188,22 @@ def _drawn(points: list[P], x: Callable[[P], float], y: Callable[[P], float], ke
             if i in keep or cell not in seen:
                 seen.add(cell)
                 chosen.append(p)
-        if len(chosen) <= DRAWN or cells <= 8:
+        if len(chosen) <= DRAWN or cells == 1:
             return chosen
         cells //= 2
 
 
 def _group(
-    anchor: str, slug: str, key: GroupKey, members: list[Row], failed: list[Failure], speedup: SpeedupKind
+    anchor: str,
+    slug: str,
+    key: GroupKey,
+    members: list[Row],
+    failed: list[Failure],
+    speedup: SpeedupKind,
+    shapes: Mapping[str, str] | None = None,
 ) -> Group:
-    """One group with its plots and bands, points thinned to what a chart can show (`_drawn`)."""
+    """One group with its plots and bands, points thinned to what a chart can show (`_drawn`); `shapes`: the
+    site's marker per method (plot.marker_shapes), so a method looks alike on every plot."""
     title = _group_title(key, members, failed)
     if not members:
         return Group(anchor, title, [], None, 0, None, [], *_scenario(key, members, failed), failed, slug)
@@ -205,7 +212,7 @@ def _group(
     front = {i for i, r in enumerate(rated) if r.pareto}
     shown = _drawn(rated, lambda r: r.quality_loss or 0.0, lambda r: axes(r, speedup).speedup, front)  # type: ignore[union-attr]
     points = [_plot_point(r, a, speedup) for r in shown if (a := axes(r, speedup)) is not None]
-    plot = pareto_svg(points, title, "measured") if points else None
+    plot = pareto_svg(points, title, "measured", shapes) if points else None
     charted = _drawn(ordered, lambda r: r.theoretical_speedup, lambda r: r.speedup, set())
     realization = realization_svg(
         [
@@ -221,6 +228,7 @@ def _group(
         ],
         f"Realization: {title}",
         "measured",
+        shapes,
     )
     bands = transition_bands(members, speedup=speedup) if points else []
     return Group(
@@ -262,7 +270,9 @@ def _label(model: str) -> str:
     return known.label if known else model
 
 
-def _reported_groups(rows: Sequence[ReportedRow], speedup: SpeedupKind, prefix: str) -> list[ReportedGroup]:
+def _reported_groups(
+    rows: Sequence[ReportedRow], speedup: SpeedupKind, prefix: str, shapes: Mapping[str, str] | None = None
+) -> list[ReportedGroup]:
     """A plot, bands and rows per group, by base model, task, device, dtype, mode and scenario (prefill first)."""
     grouped: dict[GroupKey, list[ReportedRow]] = defaultdict(list)
     for row in rows:
@@ -281,7 +291,7 @@ def _reported_groups(rows: Sequence[ReportedRow], speedup: SpeedupKind, prefix: 
         ordered = sorted(members, key=lambda r: (r.quality_loss, -r.speedup, r.method_slug, r.operating_point))
         group = ReportedGroup(
             key, f"{prefix}-{i + 1}", title, key.task or "", ordered,
-            pareto_svg(points, f"{title} · {key.task}: reported quality", "reported"),
+            pareto_svg(points, f"{title} · {key.task}: reported quality", "reported", shapes),
             transition_bands(members, speedup=speedup), first.recovery is not None, first.model, _label(first.model),
             first.phase, first.batch_size, key.device_name, key.execution_mode,
         )  # fmt: skip
@@ -343,7 +353,11 @@ class Headline:
 
 
 def _headline(
-    choice: HeadlineChoice, one_shot: list[ReportedGroup], measured: Sequence[Row], speedup: SpeedupKind
+    choice: HeadlineChoice,
+    one_shot: list[ReportedGroup],
+    measured: Sequence[Row],
+    speedup: SpeedupKind,
+    shapes: Mapping[str, str] | None = None,
 ) -> Headline:
     c = choice
     rows = [
@@ -363,7 +377,7 @@ def _headline(
         for (phase, batch), families in sorted(by_scenario.items(), key=lambda kv: (kv[0][0] != "prefill", kv[0]))
     ]
     return Headline(
-        choice, _label(c.base_model), timed, _label(timed), _reported_groups(rows, speedup, "headline"),
+        choice, _label(c.base_model), timed, _label(timed), _reported_groups(rows, speedup, "headline", shapes),
         {g.key: g.anchor for g in one_shot}, realization,
     )  # fmt: skip
 
@@ -414,6 +428,7 @@ def _dimension(gemm: str, dimension: str) -> str:
 def _environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
+        bytecode_cache=FileSystemBytecodeCache(),  # compiled templates in the user's temporary folder, keyed by source
         autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -562,6 +577,7 @@ class _Site:
         self.out_dir = out_dir
         self.earlier = earlier
         self.units: dict[str, dict[str, Any]] = {}
+        self.written: set[str] = set()
         self.rendered = 0
 
     def unchanged(self, unit: str, digest: str) -> bool:
@@ -583,16 +599,17 @@ class _Site:
             os.replace(temporary, path)
         if digest is not None:
             self.units[unit] = {"hash": digest, "files": sorted(files)}
+        self.written.update(files)
         self.rendered += 1
 
     def finish(self, speedup: SpeedupKind) -> None:
-        """Remove the files of units that are gone, then write the manifest."""
-        kept = {f for u in self.units.values() for f in u["files"]}
-        for unit in self.earlier.values():
-            for name in unit.get("files", []) if isinstance(unit, dict) else []:
-                path = self.out_dir / name
-                if name not in kept and path.resolve().is_relative_to(self.out_dir.resolve()) and path.is_file():
-                    path.unlink()
+        """Remove every file this build did not write or keep (pages of groups and methods that are gone, anything
+        put there by hand), as replacing the folder whole would, then write the manifest."""
+        kept = self.written | {f for u in self.units.values() for f in u["files"]} | {SITE_MARKER}
+        for path in sorted(self.out_dir.rglob("*")):
+            name = path.relative_to(self.out_dir).as_posix()
+            if name not in kept and not name.startswith("static/") and (path.is_file() or path.is_symlink()):
+                path.unlink()
         manifest = {"code": _code(), "speedup": speedup, "units": self.units}
         (self.out_dir / MANIFEST).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
 
@@ -664,16 +681,20 @@ def _write(
     shutil.copytree(HERE / "static", out_dir / "static")
 
     reported = reported_rows(engine, speedup, recovery=True, measured=rows)
+    shapes = marker_shapes((r.family, r.method_slug) for r in [*rows, *reported])
     one_shot, recovered = split_recovery(reported, speedup)
-    one_shot_groups = _reported_groups(one_shot, speedup, "reported")
+    one_shot_groups = _reported_groups(one_shot, speedup, "reported", shapes)
     choice = headline_choice(one_shot)
-    headline = _headline(choice, one_shot_groups, rows, speedup) if choice else None
+    headline = _headline(choice, one_shot_groups, rows, speedup, shapes) if choice else None
     page = env.get_template("index.html").render(
         root="", methods=summaries, headline=headline, speedup=speedup, methods_inline=METHODS_INLINE
     )
     site.write("index", None, {"index.html": page})
     page = env.get_template("reported.html").render(
-        root="", one_shot=one_shot_groups, recovered=_reported_groups(recovered, speedup, "recovery"), speedup=speedup
+        root="",
+        one_shot=one_shot_groups,
+        recovered=_reported_groups(recovered, speedup, "recovery", shapes),
+        speedup=speedup,
     )
     site.write("reported", None, {"reported.html": page})
 
@@ -683,25 +704,29 @@ def _write(
     entries = _group_entries(rows, failed)
     harness = _harness(rows)
     groups: list[Group] = []
-    json_rows: dict[GroupKey, list[str]] = {}
+    listed: list[dict[str, Any]] = []
     for anchor, key, members, failed_here in entries:
         slug = _slug(key)
         title = _group_title(key, members, failed_here)
         digest = _digest(
-            speedup, title, [texts[id(r)] for r in members], [r.dominated_by for r in members], failed_here
+            speedup,
+            title,
+            [texts[id(r)] for r in members],
+            [r.dominated_by for r in members],
+            failed_here,
+            sorted({(r.method_slug, shapes[r.method_slug]) for r in members}),  # a new method can reshape a family
         )
         unit = f"group {slug}"
-        chunks = _kept_json_rows(out_dir, slug) if site.unchanged(unit, digest) else None
-        if chunks is None or inline:
-            group = _group(anchor, slug, key, members, failed_here, speedup)
-        else:
-            group = Group(anchor, title, _table_order(members), None, 0, None, [], *_scenario(key, members, failed_here),
+        unchanged = site.unchanged(unit, digest)
+        if unchanged and not inline:  # its pages stay; measured.html lists it
+            group = Group(anchor, title, members, None, 0, None, [], *_scenario(key, members, failed_here),
                           failed_here, slug)  # fmt: skip
-        if chunks is None:
-            chunks = [_json_text(_json_row(r)) for r in members]
-            site.write(unit, digest, _group_files(env, group, key, chunks, speedup))
-        json_rows[key] = chunks
+        else:
+            group = _group(anchor, slug, key, members, failed_here, speedup, shapes)
+        if not unchanged:
+            site.write(unit, digest, _group_files(env, group, key, speedup))
         groups.append(group)
+        listed.append({**key._asdict(), "title": title, "rows": len(members), "href": f"groups/{slug}.json"})
     for i, (title, t) in enumerate(harness if not inline else [], 1):
         digest = _digest(title, t)
         if not site.unchanged(f"harness {i}", digest):
@@ -714,12 +739,17 @@ def _write(
     site.write("measured", None, {"measured.html": page})
 
     for n, part in enumerate(_pages(len(summaries), "methods", PAGE_ROWS), 1):
-        listed = summaries[part.first - 1 : part.last]
-        page = env.get_template("methods.html").render(root="", methods=listed, page=part)
+        page = env.get_template("methods.html").render(
+            root="", methods=summaries[part.first - 1 : part.last], page=part
+        )
         site.write(f"methods list {n}", None, {part.hrefs[n - 1]: page})
     _method_pages(engine, env, site, rows, texts, summaries, failed, submissions)
 
-    site.write("leaderboard.json", None, {"data/leaderboard.json": _merged_json(speedup, rows, json_rows)})
+    if inline:
+        data = _rows_document({"speedup": speedup}, [_json_text(_json_row(r)) for r in rows])
+    else:  # one file of every row would grow with the registry: the groups' files, listed
+        data = _json_for_web({"speedup": speedup, "groups": listed})
+    site.write("leaderboard.json", None, {"data/leaderboard.json": data})
     claims = sorted([*one_shot, *recovered], key=lambda r: (*r.sort_key(), r.task, r.arxiv, r.paper_table, r.value))
     reported_data = {"speedup": speedup, "quality": "reported", "rows": [_json_reported_row(r) for r in claims]}
     site.write("reported.json", None, {"data/reported.json": _json_for_web(reported_data)})
@@ -762,9 +792,7 @@ def _method_pages(
         site.write(f"method {slug}", digest, {f"methods/{slug}.html": page})
 
 
-def _group_files(
-    env: Environment, group: Group, key: GroupKey, chunks: list[str], speedup: SpeedupKind
-) -> dict[str, str]:
+def _group_files(env: Environment, group: Group, key: GroupKey, speedup: SpeedupKind) -> dict[str, str]:
     """A group's pages (its table split every PAGE_ROWS rows, charts on the first) and its rows as JSON."""
     files = {}
     for part in _pages(len(group.rows), group.slug, PAGE_ROWS):
@@ -773,27 +801,9 @@ def _group_files(
             root="../", g=shown, page=part, speedup=speedup
         )
     head = {"group": {**key._asdict(), "title": group.title}, "speedup": speedup, "quality": "measured"}
-    files[f"data/groups/{group.slug}.json"] = _rows_document(head, chunks)
+    rows = sorted(group.rows, key=Row.sort_key)  # the leaderboard's order, as in data/leaderboard.json
+    files[f"data/groups/{group.slug}.json"] = _rows_document(head, [_json_text(_json_row(r)) for r in rows])
     return files
-
-
-def _kept_json_rows(out_dir: Path, slug: str) -> list[str] | None:
-    """The row texts of an unchanged group's JSON file, to go into data/leaderboard.json again without re-encoding."""
-    try:
-        text = (out_dir / "data" / "groups" / f"{slug}.json").read_text(encoding="utf-8")
-    except OSError:
-        return None
-    start, end = text.find(' "rows": [\n'), text.find("\n ],\n")
-    if start < 0 or end < 0:
-        return [] if ' "rows": []' in text else None
-    return _split_rows(text[start + len(' "rows": [\n') : end])
-
-
-def _split_rows(block: str) -> list[str]:
-    parts = block.split("\n  },\n  {\n")
-    if len(parts) == 1:
-        return [block]
-    return [parts[0] + "\n  }", *("  {\n" + p + "\n  }" for p in parts[1:-1]), "  {\n" + parts[-1]]
 
 
 def _json_text(row: dict[str, Any]) -> str:
@@ -814,9 +824,3 @@ def _rows_document(head: dict[str, Any], chunks: list[str]) -> str:
     if not chunks:
         return text
     return text.replace(' "rows": []', ' "rows": [\n' + ",\n".join(chunks) + "\n ]", 1)
-
-
-def _merged_json(speedup: SpeedupKind, rows: list[Row], chunks: dict[GroupKey, list[str]]) -> str:
-    """data/leaderboard.json: every row in the leaderboard's order, from the groups' row texts."""
-    taken = {key: iter(texts) for key, texts in chunks.items()}
-    return _rows_document({"speedup": speedup}, [next(taken[r.group]) for r in rows])

@@ -175,7 +175,8 @@ def scenario_analysis(
     """
     if quality not in ("measured", "reported"):
         raise ValueError(f"quality must be 'measured' or 'reported', not {quality!r}")
-    source = leaderboard_rows(engine, speedup) if quality == "measured" else reported_rows(engine, speedup, recovery)
+    measured = leaderboard_rows(engine, speedup, phase, batch)  # only this scenario's groups are read
+    source = measured if quality == "measured" else reported_rows(engine, speedup, recovery, measured)
     selected = [
         r for r in source
         if r.phase == phase and r.batch_size == batch

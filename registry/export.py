@@ -27,8 +27,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, TextIO
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -94,11 +94,18 @@ def latency_record(r: Row) -> dict[str, Any]:
 def latency_records(engine: Engine, samples: bool = False) -> list[dict[str, Any]]:
     """Every latency row, in the leaderboard's order, as a flat dict with `LATENCY_COLUMNS`; with `samples`, also
     the raw `samples` and `dense_samples` (lists: JSON only)."""
+    return list(iter_latency_records(engine, samples))
+
+
+def iter_latency_records(engine: Engine, samples: bool = False) -> Iterator[dict[str, Any]]:
+    """`latency_records` one at a time, so a writer holds one flat record, not the whole table of them."""
     rows = leaderboard_rows(engine)
-    if not samples:
-        return [latency_record(r) for r in rows]
-    raw = _samples(engine)
-    return [{**latency_record(r), **dict(zip(("samples", "dense_samples"), raw[(r.run_id, r.scenario)]))} for r in rows]
+    raw = _samples(engine) if samples else {}
+    for r in rows:
+        record = latency_record(r)
+        if samples:
+            record.update(zip(("samples", "dense_samples"), raw[(r.run_id, r.scenario)]))
+        yield record
 
 
 def _samples(engine: Engine) -> dict[tuple[int | None, str], tuple[list[float], list[float] | None]]:
@@ -113,11 +120,26 @@ def _samples(engine: Engine) -> dict[tuple[int | None, str], tuple[list[float], 
         return {(run, scenario): (pruned, dense) for run, scenario, pruned, dense in session.execute(stmt)}
 
 
+class _RunKey(NamedTuple):
+    model: str
+    weights: str
+    environment_key: str
+
+
 def quality_records(engine: Engine) -> list[dict[str, Any]]:
     """Every quality figure, measured (by a run that is not retired) and reported, as a flat dict with
     `QUALITY_COLUMNS`."""
     stmt = (
-        select(QualityRecord, OperatingPointRecord, SubmissionRecord, MethodRecord, Run)
+        select(
+            QualityRecord,
+            OperatingPointRecord,
+            SubmissionRecord,
+            MethodRecord,
+            Run.id,
+            Run.model,
+            Run.weights,
+            Run.environment_key,
+        )  # fmt: skip
         .join(QualityRecord.operating_point)
         .join(OperatingPointRecord.submission)
         .join(SubmissionRecord.method)
@@ -126,7 +148,8 @@ def quality_records(engine: Engine) -> list[dict[str, Any]]:
     )
     out = []
     with Session(engine) as session:
-        for q, point, sub, method, run in session.execute(stmt):
+        for q, point, sub, method, run_id, model, weights, environment_key in session.execute(stmt):
+            run = None if run_id is None else _RunKey(model, weights, environment_key)
             out.append({
                 "method_slug": method.slug, "method_name": method.name, "family": method.family,
                 "spec_hash": sub.spec_hash, "operating_point": point.name, "provenance": q.provenance,
@@ -178,19 +201,42 @@ TABLES = {
 """`latency` carries only prunereg's measured quality; `reported` joins the papers' claims with measured latency."""
 
 
-def export_csv(engine: Engine, table: str = "latency") -> str:
-    """One table as CSV with a header row: `pandas.read_csv`."""
+def write_csv(engine: Engine, table: str, stream: TextIO) -> None:
+    """One table as CSV with a header row, each record written as it is made: `pandas.read_csv`."""
     columns, records = TABLES[table]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(stream, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(records(engine))
+    for record in iter_latency_records(engine) if table == "latency" else records(engine):
+        writer.writerow(record)
+
+
+def export_csv(engine: Engine, table: str = "latency") -> str:
+    """`write_csv` into a string."""
+    buffer = io.StringIO()
+    write_csv(engine, table, buffer)
     return buffer.getvalue()
 
 
-def export_json(engine: Engine, tables: Sequence[str] = tuple(TABLES)) -> str:
-    """{"latency": [...], "quality": [...], "reported": [...]} (the tables asked for): `pandas.DataFrame(data["latency"])`.
+def write_json(engine: Engine, tables: Sequence[str], stream: TextIO) -> None:
+    """{"latency": [...], "quality": [...], "reported": [...]} (the tables asked for), written record by record,
+    byte for byte what `json.dumps(data, indent=1, ensure_ascii=False)` writes: `pandas.DataFrame(data["latency"])`.
 
     The latency records carry their raw samples too (`latency_records(samples=True)`)."""
-    data = {t: latency_records(engine, samples=True) if t == "latency" else TABLES[t][1](engine) for t in tables}
-    return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+    stream.write("{")
+    for i, table in enumerate(tables):
+        records = iter_latency_records(engine, samples=True) if table == "latency" else iter(TABLES[table][1](engine))
+        stream.write(("," if i else "") + f"\n {json.dumps(table, ensure_ascii=False)}: [")
+        first = True
+        for record in records:
+            text = json.dumps(record, indent=1, ensure_ascii=False).replace("\n", "\n  ")
+            stream.write(("\n  " if first else ",\n  ") + text)
+            first = False
+        stream.write("]" if first else "\n ]")
+    stream.write("\n}\n" if tables else "}\n")
+
+
+def export_json(engine: Engine, tables: Sequence[str] = tuple(TABLES)) -> str:
+    """`write_json` into a string."""
+    buffer = io.StringIO()
+    write_json(engine, tables, buffer)
+    return buffer.getvalue()

@@ -171,12 +171,15 @@ def _json_value(stored: Any) -> Any:
     return None if stored == "null" else json.loads(stored)
 
 
-def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[Row]:
+def leaderboard_rows(
+    engine: Engine, speedup: SpeedupKind = "measured", phase: str | None = None, batch_size: int | None = None
+) -> list[Row]:
     """Every latency measurement of a run that is not retired as a row, sorted deterministically, with Pareto
     flags per group; a row whose measured speedup is too noisy is `excluded` from the measured ranking, with why.
 
     Reads columns, not ORM objects: a latency's raw samples are never loaded, and each run's fingerprint and
-    kernels are read once and shared by its rows, so a registry of a million rows builds in one pass.
+    kernels are read once and shared by its rows, so a registry of a million rows builds in one pass. `phase` and
+    `batch_size` select scenarios in the query; groups are per scenario, so the flags are the same as unselected.
     """
     if speedup not in ("measured", "theoretical"):
         raise ValueError(f"speedup must be 'measured' or 'theoretical', not {speedup!r}")
@@ -217,6 +220,10 @@ def leaderboard_rows(engine: Engine, speedup: SpeedupKind = "measured") -> list[
         .join(SubmissionRecord.method)
         .where(Run.retired_at.is_(None))
     )
+    if phase is not None:
+        stmt = stmt.where(LatencyMeasurement.phase == phase)
+    if batch_size is not None:
+        stmt = stmt.where(LatencyMeasurement.batch_size == batch_size)
     rows = []
     intern = {}.setdefault  # one string object per repeated value (slug, model, scenario, ...), not one per row
     with Session(engine) as session:

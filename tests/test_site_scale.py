@@ -1,0 +1,143 @@
+"""The site of a large registry: group pages split into pages of bounded size, thinned charts, and incremental
+rebuilds that write exactly what a full build writes, rendering only what changed.
+
+The thresholds (rows per page, rows shown on measured.html, methods listed on the landing page, points per
+chart) are lowered for these tests, so that a registry of a few hundred rows takes the large-registry layout.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from factories import make_environment, make_result, make_submission
+from pages import check_html5
+
+from prunereg.leaderboard import build
+from prunereg.leaderboard.build import MANIFEST, build_site
+from prunereg.registry.ingest import ingest
+from prunereg.registry.pareto import Axes, pareto_front
+
+
+@pytest.fixture
+def small_limits(monkeypatch):
+    monkeypatch.setattr(build, "PAGE_ROWS", 4)
+    monkeypatch.setattr(build, "INLINE_ROWS", 10)
+    monkeypatch.setattr(build, "METHODS_INLINE", 3)
+    monkeypatch.setattr(build, "DRAWN", 5)
+
+
+def add_method(engine, i: int, device: str = "NVIDIA H200") -> None:
+    adapter = "layer_drop" if i % 2 == 0 else "width"
+    sub = make_submission(f"method-{i:03d}", adapter=adapter, claims=[])
+    names = [p.name for p in sub.adapter.operating_points]
+    speedups = {n: 1.1 + 0.3 * k + 0.01 * i for k, n in enumerate(names)}
+    losses = {n: 0.02 + 0.1 * k + 0.003 * (i % 5) for k, n in enumerate(names)}
+    environment = make_environment(device_name=device)
+    ingest(engine, sub, make_result(sub, speedups=speedups, losses=losses, environment=environment))
+
+
+@pytest.fixture
+def registry(engine):
+    for i in range(6):  # 6 methods x 2 points x 2 scenarios: two groups of 12 rows
+        add_method(engine, i)
+    add_method(engine, 6, device="NVIDIA A100")  # two groups of 2 rows on another device
+    return engine
+
+
+def files(site: Path) -> dict[str, bytes]:
+    return {p.relative_to(site).as_posix(): p.read_bytes() for p in sorted(site.rglob("*")) if p.is_file()}
+
+
+def test_large_layout_splits_groups_into_pages_and_lists_them(registry, tmp_path, small_limits):
+    site = build_site(registry, tmp_path / "site").parent
+    measured = (site / "measured.html").read_text()
+    assert 'class="group"' not in measured and "<svg" not in measured  # a list, not every group
+    links = re.findall(r'<a href="groups/([^"]+)\.html">', measured)
+    assert len(links) == 4
+    first = next(link for link in links if "nvidia-h200" in link)
+    pages = sorted((site / "groups").glob(f"{first}*.html"))
+    assert [p.name for p in pages] == [f"{first}-2.html", f"{first}-3.html", f"{first}.html"]  # 12 rows, 4 a page
+    for page in pages:
+        check_html5(page)
+        assert page.read_text().count('<tr data-method="') == 4
+    one = (site / "groups" / f"{first}.html").read_text()
+    assert 'class="pareto"' in one and 'class="bands' in one and 'aria-current="page">1<' in one
+    later = (site / "groups" / f"{first}-2.html").read_text()
+    assert "<svg" not in later and f'href="{first}.html">on its first page</a>' in later
+    data = json.loads((site / "data" / "groups" / f"{first}.json").read_text())
+    assert len(data["rows"]) == 12 and data["group"]["device_name"] == "NVIDIA H200"
+    listing = json.loads((site / "data" / "leaderboard.json").read_text())
+    assert sum(g["rows"] for g in listing["groups"]) == 28 and "rows" not in listing
+    index = (site / "index.html").read_text()
+    assert 'class="families sortable"' in index and 'href="methods.html"' in index and 'class="methods"' not in index
+    assert 'href="methods-2.html"' in (site / "methods.html").read_text() and not (site / "methods-3.html").exists()
+
+
+def test_a_chart_of_many_points_draws_the_front_and_says_how_many_it_left_out(registry, tmp_path, small_limits):
+    site = build_site(registry, tmp_path / "site").parent
+    measured = (site / "measured.html").read_text()
+    first = next(link for link in re.findall(r'<a href="groups/([^"]+)\.html">', measured) if "h200" in link)
+    page = (site / "groups" / f"{first}.html").read_text()
+    (svg,) = re.findall(r'<svg[^>]*class="pareto".*?</svg>', page, re.S)
+    drawn = re.findall(r"<title>(Method \d+ · [^<:]+)", svg)
+    rows = json.loads((site / "data" / "groups" / f"{first}.json").read_text())["rows"]
+    front = {f"{r['method_name']} · {r['operating_point']}" for r in rows if r["pareto"]}
+    assert front and front <= set(drawn) and len(set(drawn)) < len(rows)
+    assert f"{len(rows) - len(set(drawn))} of its points fall within a pixel of a drawn point" in page
+
+
+def test_drawn_points_keep_the_front(monkeypatch):
+    monkeypatch.setattr(build, "DRAWN", 50)
+    points = [Axes(1 + (i % 17) / 10, (i % 13) / 20) for i in range(400)]
+    front = {points[i] for i, on in enumerate(pareto_front(points)) if on}
+    kept = build._drawn(points, lambda p: p.quality_loss, lambda p: p.speedup, set())
+    with_front = build._drawn(
+        points, lambda p: p.quality_loss, lambda p: p.speedup, {i for i, p in enumerate(points) if p in front}
+    )
+    assert len(kept) <= 50 and len(with_front) < len(points)
+    assert {p for p, on in zip(with_front, pareto_front(with_front)) if on} == front  # the same front, drawn whole
+
+
+def test_an_incremental_rebuild_writes_what_a_full_build_writes_and_renders_only_what_changed(
+    registry, tmp_path, small_limits, monkeypatch
+):
+    site = tmp_path / "site"
+    build_site(registry, site)
+    before = {p: p.stat().st_mtime_ns for p in site.rglob("*.html")}
+    add_method(registry, 7, device="NVIDIA A100")  # into the two small groups only
+    written: list[str] = []
+    write = build._Site.write
+    monkeypatch.setattr(build._Site, "write", lambda self, unit, *a: written.append(unit) or write(self, unit, *a))
+    build_site(registry, site)
+    assert {u.split()[0] for u in written if " " in u} == {"group", "method", "methods"}
+    assert sorted(u for u in written if u.startswith("group")) == sorted(
+        f"group {build._slug(k)}" for _, k, members, _ in build._group_entries(build.leaderboard_rows(registry))
+        if k.device_name == "NVIDIA A100"
+    )  # fmt: skip
+    assert [u for u in written if u.startswith("method ")] == ["method method-007"]
+    untouched = [p for p in before if "nvidia-h200" in p.name]
+    assert untouched and all(p.stat().st_mtime_ns == before[p] for p in untouched)
+
+    fresh = build_site(registry, tmp_path / "fresh", full=True).parent
+    incremental, full = files(site), files(fresh)
+    assert json.loads(incremental.pop(MANIFEST)) == json.loads(full.pop(MANIFEST))
+    assert incremental.keys() == full.keys()
+    assert [name for name in full if incremental[name] != full[name]] == []
+
+
+def test_another_prunereg_or_a_damaged_manifest_gives_a_full_build(registry, tmp_path, small_limits, monkeypatch):
+    site = tmp_path / "site"
+    build_site(registry, site)
+    manifest = json.loads((site / MANIFEST).read_text())
+    with monkeypatch.context() as patched:
+        patched.setattr(build, "_code", lambda: "another prunereg")
+        assert build._manifest(site, "measured") is None
+    assert build._manifest(site, "theoretical") is None and build._manifest(site, "measured") == manifest["units"]
+    (site / MANIFEST).write_text("{not json")
+    assert build._manifest(site, "measured") is None
+    (site / "stray.html").write_text("not ours")
+    build_site(registry, site)  # a full build replaces the folder whole
+    assert not (site / "stray.html").exists() and json.loads((site / MANIFEST).read_text())["units"]
