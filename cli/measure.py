@@ -341,4 +341,9 @@ def trace(
         errors.print(Text(f"mismatch: {mismatch}"), soft_wrap=True)
     if mismatches:
         raise typer.Exit(1)
-    console.print(Text(f"declared effects match the traced GEMMs (within {TOLERANCE:.0%} plus granularity rounding)"))
+    console.print(
+        Text(
+            "declared effects match the traced GEMMs (exactly where whole layers, heads or channels are counted; "
+            f"elsewhere within {TOLERANCE:.0%} plus granularity rounding)"
+        )
+    )
