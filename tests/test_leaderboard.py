@@ -591,3 +591,27 @@ def test_method_page_shows_disagreeing_sources_side_by_side(engine, tmp_path):
     assert "arXiv:9999.00002v3" in block and "arXiv:9999.00003v1" in block and "calibration Alpaca" in block
     assert "re-run | 30.74" in html and "WikiText-2 train, 1024 × 2048 tokens" in html
     assert "2,048-token windows" in html
+
+
+def test_a_method_keeps_its_shape_across_groups_and_rebuilds(engine, tmp_path):
+    """The site shapes a family's methods once: a group without the family's first method still draws the second
+    as the square it is elsewhere, also in a group page an incremental rebuild would otherwise keep."""
+
+    def shapes_of(html: str, slug: str) -> set[str]:
+        return {
+            m["shape"] for svg in re.findall(r"<svg.*?</svg>", html, re.S) for m in markers(svg) if m["method"] == slug
+        }
+
+    second = make_submission("z-depth", claims=[])
+    ingest(engine, second, make_result(second))
+    ingest(engine, second, make_result(second, losses={}, model="llama-3.1-8b", weights="random"))
+    site = build_site(engine, tmp_path / "site").parent
+    llama = sorted((site / "groups").glob("llama-3.1-8b.*.html"))
+    assert llama and all(shapes_of(p.read_text(), "z-depth") == {"circle"} for p in llama)  # alone in its family
+
+    first = make_submission("a-depth", claims=[])
+    ingest(engine, first, make_result(first))  # on prunereg-mini only: the Llama groups' rows are unchanged
+    build_site(engine, tmp_path / "site")
+    assert all(shapes_of(p.read_text(), "z-depth") == {"square"} for p in llama)
+    measured = (site / "measured.html").read_text()
+    assert shapes_of(measured, "z-depth") == {"square"} and shapes_of(measured, "a-depth") == {"circle"}
