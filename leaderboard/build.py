@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import pickle
 import re
@@ -578,6 +579,7 @@ class _Site:
         self.earlier = earlier
         self.units: dict[str, dict[str, Any]] = {}
         self.written: set[str] = set()
+        self.jobs: list[tuple[str, str, Callable[[], dict[str, str]]]] = []
         self.rendered = 0
 
     def unchanged(self, unit: str, digest: str) -> bool:
@@ -591,16 +593,35 @@ class _Site:
         return False
 
     def write(self, unit: str, digest: str | None, files: dict[str, str]) -> None:
-        for name, text in files.items():
-            path = self.out_dir / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-            temporary.write_text(text, encoding="utf-8")
-            os.replace(temporary, path)
+        _write_files(self.out_dir, files)
+        self.record(unit, digest, sorted(files))
+
+    def record(self, unit: str, digest: str | None, names: list[str]) -> None:
         if digest is not None:
-            self.units[unit] = {"hash": digest, "files": sorted(files)}
-        self.written.update(files)
+            self.units[unit] = {"hash": digest, "files": names}
+        self.written.update(names)
         self.rendered += 1
+
+    def later(self, unit: str, digest: str, files: Callable[[], dict[str, str]]) -> None:
+        """Render and write this unit in `render_all`, perhaps in another process."""
+        self.jobs.append((unit, digest, files))
+
+    def render_all(self, engine: Engine) -> None:
+        """The units left for later: in a process per CPU where there are many (forked, so they share the rows
+        read so far), else here."""
+        jobs, self.jobs = self.jobs, []
+        workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 4)
+        if workers < 2 or len(jobs) < PARALLEL_UNITS or "fork" not in multiprocessing.get_all_start_methods():
+            for unit, digest, files in jobs:
+                self.write(unit, digest, files())
+            return
+        _FORKED[:] = [(self.out_dir, engine, jobs)]
+        try:
+            with multiprocessing.get_context("fork").Pool(workers, initializer=_forked) as pool:
+                for unit, digest, names in pool.imap_unordered(_render, range(len(jobs))):
+                    self.record(unit, digest, names)
+        finally:
+            _FORKED.clear()
 
     def finish(self, speedup: SpeedupKind) -> None:
         """Remove every file this build did not write or keep (pages of groups and methods that are gone, anything
@@ -612,6 +633,34 @@ class _Site:
                 path.unlink()
         manifest = {"code": _code(), "speedup": speedup, "units": self.units}
         (self.out_dir / MANIFEST).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
+
+
+PARALLEL_UNITS = 16
+"""Pages to render from which a build forks a process per CPU to share the work."""
+_FORKED: list[tuple[Path, Engine, list[tuple[str, str, Callable[[], dict[str, str]]]]]] = []
+"""What a forked renderer finds in its copy of this module: the site folder, the registry and the units."""
+
+
+def _forked() -> None:
+    _FORKED[0][1].dispose(close=False)  # the parent's pooled connections are not this process's to use
+
+
+def _render(i: int) -> tuple[str, str, list[str]]:
+    out_dir, _, jobs = _FORKED[0]
+    unit, digest, files = jobs[i]
+    made = files()
+    _write_files(out_dir, made)
+    return unit, digest, sorted(made)
+
+
+def _write_files(out_dir: Path, files: dict[str, str]) -> None:
+    """Each file whole or not at all: written beside, then renamed over the earlier one."""
+    for name, text in files.items():
+        path = out_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
 
 
 def _digest(*parts: Any) -> str:
@@ -717,14 +766,17 @@ def _write(
             sorted({(r.method_slug, shapes[r.method_slug]) for r in members}),  # a new method can reshape a family
         )
         unit = f"group {slug}"
-        unchanged = site.unchanged(unit, digest)
-        if unchanged and not inline:  # its pages stay; measured.html lists it
+        if inline:  # measured.html shows it whole
+            group = _group(anchor, slug, key, members, failed_here, speedup, shapes)
+        else:  # measured.html lists it; its own pages draw it
             group = Group(anchor, title, members, None, 0, None, [], *_scenario(key, members, failed_here),
                           failed_here, slug)  # fmt: skip
-        else:
-            group = _group(anchor, slug, key, members, failed_here, speedup, shapes)
-        if not unchanged:
-            site.write(unit, digest, _group_files(env, group, key, speedup))
+        if not site.unchanged(unit, digest):
+            if inline:
+                draw: Callable[[], Group] = functools.partial(lambda g: g, group)
+            else:
+                draw = functools.partial(_group, anchor, slug, key, members, failed_here, speedup, shapes)
+            site.later(unit, digest, functools.partial(_group_files, env, draw, key, speedup))
         groups.append(group)
         listed.append({**key._asdict(), "title": title, "rows": len(members), "href": f"groups/{slug}.json"})
     for i, (title, t) in enumerate(harness if not inline else [], 1):
@@ -744,6 +796,7 @@ def _write(
         )
         site.write(f"methods list {n}", None, {part.hrefs[n - 1]: page})
     _method_pages(engine, env, site, rows, texts, summaries, failed, submissions)
+    site.render_all(engine)
 
     if inline:
         data = _rows_document({"speedup": speedup}, [_json_text(_json_row(r)) for r in rows])
@@ -779,21 +832,33 @@ def _method_pages(
         versions = submission_versions(submissions, slug)
         mine = by_method.get(slug, [])
         digest = _digest(summary, versions, stored.get(slug), [texts[id(r)] for r in mine], failed_by.get(slug, []))
-        if site.unchanged(f"method {slug}", digest):
-            continue
-        detail = method_detail(engine, slug, mine)
-        current_first = sorted(detail.submissions, key=lambda s: versions.get(s.spec_hash) != "current")
-        detail = replace(detail, submissions=current_first)
-        current = next((h for h, v in versions.items() if v == "current"), None)
-        page = env.get_template("method.html").render(
-            root="../", method=detail, m=summary, versions=versions, current=current,
-            failures=failed_by.get(slug, []), failure_kinds=FAILURE_KINDS,
-        )  # fmt: skip
-        site.write(f"method {slug}", digest, {f"methods/{slug}.html": page})
+        if not site.unchanged(f"method {slug}", digest):
+            page = functools.partial(_method_page, engine, env, summary, mine, versions, failed_by.get(slug, []))
+            site.later(f"method {slug}", digest, page)
 
 
-def _group_files(env: Environment, group: Group, key: GroupKey, speedup: SpeedupKind) -> dict[str, str]:
+def _method_page(
+    engine: Engine,
+    env: Environment,
+    summary: MethodSummary,
+    rows: list[Row],
+    versions: dict[str, str],
+    failed: list[Failure],
+) -> dict[str, str]:
+    detail = method_detail(engine, summary.slug, rows)
+    current_first = sorted(detail.submissions, key=lambda s: versions.get(s.spec_hash) != "current")
+    detail = replace(detail, submissions=current_first)
+    current = next((h for h, v in versions.items() if v == "current"), None)
+    page = env.get_template("method.html").render(
+        root="../", method=detail, m=summary, versions=versions, current=current,
+        failures=failed, failure_kinds=FAILURE_KINDS,
+    )  # fmt: skip
+    return {f"methods/{summary.slug}.html": page}
+
+
+def _group_files(env: Environment, draw: Callable[[], Group], key: GroupKey, speedup: SpeedupKind) -> dict[str, str]:
     """A group's pages (its table split every PAGE_ROWS rows, charts on the first) and its rows as JSON."""
+    group = draw()
     files = {}
     for part in _pages(len(group.rows), group.slug, PAGE_ROWS):
         shown = replace(group, rows=group.rows[part.first - 1 : part.last])

@@ -109,8 +109,8 @@ def test_an_incremental_rebuild_writes_what_a_full_build_writes_and_renders_only
     before = {p: p.stat().st_mtime_ns for p in site.rglob("*.html")}
     add_method(registry, 7, device="NVIDIA A100")  # into the two small groups only
     written: list[str] = []
-    write = build._Site.write
-    monkeypatch.setattr(build._Site, "write", lambda self, unit, *a: written.append(unit) or write(self, unit, *a))
+    record = build._Site.record
+    monkeypatch.setattr(build._Site, "record", lambda self, unit, *a: written.append(unit) or record(self, unit, *a))
     build_site(registry, site)
     assert {u.split()[0] for u in written if " " in u} == {"group", "method", "methods"}
     assert sorted(u for u in written if u.startswith("group")) == sorted(
@@ -141,3 +141,14 @@ def test_another_prunereg_or_a_damaged_manifest_gives_a_full_build(registry, tmp
     (site / "stray.html").write_text("not ours")
     build_site(registry, site)  # a full build replaces the folder whole
     assert not (site / "stray.html").exists() and json.loads((site / MANIFEST).read_text())["units"]
+
+
+def test_pages_rendered_by_forked_processes_are_the_pages_one_process_renders(
+    registry, tmp_path, small_limits, monkeypatch
+):
+    serial = files(build_site(registry, tmp_path / "serial").parent)
+    monkeypatch.setattr(build, "PARALLEL_UNITS", 1)
+    monkeypatch.setattr(build.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # two CPUs, even on one
+    shared = files(build_site(registry, tmp_path / "shared").parent)
+    assert json.loads(serial.pop(MANIFEST)) == json.loads(shared.pop(MANIFEST))
+    assert serial == shared
