@@ -466,9 +466,13 @@ NOT_IN_JSON = ("environment", "kernels", "calibration", "checkpoint")
 _kernel_note = functools.cache(display.kernel_note)
 
 
-@functools.cache
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def _row_fields(kind: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(kind))
+    if kind not in _FIELDS:
+        _FIELDS[kind] = tuple(f.name for f in fields(kind))
+    return _FIELDS[kind]
 
 
 def _json_row(row: Row) -> dict[str, Any]:
@@ -674,9 +678,13 @@ def _row_text(row: Row) -> tuple:
     return tuple(getattr(row, f) for f in _hashed_fields(type(row)))
 
 
-@functools.cache
+_HASHED: dict[type, tuple[str, ...]] = {}
+
+
 def _hashed_fields(kind: type) -> tuple[str, ...]:
-    return tuple(f for f in _row_fields(kind) if f not in NOT_HASHED)
+    if kind not in _HASHED:
+        _HASHED[kind] = tuple(f for f in _row_fields(kind) if f not in NOT_HASHED)
+    return _HASHED[kind]
 
 
 NOT_HASHED = ("environment", "calibration", "checkpoint", "dominated_by")
@@ -814,7 +822,7 @@ def _method_pages(
     env: Environment,
     site: _Site,
     rows: list[Row],
-    texts: dict[int, str],
+    texts: dict[int, tuple],
     summaries: list[MethodSummary],
     failed: list[Failure],
     submissions: Path | None,

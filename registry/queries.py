@@ -225,7 +225,8 @@ def leaderboard_rows(
     if batch_size is not None:
         stmt = stmt.where(LatencyMeasurement.batch_size == batch_size)
     rows = []
-    intern = {}.setdefault  # one string object per repeated value (slug, model, scenario, ...), not one per row
+    seen: dict[str, str] = {}
+    intern = seen.setdefault  # one string object per repeated value (slug, model, scenario, ...), not one per row
     with Session(engine) as session:
         quality = _first_measured_quality(session)
         facts = _run_facts(session)
@@ -592,10 +593,10 @@ def method_detail(engine: Engine, slug: str, rows: list[Row] | None = None) -> M
         if row.method_slug == slug:
             by_run[row.run_id].append(row)
     with Session(engine) as session:
-        points = selectinload(MethodRecord.submissions).selectinload(SubmissionRecord.operating_points)
-        everything = points.selectinload(OperatingPointRecord.runs).selectinload(Run.quality)
-        claims = points.selectinload(OperatingPointRecord.quality_results)
-        stmt = select(MethodRecord).where(MethodRecord.slug == slug).options(everything, claims)
+        to_points = selectinload(MethodRecord.submissions).selectinload(SubmissionRecord.operating_points)
+        everything = to_points.selectinload(OperatingPointRecord.runs).selectinload(Run.quality)
+        with_claims = to_points.selectinload(OperatingPointRecord.quality_results)
+        stmt = select(MethodRecord).where(MethodRecord.slug == slug).options(everything, with_claims)
         method = session.scalars(stmt).one_or_none()
         if method is None:
             raise KeyError(f"no method {slug!r} in the registry")
@@ -786,8 +787,8 @@ def method_fingerprints(engine: Engine) -> dict[str, tuple]:
            "failed_measurements": FailedMeasurement.id}  # fmt: skip
     found: dict[str, list] = defaultdict(list)
     with Session(engine) as session:
-        for table, stmt in counted.items():
-            stmt = stmt.add_columns(func.count(ids[table]), func.max(ids[table])).group_by(MethodRecord.slug)
+        for table, by_method in counted.items():
+            stmt = by_method.add_columns(func.count(ids[table]), func.max(ids[table])).group_by(MethodRecord.slug)
             for slug, count, newest in session.execute(stmt):
                 found[slug].append((table, count, newest))
         retired = counted["runs"].add_columns(func.count(Run.retired_at), func.max(Run.retired_at))

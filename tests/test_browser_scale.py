@@ -19,7 +19,7 @@ from prunereg.leaderboard import build
 from prunereg.registry.db import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import site_scale  # noqa: E402
+import site_scale  # type: ignore[import-not-found]  # noqa: E402
 
 pytestmark = pytest.mark.browser
 LOAD_MS = 15_000
