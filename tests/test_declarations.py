@@ -331,3 +331,20 @@ def test_every_enum_value_of_the_submission_schema_says_what_it_means():
     assert described > 60  # the taxonomy's enums, every selection, policy, sublayer and projection
     granularity = {b["const"]: b["description"] for b in schema["$defs"]["Granularity"]["oneOf"]}
     assert "no built-in adapter removes these" in granularity["head"]
+
+
+def test_the_published_schema_requires_a_fraction_exactly_where_the_parameters_do():
+    from jsonschema import Draft202012Validator
+
+    schema = next(json.loads(text) for path, text in rendered().items() if path.name == "submission.schema.json")
+    validator = Draft202012Validator(schema)
+
+    def valid(name: str, params: dict) -> bool:
+        return validator.is_valid(submission(name, [{"name": "p", "params": params}]))
+
+    assert valid("shortgpt.json", {"selection": "explicit", "layers": [2, 4]})
+    assert not valid("shortgpt.json", {"selection": "deepest"})
+    assert not valid("shortgpt.json", {})
+    assert valid("flap.json", {"per_layer": [{"kv_groups": 4, "channels": 384}] * 8})
+    assert valid("flap.json", {"attention_sparsity": 0.25, "mlp_sparsity": 0.25})
+    assert not valid("flap.json", {"attention_sparsity": 0.25})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from ..calibration import Calibration
 from ..catalog import ModelArchitecture
@@ -51,6 +51,16 @@ class LayerDropParams(AdapterParams):
     fraction, and an 'explicit' point that states a sparsity must state exactly len(layers) / layers of
     every model it is checked against.
     """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"selection": {"description": "not 'explicit'", "not": {"const": "explicit"}}}},
+            "then": {
+                "properties": {"sparsity": {"description": "required unless selection is 'explicit'"}},
+                "required": ["sparsity"],
+            },
+        }
+    )
 
     granularities = frozenset({Granularity.layer})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from ..calibration import Calibration
 from ..catalog import Frozen, ModelArchitecture
@@ -55,6 +55,20 @@ class WidthParams(AdapterParams):
     """
 
     granularities = frozenset({Granularity.kv_group, Granularity.channel})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"per_layer": {"description": "the per-layer counts"}}, "required": ["per_layer"]},
+                {
+                    "properties": {
+                        "attention_sparsity": {"description": "the uniform fraction of KV groups"},
+                        "mlp_sparsity": {"description": "the uniform fraction of MLP channels"},
+                    },
+                    "required": ["attention_sparsity", "mlp_sparsity"],
+                },
+            ]
+        }
+    )
 
     attention_sparsity: float | None = Field(
         None,
