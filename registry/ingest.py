@@ -30,7 +30,7 @@ from prunereg.spec.result_checks import (
     stand_in_mismatch,
 )
 from prunereg.spec.results import EvaluationResult, LatencyResult, PointResult, QualityResult, relative_loss
-from prunereg.spec.submission import QualityClaim, Reported, Submission, spec_hash
+from prunereg.spec.submission import OperatingPoint, QualityClaim, Reported, Submission, spec_hash
 from prunereg.spec.sweep import MeasurementFailure
 from prunereg.spec.uncertainty import speedup_interval
 
@@ -257,7 +257,7 @@ def _store_submission(
             OperatingPointRecord,
             {"submission_id": submission.id, "name": point.name},
             description=point.description,
-            params=point.params.model_dump(mode="json"),
+            params=_point_params(point),
         )
     for claim in spec.quality_claims:
         _store_claim(session, points[claim.operating_point], claim, summary)
@@ -337,6 +337,14 @@ def _store_run(
         _store_latency(session, run, latency, summary)
     for quality in point_result.quality:
         _store_measured_quality(session, run, result, quality, summary)
+
+
+def _point_params(point: OperatingPoint) -> dict[str, Any]:
+    """The point's plain parameters, and under "per_model" those it runs with on the models it names."""
+    params = point.params.model_dump(mode="json")
+    if point.per_model:
+        params["per_model"] = {model: p.model_dump(mode="json") for model, p in point.per_model.items()}
+    return params
 
 
 def _store_latency(session: Session, run: Run, latency: LatencyResult, summary: IngestSummary) -> None:

@@ -348,3 +348,22 @@ def test_the_published_schema_requires_a_fraction_exactly_where_the_parameters_d
     assert valid("flap.json", {"per_layer": [{"kv_groups": 4, "channels": 384}] * 8})
     assert valid("flap.json", {"attention_sparsity": 0.25, "mlp_sparsity": 0.25})
     assert not valid("flap.json", {"attention_sparsity": 0.25})
+
+
+def test_the_registry_keeps_a_point_s_per_model_parameters_for_its_method_page(engine):
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from prunereg.registry.ingest import ingest
+    from prunereg.registry.schema import OperatingPointRecord
+
+    point = {
+        "name": "quarter",
+        "params": {"selection": "explicit", "layers": [2, 4]},
+        "per_model": {"llama-2-7b": {"selection": "explicit", "layers": [20, 21, 22, 23, 24, 25, 26, 27]}},
+    }
+    ingest(engine, Submission.model_validate(submission("shortgpt.json", [point], claims_on=("llama-2-7b",))))
+    with Session(engine) as session:
+        (stored,) = session.scalars(select(OperatingPointRecord)).all()
+    assert stored.params["layers"] == [2, 4]
+    assert stored.params["per_model"]["llama-2-7b"]["layers"] == list(range(20, 28))
