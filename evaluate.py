@@ -335,18 +335,6 @@ def time_scenario(
     )  # fmt: skip
 
 
-def quality_measures(loaded: LoadedModel, names: tuple[str, ...]) -> list[QualityMeasure]:
-    """The quality tasks to score each point on, with the dense model scored once; none on random weights,
-    whose quality means nothing. A task that cannot run here (no local data, no lm-eval) is one line, before
-    any point is pruned."""
-    if loaded.weights != "trained" or loaded.tokenizer is None:
-        return []
-    try:
-        return [measure(loaded.model, loaded.tokenizer, name) for name in names]
-    except (TaskUnavailable, ValueError) as err:
-        raise EvaluationError(str(err)) from None
-
-
 def tensor_parallel_ranks(tensor_parallel: int | None, device: torch.device):
     """The processes a tensor-parallel evaluation times on, started once for all its points; None for one device."""
     if tensor_parallel is None:
@@ -387,6 +375,18 @@ def sharding(pruned, ranks: int) -> Sharding:
         return split_layers(pruned, ranks)
     except TensorParallelRefusal as err:
         raise EvaluationError(f"tensor-parallel mode cannot run this point: {err}") from None
+
+
+def quality_measures(loaded: LoadedModel, names: tuple[str, ...]) -> list[QualityMeasure]:
+    """The quality tasks to score each point on, with the dense model scored once; none on random weights,
+    whose quality means nothing. A task that cannot run here (no local data, no lm-eval) is one line, before
+    any point is pruned."""
+    if loaded.weights != "trained" or loaded.tokenizer is None:
+        return []
+    try:
+        return [measure(loaded.model, loaded.tokenizer, name) for name in names]
+    except (TaskUnavailable, ValueError) as err:
+        raise EvaluationError(str(err)) from None
 
 
 def _size(scenario: Scenario) -> int:
