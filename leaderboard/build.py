@@ -23,9 +23,11 @@ third-party code, no network) only adds the scenario selector and sortable table
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import json
 import multiprocessing
+import operator
 import os
 import pickle
 import re
@@ -620,11 +622,13 @@ class _Site:
                 self.write(unit, digest, files())
             return
         _FORKED[:] = [(self.out_dir, engine, jobs)]
+        gc.freeze()  # the collector leaves the rows alone in the forked processes: their memory stays shared
         try:
             with multiprocessing.get_context("fork").Pool(workers, initializer=_forked) as pool:
                 for unit, digest, names in pool.imap_unordered(_render, range(len(jobs))):
                     self.record(unit, digest, names)
         finally:
+            gc.unfreeze()
             _FORKED.clear()
 
     def finish(self, speedup: SpeedupKind) -> None:
@@ -675,15 +679,16 @@ def _digest(*parts: Any) -> str:
 def _row_text(row: Row) -> tuple:
     """Everything a page may show of a row, to hash: each field, the per-run dicts by the run's key, and not
     `dominated_by`, which no page shows (a group's JSON does: its hash adds them)."""
-    return tuple(getattr(row, f) for f in _hashed_fields(type(row)))
+    return _hashed_fields(type(row))(row)
 
 
-_HASHED: dict[type, tuple[str, ...]] = {}
+_HASHED: dict[type, operator.attrgetter] = {}
 
 
-def _hashed_fields(kind: type) -> tuple[str, ...]:
+def _hashed_fields(kind: type) -> operator.attrgetter:
+    """The hashed fields of a row class, read in one call (a tuple of them)."""
     if kind not in _HASHED:
-        _HASHED[kind] = tuple(f for f in _row_fields(kind) if f not in NOT_HASHED)
+        _HASHED[kind] = operator.attrgetter(*(f for f in _row_fields(kind) if f not in NOT_HASHED))
     return _HASHED[kind]
 
 
