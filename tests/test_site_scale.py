@@ -152,3 +152,20 @@ def test_pages_rendered_by_forked_processes_are_the_pages_one_process_renders(
     shared = files(build_site(registry, tmp_path / "shared").parent)
     assert json.loads(serial.pop(MANIFEST)) == json.loads(shared.pop(MANIFEST))
     assert serial == shared
+
+
+def test_the_command_rebuilds_only_what_changed_unless_told_full(registry, tmp_db, tmp_path):
+    from typer.testing import CliRunner
+
+    from prunereg.cli import app
+
+    site = tmp_path / "site"
+    command = ["leaderboard", "build", "--out", str(site), "--db", tmp_db, "--submissions", str(tmp_path / "none")]
+    assert CliRunner().invoke(app, command).exit_code == 0
+    page = site / "methods" / "method-000.html"
+    first = page.stat().st_mtime_ns
+    assert CliRunner().invoke(app, command).exit_code == 0
+    assert page.stat().st_mtime_ns == first  # nothing changed: the page was kept
+    result = CliRunner().invoke(app, [*command, "--full"])
+    assert result.exit_code == 0, result.output
+    assert page.stat().st_mtime_ns != first and (site / MANIFEST).is_file()
