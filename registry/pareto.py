@@ -10,9 +10,10 @@ rank rows with `ranked`, analysis and the plot draw the front with `frontier`.
 from __future__ import annotations
 
 import math
+import operator
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Literal, NamedTuple, Protocol, TypeVar
 
 SpeedupKind = Literal["measured", "theoretical"]
@@ -133,5 +134,24 @@ def ranked(rows: Sequence[R], speedup: SpeedupKind = "measured") -> list[R]:
     marked = list(rows)
     for members in groups.values():
         for (i, _), rank in zip(members, dominance_rank([a for _, a in members])):
-            marked[i] = replace(rows[i], pareto=rank == 0, dominated_by=rank)  # type: ignore[type-var]
+            marked[i] = _with_rank(rows[i], rank)
     return marked
+
+
+_INIT: dict[type, tuple[operator.attrgetter, int, int]] = {}
+
+
+def _with_rank(row: R, rank: int) -> R:
+    """`replace(row, pareto=rank == 0, dominated_by=rank)` for a dataclass row at half the cost: its fields read
+    in one call and passed in order (a million rows are ranked on a large registry)."""
+    kind = type(row)
+    if kind not in _INIT:
+        known = fields(kind)  # type: ignore[arg-type]
+        if any(f.kw_only for f in known):
+            return replace(row, pareto=rank == 0, dominated_by=rank)  # type: ignore[type-var]
+        names = [f.name for f in known if f.init]
+        _INIT[kind] = (operator.attrgetter(*names), names.index("pareto"), names.index("dominated_by"))
+    read, pareto, dominated_by = _INIT[kind]
+    values = list(read(row))
+    values[pareto], values[dominated_by] = rank == 0, rank
+    return kind(*values)
