@@ -50,12 +50,14 @@ from prunereg.registry.harness import HarnessTable, harness_tables
 from prunereg.registry.pareto import Axes, axes, ranked
 from prunereg.registry.queries import (
     Failure,
+    GroupCensus,
     GroupKey,
     MethodSummary,
     ReportedRow,
     Row,
     SpeedupKind,
     failures,
+    group_census,
     leaderboard_rows,
     method_detail,
     method_fingerprints,
@@ -95,6 +97,8 @@ class Group:
     """Its pages' file name (groups/<slug>.html), from its key alone."""
     undrawn: int = 0
     """Rated points the Pareto plot leaves out because a drawn point is within a pixel of them (`_drawn`)."""
+    total: int = 0
+    """Its rows: measured.html lists a group of the large layout with its count, without reading its rows."""
 
 
 @dataclass(frozen=True)
@@ -149,15 +153,21 @@ def _group_entries(
     grouped: dict[GroupKey, list[Row]] = defaultdict(list)
     for row in rows:
         grouped[row.group].append(row)
-    latest = {(f.spec_hash, f.operating_point, f.group): f for f in failed if not f.superseded}  # oldest first
-    failed_in: dict[GroupKey, list[Failure]] = defaultdict(list)
-    for failure in latest.values():  # one row per point and scenario: its latest failure (the method page has all)
-        failed_in[failure.group].append(failure)
+    failed_in = _failed_in(failed)
     with_quality_first = sorted(grouped.items(), key=lambda kv: all(r.quality_loss is None for r in kv[1]))
     entries = [(key, members, failed_in.pop(key, [])) for key, members in with_quality_first]
     only_failed = sorted(failed_in.items(), key=lambda kv: (kv[0][:4], kv[1][0].phase != "prefill", kv[0].scenario))
     entries += [(key, [], failed_here) for key, failed_here in only_failed]
     return [(f"group-{i}", key, members, failed_here) for i, (key, members, failed_here) in enumerate(entries, 1)]
+
+
+def _failed_in(failed: Sequence[Failure]) -> dict[GroupKey, list[Failure]]:
+    """Per group, one row per point and scenario that failed: its latest failure (the method page has all)."""
+    latest = {(f.spec_hash, f.operating_point, f.group): f for f in failed if not f.superseded}  # oldest first
+    failed_in: dict[GroupKey, list[Failure]] = defaultdict(list)
+    for failure in latest.values():
+        failed_in[failure.group].append(failure)
+    return failed_in
 
 
 def _scenario(key: GroupKey, members: list[Row], failed: list[Failure]) -> tuple[str, int, str, str]:
@@ -534,20 +544,22 @@ def build_site(
     exist are removed, and the summary pages and data files are rewritten. Otherwise, or with `full`, the site is
     written into a fresh folder that replaces out_dir whole. `submissions` (the registered submissions folder) lets
     the method pages say which version of a submission is current; without it they list every version newest
-    first, unmarked. Raises prunereg.outputs.OutputRefused for a link, a file, or a folder prunereg did not write
+    first, unmarked. In the large layout an incremental build reads only the rows of the groups whose census
+    (`group_census`: per method, rows, newest ids, name and family) or failures or marker shapes changed, besides
+    those the headline and harness tables need; a method page whose records and place on the fronts are unchanged is
+    kept without reading its rows. Raises prunereg.outputs.OutputRefused for a link, a file, or a folder prunereg did not write
     (unless `force`).
     """
     out_dir = Path(out_dir)
-    rows = leaderboard_rows(engine, speedup)
     summaries = methods(engine)
     earlier = None if full else _manifest(out_dir, speedup)
     if earlier is not None:
         check_output(out_dir, SITE_MARKER, force)
         (out_dir / MANIFEST).unlink()  # a crash from here on leaves no manifest: the next build is a full one
-        _write(engine, out_dir, rows, summaries, speedup, submissions, earlier)
+        _write(engine, out_dir, summaries, speedup, submissions, earlier)
     else:
         with replaced_folder(out_dir, SITE_MARKER, force) as fresh:
-            _write(engine, fresh, rows, summaries, speedup, submissions, {})
+            _write(engine, fresh, summaries, speedup, submissions, {})
     return out_dir / "index.html"
 
 
@@ -587,6 +599,19 @@ class _Site:
         self.written: set[str] = set()
         self.jobs: list[tuple[str, str, Callable[[], dict[str, str]]]] = []
         self.rendered = 0
+        self.rows = 0
+        self.facts: dict[str, dict[str, Any]] = {}
+
+    def earlier_facts(self, unit: str, files: bool = True) -> dict[str, Any] | None:
+        """What the earlier build stored of this unit, if its files are still there."""
+        before = self.earlier.get(unit)
+        if not isinstance(before, dict) or not all((self.out_dir / f).is_file() for f in before.get("files", [])):
+            return None
+        return before
+
+    def note(self, unit: str, **facts: Any) -> None:
+        """Facts about a unit the next build reads back from the manifest instead of from the registry."""
+        self.facts[unit] = facts
 
     def unchanged(self, unit: str, digest: str) -> bool:
         before = self.earlier.get(unit)
@@ -608,16 +633,19 @@ class _Site:
         self.written.update(names)
         self.rendered += 1
 
-    def later(self, unit: str, digest: str, files: Callable[[], dict[str, str]]) -> None:
-        """Render and write this unit in `render_all`, perhaps in another process."""
+    def later(self, unit: str, digest: str, files: Callable[[], dict[str, str]], rows: int = 0) -> None:
+        """Render and write this unit (of so many rows) in `render_all`, perhaps in another process."""
         self.jobs.append((unit, digest, files))
+        self.rows += rows
 
     def render_all(self, engine: Engine) -> None:
         """The units left for later: in a process per CPU where there are many (forked, so they share the rows
         read so far), else here."""
         jobs, self.jobs = self.jobs, []
+        rows, self.rows = self.rows, 0
         workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 4)
-        if workers < 2 or len(jobs) < PARALLEL_UNITS or "fork" not in multiprocessing.get_all_start_methods():
+        many = len(jobs) >= PARALLEL_UNITS or (len(jobs) > 1 and rows >= PARALLEL_ROWS)
+        if workers < 2 or not many or "fork" not in multiprocessing.get_all_start_methods():
             for unit, digest, files in jobs:
                 self.write(unit, digest, files())
             return
@@ -634,6 +662,9 @@ class _Site:
     def finish(self, speedup: SpeedupKind) -> None:
         """Remove every file this build did not write or keep (pages of groups and methods that are gone, anything
         put there by hand), as replacing the folder whole would, then write the manifest."""
+        for unit, facts in self.facts.items():
+            if unit in self.units:
+                self.units[unit] = {**self.units[unit], **facts}
         kept = self.written | {f for u in self.units.values() for f in u["files"]} | {SITE_MARKER}
         for path in sorted(self.out_dir.rglob("*")):
             name = path.relative_to(self.out_dir).as_posix()
@@ -645,6 +676,8 @@ class _Site:
 
 PARALLEL_UNITS = 16
 """Pages to render from which a build forks a process per CPU to share the work."""
+PARALLEL_ROWS = 5000
+"""Rows on the pages to render from which a build forks a process per CPU, however few the pages."""
 _FORKED: list[tuple[Path, Engine, list[tuple[str, str, Callable[[], dict[str, str]]]]]] = []
 """What a forked renderer finds in its copy of this module: the site folder, the registry and the units."""
 
@@ -728,7 +761,6 @@ def _pages(total: int, name: str, size: int) -> list[PageOf]:
 def _write(
     engine: Engine,
     out_dir: Path,
-    rows: list[Row],
     summaries: list[MethodSummary],
     speedup: SpeedupKind,
     submissions: Path | None,
@@ -742,11 +774,33 @@ def _write(
         shutil.rmtree(out_dir / "static")
     shutil.copytree(HERE / "static", out_dir / "static")
 
-    reported = reported_rows(engine, speedup, recovery=True, measured=rows)
-    shapes = marker_shapes((r.family, r.method_slug) for r in [*rows, *reported])
+    census = group_census(engine)
+    failed = failures(engine)
+    failed_in = _failed_in(failed)
+    reported = reported_rows(engine, speedup, recovery=True)
+    shapes = marker_shapes(
+        [
+            *((m.family, m.slug) for c in census.values() for m in c.methods),
+            *((r.family, r.method_slug) for r in reported),
+        ]
+    )
     one_shot, recovered = split_recovery(reported, speedup)
     one_shot_groups = _reported_groups(one_shot, speedup, "reported", shapes)
     choice = headline_choice(one_shot)
+    inline = sum(c.rows for c in census.values()) + len(failed) <= INLINE_ROWS
+    sources = {
+        key: _digest(speedup, c, failed_in.get(key, []), sorted({(m.slug, shapes[m.slug]) for m in c.methods}))
+        for key, c in census.items()
+    }  # what a group's pages show comes from these: unchanged, its pages are kept without reading its rows
+    stored = {key: site.earlier_facts(f"group {_slug(key)}") for key in census}
+    read: set[GroupKey] | None = None
+    if earlier and not inline:
+        read = {key for key in census if (stored[key] or {}).get("source") != sources[key]}
+        read |= _headline_keys(choice, one_shot_groups, census) | _harness_keys(census)
+        if len(read) > len(census) // 2:
+            read = None  # most groups: one pass over every row is as quick
+    rows = leaderboard_rows(engine, speedup, groups=read) if read is None or read else []
+
     headline = _headline(choice, one_shot_groups, rows, speedup, shapes) if choice else None
     page = env.get_template("index.html").render(
         root="", methods=summaries, headline=headline, speedup=speedup, methods_inline=METHODS_INLINE
@@ -760,38 +814,48 @@ def _write(
     )
     site.write("reported", None, {"reported.html": page})
 
-    failed = failures(engine)
-    texts = {id(r): _row_text(r) for r in rows}
-    inline = len(rows) + len(failed) <= INLINE_ROWS
-    entries = _group_entries(rows, failed)
     harness = _harness(rows)
     groups: list[Group] = []
     listed: list[dict[str, Any]] = []
-    for anchor, key, members, failed_here in entries:
+    fronts: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for anchor, key, members, failed_here, facts in _listed_groups(rows, read, census, stored, failed_in):
         slug = _slug(key)
-        title = _group_title(key, members, failed_here)
-        digest = _digest(
-            speedup,
-            title,
-            [texts[id(r)] for r in members],
-            [r.dominated_by for r in members],
-            failed_here,
-            sorted({(r.method_slug, shapes[r.method_slug]) for r in members}),  # a new method can reshape a family
-        )
         unit = f"group {slug}"
+        c = census.get(key)
+        if c is not None:
+            title, scenario = _title(key[:4], c.phase, c.batch_size, c.seq_len), (c.phase, c.batch_size)
+        else:
+            title, scenario = _group_title(key, [], failed_here), _scenario(key, [], failed_here)[:2]
+        if members is None:  # not read: the earlier build's pages stand
+            digest = facts["hash"]
+        else:
+            digest = _digest(
+                speedup,
+                title,
+                [_row_text(r) for r in members],
+                [r.dominated_by for r in members],
+                failed_here,
+                sorted({(r.method_slug, shapes[r.method_slug]) for r in members}),  # a new method can reshape a family
+            )
+            facts = {**facts, "source": sources.get(key)}
+            site.note(unit, **facts)
+        for method_slug, run_id in facts["front"]:
+            fronts[method_slug].append((slug, run_id))
+        total = c.rows if c is not None else 0
         if inline:  # measured.html shows it whole
-            group = _group(anchor, slug, key, members, failed_here, speedup, shapes)
+            group = _group(anchor, slug, key, members or [], failed_here, speedup, shapes)
         else:  # measured.html lists it; its own pages draw it
-            group = Group(anchor, title, members, None, 0, None, [], *_scenario(key, members, failed_here),
-                          failed_here, slug)  # fmt: skip
+            group = Group(anchor, title, [], None, 0, None, [], *scenario, key.device_name, key.execution_mode,
+                          failed_here, slug, total=total)  # fmt: skip
         if not site.unchanged(unit, digest):
+            assert members is not None
             if inline:
                 draw: Callable[[], Group] = functools.partial(lambda g: g, group)
             else:
                 draw = functools.partial(_group, anchor, slug, key, members, failed_here, speedup, shapes)
-            site.later(unit, digest, functools.partial(_group_files, env, draw, key, speedup))
+            site.later(unit, digest, functools.partial(_group_files, env, draw, key, speedup), len(members))
         groups.append(group)
-        listed.append({**key._asdict(), "title": title, "rows": len(members), "href": f"groups/{slug}.json"})
+        listed.append({**key._asdict(), "title": title, "rows": total, "href": f"groups/{slug}.json"})
     for i, (title, t) in enumerate(harness if not inline else [], 1):
         digest = _digest(title, t)
         if not site.unchanged(f"harness {i}", digest):
@@ -799,7 +863,7 @@ def _write(
             site.write(f"harness {i}", digest, {f"groups/harness-{i}.html": page})
     page = env.get_template("measured.html").render(
         root="", groups=groups, selectors=_selectors(groups), speedup=speedup, inline=inline,
-        harness=harness, modes=EXECUTION_MODES, measured_modes=sorted({r.execution_mode for r in rows}),
+        harness=harness, modes=EXECUTION_MODES, measured_modes=sorted({k.execution_mode for k in census}),
     )  # fmt: skip
     site.write("measured", None, {"measured.html": page})
 
@@ -808,7 +872,8 @@ def _write(
             root="", methods=summaries[part.first - 1 : part.last], page=part
         )
         site.write(f"methods list {n}", None, {part.hrefs[n - 1]: page})
-    _method_pages(engine, env, site, rows, texts, summaries, failed, submissions)
+    unread = {m.slug for key, c in census.items() if read is not None and key not in read for m in c.methods}
+    _method_pages(engine, env, site, rows, fronts, unread, read, summaries, failed, submissions, speedup)
     site.render_all(engine)
 
     if inline:
@@ -822,17 +887,82 @@ def _write(
     site.finish(speedup)
 
 
+def _listed_groups(
+    rows: list[Row],
+    read: set[GroupKey] | None,
+    census: Mapping[GroupKey, GroupCensus],
+    stored: Mapping[GroupKey, dict[str, Any] | None],
+    failed_in: Mapping[GroupKey, list[Failure]],
+) -> list[tuple[str, GroupKey, list[Row] | None, list[Failure], dict[str, Any]]]:
+    """`_group_entries` of every row, with the rows of the groups read (None for the others) and each group's facts
+    (its first row's sort key, whether any row has a quality, its front by method and run), those of a group not
+    read as the earlier build stored them."""
+    grouped: dict[GroupKey, list[Row]] = defaultdict(list)
+    for row in rows:
+        grouped[row.group].append(row)
+    measured: list[tuple[GroupKey, list[Row] | None, dict[str, Any]]] = []
+    for key in census:
+        if read is None or key in read:
+            members = grouped.get(key, [])
+            facts = {
+                "first": list(members[0].sort_key()) if members else [],
+                "rated": any(r.quality_loss is not None for r in members),
+                "front": sorted([r.method_slug, r.run_id] for r in members if r.pareto),
+            }
+            measured.append((key, members, facts))
+        else:
+            measured.append((key, None, dict(stored[key] or {})))
+    measured.sort(key=lambda e: (not e[2]["rated"], e[2]["first"]))  # the order of `_group_entries`
+    entries = [(key, members, failed_in.get(key, []), facts) for key, members, facts in measured]
+    only_failed = sorted(
+        ((k, f) for k, f in failed_in.items() if k not in census),
+        key=lambda kv: (kv[0][:4], kv[1][0].phase != "prefill", kv[0].scenario),
+    )
+    empty = {"first": [], "rated": False, "front": []}
+    entries += [(key, [], failed_here, empty) for key, failed_here in only_failed]
+    return [(f"group-{i}", key, m, f, facts) for i, (key, m, f, facts) in enumerate(entries, 1)]
+
+
+def _headline_keys(
+    choice: HeadlineChoice | None, one_shot: list[ReportedGroup], census: Mapping[GroupKey, GroupCensus]
+) -> set[GroupKey]:
+    """The groups whose rows the headline's realization reads (`_headline`)."""
+    if choice is None:
+        return set()
+    c = choice
+    timed = min(
+        r.model for g in one_shot for r in g.rows
+        if (r.base_model, r.task, r.device_name, r.dtype, r.execution_mode) == c
+    )  # fmt: skip
+    return {k for k in census if k[:4] == (timed, c.device_name, c.dtype, c.execution_mode)}
+
+
+def _harness_keys(census: Mapping[GroupKey, GroupCensus]) -> set[GroupKey]:
+    """The groups of every model, device, dtype and scenario measured in two execution modes or more: the rows
+    `harness_tables` sets side by side."""
+    modes: dict[tuple[str, str, str, str], set[str]] = defaultdict(set)
+    for k in census:
+        modes[(k.model, k.device_name, k.dtype, k.scenario)].add(k.execution_mode)
+    return {k for k in census if len(modes[(k.model, k.device_name, k.dtype, k.scenario)]) > 1}
+
+
 def _method_pages(
     engine: Engine,
     env: Environment,
     site: _Site,
     rows: list[Row],
-    texts: dict[int, tuple],
+    fronts: Mapping[str, list[tuple[str, int]]],
+    unread: set[str],
+    read: set[GroupKey] | None,
     summaries: list[MethodSummary],
     failed: list[Failure],
     submissions: Path | None,
+    speedup: SpeedupKind,
 ) -> None:
-    """One page per method, rendered again only where its rows, failures, versions or stored records changed."""
+    """One page per method, rendered again only where its stored records (`method_fingerprints`), versions, failures
+    or rows on the fronts (`fronts`: group slug and run per method) changed: what its rows show besides comes from its
+    records alone. The rows of a page to render in groups not read (`unread` methods have some) are read by method,
+    on the front as the earlier build stored it."""
     by_method: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         by_method[row.method_slug].append(row)
@@ -840,14 +970,28 @@ def _method_pages(
     for failure in failed:
         failed_by[failure.method_slug].append(failure)
     stored = method_fingerprints(engine)
+    todo = []
     for summary in summaries:
         slug = summary.slug
         versions = submission_versions(submissions, slug)
-        mine = by_method.get(slug, [])
-        digest = _digest(summary, versions, stored.get(slug), [texts[id(r)] for r in mine], failed_by.get(slug, []))
+        mine = failed_by.get(slug, [])
+        digest = _digest(summary, versions, stored.get(slug), mine, sorted(fronts.get(slug, [])))
         if not site.unchanged(f"method {slug}", digest):
-            page = functools.partial(_method_page, engine, env, summary, mine, versions, failed_by.get(slug, []))
-            site.later(f"method {slug}", digest, page)
+            todo.append((summary, versions, digest))
+    more = [summary.slug for summary, *_ in todo if summary.slug in unread]
+    if more and read is not None:
+        on_front = {(group, run) for slug in more for group, run in fronts.get(slug, [])}
+        slugs: dict[GroupKey, str] = {}
+        for row in leaderboard_rows(engine, speedup, methods=more):
+            if row.group not in read:
+                group = slugs.get(row.group) or slugs.setdefault(row.group, _slug(row.group))
+                by_method[row.method_slug].append(replace(row, pareto=(group, row.run_id) in on_front))
+        for slug in more:
+            by_method[slug].sort(key=Row.sort_key)
+    for summary, versions, digest in todo:
+        mine = by_method.get(summary.slug, [])
+        page = functools.partial(_method_page, engine, env, summary, mine, versions, failed_by.get(summary.slug, []))
+        site.later(f"method {summary.slug}", digest, page, len(mine))
 
 
 def _method_page(

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, Text, func, select, type_coerce
+from sqlalchemy import Engine, Select, Text, func, select, tuple_, type_coerce
 from sqlalchemy.orm import Session, selectinload
 
 from prunereg.spec.catalog import models
@@ -122,15 +123,17 @@ class Row:
         )  # fmt: skip
 
 
-def _first_measured_quality(session: Session) -> dict[int, tuple[float | None, str, str]]:
-    """(relative loss, task, metric) of the first measured quality figure of each run: the harness lists its
-    primary task first."""
+def _first_measured_quality(session: Session, runs: Select | None = None) -> dict[int, tuple[float | None, str, str]]:
+    """(relative loss, task, metric) of the first measured quality figure of each run (of those `runs` selects): the
+    harness lists its primary task first."""
     first: dict[int, tuple[float | None, str, str]] = {}
     stmt = (
         select(QualityRecord.run_id, QualityRecord.relative_loss, QualityRecord.task, QualityRecord.metric)
         .where(QualityRecord.provenance == "measured", QualityRecord.run_id.is_not(None))
         .order_by(QualityRecord.id)
     )
+    if runs is not None:
+        stmt = stmt.where(QualityRecord.run_id.in_(runs))
     for run_id, *figure in session.execute(stmt):
         first.setdefault(run_id, tuple(figure))  # type: ignore[arg-type]
     return first
@@ -148,12 +151,14 @@ class _RunFacts(NamedTuple):
     stand_in: str | None
 
 
-def _run_facts(session: Session) -> dict[int, _RunFacts]:
+def _run_facts(session: Session, runs: Select | None = None) -> dict[int, _RunFacts]:
     """Per-run data that every latency row of the run shares, read once per run (not once per scenario)."""
     stmt = select(
         Run.id, Run.device_name, Run.dtype, Run.execution_mode, Run.environment, Run.gemms, Run.calibration,
         Run.checkpoint, Run.stand_in,
     )  # fmt: skip
+    if runs is not None:
+        stmt = stmt.where(Run.id.in_(runs))
     facts = {}
     for run_id, device_name, dtype, mode, environment, gemms, calibration, checkpoint, stand_in in session.execute(
         stmt
@@ -171,15 +176,26 @@ def _json_value(stored: Any) -> Any:
     return None if stored == "null" else json.loads(stored)
 
 
+def _group_columns() -> tuple:
+    return (Run.model, Run.device_name, Run.dtype, Run.execution_mode, LatencyMeasurement.scenario)
+
+
 def leaderboard_rows(
-    engine: Engine, speedup: SpeedupKind = "measured", phase: str | None = None, batch_size: int | None = None
+    engine: Engine,
+    speedup: SpeedupKind = "measured",
+    phase: str | None = None,
+    batch_size: int | None = None,
+    *,
+    groups: Collection[GroupKey] | None = None,
+    methods: Collection[str] | None = None,
 ) -> list[Row]:
     """Every latency measurement of a run that is not retired as a row, sorted deterministically, with Pareto
     flags per group; a row whose measured speedup is too noisy is `excluded` from the measured ranking, with why.
 
     Reads columns, not ORM objects: a latency's raw samples are never loaded, and each run's fingerprint and
-    kernels are read once and shared by its rows, so a registry of a million rows builds in one pass. `phase` and
-    `batch_size` select scenarios in the query; groups are per scenario, so the flags are the same as unselected.
+    kernels are read once and shared by its rows, so a registry of a million rows builds in one pass. `phase`,
+    `batch_size` and `groups` (measured-quality keys) select whole groups in the query, so the flags are the same as
+    unselected; `methods` (slugs) selects those methods' rows, unranked (a front needs its whole group).
     """
     if speedup not in ("measured", "theoretical"):
         raise ValueError(f"speedup must be 'measured' or 'theoretical', not {speedup!r}")
@@ -224,12 +240,18 @@ def leaderboard_rows(
         stmt = stmt.where(LatencyMeasurement.phase == phase)
     if batch_size is not None:
         stmt = stmt.where(LatencyMeasurement.batch_size == batch_size)
+    if groups is not None:
+        stmt = stmt.where(tuple_(*_group_columns()).in_([tuple(k[:5]) for k in groups]))
+    if methods is not None:
+        stmt = stmt.where(MethodRecord.slug.in_(list(methods)))
+    selected = groups is not None or methods is not None
+    runs = stmt.with_only_columns(Run.id).distinct() if selected else None
     rows = []
     seen: dict[str, str] = {}
     intern = seen.setdefault  # one string object per repeated value (slug, model, scenario, ...), not one per row
     with Session(engine) as session:
-        quality = _first_measured_quality(session)
-        facts = _run_facts(session)
+        quality = _first_measured_quality(session, runs)
+        facts = _run_facts(session, runs)
         for (run_id, slug, name, family, point, spec_hash, model, weights, device_name, mode, dtype, environment_key,
              scenario, phase, batch_size, seq_len, median, p20, p80, dense_median, theoretical, theoretical_dense,
              execution, fallback, gpu_before, gpu_after, low, high) in session.execute(stmt):  # fmt: skip
@@ -280,7 +302,90 @@ def leaderboard_rows(
                 )  # fmt: skip
             )
     rows.sort(key=Row.sort_key)
-    return ranked(rows, speedup)
+    return rows if methods is not None else ranked(rows, speedup)
+
+
+class MethodInGroup(NamedTuple):
+    """What one method has in one group, as stored: enough to tell that the group's rows changed without reading
+    them. Records are only added (ids grow) and a retired run leaves its rows out of the count and id sum."""
+
+    slug: str
+    name: str
+    family: str
+    rows: int
+    newest_latency: int
+    latency_ids: int
+    """The sum of the rows' latency ids: a run retired and another one added give another sum."""
+    newest_quality: int | None
+    """The newest measured quality figure of the rows' runs (a figure can be added to a stored run)."""
+
+
+class GroupCensus(NamedTuple):
+    phase: str
+    batch_size: int
+    seq_len: int
+    methods: tuple[MethodInGroup, ...]
+    """By slug."""
+
+    @property
+    def rows(self) -> int:
+        return sum(m.rows for m in self.methods)
+
+
+def group_census(engine: Engine) -> dict[GroupKey, GroupCensus]:
+    """Per measured-quality group of `leaderboard_rows`, its scenario and its methods' `MethodInGroup`, from one
+    aggregate query: what an incremental site build compares with the last build's to find the groups to read."""
+    quality = (
+        select(QualityRecord.run_id, func.max(QualityRecord.id).label("newest"))
+        .where(QualityRecord.provenance == "measured", QualityRecord.run_id.is_not(None))
+        .group_by(QualityRecord.run_id)
+        .subquery()
+    )
+    stmt = (
+        select(
+            *_group_columns(),
+            LatencyMeasurement.phase,
+            LatencyMeasurement.batch_size,
+            LatencyMeasurement.seq_len,
+            MethodRecord.slug,
+            MethodRecord.name,
+            MethodRecord.family,
+            func.count(LatencyMeasurement.id),
+            func.max(LatencyMeasurement.id),
+            func.sum(LatencyMeasurement.id),
+            func.max(quality.c.newest),
+        )  # fmt: skip
+        .join(LatencyMeasurement.run)
+        .join(Run.operating_point)
+        .join(OperatingPointRecord.submission)
+        .join(SubmissionRecord.method)
+        .outerjoin(quality, quality.c.run_id == Run.id)
+        .where(Run.retired_at.is_(None))
+        .group_by(
+            *_group_columns(),
+            LatencyMeasurement.phase,
+            LatencyMeasurement.batch_size,
+            LatencyMeasurement.seq_len,
+            MethodRecord.slug,
+            MethodRecord.name,
+            MethodRecord.family,
+        )  # fmt: skip
+    )
+    scenario: dict[GroupKey, tuple[str, int, int]] = {}
+    found: dict[GroupKey, list[MethodInGroup]] = defaultdict(list)
+    with Session(engine) as session:
+        for model, device, dtype, mode, name, phase, batch, seq_len, *method in session.execute(stmt):
+            key = GroupKey(model, device, dtype, mode, name)
+            scenario.setdefault(key, (phase, batch, seq_len))
+            found[key].append(MethodInGroup(*method))
+    return {key: GroupCensus(*scenario[key], tuple(sorted(found[key]))) for key in found}
+
+
+def measured_models(engine: Engine) -> set[str]:
+    """The models with a latency row on the leaderboard (of a run that is not retired)."""
+    stmt = select(Run.model).join(Run.latency).where(Run.retired_at.is_(None)).distinct()
+    with Session(engine) as session:
+        return set(session.scalars(stmt))
 
 
 def claim_task(q: QualityRecord | Quality | QualityClaim) -> str:
@@ -331,7 +436,8 @@ def reported_rows(
     borrows the runs of the first catalog model of its shapes that was (`ModelArchitecture.shapes`: LLaMA-7B's
     claims take Llama-2-7B's latency); the row's `model` says which was timed, its group the claim's base model.
     `recovery` admits claims that include fine-tuning after pruning (a different budget from one-shot pruning;
-    left out by default). `measured` is `leaderboard_rows(engine, speedup)` where the caller has it already.
+    left out by default). `measured` is `leaderboard_rows(engine, speedup)` where the caller has it already; without
+    it, only the rows of methods with a claim are read.
     """
     claims: dict[tuple[str, str, str, str], dict[str, QualityRecord]] = defaultdict(dict)
     params: dict[tuple[str, str], str] = {}
@@ -352,8 +458,12 @@ def reported_rows(
             key = (method.slug, point.name, json.dumps(point.params, sort_keys=True), q.base_model)
             claims[key].setdefault(q.identity, q)  # the same claim in two versions of a submission counts once
             session.expunge(q)
-    measured = leaderboard_rows(engine, speedup) if measured is None else measured
-    timed_as = _timed_as({base for *_, base in claims}, {r.model for r in measured})
+    if measured is None:
+        timed = measured_models(engine)
+        measured = leaderboard_rows(engine, speedup, methods={slug for slug, *_ in claims}) if claims else []
+    else:
+        timed = {r.model for r in measured}
+    timed_as = _timed_as({base for *_, base in claims}, timed)
     by_timed: dict[tuple[str, str, str, str], list[QualityRecord]] = defaultdict(list)
     for (slug, point_name, point_params, base), same in claims.items():
         if base in timed_as:
