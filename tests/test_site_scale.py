@@ -19,6 +19,7 @@ from prunereg.leaderboard import build
 from prunereg.leaderboard.build import MANIFEST, build_site
 from prunereg.registry.ingest import ingest
 from prunereg.registry.pareto import Axes, pareto_front
+from prunereg.registry.runs import retire
 
 
 @pytest.fixture
@@ -126,6 +127,65 @@ def test_an_incremental_rebuild_writes_what_a_full_build_writes_and_renders_only
     assert json.loads(incremental.pop(MANIFEST)) == json.loads(full.pop(MANIFEST))
     assert incremental.keys() == full.keys()
     assert [name for name in full if incremental[name] != full[name]] == []
+
+
+def rebuilt_units(registry, site: Path, monkeypatch) -> list[str]:
+    """The units an incremental rebuild renders; the folder it leaves must be what a full build writes."""
+    written: list[str] = []
+    record = build._Site.record
+    with monkeypatch.context() as patched:
+        patched.setattr(build._Site, "record", lambda self, unit, *a: written.append(unit) or record(self, unit, *a))
+        build_site(registry, site)
+    fresh = build_site(registry, site.parent / f"fresh-{len(list(site.parent.iterdir()))}", full=True).parent
+    incremental, full = files(site), files(fresh)
+    assert json.loads(incremental.pop(MANIFEST)) == json.loads(full.pop(MANIFEST))
+    assert incremental.keys() == full.keys() and [n for n in full if incremental[n] != full[n]] == []
+    return sorted(u for u in written if u.split()[0] in ("group", "method"))
+
+
+def a100_groups(registry) -> list[str]:
+    rows = build.leaderboard_rows(registry)
+    return sorted(f"group {build._slug(k)}" for k in {r.group for r in rows if r.device_name == "NVIDIA A100"})
+
+
+def test_retiring_a_run_renders_its_groups_and_method_again(registry, tmp_path, small_limits, monkeypatch):
+    site = tmp_path / "site"
+    build_site(registry, site)
+    run = min(r.run_id for r in build.leaderboard_rows(registry) if r.method_slug == "method-006")  # one of two
+    groups = a100_groups(registry)
+    retire(registry, run, "timed on a throttled card")
+    assert rebuilt_units(registry, site, monkeypatch) == [*groups, "method method-006"]
+
+
+def test_a_new_version_that_renames_a_method_renders_its_groups_and_page_again(
+    registry, tmp_path, small_limits, monkeypatch
+):
+    site = tmp_path / "site"
+    build_site(registry, site)
+    renamed = make_submission("method-006", adapter="layer_drop", name="Method Six", claims=[])
+    ingest(registry, renamed)  # a new version, no new runs: only the name its rows carry changes
+    assert rebuilt_units(registry, site, monkeypatch) == [*a100_groups(registry), "method method-006"]
+    page = (site / "groups" / f"{a100_groups(registry)[0].split()[1]}.html").read_text()
+    assert "Method Six" in page
+
+
+def test_a_point_that_takes_the_front_renders_the_pages_of_the_methods_it_pushes_off(
+    registry, tmp_path, small_limits, monkeypatch
+):
+    site = tmp_path / "site"
+    build_site(registry, site)
+    on_front = {r.method_slug for r in build.leaderboard_rows(registry) if r.device_name == "NVIDIA A100" and r.pareto}
+    sub = make_submission("method-099", adapter="width", claims=[])
+    names = [p.name for p in sub.adapter.operating_points]
+    best = make_result(sub, speedups=dict.fromkeys(names, 9.0), losses=dict.fromkeys(names, 0.0),
+                       environment=make_environment(device_name="NVIDIA A100"))  # fmt: skip
+    ingest(registry, sub, best)  # dominates every other A100 point
+    assert on_front == {"method-006"}
+    assert rebuilt_units(registry, site, monkeypatch) == [
+        *a100_groups(registry),
+        "method method-006",
+        "method method-099",
+    ]
 
 
 def test_another_prunereg_or_a_damaged_manifest_gives_a_full_build(registry, tmp_path, small_limits, monkeypatch):
