@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, Select, Text, func, select, tuple_, type_coerce
+from sqlalchemy import Engine, Select, String, Text, cast, func, select, tuple_, type_coerce
 from sqlalchemy.orm import Session, selectinload
 
 from prunereg.spec.catalog import models
@@ -307,17 +307,21 @@ def leaderboard_rows(
 
 class MethodInGroup(NamedTuple):
     """What one method has in one group, as stored: enough to tell that the group's rows changed without reading
-    them. Records are only added (ids grow) and a retired run leaves its rows out of the count and id sum."""
+    them. Records are only added (ids grow), and a retired run leaves the count and the id sums."""
 
     slug: str
     name: str
     family: str
     rows: int
+    """Its rows in the group: one per run (a run has one latency row per scenario)."""
+    run_ids: int
+    """The sum of those runs' ids: a run retired and another one added give another sum."""
     newest_latency: int
+    """The newest latency row of those runs, in any scenario, and the sum of their ids: a row added to a stored run
+    changes them (and every group of the run is read again)."""
     latency_ids: int
-    """The sum of the rows' latency ids: a run retired and another one added give another sum."""
     newest_quality: int | None
-    """The newest measured quality figure of the rows' runs (a figure can be added to a stored run)."""
+    """The newest measured quality figure of those runs (a figure can be added to a stored run)."""
 
 
 class GroupCensus(NamedTuple):
@@ -332,53 +336,70 @@ class GroupCensus(NamedTuple):
         return sum(m.rows for m in self.methods)
 
 
+_UNIT, _PART = "\x1f", "\x1e"
+
+
 def group_census(engine: Engine) -> dict[GroupKey, GroupCensus]:
-    """Per measured-quality group of `leaderboard_rows`, its scenario and its methods' `MethodInGroup`, from one
-    aggregate query: what an incremental site build compares with the last build's to find the groups to read."""
+    """Per measured-quality group of `leaderboard_rows`, its scenario and its methods' `MethodInGroup`: what an
+    incremental site build compares with the last build's to find the groups to read. Aggregated per run and per
+    set of scenarios in the database (a few rows per method and device), not per latency row."""
+    L = LatencyMeasurement
+    described = L.scenario + _UNIT + L.phase + _UNIT + cast(L.batch_size, String) + _UNIT + cast(L.seq_len, String)
+    per_run = (
+        select(
+            L.run_id,
+            func.aggregate_strings(described, _PART).label("scenarios"),
+            func.max(L.id).label("newest"),
+            func.sum(L.id).label("ids"),
+        )  # fmt: skip
+        .group_by(L.run_id)
+        .subquery()
+    )
     quality = (
         select(QualityRecord.run_id, func.max(QualityRecord.id).label("newest"))
         .where(QualityRecord.provenance == "measured", QualityRecord.run_id.is_not(None))
         .group_by(QualityRecord.run_id)
         .subquery()
     )
+    same = (Run.model, Run.device_name, Run.dtype, Run.execution_mode, MethodRecord.slug, MethodRecord.name,
+            MethodRecord.family, per_run.c.scenarios)  # fmt: skip
     stmt = (
         select(
-            *_group_columns(),
-            LatencyMeasurement.phase,
-            LatencyMeasurement.batch_size,
-            LatencyMeasurement.seq_len,
-            MethodRecord.slug,
-            MethodRecord.name,
-            MethodRecord.family,
-            func.count(LatencyMeasurement.id),
-            func.max(LatencyMeasurement.id),
-            func.sum(LatencyMeasurement.id),
+            *same,
+            func.count(Run.id),
+            func.sum(Run.id),
+            func.max(per_run.c.newest),
+            func.sum(per_run.c.ids),
             func.max(quality.c.newest),
         )  # fmt: skip
-        .join(LatencyMeasurement.run)
+        .join(per_run, per_run.c.run_id == Run.id)
         .join(Run.operating_point)
         .join(OperatingPointRecord.submission)
         .join(SubmissionRecord.method)
         .outerjoin(quality, quality.c.run_id == Run.id)
         .where(Run.retired_at.is_(None))
-        .group_by(
-            *_group_columns(),
-            LatencyMeasurement.phase,
-            LatencyMeasurement.batch_size,
-            LatencyMeasurement.seq_len,
-            MethodRecord.slug,
-            MethodRecord.name,
-            MethodRecord.family,
-        )  # fmt: skip
+        .group_by(*same)
     )
     scenario: dict[GroupKey, tuple[str, int, int]] = {}
-    found: dict[GroupKey, list[MethodInGroup]] = defaultdict(list)
+    found: dict[GroupKey, dict[str, list]] = defaultdict(dict)
     with Session(engine) as session:
-        for model, device, dtype, mode, name, phase, batch, seq_len, *method in session.execute(stmt):
-            key = GroupKey(model, device, dtype, mode, name)
-            scenario.setdefault(key, (phase, batch, seq_len))
-            found[key].append(MethodInGroup(*method))
-    return {key: GroupCensus(*scenario[key], tuple(sorted(found[key]))) for key in found}
+        for model, device, dtype, mode, slug, name, family, scenarios, runs, run_ids, newest, ids, q in session.execute(
+            stmt
+        ):
+            for part in scenarios.split(_PART):
+                name_, phase, batch, seq_len = part.split(_UNIT)
+                key = GroupKey(model, device, dtype, mode, name_)
+                scenario.setdefault(key, (phase, int(batch), int(seq_len)))
+                now = found[key].get(slug)
+                if now is None:
+                    found[key][slug] = [slug, name, family, runs, run_ids, newest, ids, q]
+                else:
+                    now[3:7] = now[3] + runs, now[4] + run_ids, max(now[5], newest), now[6] + ids
+                    now[7] = q if now[7] is None else now[7] if q is None else max(now[7], q)
+    return {
+        key: GroupCensus(*scenario[key], tuple(MethodInGroup(*found[key][s]) for s in sorted(found[key])))
+        for key in found
+    }
 
 
 def measured_models(engine: Engine) -> set[str]:
