@@ -974,8 +974,7 @@ def _method_pages(
     for summary in summaries:
         slug = summary.slug
         versions = submission_versions(submissions, slug)
-        mine = failed_by.get(slug, [])
-        digest = _digest(summary, versions, stored.get(slug), mine, sorted(fronts.get(slug, [])))
+        digest = _digest(summary, versions, stored.get(slug), failed_by.get(slug, []), sorted(fronts.get(slug, [])))
         if not site.unchanged(f"method {slug}", digest):
             todo.append((summary, versions, digest))
     more = [summary.slug for summary, *_ in todo if summary.slug in unread]

@@ -133,8 +133,13 @@ def rebuilt_units(registry, site: Path, monkeypatch) -> list[str]:
     """The units an incremental rebuild renders; the folder it leaves must be what a full build writes."""
     written: list[str] = []
     record = build._Site.record
+
+    def recorded(self, unit: str, *rest) -> None:
+        written.append(unit)
+        record(self, unit, *rest)
+
     with monkeypatch.context() as patched:
-        patched.setattr(build._Site, "record", lambda self, unit, *a: written.append(unit) or record(self, unit, *a))
+        patched.setattr(build._Site, "record", recorded)
         build_site(registry, site)
     fresh = build_site(registry, site.parent / f"fresh-{len(list(site.parent.iterdir()))}", full=True).parent
     incremental, full = files(site), files(fresh)
