@@ -63,8 +63,24 @@ LEGEND_NAME = 30
 """Characters of a method's name the legend prints; a longer one ends in … and is whole in its tooltip."""
 
 
+class _Method:
+    """A point's method for its marker shape and legend entry; without a slug or name, the label before " · "."""
+
+    label: str
+    method_slug: str
+    method_name: str
+
+    @property
+    def method(self) -> str:
+        return self.method_slug or self.label.split(" · ")[0]
+
+    @property
+    def name(self) -> str:
+        return self.method_name or self.label.split(" · ")[0]
+
+
 @dataclass(frozen=True)
-class PlotPoint:
+class PlotPoint(_Method):
     quality_loss: float  # relative, 0.05 = 5 %
     speedup: float
     family: str
@@ -81,31 +97,15 @@ class PlotPoint:
     excluded: str | None = None
     """Why the point is left out of the Pareto front (drawn hollow, reason in its tooltip); None: eligible."""
 
-    @property
-    def method(self) -> str:
-        return self.method_slug or self.label.split(" · ")[0]
-
-    @property
-    def name(self) -> str:
-        return self.method_name or self.label.split(" · ")[0]
-
 
 @dataclass(frozen=True)
-class RealizationPoint:
+class RealizationPoint(_Method):
     theoretical: float
     measured: float
     family: str
     label: str
     method_slug: str = ""
     method_name: str = ""
-
-    @property
-    def method(self) -> str:
-        return self.method_slug or self.label.split(" · ")[0]
-
-    @property
-    def name(self) -> str:
-        return self.method_name or self.label.split(" · ")[0]
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
