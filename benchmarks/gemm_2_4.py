@@ -254,7 +254,8 @@ def environment() -> dict[str, Any]:
     return info
 
 
-def run(args: argparse.Namespace, shapes: list[Shape]) -> list[Result]:
+def run(args: argparse.Namespace, shapes: list[Shape], save: Callable[[list[Result]], None]) -> list[Result]:
+    """Every case of every shape, saved after each shape: a run killed by its time limit keeps what it timed."""
     from prunereg.adapters.semi_structured import mask_2_4
 
     device, dtype = torch.device("cuda"), torch.bfloat16
@@ -280,6 +281,7 @@ def run(args: argparse.Namespace, shapes: list[Shape]) -> list[Result]:
                     result.skipped = f"failed: {str(error).splitlines()[0]}"
                 results.append(result)
                 print(summary(result), flush=True)
+        save(results)
     return results
 
 
@@ -461,12 +463,15 @@ def main() -> None:
         sys.exit("gemm_2_4.py times CUDA kernels and needs a GPU (--dry-run prints the cases without one)")
     env = environment()
     print(json.dumps(env), flush=True)
-    results = run(args, shapes)
-    args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}  # no machine paths in committed output
-    payload = {"environment": env, "settings": settings, "results": [asdict(r) for r in results]}
-    (args.out / "gemm_2_4.json").write_text(json.dumps(payload, indent=1))
-    (args.out / "gemm_2_4.md").write_text(markdown(results, env, args))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save(results: list[Result]) -> None:
+        payload = {"environment": env, "settings": settings, "results": [asdict(r) for r in results]}
+        (args.out / "gemm_2_4.json").write_text(json.dumps(payload, indent=1))
+        (args.out / "gemm_2_4.md").write_text(markdown(results, env, args))
+
+    run(args, shapes, save)
     print("wrote gemm_2_4.json, gemm_2_4.md and traces/ into --out")
 
 
