@@ -159,7 +159,7 @@ def test_three_submissions_and_a_failure_into_postgresql(cluster, postgres, tmp_
     engine = connect(postgres)
     build_site(engine, site)
     measured = (site / "measured.html").read_text()
-    assert measured.count('<tr class="failed" data-kind="refused">') == CI_SCENARIOS  # one per scenario's group
+    assert measured.count('<tr class="failed" data-kind="refused"') == CI_SCENARIOS  # one per scenario's group
     assert "ShortGPT (submitted checkpoint)" in measured and "no checkpoint folder" in measured
     method = (site / "methods" / "shortgpt-checkpoint.html").read_text()
     assert "Failed measurements" in method and "Not evaluated yet" not in method
