@@ -14,8 +14,9 @@ data/leaderboard.json the measured rows and data/reported.json the reported ones
 tests and reuse). Given the submissions folder, a method page marks each submission version "current"
 (the spec hash of submissions/<slug>.json) or "superseded" (that of a verbatim copy in
 submissions/superseded/<slug>/, whose results stay valid measurements of that version), current first;
-the rows and plots do not depend on it. The site is written into a fresh folder that replaces the
-earlier build whole (prunereg.outputs). Jinja autoescapes every .html template, so submission text can
+the rows and plots do not depend on it. A first build (or `full`) writes a fresh folder that replaces the
+earlier one whole (prunereg.outputs); a later one renders only the pages whose content changed
+(leaderboard/incremental.py). Jinja autoescapes every .html template, so submission text can
 never become markup. The pages read completely without script; static/leaderboard.js (ours, no
 third-party code, no network) only adds the scenario selector and sortable tables.
 """
@@ -23,15 +24,10 @@ third-party code, no network) only adds the scenario selector and sortable table
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
 import json
-import multiprocessing
 import operator
-import os
-import pickle
 import re
-import secrets
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -71,6 +67,7 @@ from prunereg.spec.taxonomy import GEMM_SHAPES, Gemm
 from prunereg.spec.validate import SUPERSEDED, validate_file
 
 from . import display
+from .incremental import MANIFEST, SiteWriter, content_hash, earlier_units
 from .plot import PlotPoint, RealizationPoint, marker_shapes, pareto_svg, realization_svg
 
 HERE = Path(__file__).parent
@@ -525,8 +522,6 @@ METHODS_INLINE = 200
 """The landing page lists the methods while there are at most this many; beyond, a table per family and methods.html."""
 DRAWN = 600
 """Most points one chart draws: beyond, points within a pixel of a drawn point are not drawn (the front always is)."""
-MANIFEST = ".prunereg-manifest.json"
-"""In the site folder: a content hash per page (or set of pages) and the files it wrote, for incremental rebuilds."""
 
 
 def build_site(
@@ -552,7 +547,7 @@ def build_site(
     """
     out_dir = Path(out_dir)
     summaries = methods(engine)
-    earlier = None if full else _manifest(out_dir, speedup)
+    earlier = None if full else earlier_units(out_dir, speedup)
     if earlier is not None:
         check_output(out_dir, SITE_MARKER, force)
         (out_dir / MANIFEST).unlink()  # a crash from here on leaves no manifest: the next build is a full one
@@ -561,152 +556,6 @@ def build_site(
         with replaced_folder(out_dir, SITE_MARKER, force) as fresh:
             _write(engine, fresh, summaries, speedup, submissions, {})
     return out_dir / "index.html"
-
-
-def _code() -> str:
-    """What the pages depend on besides the registry: this prunereg, its templates, static files and page code."""
-    digest = hashlib.sha256(__version__.encode())
-    for folder in (HERE, HERE / "templates", HERE / "static", HERE.parent / "registry"):
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and path.suffix in (".py", ".html", ".js", ".css", ".svg"):
-                digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def _manifest(out_dir: Path, speedup: SpeedupKind) -> dict[str, Any] | None:
-    """The pages of an earlier build by this same code and speedup axis, or None (then the build is a full one)."""
-    path = out_dir / MANIFEST
-    if out_dir.is_symlink() or not path.is_file() or path.is_symlink() or not (out_dir / SITE_MARKER).is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("code") != _code() or manifest.get("speedup") != speedup:
-        return None
-    units = manifest.get("units")
-    return units if isinstance(units, dict) else None
-
-
-class _Site:
-    """Writes the pages of one build; a unit (one page or a set of pages) whose hash is the earlier build's, with
-    every file still there, is kept as it is."""
-
-    def __init__(self, out_dir: Path, earlier: dict[str, Any]):
-        self.out_dir = out_dir
-        self.earlier = earlier
-        self.units: dict[str, dict[str, Any]] = {}
-        self.written: set[str] = set()
-        self.jobs: list[tuple[str, str, Callable[[], dict[str, str]]]] = []
-        self.rendered = 0
-        self.rows = 0
-        self.facts: dict[str, dict[str, Any]] = {}
-
-    def earlier_facts(self, unit: str, files: bool = True) -> dict[str, Any] | None:
-        """What the earlier build stored of this unit, if its files are still there."""
-        before = self.earlier.get(unit)
-        if not isinstance(before, dict) or not all((self.out_dir / f).is_file() for f in before.get("files", [])):
-            return None
-        return before
-
-    def note(self, unit: str, **facts: Any) -> None:
-        """Facts about a unit the next build reads back from the manifest instead of from the registry."""
-        self.facts[unit] = facts
-
-    def unchanged(self, unit: str, digest: str) -> bool:
-        before = self.earlier.get(unit)
-        if (
-            isinstance(before, dict) and before.get("hash") == digest
-            and all((self.out_dir / f).is_file() for f in before.get("files", []))
-        ):  # fmt: skip
-            self.units[unit] = before
-            return True
-        return False
-
-    def write(self, unit: str, digest: str | None, files: dict[str, str]) -> None:
-        _write_files(self.out_dir, files)
-        self.record(unit, digest, sorted(files))
-
-    def record(self, unit: str, digest: str | None, names: list[str]) -> None:
-        if digest is not None:
-            self.units[unit] = {"hash": digest, "files": names}
-        self.written.update(names)
-        self.rendered += 1
-
-    def later(self, unit: str, digest: str, files: Callable[[], dict[str, str]], rows: int = 0) -> None:
-        """Render and write this unit (of so many rows) in `render_all`, perhaps in another process."""
-        self.jobs.append((unit, digest, files))
-        self.rows += rows
-
-    def render_all(self, engine: Engine) -> None:
-        """The units left for later: in a process per CPU where there are many (forked, so they share the rows
-        read so far), else here."""
-        jobs, self.jobs = self.jobs, []
-        rows, self.rows = self.rows, 0
-        workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 4)
-        many = len(jobs) >= PARALLEL_UNITS or (len(jobs) > 1 and rows >= PARALLEL_ROWS)
-        if workers < 2 or not many or "fork" not in multiprocessing.get_all_start_methods():
-            for unit, digest, files in jobs:
-                self.write(unit, digest, files())
-            return
-        _FORKED[:] = [(self.out_dir, engine, jobs)]
-        gc.freeze()  # the collector leaves the rows alone in the forked processes: their memory stays shared
-        try:
-            with multiprocessing.get_context("fork").Pool(workers, initializer=_forked) as pool:
-                for unit, digest, names in pool.imap_unordered(_render, range(len(jobs))):
-                    self.record(unit, digest, names)
-        finally:
-            gc.unfreeze()
-            _FORKED.clear()
-
-    def finish(self, speedup: SpeedupKind) -> None:
-        """Remove every file this build did not write or keep (pages of groups and methods that are gone, anything
-        put there by hand), as replacing the folder whole would, then write the manifest."""
-        for unit, facts in self.facts.items():
-            if unit in self.units:
-                self.units[unit] = {**self.units[unit], **facts}
-        kept = self.written | {f for u in self.units.values() for f in u["files"]} | {SITE_MARKER}
-        for path in sorted(self.out_dir.rglob("*")):
-            name = path.relative_to(self.out_dir).as_posix()
-            if name not in kept and not name.startswith("static/") and (path.is_file() or path.is_symlink()):
-                path.unlink()
-        manifest = {"code": _code(), "speedup": speedup, "units": self.units}
-        (self.out_dir / MANIFEST).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
-
-
-PARALLEL_UNITS = 16
-"""Pages to render from which a build forks a process per CPU to share the work."""
-PARALLEL_ROWS = 5000
-"""Rows on the pages to render from which a build forks a process per CPU, however few the pages."""
-_FORKED: list[tuple[Path, Engine, list[tuple[str, str, Callable[[], dict[str, str]]]]]] = []
-"""What a forked renderer finds in its copy of this module: the site folder, the registry and the units."""
-
-
-def _forked() -> None:
-    _FORKED[0][1].dispose(close=False)  # the parent's pooled connections are not this process's to use
-
-
-def _render(i: int) -> tuple[str, str, list[str]]:
-    out_dir, _, jobs = _FORKED[0]
-    unit, digest, files = jobs[i]
-    made = files()
-    _write_files(out_dir, made)
-    return unit, digest, sorted(made)
-
-
-def _write_files(out_dir: Path, files: dict[str, str]) -> None:
-    """Each file whole or not at all: written beside, then renamed over the earlier one."""
-    for name, text in files.items():
-        path = out_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-
-
-def _digest(*parts: Any) -> str:
-    """A content hash of plain data (pickled: strings, numbers, tuples, lists and dicts pickle the same each time)."""
-    return hashlib.sha256(pickle.dumps(parts, protocol=5)).hexdigest()
 
 
 def _row_text(row: Row) -> tuple:
@@ -767,7 +616,7 @@ def _write(
     earlier: dict[str, Any],
 ) -> None:
     env = _environment()
-    site = _Site(out_dir, earlier)
+    site = SiteWriter(out_dir, earlier)
     for sub in ("methods", "data", "groups", "data/groups"):
         (out_dir / sub).mkdir(exist_ok=True)
     if (out_dir / "static").exists():
@@ -789,7 +638,7 @@ def _write(
     choice = headline_choice(one_shot)
     inline = sum(c.rows for c in census.values()) + len(failed) <= INLINE_ROWS
     sources = {
-        key: _digest(speedup, c, failed_in.get(key, []), sorted({(m.slug, shapes[m.slug]) for m in c.methods}))
+        key: content_hash(speedup, c, failed_in.get(key, []), sorted({(m.slug, shapes[m.slug]) for m in c.methods}))
         for key, c in census.items()
     }  # what a group's pages show comes from these: unchanged, its pages are kept without reading its rows
     stored = {key: site.earlier_facts(f"group {_slug(key)}") for key in census}
@@ -829,7 +678,7 @@ def _write(
         if members is None:  # not read: the earlier build's pages stand
             digest = facts["hash"]
         else:
-            digest = _digest(
+            digest = content_hash(
                 speedup,
                 title,
                 [_row_text(r) for r in members],
@@ -857,7 +706,7 @@ def _write(
         groups.append(group)
         listed.append({**key._asdict(), "title": title, "rows": total, "href": f"groups/{slug}.json"})
     for i, (title, t) in enumerate(harness if not inline else [], 1):
-        digest = _digest(title, t)
+        digest = content_hash(title, t)
         if not site.unchanged(f"harness {i}", digest):
             page = env.get_template("harness_page.html").render(root="../", title=title, t=t)
             site.write(f"harness {i}", digest, {f"groups/harness-{i}.html": page})
@@ -958,7 +807,7 @@ def _harness_keys(census: Mapping[GroupKey, GroupCensus]) -> set[GroupKey]:
 def _method_pages(
     engine: Engine,
     env: Environment,
-    site: _Site,
+    site: SiteWriter,
     rows: list[Row],
     fronts: Mapping[str, list[tuple[str, int]]],
     unread: set[str],
@@ -983,7 +832,9 @@ def _method_pages(
     for summary in summaries:
         slug = summary.slug
         versions = submission_versions(submissions, slug)
-        digest = _digest(summary, versions, stored.get(slug), failed_by.get(slug, []), sorted(fronts.get(slug, [])))
+        digest = content_hash(
+            summary, versions, stored.get(slug), failed_by.get(slug, []), sorted(fronts.get(slug, []))
+        )
         if not site.unchanged(f"method {slug}", digest):
             todo.append((summary, versions, digest))
     more = [summary.slug for summary, *_ in todo if summary.slug in unread]

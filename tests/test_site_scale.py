@@ -15,7 +15,7 @@ import pytest
 from factories import make_environment, make_result, make_submission
 from pages import check_html5
 
-from prunereg.leaderboard import build
+from prunereg.leaderboard import build, incremental
 from prunereg.leaderboard.build import MANIFEST, build_site
 from prunereg.registry.ingest import ingest
 from prunereg.registry.pareto import Axes, pareto_front
@@ -110,8 +110,10 @@ def test_an_incremental_rebuild_writes_what_a_full_build_writes_and_renders_only
     before = {p: p.stat().st_mtime_ns for p in site.rglob("*.html")}
     add_method(registry, 7, device="NVIDIA A100")  # into the two small groups only
     written: list[str] = []
-    record = build._Site.record
-    monkeypatch.setattr(build._Site, "record", lambda self, unit, *a: written.append(unit) or record(self, unit, *a))
+    record = incremental.SiteWriter.record
+    monkeypatch.setattr(
+        incremental.SiteWriter, "record", lambda self, unit, *a: written.append(unit) or record(self, unit, *a)
+    )
     build_site(registry, site)
     assert {u.split()[0] for u in written if " " in u} == {"group", "method", "methods"}
     assert sorted(u for u in written if u.startswith("group")) == sorted(
@@ -123,28 +125,28 @@ def test_an_incremental_rebuild_writes_what_a_full_build_writes_and_renders_only
     assert untouched and all(p.stat().st_mtime_ns == before[p] for p in untouched)
 
     fresh = build_site(registry, tmp_path / "fresh", full=True).parent
-    incremental, full = files(site), files(fresh)
-    assert json.loads(incremental.pop(MANIFEST)) == json.loads(full.pop(MANIFEST))
-    assert incremental.keys() == full.keys()
-    assert [name for name in full if incremental[name] != full[name]] == []
+    rebuilt, full = files(site), files(fresh)
+    assert json.loads(rebuilt.pop(MANIFEST)) == json.loads(full.pop(MANIFEST))
+    assert rebuilt.keys() == full.keys()
+    assert [name for name in full if rebuilt[name] != full[name]] == []
 
 
 def rebuilt_units(registry, site: Path, monkeypatch) -> list[str]:
     """The units an incremental rebuild renders; the folder it leaves must be what a full build writes."""
     written: list[str] = []
-    record = build._Site.record
+    record = incremental.SiteWriter.record
 
     def recorded(self, unit: str, *rest) -> None:
         written.append(unit)
         record(self, unit, *rest)
 
     with monkeypatch.context() as patched:
-        patched.setattr(build._Site, "record", recorded)
+        patched.setattr(incremental.SiteWriter, "record", recorded)
         build_site(registry, site)
     fresh = build_site(registry, site.parent / f"fresh-{len(list(site.parent.iterdir()))}", full=True).parent
-    incremental, full = files(site), files(fresh)
-    assert json.loads(incremental.pop(MANIFEST)) == json.loads(full.pop(MANIFEST))
-    assert incremental.keys() == full.keys() and [n for n in full if incremental[n] != full[n]] == []
+    rebuilt, full = files(site), files(fresh)
+    assert json.loads(rebuilt.pop(MANIFEST)) == json.loads(full.pop(MANIFEST))
+    assert rebuilt.keys() == full.keys() and [n for n in full if rebuilt[n] != full[n]] == []
     return sorted(u for u in written if u.split()[0] in ("group", "method"))
 
 
@@ -198,11 +200,14 @@ def test_another_prunereg_or_a_damaged_manifest_gives_a_full_build(registry, tmp
     build_site(registry, site)
     manifest = json.loads((site / MANIFEST).read_text())
     with monkeypatch.context() as patched:
-        patched.setattr(build, "_code", lambda: "another prunereg")
-        assert build._manifest(site, "measured") is None
-    assert build._manifest(site, "theoretical") is None and build._manifest(site, "measured") == manifest["units"]
+        patched.setattr(incremental, "code_digest", lambda: "another prunereg")
+        assert incremental.earlier_units(site, "measured") is None
+    assert (
+        incremental.earlier_units(site, "theoretical") is None
+        and incremental.earlier_units(site, "measured") == manifest["units"]
+    )
     (site / MANIFEST).write_text("{not json")
-    assert build._manifest(site, "measured") is None
+    assert incremental.earlier_units(site, "measured") is None
     (site / "stray.html").write_text("not ours")
     build_site(registry, site)  # a full build replaces the folder whole
     assert not (site / "stray.html").exists() and json.loads((site / MANIFEST).read_text())["units"]
@@ -212,8 +217,8 @@ def test_pages_rendered_by_forked_processes_are_the_pages_one_process_renders(
     registry, tmp_path, small_limits, monkeypatch
 ):
     serial = files(build_site(registry, tmp_path / "serial").parent)
-    monkeypatch.setattr(build, "PARALLEL_UNITS", 1)
-    monkeypatch.setattr(build.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # two CPUs, even on one
+    monkeypatch.setattr(incremental, "PARALLEL_UNITS", 1)
+    monkeypatch.setattr(incremental.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # two CPUs, even on one
     shared = files(build_site(registry, tmp_path / "shared").parent)
     assert json.loads(serial.pop(MANIFEST)) == json.loads(shared.pop(MANIFEST))
     assert serial == shared
