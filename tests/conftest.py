@@ -1,4 +1,4 @@
-"""Fixtures only; shared test data lives in factories.py, tiny_models.py, backends.py and pages.py."""
+"""Fixtures only; shared test data lives in factories.py, tiny_models.py, backends.py, pages.py and browsers.py."""
 
 from __future__ import annotations
 
@@ -46,3 +46,27 @@ def embedded_held_out():
     assert tokenizer is not None
     ids = calibration_ids(Calibration(), tokenizer, config.vocab_size, config.max_position_embeddings)
     return loaded.model, ids, encode(tokenizer, EVAL_SPLIT), tokenizer.bos_token_id
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless chromium per test module (browsers.py: which one, with which flags)."""
+    from browsers import ARGS, CHROMIUM, sync_api
+
+    with sync_api.sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        except Exception as error:  # a chromium that cannot start here is an environment problem
+            pytest.skip(f"chromium did not start: {error}")
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def watched(browser):
+    """A fresh page of `browser` that records requests, errors and dialogs (browsers.Watched)."""
+    from browsers import Watched
+
+    w = Watched(browser)
+    yield w
+    w.context.close()

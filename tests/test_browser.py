@@ -11,15 +11,10 @@ Screenshots of the headline, the reported and measured views and a method page g
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
-import os
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browsers import serve
 from factories import CAPTURE_ERROR, in_mode, ingest_measured_and_reported, make_result, make_submission
 
 from prunereg.leaderboard.build import build_site
@@ -27,19 +22,11 @@ from prunereg.registry.ingest import ingest
 from prunereg.spec.results import EvaluationResult, latency_summary
 from prunereg.spec.submission import Submission
 
-CHROMIUM = os.environ.get("PRUNEREG_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
-]  # fmt: skip
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 PWN = '<img src=x onerror="window.__pwned=1">'
 PAYLOAD = f'<script>alert(1)</script> "><img src=x onerror=alert(1)> {PWN} \'><svg onload="window.__pwned=2">'
 
 pytestmark = pytest.mark.browser
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-    pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 
 def hostile_submission() -> Submission:
@@ -148,67 +135,6 @@ def uncertain(tmp_path_factory):
     engine.dispose()
     with serve(site) as origin:
         yield origin
-
-
-@contextlib.contextmanager
-def serve(site: Path) -> Iterator[str]:
-    handler = functools.partial(QuietHandler, directory=str(site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002
-        pass
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        except Exception as error:  # a chromium that cannot start here is an environment problem
-            pytest.skip(f"chromium did not start: {error}")
-        yield browser
-        browser.close()
-
-
-class Watched:
-    """A page with every request, console error, page error and dialog recorded."""
-
-    def __init__(self, browser):
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
-        self.page = self.context.new_page()
-        self.requests: list[str] = []
-        self.errors: list[str] = []
-        self.dialogs: list[str] = []
-        self.page.on("request", lambda request: self.requests.append(request.url))
-        self.page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
-        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
-        self.page.on("dialog", self._dialog)
-
-    def _dialog(self, dialog):
-        self.dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    def assert_clean(self, origin: str) -> None:
-        assert self.errors == []
-        assert self.dialogs == []
-        assert self.requests and all(url.startswith(origin + "/") for url in self.requests), self.requests
-        assert self.page.evaluate("typeof window.__pwned") == "undefined"
-
-
-@pytest.fixture
-def watched(browser):
-    w = Watched(browser)
-    yield w
-    w.context.close()
 
 
 def visible_groups(page) -> list[str]:

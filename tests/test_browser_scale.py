@@ -4,7 +4,7 @@ paginated pages open without a console error within the time stated here, and re
 12,000 latency rows (60 methods x 4 points x 5 devices x 10 scenarios, 50 groups of 240 rows) filled by
 benchmarks/site_scale.py's bulk inserts; the landing page's method list and the group tables' pages are made
 smaller than the shipped limits (20 methods, 100 rows a page) so that this registry shows every large-registry
-layout. Chromium and the page helpers are tests/test_browser.py's.
+layout. Chromium and the page helpers are tests/browsers.py's.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_browser import ARGS, CHROMIUM, Watched, serve, sync_api  # noqa: F401 (skips here too without chromium)
+from browsers import serve
 
 from prunereg.leaderboard import build
 from prunereg.registry.db import connect
@@ -40,24 +40,6 @@ def large(tmp_path_factory):
     engine.dispose()
     with serve(site) as origin:
         yield origin
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        except Exception as error:  # a chromium that cannot start here is an environment problem
-            pytest.skip(f"chromium did not start: {error}")
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def watched(browser):
-    w = Watched(browser)
-    yield w
-    w.context.close()
 
 
 def test_landing_page_summarizes_and_links_every_method(large, watched):
