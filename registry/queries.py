@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from sys import intern  # one string object per repeated value (slug, model, scenario, ...), not one per row
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, Select, String, Text, cast, func, select, tuple_, type_coerce
@@ -247,8 +248,6 @@ def leaderboard_rows(
     selected = groups is not None or methods is not None
     runs = stmt.with_only_columns(Run.id).distinct() if selected else None
     rows = []
-    seen: dict[str, str] = {}
-    intern = seen.setdefault  # one string object per repeated value (slug, model, scenario, ...), not one per row
     with Session(engine) as session:
         quality = _first_measured_quality(session, runs)
         facts = _run_facts(session, runs)
@@ -261,19 +260,19 @@ def leaderboard_rows(
             theoretical_speedup = theoretical_dense / theoretical
             rows.append(
                 Row(
-                    method_slug=intern(slug, slug),
-                    method_name=intern(name, name),
-                    family=intern(family, family),
-                    operating_point=intern(point, point),
-                    spec_hash=intern(spec_hash, spec_hash),
-                    model=intern(model, model),
-                    weights=intern(weights, weights),
-                    device_name=intern(device_name, device_name),
-                    execution_mode=intern(mode, mode),
-                    dtype=intern(dtype, dtype),
-                    environment_key=intern(environment_key, environment_key),
-                    scenario=intern(scenario, scenario),
-                    phase=intern(phase, phase),
+                    method_slug=intern(slug),
+                    method_name=intern(name),
+                    family=intern(family),
+                    operating_point=intern(point),
+                    spec_hash=intern(spec_hash),
+                    model=intern(model),
+                    weights=intern(weights),
+                    device_name=intern(device_name),
+                    execution_mode=intern(mode),
+                    dtype=intern(dtype),
+                    environment_key=intern(environment_key),
+                    scenario=intern(scenario),
+                    phase=intern(phase),
                     batch_size=batch_size,
                     seq_len=seq_len,
                     median_ms=median,
@@ -288,7 +287,7 @@ def leaderboard_rows(
                     quality_metric=q[2] if q else None,
                     environment=run.environment,
                     kernels=run.kernels,
-                    execution=intern(execution, execution),
+                    execution=intern(execution),
                     fallback=fallback,
                     gpu_before=_json_value(gpu_before),
                     gpu_after=_json_value(gpu_after),
