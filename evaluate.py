@@ -326,12 +326,20 @@ def time_scenario(
 ) -> LatencyResult:
     """Dense and pruned timed side by side in one scenario, next to the roofline's times for both."""
     timing = measure_pair(loaded.model, pruned, scenario, warmup, repeats, mode, loaded.tokenizer, max_repeats)
+    return latency_result(
+        scenario, timing.dense, timing.pruned, effects, roofline, execution=timing.execution, fallback=timing.fallback,
+        gpu_before=timing.gpu_before, gpu_after=timing.gpu_after, timing=timing.timing,
+    )  # fmt: skip
+
+
+def latency_result(
+    scenario: Scenario, dense: list[float], pruned: list[float], effects, roofline, **how
+) -> LatencyResult:
+    """The interleaved samples of one scenario summarized, next to the roofline's times; `how` says how they ran."""
     return LatencyResult(
-        scenario=scenario, samples=timing.pruned, **latency_summary(timing.pruned),
-        dense_samples=timing.dense, dense_median=latency_summary(timing.dense)["median"],
-        theoretical=roofline(scenario, effects).time_ms, theoretical_dense=roofline(scenario, ()).time_ms,
-        execution=timing.execution, fallback=timing.fallback, gpu_before=timing.gpu_before, gpu_after=timing.gpu_after,
-        timing=timing.timing,
+        scenario=scenario, samples=pruned, **latency_summary(pruned), dense_samples=dense,
+        dense_median=latency_summary(dense)["median"], theoretical=roofline(scenario, effects).time_ms,
+        theoretical_dense=roofline(scenario, ()).time_ms, **how,
     )  # fmt: skip
 
 
@@ -359,11 +367,9 @@ def time_tensor_parallel(
         )
     except (FusedRefusal, TensorParallelError) as err:
         raise EvaluationError(f"tensor-parallel mode cannot run this point: {err}") from None
-    return LatencyResult(
-        scenario=scenario, samples=samples, **latency_summary(samples), dense_samples=dense,
-        dense_median=latency_summary(dense)["median"], theoretical=roofline(scenario, effects).time_ms,
-        theoretical_dense=roofline(scenario, ()).time_ms, execution="fused", gpu_before=before, gpu_after=after,
-    )  # fmt: skip
+    return latency_result(
+        scenario, dense, samples, effects, roofline, execution="fused", gpu_before=before, gpu_after=after
+    )
 
 
 def sharding(pruned, ranks: int) -> Sharding:
