@@ -1,15 +1,19 @@
-"""Issue 4's benchmark, one round: is the harness fast enough that the method decides the result?
+"""Issues 4 and 12's benchmark, one round: is the harness fast enough that the method decides the result?
 
 On one GPU: the ceilings (device-to-device copy bandwidth, bf16 matmul rate), then 50 % layer_drop
-(ShortGPT drop-50) and 50 % width (LLM-Pruner width-50) on Llama-3.1-8B shapes with random bf16
-weights in the `reference` scenarios (prefill bs=1/4096 and bs=8/1024, decode bs=1/ctx 4096 and
-bs=16/ctx 1024), each in prunereg's graph mode and in transformers eager mode, dense and pruned
-interleaved within each pair. Saved evaluations go to OUT/ (ingestable; file names differ by mode); ceilings and the
-kernel-time profiles of the dense model to OUT/ceilings.json and OUT/profile-<mode>.json.
-`benchmarks/fidelity_report.py` turns two rounds into the committed table.
+(ShortGPT drop-50), 50 % width (LLM-Pruner width-50) and 2:4 sparsity (SparseGPT 2-4, on sparse tensor
+cores) on Llama-3.1-8B shapes with random bf16 weights (calibrated selections prune with their shape
+stand-in) in the `reference` scenarios (prefill bs=1/4096 and bs=8/1024, decode bs=1/ctx 4096 and
+bs=16/ctx 1024), each in the execution modes asked for (eager: transformers' forward; graph: prunereg's
+CUDA-Graph harness; compiled: graph on a torch.compile'd forward; fused: prunereg's own fused forward,
+captured), dense and pruned interleaved within each pair. Saved evaluations go to OUT/ (ingestable;
+file names differ by mode); ceilings and the kernel-time profiles of the dense model to OUT/ceilings.json
+and OUT/profile-<mode>.json. `benchmarks/fidelity_report.py` turns two rounds into the committed table.
 
 Usage (device machine, repository root on PYTHONPATH as `prunereg`):
-    python3 benchmarks/fidelity.py OUT [--modes graph eager] [--repeats N] [--profile]
+    python3 benchmarks/fidelity.py OUT [--modes graph eager] [--scenarios NAME ...] [--repeats N] [--profile]
+        [--points shortgpt:drop-50 llm-pruner:width-50 sparsegpt-2-4:2-4@prefill-b8-s1024 ...]
+(a point's own scenarios after @, comma-separated, replace --scenarios for it)
 """
 
 from __future__ import annotations
@@ -25,15 +29,16 @@ from pathlib import Path
 import torch
 
 from prunereg.evaluate import evaluate
-from prunereg.harness.latency import StaticWorkload
+from prunereg.harness.latency import FusedWorkload, StaticWorkload
 from prunereg.harness.models import load_model
 from prunereg.spec.catalog import Phase, Scenario, suites
 from prunereg.spec.results import SavedEvaluation
 from prunereg.spec.validate import validate_file
 
 MODEL = "llama-3.1-8b"
-POINTS = {"shortgpt": "drop-50", "llm-pruner": "width-50"}
-REPEATS = {"eager": 15, "graph": 30, "compiled": 30}
+POINTS = {"shortgpt": "drop-50", "llm-pruner": "width-50", "sparsegpt-2-4": "2-4"}
+"""Submission slug (submissions/<slug>.json) -> the operating point measured."""
+REPEATS = {"eager": 15, "graph": 30, "compiled": 30, "fused": 30}
 
 
 def median_ms(fn, repeats: int = 20) -> float:
@@ -70,7 +75,9 @@ KERNEL_KINDS = (
 def profile(mode: str, repeats: int = 5) -> dict[str, dict[str, float]]:
     """Kernel time per kind for the dense model's uncaptured steps in `mode`: where a gap to the floor goes.
 
-    In graph mode also the replayed step with each SDPA backend alone (it is chosen at capture).
+    In fused mode the steps are those of the dense model's fused forward (harness/fused.py), its layers
+    compiled, as prepare() builds it for a fused pair. In graph mode also the replayed step with each
+    SDPA backend alone (it is chosen at capture).
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.profiler import ProfilerActivity
@@ -82,8 +89,12 @@ def profile(mode: str, repeats: int = 5) -> dict[str, dict[str, float]]:
         Scenario(phase=Phase.prefill, batch_size=1, seq_len=4096),
         Scenario(phase=Phase.decode, batch_size=1, seq_len=4096),
     ):
-        work = StaticWorkload(model, scenario, compiled=mode == "compiled")
-        work.step()
+        work = (
+            FusedWorkload(model, scenario, compiled=True)
+            if mode == "fused"
+            else StaticWorkload(model, scenario, compiled=mode == "compiled")
+        )
+        work.step()  # compiles in compiled and fused mode: not profiled
         torch.cuda.synchronize()
         with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(repeats):
@@ -110,11 +121,39 @@ def profile(mode: str, repeats: int = 5) -> dict[str, dict[str, float]]:
     return out
 
 
+def point_choice(text: str) -> tuple[str, str, tuple[str, ...] | None]:
+    """'slug:point' or 'slug:point@scenario,scenario' -> (slug, point, its own scenarios or None)."""
+    choice, _, names = text.partition("@")
+    slug, _, point = choice.partition(":")
+    if POINTS.get(slug) != point:
+        known = ", ".join(f"{slug}:{point}" for slug, point in POINTS.items())
+        raise argparse.ArgumentTypeError(f"'{choice}' is none of {known}")
+    own = tuple(name for name in names.split(",") if name) or None
+    reference = [s.name for s in suites()["reference"]]
+    unknown = [name for name in own or () if name not in reference]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: not in the reference suite ({', '.join(reference)})")
+    return slug, point, own
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--modes", nargs="+", default=["graph", "eager"], choices=list(REPEATS))
-    parser.add_argument("--scenarios", nargs="+", help="scenario names from the reference suite (default: all)")
+    parser.add_argument(
+        "--points",
+        nargs="+",
+        type=point_choice,
+        default=[(slug, point, None) for slug, point in POINTS.items()],
+        metavar="SLUG:POINT[@SCENARIO,...]",
+        help="submission slugs and operating points to measure, in this order, each optionally in its own scenarios "
+        f"(default: all of {', '.join(f'{slug}:{point}' for slug, point in POINTS.items())})",
+    )
+    parser.add_argument(
+        "--scenarios",
+        nargs="+",
+        help="scenario names from the reference suite (default: all) for points without their own",
+    )
     parser.add_argument("--repeats", type=int, help="override the per-mode default")
     parser.add_argument("--profile", action="store_true", help="also profile the dense model's kernels in each mode")
     args = parser.parse_args()
@@ -123,14 +162,21 @@ def main() -> None:
     if not (args.out / "ceilings.json").exists():  # a later mode's run into the same folder keeps the first
         (args.out / "ceilings.json").write_text(json.dumps(ceilings(), indent=1) + "\n")
     print("ceilings:", (args.out / "ceilings.json").read_text().strip().replace("\n", ""), flush=True)
-    scenarios = tuple(s for s in suites()["reference"] if not args.scenarios or s.name in args.scenarios)
     for mode in args.modes:
-        for slug, point in POINTS.items():
+        for slug, point, own in args.points:
+            wanted = own or args.scenarios
+            scenarios = tuple(s for s in suites()["reference"] if not wanted or s.name in wanted)
             spec, problems = validate_file(Path("submissions") / f"{slug}.json")
             assert spec is not None, problems
-            result = evaluate(
-                spec, MODEL, "cuda", scenarios, warmup=3, repeats=args.repeats or REPEATS[mode], mode=mode, only={point}
-            )
+            try:  # a point that fails is reported and the round goes on: one device call, every point it can
+                result = evaluate(
+                    spec, MODEL, "cuda", scenarios, warmup=3, repeats=args.repeats or REPEATS[mode], mode=mode,
+                    only={point},
+                )  # fmt: skip
+            except Exception as err:
+                print(f"{time.time() - began:6.0f}s {mode:8} {point:9} FAILED {type(err).__name__}: {err}", flush=True)
+                torch.cuda.empty_cache()
+                continue
             saved = SavedEvaluation(submission=spec, result=result)
             (args.out / saved.file_name()).write_text(saved.model_dump_json(indent=1) + "\n")
             for lat in result.points[0].latency:
@@ -143,7 +189,11 @@ def main() -> None:
             torch.cuda.empty_cache()
     for mode in args.modes if args.profile else ():
         if mode != "eager":
-            (args.out / f"profile-{mode}.json").write_text(json.dumps(profile(mode), indent=1) + "\n")
+            try:
+                (args.out / f"profile-{mode}.json").write_text(json.dumps(profile(mode), indent=1) + "\n")
+            except Exception as err:
+                print(f"profile, {mode} mode: FAILED {type(err).__name__}: {err}", flush=True)
+                continue
             print(f"profile, {mode} mode:", (args.out / f"profile-{mode}.json").read_text(), flush=True)
 
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Issue 12's targets on the lent GPU, one device call of about 8 minutes at most: fused mode's CUDA-only tests
+# (tests/test_fused.py -m cuda, kept in results/h200-fused/cuda-tests.txt), then benchmarks/fidelity.py twice in
+# separate processes, graph and fused mode, 20 repeats, Llama-3.1-8B shapes with random bf16 weights, each point in
+# the scenarios the targets read: ShortGPT drop-50 and LLM-Pruner width-50 in prefill bs=1/4096 and decode bs=1/ctx
+# 4096, SparseGPT 2:4 in prefill bs=8/1024. Round 1 -> results/h200-fused/ (with the ceilings and the kernel profiles
+# of the dense model, graph and fused), round 2 -> results/h200-fused/round-2/ (the run-to-run check). GPU clocks,
+# temperature and power are logged between rounds; $OUT/h200-fused.tgz is rewritten after each round, so a round cut
+# by its timeout still brings back the ones before it.
+#   bash benchmarks/h200_fused.sh            (one device call with a limit of 600 s)
+# Then, at the repository root, unpack h200-fused.tgz (it holds results/h200-fused/) and
+#   python3 benchmarks/fidelity_report.py results/h200-fused --out benchmarks/h200_fused.md
+# Run from the repository root on the device machine, wheels of README "Measuring on a GPU" in .whl/.
+#
+# Time. Graph mode took ~25 s a point in four scenarios at 30 repeats, the 8B model's loading included
+# (results/h200-fidelity/log-graph.txt: ~6 s of loading, tracing and capturing, the rest timing). At 20 repeats in
+# these scenarios: drop-50 and width-50 ~10 s each (23 pairs of ~0.18 s prefills and ~10 ms decodes); 2:4 ~30 s
+# (prefill bs=8 dense 229 ms, 2:4 ~600 ms if it runs at the 0.39x it ran in eager mode at bs=1, plus compressing the
+# weights for the sparse kernels): ~55 s a round with the ceilings. Fused mode times the same plus torch.compile of
+# the layers for each model and shape (10 compiles, never measured on this machine: ~1-2 min in round 1, less in
+# round 2, which finds inductor's cache from round 1), and the two profiles take ~40 s. So round 1 ~3-4 min (cut at
+# ROUND1_S, default 250 s), round 2 ~2-3 min (ROUND2_S, 170 s), pip and the tests under 1.2 min (tests cut at 60 s):
+# ~8 min at most. Round 1 measures graph mode first, then fused, then profiles, so a cut loses the last of these.
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/prunereg
+export PYTHONPATH=/tmp/site:/tmp/pkg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+out=${OUT:-/tmp/out}; saved=/tmp/results/h200-fused; mkdir -p "$saved/round-2" "$out"
+targets=prefill-b1-s4096,decode-b1-c4096
+args=(--modes graph fused --repeats 20
+  --points "shortgpt:drop-50@$targets" "llm-pruner:width-50@$targets" sparsegpt-2-4:2-4@prefill-b8-s1024)
+round() {  # round LIMIT_S FOLDER [fidelity.py options]; a killed round still brings back the ones before it
+  local limit=$1; shift
+  nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
+  timeout "$limit" python3 benchmarks/fidelity.py "$@" "${args[@]}" 2>&1 | grep -v -i warn
+  echo "round into ${1#/tmp/}: exit ${PIPESTATUS[0]} after $SECONDS s"
+  tar czf "$out/h200-fused.tgz" -C /tmp results
+}
+{
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__, 'cusparselt', torch.backends.cusparselt.is_available())"
+  timeout 60 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fused.py 2>&1 | tee "$saved/cuda-tests.txt" | tail -5
+  round "${ROUND1_S:-250}" "$saved" --profile
+  round "${ROUND2_S:-170}" "$saved/round-2"
+  nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
+} 2>&1 | tee "$saved/log.txt"
+tar czf "$out/h200-fused.tgz" -C /tmp results
