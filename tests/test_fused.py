@@ -2,7 +2,8 @@
 embedded model and every adapter's examples on tiny Llama, Qwen2 and Mistral models, in a full prefill
 and token by token against its static cache; models it cannot run are refused with the reason, and the
 harness times those in graph mode (eager on a CPU, where graph capture fails too). CPU, float32,
-uncompiled; capture and compile run on CUDA only (the tests marked so)."""
+uncompiled; capture and compile run on CUDA only (the tests marked so), which also check the dense
+model and the main adapters on Llama-3.1-8B's shapes in bf16 (issue 12)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,26 @@ import pytest
 import torch
 from test_adapter_contract import EXAMPLES, pruned
 from tiny_models import ARCHITECTURES, tiny
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
 from prunereg.adapters.low_rank import LowRankLinear
+from prunereg.harness.calibration import calibration_ids
 from prunereg.harness.fused import CAPTURE_REFUSAL, FusedModel, FusedRefusal
 from prunereg.harness.latency import FusedWorkload, Workload, measure_pair, prepare
-from prunereg.harness.models import load_model
+from prunereg.harness.models import ARCHITECTURE_FIELDS, architecture_of, load_model
 from prunereg.spec.adapters import adapters
-from prunereg.spec.catalog import Phase, Scenario
-from prunereg.spec.parameters import LayerDropParams, SublayerDropParams, TokenRoutingParams, WidthParams
+from prunereg.spec.calibration import Calibration
+from prunereg.spec.catalog import Phase, Scenario, models
+from prunereg.spec.parameters import (
+    LayerDropParams,
+    LowRankParams,
+    SemiStructuredParams,
+    SublayerDropParams,
+    TokenRoutingParams,
+    UnstructuredParams,
+    WidthParams,
+)
 
 EXAMPLES_BY_NAME = {row.name: row.examples[0] for row in adapters().values() if row.examples}
 IDS = torch.randint(97, (2, 40), generator=torch.Generator().manual_seed(5))
@@ -193,6 +205,116 @@ def test_fused_replay_computes_what_eager_does(scenario, compiled):
         work.step()
         torch.cuda.synchronize()
         torch.testing.assert_close(work.output, expected, atol=1e-4, rtol=1e-4)
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}  # fmt: skip
+"""Llama-3.1-8B's own RoPE scaling, which the catalog leaves out (no GEMM shape depends on it) and fused mode
+must follow (its cos/sin come from the model's rotary module)."""
+BF16_TOLERANCE = 6e-2
+"""The largest relative error ‖fused − transformers‖ / ‖transformers‖ allowed for any token's logits, in bf16.
+transformers' own bf16 logits are up to 2.6 % of their norm from its float32 ones on these random weights,
+and fused mode rounds elsewhere (concatenated GEMMs, other SDPA kernels, compiled elementwise ops), so it
+may be about twice that from transformers (1.4 % on a CPU). Fusion bugs move them far more (measured on a
+CPU): no rotary 139 %, q heads in the wrong order 144 %, K/V heads read by the wrong query group 145 %,
+heads not transposed back 145 %, RoPE without the llama3 scaling 22 % (at 256 tokens)."""
+LLAMA_8B_TOKENS = (2, 256)
+"""Batch and tokens: long enough that the llama3 scaling of the low RoPE frequencies shows."""
+SMALL = Calibration(sequences=4, length=32)
+LLAMA_8B_POINTS = [
+    pytest.param(None, None, id="dense"),
+    pytest.param("width", WidthParams(attention_sparsity=0.5, mlp_sparsity=0.5, selection="taylor", calibration=SMALL),
+                 id="width-llm-pruner"),
+    pytest.param("layer_drop", LayerDropParams(sparsity=0.5), id="layer_drop"),
+    pytest.param("sublayer_drop", SublayerDropParams(selection="explicit", layers=[0], sublayer="attention"),
+                 id="sublayer_drop-attention"),
+    pytest.param("sublayer_drop", SublayerDropParams(sparsity=0.5, sublayer="mlp"), id="sublayer_drop-mlp"),
+    pytest.param("low_rank", LowRankParams(sparsity=0.4, selection="svd_llm", calibration=SMALL), id="low_rank-svd_llm"),
+    pytest.param("semi_structured_2_4", SemiStructuredParams(), id="semi_structured_2_4"),
+    pytest.param("unstructured", UnstructuredParams(sparsity=0.5), id="unstructured"),
+]  # fmt: skip
+
+
+def llama_8b(device: str, layers: int = 4):
+    """The catalog's Llama-3.1-8B on random bf16 weights, every per-layer shape as it is, cut to `layers` layers."""
+    arch = models()["llama-3.1-8b"]
+    fields = {f: getattr(arch, f) for f in ARCHITECTURE_FIELDS} | {"num_hidden_layers": layers}
+    config = AutoConfig.for_model(
+        arch.model_type, **fields, rope_parameters=LLAMA3_ROPE | {"rope_theta": arch.rope_theta}
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+
+
+def assert_bf16_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    a, b = actual.float(), expected.float()
+    error = ((a - b).norm(dim=-1) / b.norm(dim=-1)).max().item()
+    assert error <= BF16_TOLERANCE, f"a token's logits differ by {error:.1%} of their norm"
+
+
+def replayed(work) -> torch.Tensor:
+    """One step of a workload: its graph replayed into an output filled with NaN first, or run as is (uncaptured)."""
+    if work.graph is None:
+        return work.step()
+    with torch.inference_mode():
+        work.output.fill_(float("nan"))
+    work.step()
+    torch.cuda.synchronize()
+    return work.output
+
+
+def check_fused_at_llama_8b(dense, name: str | None, params, compiled: bool = False) -> None:
+    """The model `name` prunes `dense` to (None: dense itself) computes transformers' logits in bf16: FusedModel
+    in one full prefill and in a prefill then 4 one-token steps, and prepare(..., "fused")'s workloads of the
+    dense and the pruned model (captured on CUDA, `compiled` or not) in a decode step and a prefill."""
+    model, config = dense, dense.config
+    if name is not None:
+        assert params.misfit(architecture_of(config, "llama-3.1-8b", "catalog")) is None
+        needed = params.calibration_needed()
+        ids = (
+            None if needed is None else calibration_ids(needed, None, config.vocab_size, config.max_position_embeddings)
+        )
+        model = get_adapter(name).apply(copy.deepcopy(dense), params, ids)
+    b, s = LLAMA_8B_TOKENS
+    ids = torch.randint(config.vocab_size, (b, s), generator=torch.Generator().manual_seed(0)).to(dense.device)
+    expected = reference(model, ids)
+    fused = FusedModel(model, b, s)
+    with torch.inference_mode():
+        assert_bf16_close(fused(ids, use_cache=False), expected)
+        steps = [fused(ids[:, : s - 4])] + [fused(ids[:, t : t + 1], position=t) for t in range(s - 4, s)]
+    assert_bf16_close(torch.cat(steps, dim=1), expected)
+    del fused
+    for phase in Phase:
+        scenario = Scenario(phase=phase, batch_size=b, seq_len=s)
+        torch._dynamo.reset()  # each pair compiles afresh, as the first of an evaluation does
+        works, execution, reason = prepare(dense, model, scenario, "fused", compile_fused=compiled)
+        assert (execution, reason) == ("fused", None)
+        for work, net in zip(works, (dense, model), strict=True):
+            assert_bf16_close(replayed(work), Workload(net, scenario).step().logits)
+        del works
+
+
+@pytest.fixture(scope="module")
+def llama_8b_cuda():
+    return llama_8b("cuda")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("name,params", LLAMA_8B_POINTS)
+@pytest.mark.parametrize("compiled", [False, True], ids=["uncompiled", "compiled"])
+def test_fused_computes_what_transformers_does_at_llama_8b_shapes(llama_8b_cuda, compiled, name, params):
+    """Issue 12: fused mode on Llama-3.1-8B's shapes (4 of its 32 layers, its llama3 RoPE) in bf16, captured and
+    compiled as the harness runs it on a GPU, for the dense model and the adapters whose GEMMs it fuses (width,
+    layer and sublayer drop, unstructured) or keeps apart (low-rank factors, 2:4 weights on sparse tensor cores)."""
+    check_fused_at_llama_8b(llama_8b_cuda, name, params, compiled)
+
+
+@pytest.mark.slow
+def test_fused_computes_what_transformers_does_at_llama_8b_shapes_on_a_cpu():
+    """The same check on a CPU (uncaptured, uncompiled) for the dense model cut to 2 layers, so it runs everywhere."""
+    check_fused_at_llama_8b(llama_8b("cpu", layers=2), None, None)
 
 
 def test_the_cli_accepts_fused_and_keeps_it_on_cuda(tmp_path):
