@@ -19,8 +19,8 @@
 # weights for the sparse kernels): ~55 s a round with the ceilings. Fused mode times the same plus torch.compile of
 # the layers for each model and shape (10 compiles, never measured on this machine: ~1-2 min in round 1, less in
 # round 2, which finds inductor's cache from round 1), and the two profiles take ~40 s. So round 1 ~3-4 min (cut at
-# ROUND1_S, default 250 s), round 2 ~2-3 min (ROUND2_S, 170 s), pip and the tests under 1.2 min (tests cut at 60 s):
-# ~8 min at most. Round 1 measures graph mode first, then fused, then profiles, so a cut loses the last of these.
+# ROUND1_S, default 230 s), round 2 ~2-3 min (ROUND2_S, 150 s), pip and the tests under 3 min (tests cut at 150 s):
+# ~9.5 min at most. Round 1 measures graph mode first, then fused, then profiles, so a cut loses the last of these.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/prunereg
@@ -39,9 +39,9 @@ round() {  # round LIMIT_S FOLDER [fidelity.py options]; a killed round still br
 {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__, 'cusparselt', torch.backends.cusparselt.is_available())"
-  timeout 60 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fused.py 2>&1 | tee "$saved/cuda-tests.txt" | tail -5
-  round "${ROUND1_S:-250}" "$saved" --profile
-  round "${ROUND2_S:-170}" "$saved/round-2"
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fused.py 2>&1 | tee "$saved/cuda-tests.txt" | tail -5
+  round "${ROUND1_S:-230}" "$saved" --profile
+  round "${ROUND2_S:-150}" "$saved/round-2"
   nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
 } 2>&1 | tee "$saved/log.txt"
 tar czf "$out/h200-fused.tgz" -C /tmp results
