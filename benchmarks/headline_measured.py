@@ -102,9 +102,9 @@ def main() -> None:
         for model, members in sorted(by_model.items()):
             lines += [f"### {catalog[model].label}", "", "| phase · batch | family | median | range | points |"]
             lines.append("|---|---|--:|---|--:|")
-            for r in realization_by_family(members):
+            for f in realization_by_family(members):
                 lines.append(
-                    f"| {r.phase} · {r.batch_size} | {r.family} | {r.median:.2f} | {r.low:.2f}–{r.high:.2f} | {r.points} |"
+                    f"| {f.phase} · {f.batch_size} | {f.family} | {f.median:.2f} | {f.low:.2f}–{f.high:.2f} | {f.points} |"
                 )
             lines.append("")
         engine.dispose()
