@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The paper's headline from the registry: every operating point that carries a reported claim, timed on the lent
-# H200 on one catalog model of the claims' shapes (random bf16 weights; calibrated selections prune with their
+# GPU on one catalog model of the claims' shapes (random bf16 weights; calibrated selections prune with their
 # shape stand-in, recorded per run), graph mode, suite `headline` (prefill bs=1/8 and decode bs=1/16 at 1024 tokens,
-# within LLaMA-1's 2048-token context). Saved evaluations go to results/h200-headline/ (commit them); the Markdown
-# table to benchmarks/h200_headline-MODEL.md.
+# within LLaMA-1's 2048-token context), all in one process (benchmarks/headline_run.py). Saved evaluations go to
+# results/h200-headline/ (commit them), packed into $OUT/h200-headline-MODEL.tgz; then, anywhere,
+#   python3 benchmarks/headline_measured.py    (writes benchmarks/headline_measured.md)
 # Usage: bash benchmarks/h200_headline.sh MODEL [SLUG...]   (default: dense, then every submission with a claim on a
-# model of MODEL's shapes, in benchmarks/claimed_points.py's order; SLUGs: those, in that order). Run from the repository root on the device
-# machine with the wheels of pydantic, SQLAlchemy, Alembic and jsonschema in .whl/ (README, "Measuring on a GPU").
+# model of MODEL's shapes, in benchmarks/claimed_points.py's order; SLUGs: those, in that order). LIMIT_S (default
+# 540) bounds the timing process, so the saved evaluations come back inside a device call of 600 s. Run from the
+# repository root on the device machine with the wheels of README "Measuring on a GPU" in .whl/.
 set -uo pipefail
 model=$1; shift
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -18,15 +20,7 @@ python3 benchmarks/claimed_points.py "$model" > /tmp/plan.txt || exit 1
 if [ $# -gt 0 ]; then  # the given submissions, in the given order
   for slug in "$@"; do grep -E "^$slug " /tmp/plan.txt; done > /tmp/plan.sel; mv /tmp/plan.sel /tmp/plan.txt
 fi
-{ echo dense dense; cat /tmp/plan.txt; } | while read -r slug points; do
-  start=$SECONDS
-  args=(); for p in $points; do args+=(--point "$p"); done
-  timeout 300 python3 -m prunereg.cli evaluate "submissions/$slug.json" --device cuda --model "$model" \
-    --scenarios headline --mode graph --repeats 10 --warmup 2 "${args[@]}" --save "$saved" --db /tmp/headline.db \
-    > "/tmp/results/$slug-$model.log" 2>&1 \
-    && echo "$slug ($points): ok in $((SECONDS - start)) s" || { echo "$slug: FAILED"; tail -3 "/tmp/results/$slug-$model.log"; }
-  tar czf "$out/h200-headline-$model.tgz" -C /tmp results  # after each one: a killed run still brings back the rest
-done
+timeout "${LIMIT_S:-540}" python3 benchmarks/headline_run.py "$model" /tmp/plan.txt "$saved" 2>&1 \
+  | grep -v -i warn | tee "$saved/log-$model.txt"
 nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv
-python3 benchmarks/markdown_table.py /tmp/headline.db | tee "/tmp/results/h200_headline-$model.md"
 tar czf "$out/h200-headline-$model.tgz" -C /tmp results
