@@ -177,8 +177,7 @@ def main() -> None:
                 print(f"{time.time() - began:6.0f}s {mode:8} {point:9} FAILED {type(err).__name__}: {err}", flush=True)
                 torch.cuda.empty_cache()
                 continue
-            saved = SavedEvaluation(submission=spec, result=result)
-            (args.out / saved.file_name()).write_text(saved.model_dump_json(indent=1) + "\n")
+            SavedEvaluation(submission=spec, result=result).save(args.out)
             for lat in result.points[0].latency:
                 print(
                     f"{time.time() - began:6.0f}s {mode:8} {point:9} {lat.scenario.name:17} {lat.median:8.2f} ms "

@@ -36,7 +36,6 @@ def run(
     repeats: int = 10,
     warmup: int = 2,
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     began = time.time()
     for slug, points in {"dense": ["dense"], **plan}.items():
         spec, problems = validate_file(SUBMISSIONS / f"{slug}.json")
@@ -54,8 +53,7 @@ def run(
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        saved = SavedEvaluation(submission=spec, result=result)
-        (out / saved.file_name()).write_text(saved.model_dump_json(indent=1) + "\n")
+        SavedEvaluation(submission=spec, result=result).save(out)
         for point in result.points:
             cells = "  ".join(
                 f"{lat.scenario.name} {lat.speedup:.2f}/{lat.theoretical_speedup:.2f}"

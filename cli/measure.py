@@ -182,10 +182,8 @@ def evaluate(
         Text("stored in the registry: " + (", ".join(f"{n} {t}" for t, n in added.items() if n) or "nothing new"))
     )
     if save is not None:
-        saved = SavedEvaluation(submission=spec, result=result)
-        save.mkdir(parents=True, exist_ok=True)
-        (save / saved.file_name()).write_text(saved.model_dump_json(indent=1) + "\n")
-        console.print(Text(f"saved: {save / saved.file_name()}"))
+        path = SavedEvaluation(submission=spec, result=result).save(save)
+        console.print(Text(f"saved: {path}"))
 
 
 def results_table(spec: Submission, result) -> Table:

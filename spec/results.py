@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -379,3 +380,10 @@ class SavedEvaluation(Measured):
         return (
             f"{self.submission.method.slug}--{self.result.model}--{env.device_profile or env.device}-{env.key()}.json"
         )
+
+    def save(self, folder: Path) -> Path:
+        """Write the file into `folder` (made if missing) under its `file_name`; the path written."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / self.file_name()
+        path.write_text(self.model_dump_json(indent=1) + "\n")
+        return path
