@@ -8,6 +8,7 @@ model and the main adapters on Llama-3.1-8B's shapes in bf16 (issue 12)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -49,15 +50,22 @@ def reference(model, ids: torch.Tensor) -> torch.Tensor:
         return model(ids, use_cache=False).logits
 
 
-def check_fused(model, ids: torch.Tensor, prefill: int) -> FusedModel:
-    """The fused forward's logits equal transformers': one full prefill, and a prefill then one token at a time."""
+def assert_tight(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, **TIGHT)
+
+
+def check_fused(
+    model, ids: torch.Tensor, prefill: int, close: Callable[[torch.Tensor, torch.Tensor], None] = assert_tight
+) -> FusedModel:
+    """The fused forward's logits equal transformers' (`close`): one full prefill, and a prefill then one token
+    at a time."""
     expected = reference(model, ids)
     fused = FusedModel(model, ids.shape[0], ids.shape[1])
     with torch.inference_mode():
-        torch.testing.assert_close(fused(ids, use_cache=False), expected, **TIGHT)
+        close(fused(ids, use_cache=False), expected)
         steps = [fused(ids[:, :prefill])]
         steps += [fused(ids[:, t : t + 1], position=t) for t in range(prefill, ids.shape[1])]
-    torch.testing.assert_close(torch.cat(steps, dim=1), expected, **TIGHT)
+    close(torch.cat(steps, dim=1), expected)
     return fused
 
 
@@ -278,13 +286,7 @@ def check_fused_at_llama_8b(dense, name: str | None, params, compiled: bool = Fa
         model = get_adapter(name).apply(copy.deepcopy(dense), params, ids)
     b, s = LLAMA_8B_TOKENS
     ids = torch.randint(config.vocab_size, (b, s), generator=torch.Generator().manual_seed(0)).to(dense.device)
-    expected = reference(model, ids)
-    fused = FusedModel(model, b, s)
-    with torch.inference_mode():
-        assert_bf16_close(fused(ids, use_cache=False), expected)
-        steps = [fused(ids[:, : s - 4])] + [fused(ids[:, t : t + 1], position=t) for t in range(s - 4, s)]
-    assert_bf16_close(torch.cat(steps, dim=1), expected)
-    del fused
+    check_fused(model, ids, s - 4, assert_bf16_close)  # its FusedModel freed before the workloads are built
     for phase in Phase:
         scenario = Scenario(phase=phase, batch_size=b, seq_len=s)
         torch._dynamo.reset()  # each pair compiles afresh, as the first of an evaluation does
