@@ -143,12 +143,10 @@ def repeats_by_mode(found: dict[tuple[str, str, str], LatencyResult]) -> str:
         ]
         if counts:
             asked.setdefault(max(counts), []).append(mode)
-    parts = [f"{n} in {listed(modes)}" for n, modes in asked.items()]
-    return (
-        f"{parts[0].replace(' in ', ' repeats in ', 1)} mode{''.join(', ' + part for part in parts[1:])}"
-        if parts
-        else ""
-    )
+    if not asked:
+        return ""
+    (n, modes), *rest = asked.items()
+    return ", ".join([f"{n} repeats in {listed(modes)} mode", *(f"{k} in {listed(m)}" for k, m in rest)])
 
 
 def main() -> None:
