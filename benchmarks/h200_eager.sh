@@ -6,9 +6,7 @@
 # Run from the repository root on the device machine, with the wheels of pydantic, SQLAlchemy and
 # jsonschema in .whl/ (see README, "Measuring on a GPU").
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/prunereg
-export PYTHONPATH=/tmp/site:/tmp/pkg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source benchmarks/device_env.sh
 out=${OUT:-results}/h200-eager
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv
 for s in dense shortgpt llm-pruner; do

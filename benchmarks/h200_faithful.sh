@@ -7,9 +7,7 @@
 # Usage: bash benchmarks/h200_faithful.sh [SUBMISSION...]. Run from the repository root on the device
 # machine with the wheels of pydantic, SQLAlchemy and jsonschema in .whl/ (README, "Measuring on a GPU").
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/prunereg
-export PYTHONPATH=/tmp/site:/tmp/pkg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source benchmarks/device_env.sh
 out=${OUT:-/tmp/out}; saved=/tmp/results/h200-faithful; mkdir -p "$saved" "$out"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv
 submissions=("$@")  # default: every shipped submission with a built-in adapter

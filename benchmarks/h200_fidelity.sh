@@ -13,9 +13,7 @@
 # Run from the repository root on the device machine, wheels of README "Measuring on a GPU" in .whl/.
 set -uo pipefail
 what=${1:-graph}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/prunereg
-export PYTHONPATH=/tmp/site:/tmp/pkg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source benchmarks/device_env.sh
 out=${OUT:-/tmp/out}; saved=/tmp/results/h200-fidelity; mkdir -p "$saved/round-2" "$out"
 case $what in
   graph) args=(--modes graph eager) ;;

@@ -22,9 +22,7 @@
 # ROUND1_S, default 230 s), round 2 ~2-3 min (ROUND2_S, 150 s), pip and the tests under 3 min (tests cut at 150 s):
 # ~9.5 min at most. Round 1 measures graph mode first, then fused, then profiles, so a cut loses the last of these.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/prunereg
-export PYTHONPATH=/tmp/site:/tmp/pkg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source benchmarks/device_env.sh
 out=${OUT:-/tmp/out}; saved=/tmp/results/h200-fused; mkdir -p "$saved/round-2" "$out"
 targets=prefill-b1-s4096,decode-b1-c4096
 args=(--modes graph fused --repeats 20

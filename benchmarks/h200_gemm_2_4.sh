@@ -9,9 +9,7 @@
 # then unpack h200-gemm-2-4.tgz at the repository root and commit results/h200-gemm-2-4/ and the table.
 # Run from the repository root on the device machine, wheels of README "Measuring on a GPU" in .whl/.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/prunereg
-export PYTHONPATH=/tmp/site:/tmp/pkg PYTHONUNBUFFERED=1
+source benchmarks/device_env.sh
 out=${OUT:-/tmp/out}; saved=/tmp/results/h200-gemm-2-4; mkdir -p "$saved/round-2" "$out" /tmp/results/benchmarks
 pack() {  # after each round: a killed run still brings back the ones before it
   tar czf "$out/h200-gemm-2-4.tgz" -C /tmp/results h200-gemm-2-4 benchmarks --transform 's,^h200-gemm-2-4,results/h200-gemm-2-4,'

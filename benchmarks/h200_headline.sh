@@ -3,7 +3,7 @@
 # GPU on one catalog model of the claims' shapes (random bf16 weights; calibrated selections prune with their
 # shape stand-in, recorded per run), graph mode, suite `headline` (prefill bs=1/8 and decode bs=1/16 at 1024 tokens,
 # within LLaMA-1's 2048-token context), all in one process (benchmarks/headline_run.py). Saved evaluations go to
-# results/h200-headline/ (commit them), packed into $OUT/h200-headline-MODEL.tgz; then, anywhere,
+# results/h200-headline/ (h100-headline/ if an H100 came; commit them), packed into $OUT/h200-headline-MODEL.tgz; then, anywhere,
 #   python3 benchmarks/headline_measured.py    (writes benchmarks/headline_measured.md)
 # Usage: bash benchmarks/h200_headline.sh MODEL [SLUG...]   (default: dense, then every submission with a claim on a
 # model of MODEL's shapes, in benchmarks/claimed_points.py's order; SLUGs: those, in that order). LIMIT_S (default
@@ -11,10 +11,12 @@
 # repository root on the device machine with the wheels of README "Measuring on a GPU" in .whl/.
 set -uo pipefail
 model=$1; shift
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/prunereg
-export PYTHONPATH=/tmp/site:/tmp/pkg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-out=${OUT:-/tmp/out}; saved=/tmp/results/h200-headline; mkdir -p "$saved" "$out"
+source benchmarks/device_env.sh
+case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in  # the folder names the card that came
+  *H100*) folder=h100-headline ;;
+  *) folder=h200-headline ;;
+esac
+out=${OUT:-/tmp/out}; saved=/tmp/results/$folder; mkdir -p "$saved" "$out"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv
 python3 benchmarks/claimed_points.py "$model" > /tmp/plan.txt || exit 1
 if [ $# -gt 0 ]; then  # the given submissions, in the given order

@@ -13,9 +13,7 @@
 set -uo pipefail
 ulimit -n "$(ulimit -Hn)"  # torch.multiprocessing shares each tensor of the shards by an open descriptor: ~1500 here
 degrees=("$@"); [ ${#degrees[@]} -gt 0 ] || degrees=(2 4 8)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/prunereg
-export PYTHONPATH=/tmp/site:/tmp/pkg PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source benchmarks/device_env.sh
 out=${OUT:-/tmp/out}; saved=/tmp/results/h200-tp; mkdir -p "$saved" "$out"
 gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv
