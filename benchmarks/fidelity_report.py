@@ -163,13 +163,13 @@ def main() -> None:
         update={"matmul_flops": ceilings["matmul_flops"], "memory_bandwidth": ceilings["copy_bytes_per_s"]}
     )
     arch = models()[MODEL]
-    stem = args.folder.name.replace("-", "_")
+    stem = "h200_" + args.folder.name.split("-", 1)[1]  # the script; its folder is named after the card that came
     modes = [m for m in ALL_MODES if any(key[0] == m for key in first)]
     lines = [
-        f"# Harness fidelity on one {device} (issue 4)",
+        f"# Harness fidelity on one {device} (issues 4 and 12)",
         "",
         f"Made by `bash benchmarks/{stem}.sh` on the device machine and `python3 benchmarks/fidelity_report.py "
-        f"results/{args.folder.name} --out benchmarks/{args.out.name if args.out else stem + '.md'}`. Llama-3.1-8B "
+        f"results/{args.folder.name} --out benchmarks/{args.out.name if args.out else args.folder.name.replace('-', '_') + '.md'}`. Llama-3.1-8B "
         f"shapes, random bf16 weights; {', '.join(text for m, text in DESCRIBED.items() if m in modes)}; {repeats_by_mode(first)} "
         "(benchmarks/fidelity.py). Two rounds in two processes; r1/r2 = round 1 / round 2.",
         "",

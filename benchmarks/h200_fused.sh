@@ -4,7 +4,7 @@
 # separate processes, graph and fused mode, 20 repeats, Llama-3.1-8B shapes with random bf16 weights, each point in
 # the scenarios the targets read: ShortGPT drop-50 and LLM-Pruner width-50 in prefill bs=1/4096 and decode bs=1/ctx
 # 4096, SparseGPT 2:4 in prefill bs=8/1024. Round 1 -> results/h200-fused/ (with the ceilings and the kernel profiles
-# of the dense model, graph and fused), round 2 -> results/h200-fused/round-2/ (the run-to-run check). GPU clocks,
+# of the dense model, graph and fused; h100-fused/ if an H100 came), round 2 -> results/h200-fused/round-2/ (the run-to-run check). GPU clocks,
 # temperature and power are logged between rounds; $OUT/h200-fused.tgz is rewritten after each round, so a round cut
 # by its timeout still brings back the ones before it.
 #   bash benchmarks/h200_fused.sh            (one device call with a limit of 600 s)
@@ -23,7 +23,11 @@
 # ~9.5 min at most. Round 1 measures graph mode first, then fused, then profiles, so a cut loses the last of these.
 set -uo pipefail
 source benchmarks/device_env.sh
-out=${OUT:-/tmp/out}; saved=/tmp/results/h200-fused; mkdir -p "$saved/round-2" "$out"
+case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in  # the folder names the card that came
+  *H100*) folder=h100-fused ;;
+  *) folder=h200-fused ;;
+esac
+out=${OUT:-/tmp/out}; saved=/tmp/results/$folder; mkdir -p "$saved/round-2" "$out"
 targets=prefill-b1-s4096,decode-b1-c4096
 args=(--modes graph fused --repeats 20
   --points "shortgpt:drop-50@$targets" "llm-pruner:width-50@$targets" sparsegpt-2-4:2-4@prefill-b8-s1024)
