@@ -204,6 +204,32 @@ def test_plot_escapes_labels_and_draws_the_step_front():
     assert "static M, depth" in svg and "static NK, width" in svg
 
 
+def marker_x(svg: str) -> dict[str, float]:
+    """Each point's label (its hover title, up to the colon) and the x of its marker's path."""
+    found = re.findall(
+        r'<g class="point"[^>]*><title>([^:<]*):[^<]*</title>\s*<path class="marker"[^>]*? d="M([\d.]+)', svg
+    )
+    return {label: float(x) for label, x in found}
+
+
+def test_a_perplexity_blow_up_puts_the_loss_axis_on_a_log_scale():
+    """ASVD at 80 % reports C4 +925336 % on LLaMA-7B: on a linear axis the points at 3-30 % would share one pixel."""
+    points = [
+        PlotPoint(0.03, 1.38, "static_depth", "ShortGPT"),
+        PlotPoint(0.30, 1.20, "static_width", "LLM-Pruner"),
+        PlotPoint(9253.36, 1.89, "static_k_low_rank", "ASVD"),
+    ]
+    svg = str(pareto_svg(points, "t", quality="reported"))
+    assert "reported quality loss (papers' tables, %), lower is better (log scale)" in svg
+    ticks = re.findall(r'text-anchor="middle">([\d.-]+)</text>', svg)
+    assert ticks == ["0", "1", "10", "100", "1000", "10000", "100000", "1000000"]
+    x = marker_x(svg)
+    assert x["ShortGPT"] < x["LLM-Pruner"] < x["ASVD"]
+    assert x["LLM-Pruner"] - x["ShortGPT"] > 50  # 3 % and 30 % a decade apart, not crushed together
+    linear = marker_x(str(pareto_svg(points[:2], "t", quality="reported")))
+    assert "log scale" not in str(pareto_svg(points[:2], "t")) and linear["ShortGPT"] < linear["LLM-Pruner"]
+
+
 def test_front_points_are_named_on_the_plot_and_noisy_points_are_hollow():
     """Finding one's method without hovering, and telling an uncertain speedup from a firm one."""
     points = [
