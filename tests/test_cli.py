@@ -128,7 +128,7 @@ def test_the_leaderboard_and_ingest_refuse_an_unusable_registry_in_one_line(tmp_
         prunereg("leaderboard", "build", "--out", str(tmp_path / "s"), "--db", db)
     )
     assert not (tmp_path / "s").exists()
-    saved = sorted((ROOT / "results").rglob("*.json"))[:1]
+    saved = sorted((ROOT / "results").rglob("*--*.json"))[:1]  # saved evaluations, not ceilings or profiles
     assert saved, "the repository's saved evaluations are the ingest input here"
     assert "unable to open" in one_error_line(prunereg("ingest", str(saved[0]), "--db", db))
 
