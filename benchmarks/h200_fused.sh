@@ -23,11 +23,7 @@
 # ~9.5 min at most. Round 1 measures graph mode first, then fused, then profiles, so a cut loses the last of these.
 set -uo pipefail
 source benchmarks/device_env.sh
-case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in  # the folder names the card that came
-  *H100*) folder=h100-fused ;;
-  *) folder=h200-fused ;;
-esac
-out=${OUT:-/tmp/out}; saved=/tmp/results/$folder; mkdir -p "$saved/round-2" "$out"
+out=${OUT:-/tmp/out}; saved=/tmp/results/$card-fused; mkdir -p "$saved/round-2" "$out"
 targets=prefill-b1-s4096,decode-b1-c4096
 args=(--modes graph fused --repeats 20
   --points "shortgpt:drop-50@$targets" "llm-pruner:width-50@$targets" sparsegpt-2-4:2-4@prefill-b8-s1024)

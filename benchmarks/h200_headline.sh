@@ -13,11 +13,7 @@
 set -uo pipefail
 model=$1; shift
 source benchmarks/device_env.sh
-case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in  # the folder names the card that came
-  *H100*) folder=h100-headline ;;
-  *) folder=h200-headline ;;
-esac
-out=${OUT:-/tmp/out}; saved=/tmp/results/$folder; mkdir -p "$saved" "$out"
+out=${OUT:-/tmp/out}; saved=/tmp/results/$card-headline; mkdir -p "$saved" "$out"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv
 python3 benchmarks/claimed_points.py "$model" > /tmp/plan.txt || exit 1
 if [ $# -gt 0 ]; then  # the given submissions, in the given order

@@ -9,8 +9,8 @@ keeps what it finished. A submission that fails is printed with its reason and t
 A CUDA graph capture that fails (router-tuning's per-token routing cannot be captured, so its run falls back to eager
 mode) leaves the process's CUDA RNG marked as capturing: every later random draw raises "Offset increment outside
 graph capture encountered unexpectedly" (first H100 headline run, results/h100-headline/log-llama-3.1-8b-2.txt). So
-after a submission whose run fell back (on a CPU too: a fresh process costs seconds), the rest of PLAN is written back to PLAN and the process exits with
-RESTART; benchmarks/h200_headline.sh starts a fresh one on it.
+after a submission whose run fell back (on a CPU too: a fresh process costs seconds), the rest of PLAN is written
+back to PLAN and the process exits with RESTART; benchmarks/h200_headline.sh starts a fresh one on it.
 
     python3 benchmarks/headline_run.py MODEL PLAN OUT [--mode graph] [--repeats 10] [--warmup 2] [--with-dense]
 """
@@ -91,7 +91,7 @@ def main() -> None:
     left = run(args.model, args.out, plan, args.device, args.mode, args.repeats, args.warmup)
     if left:
         args.plan.write_text("".join(f"{slug} {' '.join(points)}\n" for slug, points in left.items()))
-        print(f"a graph capture failed: {len(left)} submissions left for a fresh process", flush=True)
+        print(f"a run fell back: {len(left)} submissions left for a fresh process", flush=True)
         raise SystemExit(RESTART)
 
 
