@@ -77,16 +77,42 @@ def kernel_of(linear: nn.Module) -> str:
     return "masked dense"
 
 
-class SparseLinear(nn.Linear):
-    """A Linear on sparse tensor cores whose output is copied to row-major order.
+CUSPARSELT = torch.sparse.SparseSemiStructuredTensorCUSPARSELT
 
-    The 2:4 kernels compute (W·xᵀ)ᵀ and hand back a transposed view; q/k/v built from it have a
-    strided last dimension, which makes SDPA fall back from its fused kernels to the slow math path
-    (seen on an H200). The copy is part of what a 2:4 model costs.
+
+class SparseLinear(nn.Linear):
+    """A Linear on sparse tensor cores whose output is row-major.
+
+    PyTorch's semi-structured linear computes W·xᵀ column-major with cuSPARSELt's default algorithm, and
+    its output then needs a copy to row-major: q/k/v with a strided last dimension make SDPA fall back to
+    its slow math path (seen on an H200). On an H100 that copy took up to half of the call, and the
+    default algorithm ran slower than a searched one: gate_proj at 8192 tokens 1881 µs against 1012 µs
+    for one `_cslt_sparse_mm` with a row-major result and a searched algorithm, dense 1392 µs
+    (results/h100-gemm-2-4/). So on cuSPARSELt, where the token rows fill its minimum tile (no padding,
+    which would also make the traced M differ from the declared one), this runs that one call; the
+    algorithm is searched once per row count, outside a CUDA Graph capture. Elsewhere (CUTLASS, a decode
+    step of one token) it is the semi-structured linear and the copy.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if (
+            isinstance(self.weight, CUSPARSELT)
+            and not rows % CUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[x.dtype].dense_min_rows
+        ):
+            return _cusparselt_linear(self, x.reshape(rows, x.shape[-1]).contiguous()).view(*x.shape[:-1], -1)
         return super().forward(x).contiguous()
+
+
+@torch.compiler.disable  # fused mode compiles whole layers; the search and its cache stay eager
+def _cusparselt_linear(linear: SparseLinear, x: torch.Tensor) -> torch.Tensor:
+    """x·Wᵀ + b, rows × out_features row-major, in one cuSPARSELt call on the compressed weight."""
+    packed, rows = linear.weight.packed, x.shape[0]  # type: ignore[attr-defined]  # forward checked its class
+    algorithms = linear.__dict__.setdefault("cusparselt_algorithms", {})
+    if rows not in algorithms and not torch.cuda.is_current_stream_capturing():
+        algorithms[rows] = int(torch._cslt_sparse_mm_search(packed, x.t(), transpose_result=True))
+    out = torch._cslt_sparse_mm(packed, x.t(), transpose_result=True, alg_id=algorithms.get(rows, 0))
+    return out if linear.bias is None else out + linear.bias
 
 
 class SemiStructured24(Adapter[SemiStructuredParams]):

@@ -97,6 +97,10 @@ def test_sparse_kernel_equals_masked_dense_on_cuda():
         assert kernel_of(linear).startswith("sparse 2:4")
     ids = torch.randint(128, (2, 64), generator=torch.Generator().manual_seed(1)).cuda()
     torch.testing.assert_close(logits(pruned, ids), logits(reference, ids), rtol=2e-2, atol=2e-2)
+    if torch.backends.cusparselt.is_available():  # 128 token rows: the one-call path, algorithm searched
+        assert all(128 in linear.cusparselt_algorithms for linear in linears(pruned, list(PROJECTIONS)))
+    odd = ids[:, :3]  # 6 rows, under cuSPARSELt's 8: the semi-structured linear
+    torch.testing.assert_close(logits(pruned, odd), logits(reference, odd), rtol=2e-2, atol=2e-2)
 
 
 def test_a_checkpoint_reloads_and_reapplying_changes_nothing(tmp_path):
