@@ -125,9 +125,15 @@ def environment(folder: Path) -> Environment:
     return SavedEvaluation.model_validate_json(path.read_text()).result.environment
 
 
-def comparable(a: LatencyResult | None, b: LatencyResult | None) -> bool:
-    """Both rounds measured it in the same execution mode: a spread across a fallback is not run-to-run."""
-    return a is not None and b is not None and a.execution == b.execution
+def spread(a: LatencyResult | None, b: LatencyResult | None, field: str) -> float | None:
+    """The run-to-run change of one median where both rounds ran it in the same mode (not across a fallback)."""
+    if a is None or b is None or a.execution != b.execution:
+        return None
+    return change(getattr(a, field), getattr(b, field))
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
 
 
 def ms(lat: LatencyResult | None, field: str) -> str:
@@ -199,18 +205,14 @@ def main() -> None:
                 if one is None:
                     continue
                 at_run = estimate(arch, measured, scenario).time_ms
-                if comparable(a, b):
-                    spreads.setdefault(mode, []).extend(
-                        [change(a.median, b.median), change(a.dense_median, b.dense_median)]
-                    )
-                spread = f"{change(a.median, b.median):.1%}" if comparable(a, b) else "–"
-                dense_spread = f"{change(a.dense_median, b.dense_median):.1%}" if comparable(a, b) else "–"
+                pruned, dense = spread(a, b, "median"), spread(a, b, "dense_median")
+                spreads.setdefault(mode, []).extend(x for x in (pruned, dense) if x is not None)
                 flag = "".join(
                     f" (r{i}: {lat.execution}: {lat.fallback})" for i, lat in ((1, a), (2, b)) if lat and lat.fallback
                 )
                 lines.append(
-                    f"| {scenario.name} | {point} | {mode}{flag} | {ms(a, 'median')} | {ms(b, 'median')} | {spread} | "
-                    f"{ms(a, 'dense_median')} | {ms(b, 'dense_median')} | {dense_spread} | {one.theoretical_dense:.2f} | "
+                    f"| {scenario.name} | {point} | {mode}{flag} | {ms(a, 'median')} | {ms(b, 'median')} | {percent(pruned)} | "
+                    f"{ms(a, 'dense_median')} | {ms(b, 'dense_median')} | {percent(dense)} | {one.theoretical_dense:.2f} | "
                     f"{at_run:.2f} | {one.dense_median / one.theoretical_dense:.2f}× | {one.speedup:.2f}× | "
                     f"{one.theoretical_speedup:.2f}× | {ms(a, 'realization')} | {ms(b, 'realization')} |"
                 )
