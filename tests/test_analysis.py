@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from factories import claim, make_environment, make_result, make_submission, row
@@ -53,6 +54,14 @@ def test_dense_wins_only_where_nothing_faster_fits():
         ("dense", 0.0, 0.02), ("static_depth", 0.03, 0.03),
     ]  # fmt: skip
     assert bands[0].speedup == 1.0 and bands[0].method == "dense"
+
+
+def test_a_point_whose_interval_reaches_one_takes_no_band_from_dense():
+    noise = replace(row("unstructured", "sparse-50", 1.01, 0.05, method="Wanda"), speedup_low=0.99, speedup_high=1.03)
+    assert [b.family for b in transition_bands([noise])] == ["dense"]
+    faster = replace(noise, speedup_low=1.004)
+    assert [b.family for b in transition_bands([faster])] == ["dense", "unstructured"]
+    assert [b.family for b in transition_bands([noise], speedup="theoretical")] == ["dense", "unstructured"]
 
 
 def test_dense_only_is_one_band_at_zero():
