@@ -98,7 +98,7 @@ class SparseLinear(nn.Linear):
         rows = x.numel() // x.shape[-1]
         if (
             isinstance(self.weight, CUSPARSELT)
-            and not rows % CUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[x.dtype].dense_min_rows
+            and not rows % CUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[self.weight.dtype].dense_min_rows
         ):
             return _cusparselt_linear(self, x.reshape(rows, x.shape[-1]).contiguous()).view(*x.shape[:-1], -1)
         return super().forward(x).contiguous()

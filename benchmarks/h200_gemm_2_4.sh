@@ -4,9 +4,10 @@
 # once and alg_id searched once, torchao's semi-sparse weight where it imports), eager and CUDA Graph
 # replay, in two rounds in separate processes: round 1 with torch.profiler traces (host against device
 # time at 1, 128 and 8192 tokens) -> results/h200-gemm-2-4/, round 2 without -> results/h200-gemm-2-4/round-2/
-# (the run-to-run check; h100-gemm-2-4/ if an H100 came). Round 1's table becomes benchmarks/<card>_gemm_2_4.md. One device call:
+# (the run-to-run check; h100-gemm-2-4/ if an H100 came). Round 1's table becomes benchmarks/<card>_gemm_2_4.md.
+# One device call:
 #   bash benchmarks/h200_gemm_2_4.sh
-# then unpack h200-gemm-2-4.tgz at the repository root and commit results/h200-gemm-2-4/ and the table.
+# then unpack <card>-gemm-2-4.tgz at the repository root and commit results/<card>-gemm-2-4/ and the table.
 # Run from the repository root on the device machine, wheels of README "Measuring on a GPU" in .whl/.
 set -uo pipefail
 source benchmarks/device_env.sh
