@@ -42,6 +42,12 @@ class Axes(NamedTuple):
     quality_loss: float
 
 
+DENSE_AXES = Axes(1.0, 0.0)
+"""Dense, by definition: every speedup is relative to it and it loses nothing. A pruned point that dense
+dominates (no faster and no better) is off the front whether or not its group holds a dense row: a reported
+group never does (papers claim pruned points; FLAP's 20 % at 0.60x of dense sat on an H100 front), and a
+measured dense row is dense timed against itself, noise around 1."""
+
 P = TypeVar("P", bound=Point)
 R = TypeVar("R", bound=FrontierPoint)
 
@@ -119,7 +125,7 @@ def frontier(points: Sequence[P], speedup: SpeedupKind = "measured") -> list[P]:
     Points without a quality loss, and excluded ones (`competing`), are left out; ties keep the order they came in.
     """
     rated = [(p, a) for p in points if (a := competing(p, speedup)) is not None]
-    ranks = dominance_rank([a for _, a in rated])
+    ranks = _ranks(rated)
     on_front = [(p, a) for (p, a), rank in zip(rated, ranks) if rank == 0]
     return [p for p, _ in sorted(on_front, key=lambda pa: (pa[1].quality_loss, pa[1].speedup))]
 
@@ -133,9 +139,18 @@ def ranked(rows: Sequence[R], speedup: SpeedupKind = "measured") -> list[R]:
             groups[row.group].append((i, a))
     marked = list(rows)
     for members in groups.values():
-        for (i, _), rank in zip(members, dominance_rank([a for _, a in members])):
+        for (i, _), rank in zip(members, _ranks([(rows[i], a) for i, a in members])):
             marked[i] = _with_rank(rows[i], rank)
     return marked
+
+
+def _ranks(rated: Sequence[tuple[Point, Axes]]) -> list[int]:
+    """`dominance_rank` of one group, plus one for each pruned point that dense itself dominates (DENSE_AXES)."""
+    ranks = dominance_rank([a for _, a in rated])
+    return [
+        rank + (getattr(p, "family", None) != "dense" and dominates(DENSE_AXES, a))
+        for (p, a), rank in zip(rated, ranks)
+    ]
 
 
 _INIT: dict[type, tuple[operator.attrgetter, int, int]] = {}

@@ -79,10 +79,15 @@ def test_rows_are_ranked_within_their_group_on_the_chosen_speedup():
         row("static_depth", "a", 1.5, 0.10, theoretical=1.2),
         row("static_width", "b", 1.2, 0.20, theoretical=1.9),
     )
-    alone = row("static_width", "c", 1.0, 0.30, device="A100")  # dominated by both, but in another group
+    alone = row("static_width", "c", 1.1, 0.30, device="A100")  # dominated by both, but in another group
     unrated = row("static_depth", "d", 3.0, None)
     marked = ranked([fast, slow, alone, unrated])
     assert [(r.pareto, r.dominated_by) for r in marked] == [(True, 0), (False, 1), (True, 0), (False, None)]
+    slower = row("static_width", "e", 0.6, 0.07, device="B200")  # alone, but dense (1x, no loss) dominates it
+    dense = row("dense", "dense", 0.99, 0.0, device="B200")  # dense timed against itself stays on its front
+    assert [(r.pareto, r.dominated_by) for r in ranked([slower])] == [(False, 1)]
+    assert [(r.pareto, r.dominated_by) for r in ranked([slower, dense])] == [(False, 2), (True, 0)]
+    assert frontier([slower]) == [] and frontier([slower, dense]) == [dense]
     by_roofline = ranked([fast, slow], "theoretical")
     assert [r.pareto for r in by_roofline] == [True, True]
     assert frontier([slow, fast, unrated]) == [fast]
