@@ -98,10 +98,10 @@ def test_frontier_and_rank_on_hand_made_points():
     a, b, c, d = (row("static_depth", "a", 1.5, 0.10), row("static_width", "b", 1.2, 0.05),
                   row("unstructured", "c", 1.1, 0.20), row("dynamic_depth", "d", 1.0, 0.30))  # fmt: skip
     none = row("static_k_2_4", "e", 3.0, None)
-    marked = {r.operating_point: r for r in ranked([a, b, c, d, none])}
+    marked = {r.operating_point: r for r in ranked([a, b, c, d, none])}  # d at 1.0x: dense dominates it too
     assert {p: (r.pareto, r.dominated_by) for p, r in marked.items()} == {
         "a": (True, 0), "b": (True, 0), "c": (False, 2), "d": (False, 4), "e": (False, None),
-    }  # fmt: skip  (d at 1.0x: dense itself dominates it too)
+    }  # fmt: skip
     assert [r.operating_point for r in frontier([a, b, c, d, none])] == ["b", "a"]
 
 
