@@ -28,12 +28,14 @@ from typing import Literal, Protocol
 
 from sqlalchemy import Engine
 
-from .pareto import FrontierPoint, SpeedupKind, competing, frontier
+from prunereg.spec.taxonomy import Family
+
+from .pareto import DENSE_AXES, FrontierPoint, SpeedupKind, competing, frontier
 from .queries import GroupKey, Row, leaderboard_rows, reported_rows
 
 QualitySource = Literal["measured", "reported"]
 
-DENSE = "dense"
+DENSE = Family.dense.value
 _EPS = 1e-9  # grid tolerances are sums of floats; 0.07 must admit a loss stored as 0.07
 
 
@@ -65,7 +67,7 @@ def _candidates(rows: Sequence[BandPoint], kind: SpeedupKind) -> list[_Candidate
     bands from dense it cannot be told apart from).
     """
     dense_name = next((f"{r.method_name} · {r.operating_point}" for r in rows if r.family == DENSE), DENSE)
-    out = [_Candidate(DENSE, dense_name, 1.0, 0.0)]
+    out = [_Candidate(DENSE, dense_name, *DENSE_AXES)]
     for r in rows:
         if (a := competing(r, kind)) is not None and r.family != DENSE:
             low = getattr(r, "speedup_low", None) if kind == "measured" else None

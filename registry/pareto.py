@@ -16,6 +16,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import fields, replace
 from typing import Literal, NamedTuple, Protocol, TypeVar
 
+from prunereg.spec.taxonomy import Family
+
 SpeedupKind = Literal["measured", "theoretical"]
 
 
@@ -148,7 +150,7 @@ def _ranks(rated: Sequence[tuple[Point, Axes]]) -> list[int]:
     """`dominance_rank` of one group, plus one for each pruned point that dense itself dominates (DENSE_AXES)."""
     ranks = dominance_rank([a for _, a in rated])
     return [
-        rank + (getattr(p, "family", None) != "dense" and dominates(DENSE_AXES, a))
+        rank + (getattr(p, "family", None) != Family.dense.value and dominates(DENSE_AXES, a))
         for (p, a), rank in zip(rated, ranks)
     ]
 
