@@ -15,6 +15,7 @@ the adapter to it again changes nothing (the zeros are the smallest of their gro
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prunereg.spec.parameters import SemiStructuredParams
@@ -87,32 +88,58 @@ class SparseLinear(nn.Linear):
     its output then needs a copy to row-major: q/k/v with a strided last dimension make SDPA fall back to
     its slow math path (seen on an H200). On an H100 that copy took up to half of the call, and the
     default algorithm ran slower than a searched one: gate_proj at 8192 tokens 1881 µs against 1012 µs
-    for one `_cslt_sparse_mm` with a row-major result and a searched algorithm, dense 1392 µs
-    (results/h100-gemm-2-4/). So on cuSPARSELt, where the token rows fill its minimum tile (no padding,
-    which would also make the traced M differ from the declared one), this runs that one call; the
-    algorithm is searched once per row count, outside a CUDA Graph capture. Elsewhere (CUTLASS, a decode
-    step of one token) it is the semi-structured linear and the copy.
+    for one `_cslt_sparse_mm` with a row-major result and a searched algorithm, dense 1392 µs; at one
+    token 36–68 µs against 24–27 µs (results/h100-gemm-2-4/). So on cuSPARSELt every call is that one
+    kernel, through the `prunereg::sparse_linear_2_4` op; elsewhere (CUTLASS) the semi-structured linear
+    and the copy.
     """
 
+    packed: torch.Tensor | None
+
+    @classmethod
+    def holding(cls, linear: nn.Linear, sparse: torch.Tensor) -> SparseLinear:
+        """In place: `linear` with the sparse weight; cuSPARSELt's compressed tensor also as a plain buffer,
+        which torch.compile reads without looking into the weight's subclass."""
+        linear.weight = nn.Parameter(sparse, requires_grad=False)
+        linear.__class__ = cls
+        packed = sparse.packed if isinstance(sparse, CUSPARSELT) else None
+        linear.register_buffer("packed", packed, persistent=False)
+        return linear  # type: ignore[return-value]  # its class was just set
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if (
-            isinstance(self.weight, CUSPARSELT)
-            and not rows % CUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[self.weight.dtype].dense_min_rows
-        ):
-            return _cusparselt_linear(self, x.reshape(rows, x.shape[-1]).contiguous()).view(*x.shape[:-1], -1)
-        return super().forward(x).contiguous()
+        if self.packed is None:
+            return super().forward(x).contiguous()
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        return sparse_linear_2_4(rows, self.packed, self.bias, self.out_features).view(*x.shape[:-1], -1)
 
 
-@torch.compiler.disable  # fused mode compiles whole layers; the search and its cache stay eager
-def _cusparselt_linear(linear: SparseLinear, x: torch.Tensor) -> torch.Tensor:
-    """x·Wᵀ + b, rows × out_features row-major, in one cuSPARSELt call on the compressed weight."""
-    packed, rows = linear.weight.packed, x.shape[0]  # type: ignore[attr-defined]  # forward checked its class
-    algorithms = linear.__dict__.setdefault("cusparselt_algorithms", {})
-    if rows not in algorithms and not torch.cuda.is_current_stream_capturing():
-        algorithms[rows] = int(torch._cslt_sparse_mm_search(packed, x.t(), transpose_result=True))
-    out = torch._cslt_sparse_mm(packed, x.t(), transpose_result=True, alg_id=algorithms.get(rows, 0))
-    return out if linear.bias is None else out + linear.bias
+_ALGORITHMS: dict[tuple[int, int, int, int], int] = {}
+"""cuSPARSELt's searched algorithm per (compressed weight's address, N, K, padded rows)."""
+
+
+@torch.library.custom_op("prunereg::sparse_linear_2_4", mutates_args=())
+def sparse_linear_2_4(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    """x·Wᵀ + b, rows × out_features row-major, in one cuSPARSELt call on the compressed weight W.
+
+    An op of its own so that the tracer records the rows the model gave (M), not the rows padded up to
+    cuSPARSELt's minimum tile, and so that torch.compile keeps it whole (fused mode compiles layers). The
+    algorithm is searched once per shape outside a CUDA Graph capture; a capture that meets a new shape
+    runs the default one.
+    """
+    rows, minimum = x.shape[0], CUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[x.dtype].dense_min_rows
+    padded = x if rows % minimum == 0 else F.pad(x, (0, 0, 0, minimum - rows % minimum))
+    key = (packed.data_ptr(), out_features, x.shape[1], padded.shape[0])
+    if key not in _ALGORITHMS and not torch.cuda.is_current_stream_capturing():
+        _ALGORITHMS[key] = int(torch._cslt_sparse_mm_search(packed, padded.t(), transpose_result=True))
+    out = torch._cslt_sparse_mm(packed, padded.t(), transpose_result=True, alg_id=_ALGORITHMS.get(key, 0))[:rows]
+    return out if bias is None else out + bias
+
+
+@sparse_linear_2_4.register_fake
+def _(x, packed, bias, out_features):
+    return x.new_empty(x.shape[0], out_features)
 
 
 class SemiStructured24(Adapter[SemiStructuredParams]):
@@ -129,8 +156,7 @@ class SemiStructured24(Adapter[SemiStructuredParams]):
                 if sparse is None:
                     linear.weight.copy_(masked)
                 else:
-                    linear.weight = nn.Parameter(sparse, requires_grad=False)
-                    linear.__class__ = SparseLinear
+                    SparseLinear.holding(linear, sparse)
         return model
 
     def as_plain_model(self, model):
@@ -138,6 +164,7 @@ class SemiStructured24(Adapter[SemiStructuredParams]):
         for module in model.modules():
             if isinstance(module, nn.Linear) and kernel_of(module) != "masked dense":
                 module.weight = nn.Parameter(module.weight.to_dense(), requires_grad=False)
+                module._buffers.pop("packed", None)
                 module.__class__ = nn.Linear
         return model
 

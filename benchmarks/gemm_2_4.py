@@ -191,9 +191,7 @@ def adapter_case(masked: torch.Tensor) -> tuple[nn.Module | None, str]:
     sparse = to_sparse(masked)
     if sparse is None:
         return None, "to_sparse gave None: the adapter would run this shape as masked dense"
-    linear.weight = nn.Parameter(sparse, requires_grad=False)
-    linear.__class__ = SparseLinear
-    return linear, kernel_of(linear)
+    return SparseLinear.holding(linear, sparse), kernel_of(linear)
 
 
 def torchao_case(masked: torch.Tensor) -> tuple[nn.Module | None, str]:

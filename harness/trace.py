@@ -30,6 +30,7 @@ from torch._higher_order_ops.flex_attention import flex_attention as FLEX_HOP
 from torch.sparse import SparseSemiStructuredTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from prunereg.adapters import semi_structured  # noqa: F401  registers prunereg::sparse_linear_2_4
 from prunereg.adapters.base import ADDED_LINEARS, PROJECTIONS
 from prunereg.harness.latency import scenario_ids
 from prunereg.spec.catalog import ModelArchitecture, Scenario, devices
@@ -53,7 +54,7 @@ PRODUCTS = {
     aten.matmul: (0, 1),
     aten.linear: (0, 1),
 }
-SPARSE_2_4 = {
+SPARSE_2_4: dict[Any, tuple[str, int]] = {
     getattr(aten, op): (backend, dense)
     for op, backend, dense in [  # dense: the activation's position
         ("_sparse_semi_structured_linear", "CUTLASS", 0),
@@ -62,7 +63,7 @@ SPARSE_2_4 = {
         ("_cslt_sparse_mm", "cuSPARSELt", 1),
     ]
     if hasattr(aten, op)
-}
+} | {torch.ops.prunereg.sparse_linear_2_4: ("cuSPARSELt", 0)}  # adapters/semi_structured.py's op
 SDPA = {
     getattr(aten, op)
     for op in (

@@ -10,10 +10,11 @@ from pydantic import ValidationError
 from tiny_models import ARCHITECTURES, IDS, logits, tiny
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from prunereg.adapters import get_adapter
+from prunereg.adapters import get_adapter, semi_structured
 from prunereg.adapters.base import PROJECTIONS, linears
 from prunereg.adapters.semi_structured import kernel_of, mask_2_4
 from prunereg.harness.checkpoint import save_pruned
+from prunereg.harness.trace import trace_forward
 from prunereg.spec.catalog import EMBEDDED_MODEL, models
 from prunereg.spec.parameters import SemiStructuredParams
 
@@ -97,10 +98,12 @@ def test_sparse_kernel_equals_masked_dense_on_cuda():
         assert kernel_of(linear).startswith("sparse 2:4")
     ids = torch.randint(128, (2, 64), generator=torch.Generator().manual_seed(1)).cuda()
     torch.testing.assert_close(logits(pruned, ids), logits(reference, ids), rtol=2e-2, atol=2e-2)
-    if torch.backends.cusparselt.is_available():  # 128 token rows: the one-call path, algorithm searched
-        assert all(128 in linear.cusparselt_algorithms for linear in linears(pruned, list(PROJECTIONS)))
-    odd = ids[:, :3]  # 6 rows, under cuSPARSELt's 8: the semi-structured linear
+    odd = ids[:, :3]  # 6 rows, under cuSPARSELt's 8: padded to 8 inside prunereg::sparse_linear_2_4
     torch.testing.assert_close(logits(pruned, odd), logits(reference, odd), rtol=2e-2, atol=2e-2)
+    if torch.backends.cusparselt.is_available():  # an algorithm searched per padded row count, M traced unpadded
+        assert {rows for *_, rows in semi_structured._ALGORITHMS} >= {8, 128}
+        q_proj = [t for t in trace_forward(pruned, odd) if t.gemm == "q_proj"]
+        assert [(t.m, t.kernel) for t in q_proj] == [(6, "sparse 2:4 (cuSPARSELt)")]
 
 
 def test_a_checkpoint_reloads_and_reapplying_changes_nothing(tmp_path):
