@@ -259,14 +259,18 @@ def llama_8b(device: str, layers: int = 4, dtype: torch.dtype = torch.bfloat16):
         return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
-def assert_bf16_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = BF16_TOLERANCE) -> None:
+def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float) -> None:
     a, b = actual.float(), expected.float()
     error = ((a - b).norm(dim=-1) / b.norm(dim=-1)).max().item()
     assert error <= tolerance, f"a token's logits differ by {error:.3g} of their norm (allowed: {tolerance:.3g})"
 
 
+def assert_bf16_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert_logits_close(actual, expected, BF16_TOLERANCE)
+
+
 def assert_float32_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    assert_bf16_close(actual, expected, FLOAT32_TOLERANCE)
+    assert_logits_close(actual, expected, FLOAT32_TOLERANCE)
 
 
 def replayed(work) -> torch.Tensor:
