@@ -61,18 +61,13 @@ def _candidates(rows: Sequence[BandPoint], kind: SpeedupKind) -> list[_Candidate
     speedup 1.
 
     A dense row's own speedup is dense timed against itself, noise around 1.0; pinning it keeps
-    that noise from deciding whether dense "beats" a family at the smallest tolerances. For the same
-    reason a pruned point whose measured interval reaches down to 1 (`speedup_low`) is no faster than
-    dense: it competes at 1.0, so dense keeps the band (on an H100, unstructured 50 % at 1.01x took
-    bands from dense it cannot be told apart from).
+    that noise from deciding whether dense "beats" a family at the smallest tolerances.
     """
     dense_name = next((f"{r.method_name} · {r.operating_point}" for r in rows if r.family == DENSE), DENSE)
     out = [_Candidate(DENSE, dense_name, *DENSE_AXES)]
     for r in rows:
         if (a := competing(r, kind)) is not None and r.family != DENSE:
-            low = getattr(r, "speedup_low", None) if kind == "measured" else None
-            speedup = min(a.speedup, 1.0) if low is not None and low <= 1.0 else a.speedup
-            out.append(_Candidate(r.family, f"{r.method_name} · {r.operating_point}", speedup, a.quality_loss))
+            out.append(_Candidate(r.family, f"{r.method_name} · {r.operating_point}", *a))
     return out
 
 

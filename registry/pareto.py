@@ -67,11 +67,17 @@ def axes(point: Point, speedup: SpeedupKind = "measured") -> Axes | None:
 
 def competing(point: Point, speedup: SpeedupKind = "measured") -> Axes | None:
     """The axes of a point that takes part in a ranking; None when it has no quality loss, or when its measured
-    speedup is too noisy to rank (its `excluded` reason, as leaderboard rows carry it). A theoretical speedup
-    has no noise, so no point is excluded from a theoretical ranking."""
-    if speedup == "measured" and getattr(point, "excluded", None) is not None:
+    speedup is too noisy to rank (its `excluded` reason, as leaderboard rows carry it). A measured speedup whose
+    95 % interval reaches down to 1 (`speedup_low`) cannot be told apart from dense: it competes at 1.0 at most,
+    so dense dominates it on the front and keeps its bands (on an H100, unstructured 50 % at 1.01x took bands
+    from dense). A theoretical speedup has no noise: every point competes at its own."""
+    a = axes(point, speedup)
+    if speedup == "theoretical" or a is None:
+        return a
+    if getattr(point, "excluded", None) is not None:
         return None
-    return axes(point, speedup)
+    low = getattr(point, "speedup_low", None)
+    return a._replace(speedup=min(a.speedup, 1.0)) if low is not None and low <= 1.0 else a
 
 
 def dominates(a: Axes, b: Axes) -> bool:

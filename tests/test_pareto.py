@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import NamedTuple
 
 import pytest
@@ -88,6 +89,10 @@ def test_rows_are_ranked_within_their_group_on_the_chosen_speedup():
     assert [(r.pareto, r.dominated_by) for r in ranked([slower])] == [(False, 1)]
     assert [(r.pareto, r.dominated_by) for r in ranked([slower, dense])] == [(False, 2), (True, 0)]
     assert frontier([slower]) == [] and frontier([slower, dense]) == [dense]
+    noise = replace(row("unstructured", "f", 1.01, 0.05, device="H100"), speedup_low=0.99, speedup_high=1.03)
+    faster = replace(noise, speedup_low=1.004)  # measurably faster than dense: on its front
+    assert [r.pareto for r in ranked([noise, faster])] == [False, True]
+    assert [r.pareto for r in ranked([noise], "theoretical")] == [True]
     by_roofline = ranked([fast, slow], "theoretical")
     assert [r.pareto for r in by_roofline] == [True, True]
     assert frontier([slow, fast, unrated]) == [fast]
