@@ -88,7 +88,8 @@ def ingest_all(
     """Ingest every (submission, result) pair in ONE transaction: all of them or none.
 
     `update_method=False` (results files from contributors) creates a missing method row but never
-    changes an existing one: nothing in a results file rewrites a method's name or authors.
+    changes an existing one: nothing in a results file rewrites a method's name or authors, or makes the
+    version it embeds (a superseded one, say) the current one whose claims count.
     """
     for submission, result in items:
         _check_matches(submission, result)
@@ -249,6 +250,8 @@ def _store_submission(
     if created and update_method:
         for name, value in _method_fields(spec).items():
             setattr(method, name, value)
+    if update_method or method.current_spec_hash is None:
+        method.current_spec_hash = spec.spec_hash()
     points = {}
     for point in spec.adapter.operating_points:
         points[point.name], _ = _get_or_create(

@@ -18,7 +18,7 @@ from datetime import datetime
 from sys import intern  # one string object per repeated value (slug, model, scenario, ...), not one per row
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, Select, String, Text, cast, func, select, tuple_, type_coerce
+from sqlalchemy import Engine, Select, String, Text, cast, func, or_, select, tuple_, type_coerce
 from sqlalchemy.orm import Session, selectinload
 
 from prunereg.spec.catalog import models
@@ -451,8 +451,10 @@ def reported_rows(
 ) -> list[ReportedRow]:
     """Every latency row of a base model that a paper reports quality for at that operating point, once per claim.
 
-    A claim meets a run through the method, the point's name and parameters and the base model, so runs of
-    an earlier submission version whose point is unchanged still count. A base model that was not timed itself
+    The claims are those of the method's current version (`MethodRecord.current_spec_hash`): a superseded
+    version's claims, corrected since, do not count. A claim meets a run through the method, the point's name
+    and parameters and the base model, so runs of an earlier submission version whose point is unchanged still
+    count. A base model that was not timed itself
     borrows the runs of the first catalog model of its shapes that was (`ModelArchitecture.shapes`: LLaMA-7B's
     claims take Llama-2-7B's latency); the row's `model` says which was timed, its group the claim's base model.
     `recovery` admits claims that include fine-tuning after pruning (a different budget from one-shot pruning;
@@ -470,13 +472,19 @@ def reported_rows(
             .join(QualityRecord.operating_point)
             .join(OperatingPointRecord.submission)
             .join(SubmissionRecord.method)
-            .where(QualityRecord.provenance == "reported")
+            .where(
+                QualityRecord.provenance == "reported",
+                or_(
+                    MethodRecord.current_spec_hash.is_(None),
+                    SubmissionRecord.spec_hash == MethodRecord.current_spec_hash,
+                ),
+            )
         )
         for q, point, _, method in session.execute(stmt):
             if q.relative_loss is None or (q.recovery is not None and not recovery):
                 continue
             key = (method.slug, point.name, json.dumps(point.params, sort_keys=True), q.base_model)
-            claims[key].setdefault(q.identity, q)  # the same claim in two versions of a submission counts once
+            claims[key].setdefault(q.identity, q)  # without a current version, the same claim in two counts once
             session.expunge(q)
     if measured is None:
         timed = measured_models(engine)

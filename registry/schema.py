@@ -54,6 +54,11 @@ class MethodRecord(Base):
     year: Mapped[int]
     license: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(Text, default="")
+    current_spec_hash: Mapped[str | None] = mapped_column(
+        String(64),
+        doc="the version last registered from the method's own file (register, evaluate; a results file only where the "
+        "method had none): its quality claims are the method's, so a corrected transcription replaces the old one",
+    )
 
     submissions: Mapped[list[SubmissionRecord]] = relationship(back_populates="method", order_by="SubmissionRecord.id")
 

@@ -13,6 +13,7 @@ from factories import claim, make_environment, make_result, make_submission, row
 from prunereg.registry.analysis import Band, scenario_analysis, transition_bands
 from prunereg.registry.ingest import ingest
 from prunereg.registry.pareto import frontier, ranked
+from prunereg.registry.queries import reported_rows
 
 PAPER_LIKE = [
     row("dense", "dense", 1.01, 0.0, method="Dense"),
@@ -247,6 +248,23 @@ def test_a_base_model_borrows_the_latency_of_a_timed_model_of_the_same_shapes(re
     ((row),) = llama_1.rows
     assert (row.base_model, row.model, row.operating_point) == ("llama-7b", "llama-2-7b", "drop-25")
     assert row.quality_loss == pytest.approx(7.1 / 5.68 - 1) and row.speedup == pytest.approx(1.3)
+
+
+def test_a_corrected_claim_replaces_the_one_its_superseded_version_carries(reported):
+    """The registered version's claims count; a results file of the earlier version adds its runs, not its claims."""
+    engine, _ = reported
+    earlier = make_submission("shortgpt-test", name="ShortGPT Test", claims=[claim("drop-25", 6.0)])
+    corrected = make_submission(
+        "shortgpt-test", name="ShortGPT Test", claims=[claim("drop-25", 6.5, base_model="llama-7b")]
+    )
+    ingest(engine, corrected)  # prunereg register
+    shapes = {"model": "llama-2-7b", "weights": "random", "losses": {}}
+    ingest(
+        engine, earlier, make_result(earlier, speedups={"drop-25": 1.3, "drop-50": 1.9}, **shapes), update_method=False
+    )
+    depth = [r for r in reported_rows(engine) if r.method_slug == "shortgpt-test"]
+    assert {(r.base_model, r.operating_point, r.value) for r in depth} == {("llama-7b", "drop-25", 6.5)}
+    assert earlier.spec_hash() in {r.spec_hash for r in depth}  # its run times the same point
 
 
 def test_recovery_claims_join_only_when_asked(reported):

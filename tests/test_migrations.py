@@ -31,7 +31,7 @@ from prunereg.registry.db import (
 from prunereg.registry.ingest import ingest, ingest_failures
 from prunereg.registry.queries import leaderboard_rows
 from prunereg.registry.runs import retire
-from prunereg.registry.schema import Base, FailedMeasurement, LatencyMeasurement, QualityRecord, Run
+from prunereg.registry.schema import Base, FailedMeasurement, LatencyMeasurement, MethodRecord, QualityRecord, Run
 from prunereg.spec.results import CheckpointRecord, WeightFile
 from prunereg.spec.uncertainty import noise
 
@@ -245,6 +245,34 @@ def test_0010_adds_intervals_and_retirements_and_leaves_every_digest(backend, tm
         with Session(engine) as session:
             filled = session.scalars(select(LatencyMeasurement).join(LatencyMeasurement.run).where(Run.id == 1)).all()
         assert filled and all(lat.speedup_low is not None for lat in filled)
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0011_makes_each_methods_newest_version_current(backend, tmp_path):
+    """Down to 0010 drops the current version; up again, each method's newest submission is its current one (the
+    registry kept no better record), not a row of another table changed."""
+    with backend_url(backend, tmp_path) as url:
+        engine = connect(url)
+        fill(engine)
+        newer = make_submission("shortgpt-test", claims=[claim("drop-25", 6.0)])
+        ingest(engine, newer, update_method=False)  # a results file's version: not made current
+        current = select(MethodRecord.slug, MethodRecord.current_spec_hash).order_by(MethodRecord.slug)
+        with engine.connect() as connection:
+            assert connection.execute(current).all() == [
+                ("shortgpt-test", make_submission("shortgpt-test").spec_hash()),
+                ("width-test", make_submission("width-test", adapter="width").spec_hash()),
+            ]
+        before = counts(engine)
+        downgrade(engine, "0010")
+        assert "current_spec_hash" not in {c["name"] for c in inspect(engine).get_columns("methods")}
+        upgrade_schema(engine)
+        assert counts(engine) == before
+        with engine.connect() as connection:
+            assert connection.execute(current).all() == [
+                ("shortgpt-test", newer.spec_hash()),
+                ("width-test", make_submission("width-test", adapter="width").spec_hash()),
+            ]
         engine.dispose()
 
 
