@@ -78,8 +78,12 @@ def main() -> None:
             ]
             lines.append("|---|---|---|---|---|")
             for a in sorted(mixed, key=lambda a: (-len({r.family for r in a.rows}), a.key.model, a.key.task or "")):
-                front = ", ".join(
-                    f"{r.method_name} {r.operating_point} ({r.quality_loss:.1%}, {r.speedup:.2f}×)" for r in a.frontier
+                front = (
+                    ", ".join(
+                        f"{r.method_name} {r.operating_point} ({r.quality_loss:.1%}, {r.speedup:.2f}×)"
+                        for r in a.frontier
+                    )
+                    or "dense alone (no point measurably faster)"
                 )
                 left = ", ".join(f"{r.method_name} {r.operating_point}" for r in a.excluded) or "—"
                 lines.append(
