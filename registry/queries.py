@@ -554,11 +554,12 @@ class MethodSummary:
 def _summary(m: MethodRecord) -> MethodSummary:
     points = [p for s in m.submissions for p in s.operating_points]
     runs = sum(len(p.runs) for p in points)
+    claimed = [p for s in m.submissions if m.current_spec_hash in (None, s.spec_hash) for p in s.operating_points]
     verdict = division(
         [json.loads(s.spec)["adapter"]["name"] for s in m.submissions],
         [r.model for p in points for r in p.runs],
         any(q.provenance == "measured" and q.run_id is not None for p in points for q in p.quality_results),
-        len({(p.name, q.identity) for p in points for q in p.quality_results if q.run_id is None}),
+        len({(p.name, q.identity) for p in claimed for q in p.quality_results if q.run_id is None}),
     )
     return MethodSummary(
         m.slug, m.name, m.family, list(m.authors), m.paper_title,
@@ -595,14 +596,18 @@ def methods(engine: Engine) -> list[MethodSummary]:
                 QualityRecord.identity,
                 QualityRecord.run_id,
                 QualityRecord.provenance,
+                SubmissionRecord.spec_hash,
             )  # fmt: skip
             .join(QualityRecord.operating_point)
             .join(OperatingPointRecord.submission)
             .distinct()
         )
+        current = {
+            m: version for m, version in session.execute(select(MethodRecord.id, MethodRecord.current_spec_hash))
+        }
         measured: set[int] = set()
-        for method_id, point, identity, run_id, provenance in session.execute(quality):
-            if run_id is None:
+        for method_id, point, identity, run_id, provenance, version in session.execute(quality):
+            if run_id is None and current.get(method_id) in (None, version):  # the current version's claims
                 claims[method_id].add((point, identity))
             elif provenance == "measured":
                 measured.add(method_id)

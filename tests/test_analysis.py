@@ -13,7 +13,7 @@ from factories import claim, make_environment, make_result, make_submission, row
 from prunereg.registry.analysis import Band, scenario_analysis, transition_bands
 from prunereg.registry.ingest import ingest
 from prunereg.registry.pareto import frontier, ranked
-from prunereg.registry.queries import reported_rows
+from prunereg.registry.queries import method_detail, methods, reported_rows
 
 PAPER_LIKE = [
     row("dense", "dense", 1.01, 0.0, method="Dense"),
@@ -265,6 +265,10 @@ def test_a_corrected_claim_replaces_the_one_its_superseded_version_carries(repor
     depth = [r for r in reported_rows(engine) if r.method_slug == "shortgpt-test"]
     assert {(r.base_model, r.operating_point, r.value) for r in depth} == {("llama-7b", "drop-25", 6.5)}
     assert earlier.spec_hash() in {r.spec_hash for r in depth}  # its run times the same point
+    summaries = [m for m in methods(engine) if m.slug == "shortgpt-test"] + [
+        method_detail(engine, "shortgpt-test").summary
+    ]
+    assert [m.division_reason for m in summaries] == ["quality only claimed (1 claim), none measured by prunereg"] * 2
 
 
 def test_recovery_claims_join_only_when_asked(reported):
