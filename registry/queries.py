@@ -454,9 +454,9 @@ def reported_rows(
     The claims are those of the method's current version (`MethodRecord.current_spec_hash`): a superseded
     version's claims, corrected since, do not count. A claim meets a run through the method, the point's name
     and parameters and the base model, so runs of an earlier submission version whose point is unchanged still
-    count. A base model that was not timed itself
-    borrows the runs of the first catalog model of its shapes that was (`ModelArchitecture.shapes`: LLaMA-7B's
-    claims take Llama-2-7B's latency); the row's `model` says which was timed, its group the claim's base model.
+    count. A base model that was not timed itself borrows the runs of the first catalog model of its shapes that
+    was (`ModelArchitecture.shapes`: LLaMA-7B's claims take Llama-2-7B's latency); the row's `model` says which
+    was timed, its group the claim's base model.
     `recovery` admits claims that include fine-tuning after pruning (a different budget from one-shot pruning;
     left out by default). `measured` is `leaderboard_rows(engine, speedup)` where the caller has it already; without
     it, only the rows of methods with a claim are read.
@@ -607,8 +607,9 @@ def methods(engine: Engine) -> list[MethodSummary]:
         }
         measured: set[int] = set()
         for method_id, point, identity, run_id, provenance, version in session.execute(quality):
-            if run_id is None and current.get(method_id) in (None, version):  # the current version's claims
-                claims[method_id].add((point, identity))
+            if run_id is None:
+                if current.get(method_id) in (None, version):  # the current version's claims
+                    claims[method_id].add((point, identity))
             elif provenance == "measured":
                 measured.add(method_id)
         out = []
