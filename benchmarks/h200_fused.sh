@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 12's targets on the lent GPU, one device call of about 8 minutes at most: fused mode's CUDA-only tests
-# (tests/test_fused.py -m cuda, kept in results/h200-fused/cuda-tests.txt), then benchmarks/fidelity.py twice in
+# Issue 12's targets on the lent GPU, one device call of about 8 minutes at most: fused mode's and the 2:4 op's
+# CUDA-only tests (tests/test_fused.py and tests/test_adapter_semi_structured.py -m cuda, kept in
+# results/h200-fused/cuda-tests.txt), then benchmarks/fidelity.py twice in
 # separate processes, graph and fused mode, 20 repeats, Llama-3.1-8B shapes with random bf16 weights, each point in
 # the scenarios the targets read: ShortGPT drop-50 and LLM-Pruner width-50 in prefill bs=1/4096 and decode bs=1/ctx
 # 4096, SparseGPT 2:4 in prefill bs=8/1024. Round 1 -> results/h200-fused/ (with the ceilings and the kernel profiles
@@ -19,8 +20,8 @@
 # weights for the sparse kernels): ~55 s a round with the ceilings. Fused mode times the same plus torch.compile of
 # the layers for each model and shape (10 compiles, never measured on this machine: ~1-2 min in round 1, less in
 # round 2, which finds inductor's cache from round 1), and the two profiles take ~40 s. So round 1 ~3-4 min (cut at
-# ROUND1_S, default 230 s), round 2 ~2-3 min (ROUND2_S, 150 s), pip and the tests under 3 min (tests cut at 150 s):
-# ~9.5 min at most. Round 1 measures graph mode first, then fused, then profiles, so a cut loses the last of these.
+# ROUND1_S, default 230 s), round 2 ~2-3 min (ROUND2_S, 150 s), pip and the tests under 3 min (tests cut at 180 s):
+# ~10 min at most. Round 1 measures graph mode first, then fused, then profiles, so a cut loses the last of these.
 set -uo pipefail
 source benchmarks/device_env.sh
 out=${OUT:-/tmp/out}; saved=/tmp/results/$card-fused; mkdir -p "$saved/round-2" "$out"
@@ -37,7 +38,7 @@ round() {  # round LIMIT_S FOLDER [fidelity.py options]; a killed round still br
 {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__, 'cusparselt', torch.backends.cusparselt.is_available())"
-  timeout 150 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fused.py 2>&1 | tee "$saved/cuda-tests.txt" | tail -5
+  timeout 180 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fused.py tests/test_adapter_semi_structured.py 2>&1 | tee "$saved/cuda-tests.txt" | tail -5
   round "${ROUND1_S:-230}" "$saved" --profile
   round "${ROUND2_S:-150}" "$saved/round-2"
   nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
