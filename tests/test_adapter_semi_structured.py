@@ -8,17 +8,19 @@ import pytest
 import torch
 from pydantic import ValidationError
 from tiny_models import ARCHITECTURES, IDS, logits, tiny
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter, semi_structured
 from prunereg.adapters.base import PROJECTIONS, linears
-from prunereg.adapters.semi_structured import kernel_of, mask_2_4
+from prunereg.adapters.semi_structured import SparseLinear, kernel_of, mask_2_4
 from prunereg.harness.checkpoint import save_pruned
 from prunereg.harness.trace import trace_forward
 from prunereg.spec.catalog import EMBEDDED_MODEL, models
 from prunereg.spec.parameters import SemiStructuredParams
 
 ADAPTER = get_adapter("semi_structured_2_4")
+VIEWS = {torch.ops.aten.reshape.default, torch.ops.aten.view.default}
 
 
 def hand_masked(weight: torch.Tensor) -> torch.Tensor:
@@ -64,6 +66,19 @@ def test_k_must_be_divisible_by_four():
 def test_the_schema_refuses_an_empty_projection_list():
     with pytest.raises(ValidationError):
         SemiStructuredParams(projections=[])
+
+
+def test_the_cusparselt_path_exports_whole_as_one_op_on_unpadded_rows():
+    """What torch.compile (fused mode) and the tracer see of a SparseLinear on cuSPARSELt, traced on fake tensors:
+    no graph break, one prunereg::sparse_linear_2_4 on the model's own 6 rows (the padding to 8 stays inside)."""
+    linear = nn.Linear(64, 32, dtype=torch.bfloat16)
+    linear.__class__ = SparseLinear  # SparseLinear.holding's end state; its compressed weight needs a GPU
+    linear.register_buffer("packed", torch.zeros(64 * 32 * 9 // 16, dtype=torch.bfloat16), persistent=False)
+    graph = torch.export.export(linear, (torch.randn(2, 3, 64, dtype=torch.bfloat16),)).graph
+    calls = [n for n in graph.nodes if n.op == "call_function" and n.target not in VIEWS]
+    assert [(n.target, tuple(n.meta["val"].shape)) for n in calls] == [
+        (torch.ops.prunereg.sparse_linear_2_4.default, (6, 32))
+    ]
 
 
 def _sparse_capable() -> bool:
