@@ -446,6 +446,13 @@ class ReportedRow(Row):
         return GroupKey(self.base_model, self.device_name, self.dtype, self.execution_mode, self.scenario, self.task)
 
 
+_CURRENT_VERSION = or_(
+    MethodRecord.current_spec_hash.is_(None), SubmissionRecord.spec_hash == MethodRecord.current_spec_hash
+)
+"""A submission row that is its method's current version, whose claims are the method's (every version where the
+registry names none). `_summary` applies the same rule to loaded objects."""
+
+
 def reported_rows(
     engine: Engine, speedup: SpeedupKind = "measured", recovery: bool = False, measured: list[Row] | None = None
 ) -> list[ReportedRow]:
@@ -472,13 +479,7 @@ def reported_rows(
             .join(QualityRecord.operating_point)
             .join(OperatingPointRecord.submission)
             .join(SubmissionRecord.method)
-            .where(
-                QualityRecord.provenance == "reported",
-                or_(
-                    MethodRecord.current_spec_hash.is_(None),
-                    SubmissionRecord.spec_hash == MethodRecord.current_spec_hash,
-                ),
-            )
+            .where(QualityRecord.provenance == "reported", _CURRENT_VERSION)
         )
         for q, point, _, method in session.execute(stmt):
             if q.relative_loss is None or (q.recovery is not None and not recovery):
@@ -596,20 +597,17 @@ def methods(engine: Engine) -> list[MethodSummary]:
                 QualityRecord.identity,
                 QualityRecord.run_id,
                 QualityRecord.provenance,
-                SubmissionRecord.spec_hash,
             )  # fmt: skip
             .join(QualityRecord.operating_point)
             .join(OperatingPointRecord.submission)
+            .join(SubmissionRecord.method)
+            .where(or_(QualityRecord.run_id.is_not(None), _CURRENT_VERSION))  # claims: the current version's
             .distinct()
         )
-        current = {
-            m: version for m, version in session.execute(select(MethodRecord.id, MethodRecord.current_spec_hash))
-        }
         measured: set[int] = set()
-        for method_id, point, identity, run_id, provenance, version in session.execute(quality):
+        for method_id, point, identity, run_id, provenance in session.execute(quality):
             if run_id is None:
-                if current.get(method_id) in (None, version):  # the current version's claims
-                    claims[method_id].add((point, identity))
+                claims[method_id].add((point, identity))
             elif provenance == "measured":
                 measured.add(method_id)
         out = []
