@@ -128,13 +128,24 @@ def sparse_linear_2_4(
     algorithm is searched once per shape outside a CUDA Graph capture; a capture that meets a new shape
     runs the default one.
     """
-    rows, minimum = x.shape[0], CUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[x.dtype].dense_min_rows
-    padded = x if rows % minimum == 0 else F.pad(x, (0, 0, 0, minimum - rows % minimum))
-    key = (packed.data_ptr(), out_features, x.shape[1], padded.shape[0])
+    key = _key(x, packed, out_features)
+    padded = x if key[-1] == x.shape[0] else F.pad(x, (0, 0, 0, key[-1] - x.shape[0]))
     if key not in _ALGORITHMS and not torch.cuda.is_current_stream_capturing():
         _ALGORITHMS[key] = int(torch._cslt_sparse_mm_search(packed, padded.t(), transpose_result=True))
-    out = torch._cslt_sparse_mm(packed, padded.t(), transpose_result=True, alg_id=_ALGORITHMS.get(key, 0))[:rows]
-    return out if bias is None else out + bias
+    out = torch._cslt_sparse_mm(packed, padded.t(), transpose_result=True, alg_id=_ALGORITHMS.get(key, 0))
+    return out[: x.shape[0]] if bias is None else out[: x.shape[0]] + bias
+
+
+def _key(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> tuple[int, int, int, int]:
+    minimum = CUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[x.dtype].dense_min_rows
+    return packed.data_ptr(), out_features, x.shape[1], -(-x.shape[0] // minimum) * minimum
+
+
+def algorithm(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> int:
+    """The cuSPARSELt algorithm `sparse_linear_2_4` runs on these rows: the searched one, else the default 0.
+
+    The tracer records it with the GEMM, so a run says which algorithm each 2:4 product ran on."""
+    return _ALGORITHMS.get(_key(x, packed, out_features), 0)
 
 
 @sparse_linear_2_4.register_fake

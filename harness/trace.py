@@ -30,7 +30,7 @@ from torch._higher_order_ops.flex_attention import flex_attention as FLEX_HOP
 from torch.sparse import SparseSemiStructuredTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from prunereg.adapters import semi_structured  # noqa: F401  registers prunereg::sparse_linear_2_4
+from prunereg.adapters import semi_structured  # registers prunereg::sparse_linear_2_4
 from prunereg.adapters.base import ADDED_LINEARS, PROJECTIONS
 from prunereg.harness.latency import scenario_ids
 from prunereg.spec.catalog import ModelArchitecture, Scenario, devices
@@ -63,7 +63,7 @@ SPARSE_2_4: dict[Any, tuple[str, int]] = {
         ("_cslt_sparse_mm", "cuSPARSELt", 1),
     ]
     if hasattr(aten, op)
-} | {torch.ops.prunereg.sparse_linear_2_4: ("cuSPARSELt", 0)}  # adapters/semi_structured.py's op
+}
 SDPA = {
     getattr(aten, op)
     for op in (
@@ -128,6 +128,10 @@ class _Tracer(TorchDispatchMode):
         packet = getattr(func, "_overloadpacket", None)
         if packet in PRODUCTS:
             self.product(packet is aten.linear, *(args[i] for i in PRODUCTS[packet]))
+        elif packet is torch.ops.prunereg.sparse_linear_2_4:
+            x, packed, _, n = args
+            algorithm = semi_structured.algorithm(x, packed, n)
+            self.sparse(f"cuSPARSELt, algorithm {algorithm}", 0, args, out)
         elif packet in SPARSE_2_4:
             self.sparse(*SPARSE_2_4[packet], args, out)
         elif packet in SDPA:
