@@ -117,9 +117,12 @@ def test_sparse_kernel_equals_masked_dense_on_cuda():
     torch.testing.assert_close(logits(pruned, odd), logits(reference, odd), rtol=2e-2, atol=2e-2)
     if torch.backends.cusparselt.is_available():  # an algorithm searched per padded row count, M traced unpadded
         assert {rows for *_, rows in semi_structured._ALGORITHMS} >= {8, 128}
-        q_proj = [t for t in trace_forward(pruned, odd) if t.gemm == "q_proj"]
-        searched = semi_structured._ALGORITHMS[(pruned.model.layers[0].self_attn.q_proj.packed.data_ptr(), 256, 256, 8)]
-        assert [(t.m, t.kernel) for t in q_proj] == [(6, f"sparse 2:4 (cuSPARSELt, algorithm {searched})")]
+        q_proj = {(t.m, t.kernel) for t in trace_forward(pruned, odd) if t.gemm == "qkv_proj" and t.n == 256}
+        searched = [
+            semi_structured._ALGORITHMS[(layer.self_attn.q_proj.packed.data_ptr(), 256, 256, 8)]
+            for layer in pruned.model.layers
+        ]
+        assert q_proj == {(6, f"sparse 2:4 (cuSPARSELt, algorithm {algorithm})") for algorithm in searched}
 
 
 def test_a_checkpoint_reloads_and_reapplying_changes_nothing(tmp_path):
