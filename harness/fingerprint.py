@@ -96,15 +96,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_revision() -> str | None:
-    """The prunereg checkout's commit, when it runs from one."""
+def git_revision(checkout: Path = Path(prunereg.__file__).parent) -> str | None:
+    """The prunereg checkout's commit, when it runs from one; "+dirty" when tracked files differ from it, since
+    then the commit is not the code that ran (a copy of a working tree sent to a GPU machine, uncommitted edits)."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(prunereg.__file__).parent, capture_output=True, text=True, timeout=5
+        head, changes = (
+            subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, timeout=5)
+            for args in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if head.returncode != 0 or not head.stdout.strip():
+        return None
+    return head.stdout.strip() + ("+dirty" if changes.returncode != 0 or changes.stdout.strip() else "")
 
 
 def _stored(p: torch.Tensor) -> tuple[int, int]:

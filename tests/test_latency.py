@@ -5,13 +5,14 @@ right order statistics. Graph capture itself runs on CUDA only (the tests marked
 from __future__ import annotations
 
 import copy
+import subprocess
 
 import pytest
 import torch
 from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
-from prunereg.harness.fingerprint import gpu_state
+from prunereg.harness.fingerprint import git_revision, gpu_state
 from prunereg.harness.latency import UNMASKED_SDPA, StaticWorkload, Workload, measure_pair
 from prunereg.spec.catalog import Phase, Scenario
 from prunereg.spec.parameters import LayerDropParams, WidthParams
@@ -145,3 +146,16 @@ def test_graph_mode_measures_in_graph_mode_and_reads_the_gpu():
     assert (timing.execution, timing.fallback) == ("graph", None)
     pytest.importorskip("pynvml")
     assert timing.gpu_before is not None and timing.gpu_before.sm_clock_mhz > 0
+
+
+def test_the_recorded_revision_says_when_the_code_that_ran_is_not_the_commit(tmp_path):
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "adapter.py").write_text("A = 1\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert git_revision(tmp_path) == head
+    (tmp_path / "adapter.py").write_text("A = 2\n")  # what a working tree sent to a GPU machine looks like there
+    assert git_revision(tmp_path) == head + "+dirty"
+    assert git_revision(tmp_path.parent / "nowhere") is None
