@@ -13,15 +13,11 @@
 #   python3 benchmarks/fidelity_report.py results/h200-fused --out benchmarks/h200_fused.md
 # Run from the repository root on the device machine, wheels of README "Measuring on a GPU" in .whl/.
 #
-# Time. Graph mode took ~25 s a point in four scenarios at 30 repeats, the 8B model's loading included
-# (results/h200-fidelity/log-graph.txt: ~6 s of loading, tracing and capturing, the rest timing). At 20 repeats in
-# these scenarios: drop-50 and width-50 ~10 s each (23 pairs of ~0.18 s prefills and ~10 ms decodes); 2:4 ~30 s
-# (prefill bs=8 dense 229 ms, 2:4 ~600 ms if it runs at the 0.39x it ran in eager mode at bs=1, plus compressing the
-# weights for the sparse kernels): ~55 s a round with the ceilings. Fused mode times the same plus torch.compile of
-# the layers for each model and shape (10 compiles, never measured on this machine: ~1-2 min in round 1, less in
-# round 2, which finds inductor's cache from round 1), and the two profiles take ~40 s. So round 1 ~3-4 min (cut at
-# ROUND1_S, default 230 s), round 2 ~2-3 min (ROUND2_S, 150 s), pip and the tests under 3 min (tests cut at 180 s):
-# ~10 min at most. Round 1 measures graph mode first, then fused, then profiles, so a cut loses the last of these.
+# Time, as it ran on an H100 on 2026-12-05 (results/h100-fused/log.txt): pip and the CUDA tests ~75 s; round 1
+# ~200 s for the points (the 2:4 point ~90 s in graph mode, its pruning and compression included,
+# then ~95 s more for fused mode's compiles and its 2:4 point), then ~40 s per profile; round 2 about as long, its
+# compiles from inductor's cache. Round 1 is cut at ROUND1_S (default 270 s), round 2 at ROUND2_S (210 s): ~560 s.
+# Round 1 measures graph mode first, then fused, then profiles, so a cut loses the last of these.
 set -uo pipefail
 source benchmarks/device_env.sh
 out=${OUT:-/tmp/out}; saved=/tmp/results/$card-fused; mkdir -p "$saved/round-2" "$out"
@@ -39,8 +35,8 @@ round() {  # round LIMIT_S FOLDER [fidelity.py options]; a killed round still br
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__, 'cusparselt', torch.backends.cusparselt.is_available())"
   timeout 180 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fused.py tests/test_adapter_semi_structured.py 2>&1 | tee "$saved/cuda-tests.txt" | tail -5
-  round "${ROUND1_S:-230}" "$saved" --profile
-  round "${ROUND2_S:-150}" "$saved/round-2"
+  round "${ROUND1_S:-270}" "$saved" --profile
+  round "${ROUND2_S:-210}" "$saved/round-2"
   nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
 } 2>&1 | tee "$saved/log.txt"
 tar czf "$out/h200-fused.tgz" -C /tmp results
