@@ -6,6 +6,8 @@ and for the command line (`prunereg frontier` labels families with `family_label
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -38,11 +40,24 @@ def family_label(family: str) -> str:
 
 def kernel_note(kernels: Iterable[str]) -> str | None:
     """How the pruned GEMMs ran when it was not a plain dense kernel, e.g. "masked dense: no kernel speedup expected"."""
-    shown = sorted(set(kernels) - set(PLAIN_KERNELS))
+    shown = sorted(_algorithms_merged(set(kernels) - set(PLAIN_KERNELS)))
     if not shown:
         return None
     note = ", ".join(shown)
     return f"{note}: no kernel speedup expected" if set(shown) <= set(NO_SPEEDUP_KERNELS) else note
+
+
+_ALGORITHM = re.compile(r"(?P<kernel>.+), algorithm (?P<id>\d+)\)")
+
+
+def _algorithms_merged(kernels: set[str]) -> set[str]:
+    """One entry per library with the algorithms its GEMMs ran, e.g. "sparse 2:4 (cuSPARSELt, algorithms 12, 15)"."""
+    ids: dict[str, set[int]] = defaultdict(set)
+    for kernel in kernels:
+        if match := _ALGORITHM.fullmatch(kernel):
+            ids[match["kernel"]].add(int(match["id"]))
+    merged = {f"{k}, algorithm{'s' * (len(a) > 1)} {', '.join(map(str, sorted(a)))})" for k, a in ids.items()}
+    return {k for k in kernels if not _ALGORITHM.fullmatch(k)} | merged
 
 
 def recovery_note(recovery: dict[str, Any] | None) -> str:

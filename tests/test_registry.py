@@ -241,6 +241,9 @@ def test_rows_carry_the_kernels_of_the_models_gemms_and_the_note_names_the_unusu
     assert kernel_note(["dense", "masked dense"]) == "masked dense: no kernel speedup expected"
     sparse = ["sparse 2:4 (cuSPARSELt)", "block-sparse (flex_attention)", "dense"]
     assert kernel_note(sparse) == "block-sparse (flex_attention), sparse 2:4 (cuSPARSELt)"
+    searched = [f"sparse 2:4 (cuSPARSELt, algorithm {i})" for i in (20, 13, 15, 13)] + ["dense"]
+    assert kernel_note(searched) == "sparse 2:4 (cuSPARSELt, algorithms 13, 15, 20)"
+    assert kernel_note(searched[1:2]) == "sparse 2:4 (cuSPARSELt, algorithm 13)"
 
 
 def test_cli_ingest_stores_all_files_or_none(engine, tmp_db, monkeypatch):
