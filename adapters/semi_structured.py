@@ -129,14 +129,16 @@ def sparse_linear_2_4(
     runs the default one.
     """
     key = _key(x, packed, out_features)
-    padded = x if key[-1] == x.shape[0] else F.pad(x, (0, 0, 0, key[-1] - x.shape[0]))
+    rows, padded_rows = x.shape[0], key[-1]
+    padded = x if padded_rows == rows else F.pad(x, (0, 0, 0, padded_rows - rows))
     if key not in _ALGORITHMS and not torch.cuda.is_current_stream_capturing():
         _ALGORITHMS[key] = int(torch._cslt_sparse_mm_search(packed, padded.t(), transpose_result=True))
-    out = torch._cslt_sparse_mm(packed, padded.t(), transpose_result=True, alg_id=_ALGORITHMS.get(key, 0))
-    return out[: x.shape[0]] if bias is None else out[: x.shape[0]] + bias
+    out = torch._cslt_sparse_mm(packed, padded.t(), transpose_result=True, alg_id=_ALGORITHMS.get(key, 0))[:rows]
+    return out if bias is None else out + bias
 
 
 def _key(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> tuple[int, int, int, int]:
+    """(compressed weight's address, N, K, rows padded up to cuSPARSELt's minimum tile)."""
     minimum = CUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[x.dtype].dense_min_rows
     return packed.data_ptr(), out_features, x.shape[1], -(-x.shape[0] // minimum) * minimum
 
