@@ -53,11 +53,13 @@ _ALGORITHM = re.compile(r"(?P<kernel>.+), algorithm (?P<id>\d+)\)")
 def _algorithms_merged(kernels: set[str]) -> set[str]:
     """One entry per library with the algorithms its GEMMs ran, e.g. "sparse 2:4 (cuSPARSELt, algorithms 12, 15)"."""
     ids: dict[str, set[int]] = defaultdict(set)
+    others = set()
     for kernel in kernels:
         if match := _ALGORITHM.fullmatch(kernel):
             ids[match["kernel"]].add(int(match["id"]))
-    merged = {f"{k}, algorithm{'s' * (len(a) > 1)} {', '.join(map(str, sorted(a)))})" for k, a in ids.items()}
-    return {k for k in kernels if not _ALGORITHM.fullmatch(k)} | merged
+        else:
+            others.add(kernel)
+    return others | {f"{k}, algorithm{'s' * (len(a) > 1)} {', '.join(map(str, sorted(a)))})" for k, a in ids.items()}
 
 
 def recovery_note(recovery: dict[str, Any] | None) -> str:
