@@ -113,8 +113,23 @@ class SparseLinear(nn.Linear):
         return sparse_linear_2_4(rows, self.packed, self.bias, self.out_features).view(*x.shape[:-1], -1)
 
 
-_ALGORITHMS: dict[tuple[int, int, int, int], int] = {}
-"""cuSPARSELt's searched algorithm per (compressed weight's address, N, K, padded rows)."""
+_ALGORITHMS: dict[tuple[int, int, int, int], tuple[int, int, int]] = {}
+"""cuSPARSELt's searched (algorithm, split-K, split-K mode) per (compressed weight's address, N, K, padded rows)."""
+DEFAULT_CONFIG = (0, 1, -1)
+"""What `_cslt_sparse_mm` runs when given no choice: algorithm 0, no split-K."""
+
+
+def search(packed: torch.Tensor, padded: torch.Tensor) -> tuple[int, int, int]:
+    """cuSPARSELt's fastest (algorithm, split-K, split-K mode) for W·paddedᵀ with a row-major result.
+
+    `torch._C._cusparselt.mm_search` returns the split-K it found with the algorithm; the older
+    `torch._cslt_sparse_mm_search` (deprecated in torch 2.11) drops it, so its algorithm then ran unsplit,
+    which is not what was timed in the search. Kept as the fallback where the new call is missing."""
+    mm_search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
+    if mm_search is None:
+        return int(torch._cslt_sparse_mm_search(packed, padded.t(), transpose_result=True)), 1, -1
+    alg_id, split_k, split_k_mode, _ = mm_search(packed, padded.t(), None, None, None, True)
+    return int(alg_id), int(split_k), int(split_k_mode)
 
 
 @torch.library.custom_op("prunereg::sparse_linear_2_4", mutates_args=())
@@ -125,15 +140,18 @@ def sparse_linear_2_4(
 
     An op of its own so that the tracer records the rows the model gave (M), not the rows padded up to
     cuSPARSELt's minimum tile, and so that torch.compile keeps it whole (fused mode compiles layers). The
-    algorithm is searched once per shape outside a CUDA Graph capture; a capture that meets a new shape
-    runs the default one.
+    algorithm and its split-K are searched once per shape outside a CUDA Graph capture; a capture that meets
+    a new shape runs the default ones.
     """
     key = _key(x, packed, out_features)
     rows, padded_rows = x.shape[0], key[-1]
     padded = x if padded_rows == rows else F.pad(x, (0, 0, 0, padded_rows - rows))
     if key not in _ALGORITHMS and not torch.cuda.is_current_stream_capturing():
-        _ALGORITHMS[key] = int(torch._cslt_sparse_mm_search(packed, padded.t(), transpose_result=True))
-    out = torch._cslt_sparse_mm(packed, padded.t(), transpose_result=True, alg_id=_ALGORITHMS.get(key, 0))[:rows]
+        _ALGORITHMS[key] = search(packed, padded)
+    alg_id, split_k, split_k_mode = _ALGORITHMS.get(key, DEFAULT_CONFIG)
+    out = torch._cslt_sparse_mm(
+        packed, padded.t(), transpose_result=True, alg_id=alg_id, split_k=split_k, split_k_mode=split_k_mode
+    )[:rows]
     return out if bias is None else out + bias
 
 
@@ -143,11 +161,13 @@ def _key(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> tuple[int,
     return packed.data_ptr(), out_features, x.shape[1], -(-x.shape[0] // minimum) * minimum
 
 
-def algorithm(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> int:
-    """The cuSPARSELt algorithm `sparse_linear_2_4` runs on these rows: the searched one, else the default 0.
+def algorithm(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> str:
+    """The cuSPARSELt configuration `sparse_linear_2_4` runs on these rows, "algorithm N" (with " split-K S"
+    where it splits K): the searched one, else the default.
 
     The tracer records it with the GEMM, so a run says which algorithm each 2:4 product ran on."""
-    return _ALGORITHMS.get(_key(x, packed, out_features), 0)
+    alg_id, split_k, _ = _ALGORITHMS.get(_key(x, packed, out_features), DEFAULT_CONFIG)
+    return f"algorithm {alg_id}" + (f" split-K {split_k}" if split_k > 1 else "")
 
 
 @sparse_linear_2_4.register_fake

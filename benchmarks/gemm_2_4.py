@@ -4,10 +4,10 @@ On an H200 the 2:4 path measured about 1 ms per call at every token count: setup
 Llama-3.1-8B projection shape (from the catalog) and token count 1, 2, 4 … 8192, bf16 on CUDA, this times:
 
   dense        F.linear on the masked dense weight (what the 2:4 model is compared against)
-  adapter      exactly what semi_structured_2_4 runs: a SparseLinear holding to_sparse(weight), PyTorch's
-               default backend (cuSPARSELt on compute capability 9.0), output copied to row-major
-  cslt-cached  torch._cslt_sparse_mm on a weight compressed once, alg_id searched once per shape and token
-               count (torch._cslt_sparse_mm_search), input held padded to 8 rows as a static-shape engine would
+  adapter      exactly what semi_structured_2_4 runs: a SparseLinear holding to_sparse(weight); on cuSPARSELt
+               (compute capability 9.0) the prunereg::sparse_linear_2_4 op, padding inside each call
+  cslt-cached  torch._cslt_sparse_mm on a weight compressed once, algorithm and split-K searched once per shape
+               and token count (semi_structured.search), input held padded to 8 rows as a static-shape engine would
   torchao      torchao.sparsity.sparsify_(…, semi_sparse_weight()), where torchao imports
 
 Per case: CUDA events around each of --repeats calls after --warmup (median, p20, p80; host work between
@@ -213,24 +213,33 @@ def torchao_case(masked: torch.Tensor) -> tuple[nn.Module | None, str]:
 
 
 class CachedCslt:
-    """cuSPARSELt with its per-weight work done once: compressed weight, and alg_id per token count."""
+    """cuSPARSELt with its per-weight work done once: compressed weight, and its searched configuration per token count."""
 
     def __init__(self, masked: torch.Tensor) -> None:
         self.compressed = torch._cslt_compress(masked)
-        self.alg_ids: dict[int, int] = {}
+        self.configs: dict[int, tuple[int, int, int]] = {}
 
     def call(self, x: torch.Tensor, tokens: int) -> Call:
         """y[:tokens] = x·Wᵀ from an input buffer padded to cuSPARSELt's minimum rows; the result is row-major."""
+        from prunereg.adapters.semi_structured import search
+
         rows = -(-tokens // DENSE_MIN_ROWS) * DENSE_MIN_ROWS
         padded = torch.zeros(rows, x.shape[-1], device=x.device, dtype=x.dtype)
         padded[:tokens] = x.reshape(tokens, -1)
         dense_t = padded.t()
-        if tokens not in self.alg_ids:
-            self.alg_ids[tokens] = int(torch._cslt_sparse_mm_search(self.compressed, dense_t, transpose_result=True))
-        alg_id = self.alg_ids[tokens]
+        if tokens not in self.configs:
+            self.configs[tokens] = search(self.compressed, padded)
+        alg_id, split_k, split_k_mode = self.configs[tokens]
 
         def run() -> torch.Tensor:
-            return torch._cslt_sparse_mm(self.compressed, dense_t, transpose_result=True, alg_id=alg_id)[:tokens]
+            return torch._cslt_sparse_mm(
+                self.compressed,
+                dense_t,
+                transpose_result=True,
+                alg_id=alg_id,
+                split_k=split_k,
+                split_k_mode=split_k_mode,
+            )[:tokens]
 
         return run
 
@@ -299,7 +308,7 @@ def case_call(
         assert cached is not None
         fn = cached.call(x, result.tokens)
         result.backend = "cuSPARSELt (_cslt_sparse_mm)"
-        result.extra["alg_id"] = cached.alg_ids[result.tokens]
+        result.extra["alg_id"], result.extra["split_k"], result.extra["split_k_mode"] = cached.configs[result.tokens]
         return fn
     module, result.backend = modules[case]
     if module is None:
@@ -422,6 +431,7 @@ def dry_run(args: argparse.Namespace, shapes: list[Shape]) -> None:
     print(
         f"torch {torch.__version__}: "
         + ", ".join(f"torch.{op} {'present' if hasattr(torch, op) else 'MISSING'}" for op in ops)
+        + f", torch._C._cusparselt.mm_search {'present' if hasattr(torch._C, '_cusparselt') else 'MISSING'}"
     )
     try:
         importlib.import_module("torchao")

@@ -130,8 +130,7 @@ class _Tracer(TorchDispatchMode):
             self.product(packet is aten.linear, *(args[i] for i in PRODUCTS[packet]))
         elif packet is torch.ops.prunereg.sparse_linear_2_4:
             x, packed, _, n = args
-            algorithm = semi_structured.algorithm(x, packed, n)
-            self.sparse(f"cuSPARSELt, algorithm {algorithm}", 0, args, out)
+            self.sparse(f"cuSPARSELt, {semi_structured.algorithm(x, packed, n)}", 0, args, out)
         elif packet in SPARSE_2_4:
             self.sparse(*SPARSE_2_4[packet], args, out)
         elif packet in SDPA:

@@ -47,19 +47,23 @@ def kernel_note(kernels: Iterable[str]) -> str | None:
     return f"{note}: no kernel speedup expected" if set(shown) <= set(NO_SPEEDUP_KERNELS) else note
 
 
-_ALGORITHM = re.compile(r"(?P<kernel>.+), algorithm (?P<id>\d+)\)")
+_ALGORITHM = re.compile(r"(?P<kernel>.+), algorithm (?P<id>\d+)(?P<split> split-K \d+)?\)")
 
 
 def _algorithms_merged(kernels: set[str]) -> set[str]:
-    """One entry per library with the algorithms its GEMMs ran, e.g. "sparse 2:4 (cuSPARSELt, algorithms 12, 15)"."""
-    ids: dict[str, set[int]] = defaultdict(set)
+    """One entry per library with the algorithms its GEMMs ran, e.g.
+    "sparse 2:4 (cuSPARSELt, algorithms 12, 13 split-K 2, 15)"."""
+    configs: dict[str, set[tuple[int, str]]] = defaultdict(set)
     others = set()
     for kernel in kernels:
         if match := _ALGORITHM.fullmatch(kernel):
-            ids[match["kernel"]].add(int(match["id"]))
+            configs[match["kernel"]].add((int(match["id"]), match["split"] or ""))
         else:
             others.add(kernel)
-    return others | {f"{k}, algorithm{'s' * (len(a) > 1)} {', '.join(map(str, sorted(a)))})" for k, a in ids.items()}
+    return others | {
+        f"{k}, algorithm{'s' * (len(c) > 1)} {', '.join(f'{i}{split}' for i, split in sorted(c))})"
+        for k, c in configs.items()
+    }
 
 
 def recovery_note(recovery: dict[str, Any] | None) -> str:

@@ -119,10 +119,10 @@ def test_sparse_kernel_equals_masked_dense_on_cuda():
         assert {rows for *_, rows in semi_structured._ALGORITHMS} >= {8, 128}
         q_proj = {(t.m, t.kernel) for t in trace_forward(pruned, odd) if t.gemm == "qkv_proj" and t.n == 256}
         searched = [
-            semi_structured._ALGORITHMS[(layer.self_attn.q_proj.packed.data_ptr(), 256, 256, 8)]
+            semi_structured.algorithm(torch.empty(6, 256, dtype=torch.bfloat16), layer.self_attn.q_proj.packed, 256)
             for layer in pruned.model.layers
         ]
-        assert q_proj == {(6, f"sparse 2:4 (cuSPARSELt, algorithm {algorithm})") for algorithm in searched}
+        assert q_proj == {(6, f"sparse 2:4 (cuSPARSELt, {algorithm})") for algorithm in searched}
 
 
 def test_a_checkpoint_reloads_and_reapplying_changes_nothing(tmp_path):
