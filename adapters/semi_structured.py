@@ -162,12 +162,14 @@ def _key(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> tuple[int,
 
 
 def algorithm(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> str:
-    """The cuSPARSELt configuration `sparse_linear_2_4` runs on these rows, "algorithm N" (with " split-K S"
-    where it splits K): the searched one, else the default.
+    """The cuSPARSELt configuration `sparse_linear_2_4` runs on these rows, "algorithm N", with " split-K S"
+    where it splits K in S parts and " segment-K" where it splits K by cuSPARSELt's own choice (split-K -1, Hopper
+    only): the searched one, else the default.
 
     The tracer records it with the GEMM, so a run says which algorithm each 2:4 product ran on."""
     alg_id, split_k, _ = _ALGORITHMS.get(_key(x, packed, out_features), DEFAULT_CONFIG)
-    return f"algorithm {alg_id}" + (f" split-K {split_k}" if split_k > 1 else "")
+    split = " segment-K" if split_k == -1 else f" split-K {split_k}" if split_k > 1 else ""
+    return f"algorithm {alg_id}{split}"
 
 
 @sparse_linear_2_4.register_fake

@@ -47,12 +47,12 @@ def kernel_note(kernels: Iterable[str]) -> str | None:
     return f"{note}: no kernel speedup expected" if set(shown) <= set(NO_SPEEDUP_KERNELS) else note
 
 
-_ALGORITHM = re.compile(r"(?P<kernel>.+), algorithm (?P<id>\d+)(?P<split> split-K \d+)?\)")
+_ALGORITHM = re.compile(r"(?P<kernel>.+), algorithm (?P<id>\d+)(?P<split> split-K \d+| segment-K)?\)")
 
 
 def _algorithms_merged(kernels: set[str]) -> set[str]:
     """One entry per library with the algorithms its GEMMs ran, e.g.
-    "sparse 2:4 (cuSPARSELt, algorithms 12, 13 split-K 2, 15)"."""
+    "sparse 2:4 (cuSPARSELt, algorithms 10 segment-K, 13 split-K 2, 15)"."""
     configs: dict[str, set[tuple[int, str]]] = defaultdict(set)
     others = set()
     for kernel in kernels:

@@ -244,8 +244,12 @@ def test_rows_carry_the_kernels_of_the_models_gemms_and_the_note_names_the_unusu
     searched = [f"sparse 2:4 (cuSPARSELt, algorithm {i})" for i in (20, 13, 15, 13)] + ["dense"]
     assert kernel_note(searched) == "sparse 2:4 (cuSPARSELt, algorithms 13, 15, 20)"
     assert kernel_note(searched[1:2]) == "sparse 2:4 (cuSPARSELt, algorithm 13)"
-    split = [*searched, "sparse 2:4 (cuSPARSELt, algorithm 13 split-K 4)"]
-    assert kernel_note(split) == "sparse 2:4 (cuSPARSELt, algorithms 13, 13 split-K 4, 15, 20)"
+    split = [
+        *searched,
+        "sparse 2:4 (cuSPARSELt, algorithm 13 split-K 4)",
+        "sparse 2:4 (cuSPARSELt, algorithm 10 segment-K)",
+    ]
+    assert kernel_note(split) == "sparse 2:4 (cuSPARSELt, algorithms 10 segment-K, 13, 13 split-K 4, 15, 20)"
 
 
 def test_cli_ingest_stores_all_files_or_none(engine, tmp_db, monkeypatch):
