@@ -19,7 +19,6 @@ Usage (device machine, repository root on PYTHONPATH as `prunereg`):
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 from prunereg.evaluate import evaluate
-from prunereg.harness.latency import FusedWorkload, StaticWorkload
+from prunereg.harness.latency import FusedWorkload, StaticWorkload, release
 from prunereg.harness.models import load_model
 from prunereg.spec.catalog import Phase, Scenario, suites
 from prunereg.spec.results import SavedEvaluation
@@ -53,15 +52,6 @@ def median_ms(fn, repeats: int = 20) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
-
-
-def release() -> None:
-    """Free what a point's models held before the next one loads. Compiled layers stay referenced from
-    dynamo's caches: round 1 on an H100 (80 GB) ran out of memory at its fourth fused point, round 2 did not
-    (results/h100-fused/log.txt)."""
-    gc.collect()
-    torch._dynamo.reset()
-    torch.cuda.empty_cache()
 
 
 def ceilings() -> dict[str, float]:
@@ -185,7 +175,7 @@ def main() -> None:
                 )  # fmt: skip
             except Exception as err:
                 print(f"{time.time() - began:6.0f}s {mode:8} {point:9} FAILED {type(err).__name__}: {err}", flush=True)
-                release()
+                release([])  # the failed point's models
                 continue
             SavedEvaluation(submission=spec, result=result).save(args.out)
             for lat in result.points[0].latency:
@@ -195,7 +185,7 @@ def main() -> None:
                     f"{lat.execution}{' FALLBACK ' + lat.fallback if lat.fallback else ''}",
                     flush=True,
                 )
-            release()
+            release([])  # this point's models, before the next one loads
     for mode in args.modes if args.profile else ():
         if mode != "eager":
             try:

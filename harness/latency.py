@@ -23,6 +23,7 @@ cannot capture is timed in graph mode (or, failing that too, eager), with the re
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 import statistics
@@ -402,29 +403,50 @@ def measure_pair(
     """
     device = next(dense.parameters()).device
     works, execution, fallback = prepare(dense, pruned, scenario, mode, tokenizer)
-    timed = Timer(device)
-    for _ in range(warmup):
-        for work in works:
-            timed(work)
-    load = load_average()
-    before = gpu_state(device)
-    samples: tuple[list[float], list[float]] = ([], [])
+    try:
+        timed = Timer(device)
+        for _ in range(warmup):
+            for work in works:
+                timed(work)
+        load = load_average()
+        before = gpu_state(device)
+        samples: tuple[list[float], list[float]] = ([], [])
 
-    def time_pairs(count: int) -> tuple[list[float], list[float]]:
-        for _ in range(count):
-            for work, out in zip(works, samples):
-                out.append(timed(work))
-        return samples
+        def time_pairs(count: int) -> tuple[list[float], list[float]]:
+            for _ in range(count):
+                for work, out in zip(works, samples):
+                    out.append(timed(work))
+            return samples
 
-    cap = max(repeats, min(max_repeats or repeats, MAX_REPEATS))
-    repeated(time_pairs, repeats, cap)
-    timing = Timing(
-        threads=torch.get_num_threads(), cpus=available_cpus(), load_before=load, repeats=repeats,
-        added_repeats=len(samples[0]) - repeats, max_repeats=cap,
-    )  # fmt: skip
-    return PairTiming(
-        *samples, execution=execution, fallback=fallback, gpu_before=before, gpu_after=gpu_state(device), timing=timing
-    )
+        cap = max(repeats, min(max_repeats or repeats, MAX_REPEATS))
+        repeated(time_pairs, repeats, cap)
+        timing = Timing(
+            threads=torch.get_num_threads(), cpus=available_cpus(), load_before=load, repeats=repeats,
+            added_repeats=len(samples[0]) - repeats, max_repeats=cap,
+        )  # fmt: skip
+        return PairTiming(
+            *samples,
+            execution=execution,
+            fallback=fallback,
+            gpu_before=before,
+            gpu_after=gpu_state(device),
+            timing=timing,
+        )
+    finally:
+        release(works)
+
+
+def release(works: list[Workload]) -> None:
+    """Free what timed workloads hold before the next ones are built. Fused and compiled layers (fused mode's
+    concatenated weights, a copy of each model's) stay referenced from dynamo's caches until it is reset:
+    without this, `prunereg evaluate --mode fused` on Llama-3.1-8B shapes ran out of an H100's 80 GB at ShortGPT's
+    fourth operating point, its third having fallen back to graph mode. `works` may be empty: what the last
+    evaluation's models held is freed all the same, once nothing else references them."""
+    works.clear()
+    gc.collect()
+    torch._dynamo.reset()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def repeated(
