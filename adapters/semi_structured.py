@@ -89,9 +89,9 @@ class SparseLinear(nn.Linear):
     its slow math path (seen on an H200). On an H100 that copy took up to half of the call, and the
     default algorithm ran slower than a searched one: gate_proj at 8192 tokens 1881 µs against 1012 µs
     for one `_cslt_sparse_mm` with a row-major result and a searched algorithm, dense 1392 µs; at one
-    token 36–68 µs against 24–27 µs (results/h100-gemm-2-4/). So on cuSPARSELt every call is that one
-    kernel, through the `prunereg::sparse_linear_2_4` op; elsewhere (CUTLASS) the semi-structured linear
-    and the copy.
+    token 36–68 µs against 24–27 µs (results/h100-gemm-2-4/ as of commit 926581d). So on cuSPARSELt every
+    call is that one kernel, through the `prunereg::sparse_linear_2_4` op; elsewhere (CUTLASS) the
+    semi-structured linear and the copy.
     """
 
     packed: torch.Tensor | None

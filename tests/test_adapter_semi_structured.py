@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -79,6 +80,35 @@ def test_the_cusparselt_path_exports_whole_as_one_op_on_unpadded_rows():
     assert [(n.target, tuple(n.meta["val"].shape)) for n in calls] == [
         (torch.ops.prunereg.sparse_linear_2_4.default, (6, 32))
     ]
+
+
+def test_the_op_runs_the_algorithm_and_split_k_cusparselt_searched(monkeypatch):
+    """`torch._C._cusparselt.mm_search` returns (algorithm, split-K, split-K mode, algorithms): the op runs all
+    three and the trace names them; where only the deprecated search exists, its algorithm unsplit. The two
+    cuSPARSELt calls are stand-ins (they need a GPU); the CUDA test below runs the real ones."""
+    ran: list[dict] = []
+
+    def sparse_mm(packed, dense_t, **options):
+        ran.append(options)
+        return dense_t.new_zeros(dense_t.shape[1], 16)
+
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", sparse_mm)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)  # a CPU build raises here
+    monkeypatch.setattr(torch._C, "_cusparselt", SimpleNamespace(mm_search=lambda *a: (10, -1, 1, 20)), raising=False)
+    x, packed = torch.randn(6, 32, dtype=torch.bfloat16), torch.zeros(48, dtype=torch.bfloat16)
+    assert semi_structured.sparse_linear_2_4(x, packed, None, 16).shape == (6, 16)
+    assert ran[-1]["transpose_result"] is True
+    assert (ran[-1]["alg_id"], ran[-1]["split_k"], ran[-1]["split_k_mode"]) == (10, -1, 1)
+    assert semi_structured.algorithm(x, packed, 16) == "algorithm 10 segment-K"
+
+    monkeypatch.delattr(torch._C, "_cusparselt", raising=False)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm_search", lambda *a, **k: 7)
+    other = torch.zeros(48, dtype=torch.bfloat16)  # another weight: searched afresh
+    semi_structured.sparse_linear_2_4(x, other, None, 16)
+    assert (ran[-1]["alg_id"], ran[-1]["split_k"], ran[-1]["split_k_mode"]) == (7, 1, -1)
+    assert semi_structured.algorithm(x, other, 16) == "algorithm 7"
+    monkeypatch.setitem(semi_structured._ALGORITHMS, semi_structured._key(x, other, 16), (3, 4, 0))
+    assert semi_structured.algorithm(x, other, 16) == "algorithm 3 split-K 4"
 
 
 def _sparse_capable() -> bool:
