@@ -13,11 +13,13 @@
 #   python3 benchmarks/fidelity_report.py results/h200-fused --out benchmarks/h200_fused.md
 # Run from the repository root on the device machine, wheels of README "Measuring on a GPU" in .whl/.
 #
-# Time, as it ran on an H100 on 2026-12-05 (results/h100-fused/log.txt): pip and the CUDA tests ~75 s; round 1
+# Time, as it ran on an H100 on 2026-12-06 (results/h100-fused/log.txt): pip and the CUDA tests ~75 s; round 1
 # ~200 s for the points (the 2:4 point ~90 s in graph mode, its pruning and compression included,
-# then ~95 s more for fused mode's compiles and its 2:4 point), then ~40 s per profile; round 2 about as long, its
-# compiles from inductor's cache. Round 1 is cut at ROUND1_S (default 270 s), round 2 at ROUND2_S (210 s): ~560 s.
-# Round 1 measures graph mode first, then fused, then profiles, so a cut loses the last of these.
+# then ~95 s more for fused mode's compiles and its 2:4 point), then the two profiles (~220 s in all); round 2
+# ~205 s, its compiles from inductor's cache. Since then round 1 ends with fused decode replayed with flex
+# decoding (fidelity.py, not yet timed). Round 1 is cut at ROUND1_S (default 285 s), round 2 at ROUND2_S (210 s):
+# ~580 s. Round 1 measures graph mode first, then fused, then profiles, then flex decoding, so a cut loses the last
+# of these.
 set -uo pipefail
 source benchmarks/device_env.sh
 out=${OUT:-/tmp/out}; saved=/tmp/results/$card-fused; mkdir -p "$saved/round-2" "$out"
@@ -35,7 +37,7 @@ round() {  # round LIMIT_S FOLDER [fidelity.py options]; a killed round still br
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__, 'cusparselt', torch.backends.cusparselt.is_available())"
   timeout 180 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fused.py tests/test_adapter_semi_structured.py 2>&1 | tee "$saved/cuda-tests.txt" | tail -5
-  round "${ROUND1_S:-270}" "$saved" --profile
+  round "${ROUND1_S:-285}" "$saved" --profile
   round "${ROUND2_S:-210}" "$saved/round-2"
   nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
 } 2>&1 | tee "$saved/log.txt"

@@ -7,8 +7,9 @@ Linear (weights and biases) and gate/up into another at load, a static KV cache 
 ([batch, kv_heads, max_len, head_dim] per layer, written at the step's position), RMSNorm and
 rotary computed as transformers computes them (cos/sin from the model's own rotary embedding,
 RMSNorm with the config's rms_norm_eps), attention through torch SDPA (causal in a prefill from
-position 0; no mask for one query over the cache it fills, grouped K/V heads read in place;
-sliding windows where transformers applies them).
+position 0; no mask for one query over the cache it fills, grouped K/V heads read in place, or
+flex_attention's split-KV decoding where DECODE_ATTENTION says so; sliding windows where transformers
+applies them).
 
 Every layer is built from what the pruned model holds, so shapes may differ per layer (width,
 sublayer drop, layer drop). What fusion does not apply to keeps the adapter's own module and runs
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import flex_attention
 from torch.sparse import SparseSemiStructuredTensor
 from transformers import PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -46,6 +48,12 @@ DECODER_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer
 """The decoder layers whose forward FusedLayer computes (SliceGPT's shortcut subclasses too, by their forward)."""
 LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 """Rotary types whose frequencies change with the sequence length, so one table per cache would not do."""
+DECODE_ATTENTION = "sdpa"
+"""A one-query step's attention over the cache: "sdpa" (PyTorch picks cuDNN's or flash's kernel) or "flex"
+(flex_attention, whose compiled CUDA kernel for a few queries splits the keys among thread blocks: a split-KV
+decode, as serving engines run). SDPA's took 0.47 ms of the H100's 6.64 ms Llama-3.1-8B decode step at ctx 4096
+against 0.18 ms to read the cache (benchmarks/h100_fused.md); benchmarks/fidelity.py's fused profile replays the
+step with "flex" beside it, and this default is to follow the faster."""
 
 
 class FusedRefusal(ValueError):
@@ -204,11 +212,20 @@ class FusedLayer(nn.Module):
         elif position == 0 and s > 1:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling, enable_gqa=gqa)
         elif s == 1:  # one query over every key written so far (in its window): nothing to mask
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling, enable_gqa=gqa)
+            out = one_query_attention(q, k, v, self.scaling, gqa)
         else:  # a chunk after earlier tokens: causal with the offset
             mask = torch.ones(s, end, dtype=torch.bool, device=q.device).tril(diagonal=position)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+
+def one_query_attention(q, k, v, scale: float, gqa: bool) -> torch.Tensor:
+    """softmax(q·kᵀ·scale)·v for one query per sequence, by DECODE_ATTENTION's kernel."""
+    if DECODE_ATTENTION == "flex":
+        out = flex_attention(q, k, v, scale=scale, enable_gqa=gqa)
+        assert isinstance(out, torch.Tensor)  # no log-sum-exp asked for
+        return out
+    return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
 
 
 def windows(config) -> list[int | None]:

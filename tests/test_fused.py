@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
 from prunereg.adapters.low_rank import LowRankLinear
+from prunereg.harness import fused
 from prunereg.harness.calibration import calibration_ids
 from prunereg.harness.fused import CAPTURE_REFUSAL, FusedModel, FusedRefusal
 from prunereg.harness.latency import FusedWorkload, Workload, measure_pair, prepare
@@ -131,6 +132,16 @@ def test_a_sliding_window_inside_the_cache_is_applied_as_transformers_does(model
     assert [layer.window for layer in fused.layers] == expected
 
 
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_flex_decoding_computes_what_transformers_does(model_type, monkeypatch):
+    """DECODE_ATTENTION "flex": the token-by-token steps over the cache (grouped K/V heads; Mistral's window
+    sliced) give transformers' logits, as SDPA's do."""
+    monkeypatch.setattr(fused, "DECODE_ATTENTION", "flex")
+    model = tiny(model_type, **({"sliding_window": 16} if model_type == "mistral" else {}))
+    layer = check_fused(model, IDS, PREFILL).layers[0]
+    assert layer.heads != layer.kv_heads
+
+
 def test_refusals_say_why():
     windowed = get_adapter("sparse_attention").apply(
         tiny("mistral", sliding_window=16), EXAMPLES_BY_NAME["sparse_attention"]
@@ -213,6 +224,20 @@ def test_fused_replay_computes_what_eager_does(scenario, compiled):
         work.step()
         torch.cuda.synchronize()
         torch.testing.assert_close(work.output, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_flex_decoding_replays_what_eager_does(monkeypatch):
+    """Compiled and captured, a decode step with flex_attention's decoding kernel gives transformers' logits."""
+    monkeypatch.setattr(fused, "DECODE_ATTENTION", "flex")
+    net = tiny("qwen2").cuda()
+    expected = Workload(net, DECODE).step().logits
+    works, execution, reason = prepare(net, net, DECODE, "fused", compile_fused=True)
+    assert (execution, reason) == ("fused", None)
+    works[1].step()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(works[1].output, expected, atol=1e-4, rtol=1e-4)
 
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
