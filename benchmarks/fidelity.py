@@ -75,7 +75,7 @@ KERNEL_KINDS = (
 )
 
 
-def profile(mode: str, repeats: int = 5) -> dict[str, dict[str, float]]:
+def profile(mode: str, model, repeats: int = 5) -> dict[str, dict[str, float]]:
     """Kernel time per kind for the dense model's uncaptured steps in `mode`: where a gap to the floor goes.
 
     In fused mode the steps are those of the dense model's fused forward (harness/fused.py), its layers
@@ -86,7 +86,6 @@ def profile(mode: str, repeats: int = 5) -> dict[str, dict[str, float]]:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    model = load_model(MODEL, "cuda", torch.bfloat16).model
     out = {}
     for scenario in (
         Scenario(phase=Phase.prefill, batch_size=1, seq_len=4096),
@@ -124,10 +123,9 @@ def profile(mode: str, repeats: int = 5) -> dict[str, dict[str, float]]:
     return out
 
 
-def flex_decoding_step() -> float:
+def flex_decoding_step(model) -> float:
     """The dense model's fused decode step replayed with flex_attention's split-KV decoding
     (fused.DECODE_ATTENTION "flex") in place of SDPA's one-query kernel, in ms."""
-    model = load_model(MODEL, "cuda", torch.bfloat16).model
     fused.DECODE_ATTENTION = "flex"
     try:
         work = FusedWorkload(model, DECODE, compiled=True)
@@ -204,23 +202,28 @@ def main() -> None:
             release([])  # this point's models, before the next one loads
     for mode in args.modes if args.profile else ():
         if mode != "eager":
-            try:
-                (args.out / f"profile-{mode}.json").write_text(json.dumps(profile(mode), indent=1) + "\n")
-            except Exception as err:
-                print(f"profile, {mode} mode: FAILED {type(err).__name__}: {err}", flush=True)
-                continue
-            print(f"profile, {mode} mode:", (args.out / f"profile-{mode}.json").read_text(), flush=True)
-        if mode == "fused":  # after the profile is saved: a round cut here loses only this row
-            try:
-                step = flex_decoding_step()
-            except Exception as err:
-                print(f"flex decoding: FAILED {type(err).__name__}: {err}", flush=True)
-                continue
-            path = args.out / "profile-fused.json"
-            kept = json.loads(path.read_text())
-            kept[DECODE.name]["step, graph replay, flex decoding"] = step
-            path.write_text(json.dumps(kept, indent=1) + "\n")
+            save_profile(mode, args.out)
+
+
+def save_profile(mode: str, out: Path) -> None:
+    """OUT/profile-MODE.json; in fused mode then the decode step with flex decoding added to it, so a round cut
+    there loses only that row. One dense model serves both; a failure is printed and the round goes on."""
+    model = load_model(MODEL, "cuda", torch.bfloat16).model
+    path = out / f"profile-{mode}.json"
+    try:
+        kinds = profile(mode, model)
+        path.write_text(json.dumps(kinds, indent=1) + "\n")
+        print(f"profile, {mode} mode:", json.dumps(kinds, indent=1), flush=True)
+        if mode == "fused":
+            release([])  # the profile's compiled fused copies, before flex decoding's
+            step = kinds[DECODE.name]["step, graph replay, flex decoding"] = flex_decoding_step(model)
+            path.write_text(json.dumps(kinds, indent=1) + "\n")
             print(f"fused decode step with flex decoding: {step:.2f} ms", flush=True)
+    except Exception as err:
+        print(f"profile, {mode} mode: FAILED {type(err).__name__}: {err}", flush=True)
+    finally:
+        del model
+        release([])
 
 
 if __name__ == "__main__":
