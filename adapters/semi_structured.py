@@ -127,7 +127,7 @@ def search(packed: torch.Tensor, padded: torch.Tensor) -> tuple[int, int, int]:
     which is not what was timed in the search. Kept as the fallback where the new call is missing."""
     mm_search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
     if mm_search is None:
-        return int(torch._cslt_sparse_mm_search(packed, padded.t(), transpose_result=True)), 1, -1
+        return int(torch._cslt_sparse_mm_search(packed, padded.t(), transpose_result=True)), *DEFAULT_CONFIG[1:]
     alg_id, split_k, split_k_mode, _ = mm_search(packed, padded.t(), None, None, None, True)
     return int(alg_id), int(split_k), int(split_k_mode)
 
