@@ -229,9 +229,10 @@ def test_fused_replay_computes_what_eager_does(scenario, compiled):
 @pytest.mark.cuda
 @needs_cuda
 def test_flex_decoding_replays_what_eager_does(monkeypatch):
-    """Compiled and captured, a decode step with flex_attention's decoding kernel gives transformers' logits."""
+    """Compiled and captured, a decode step with flex_attention's decoding kernel gives transformers' logits.
+    Heads of 16, the least flex_attention takes (with tiny()'s 8 it refuses, and fused mode falls back to graph)."""
     monkeypatch.setattr(fused, "DECODE_ATTENTION", "flex")
-    net = tiny("qwen2").cuda()
+    net = tiny("qwen2", num_attention_heads=4, num_key_value_heads=2, head_dim=16).cuda()
     expected = Workload(net, DECODE).step().logits
     works, execution, reason = prepare(net, net, DECODE, "fused", compile_fused=True)
     assert (execution, reason) == ("fused", None)

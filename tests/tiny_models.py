@@ -9,19 +9,11 @@ ARCHITECTURES = ["llama", "qwen2", "mistral"]
 
 
 def tiny(model_type: str, **config_fields) -> PreTrainedModel:
-    """A 6-layer model of hidden 64 with GQA (8 query heads of 8, 4 KV heads); `config_fields` add to its config."""
-    config = AutoConfig.for_model(
-        model_type,
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=6,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=8,
-        max_position_embeddings=128,
-        **config_fields,
-    )
+    """A 6-layer model of hidden 64 with GQA (8 query heads of 8, 4 KV heads); `config_fields` add to its config
+    or replace these."""
+    shape = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=6, num_attention_heads=8,
+                 num_key_value_heads=4, head_dim=8, max_position_embeddings=128)  # fmt: skip
+    config = AutoConfig.for_model(model_type, **{**shape, **config_fields})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     if model_type == "qwen2":  # random biases, so slicing them is tested
