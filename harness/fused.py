@@ -51,9 +51,9 @@ LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 DECODE_ATTENTION = "sdpa"
 """A one-query step's attention over the cache: "sdpa" (PyTorch picks cuDNN's or flash's kernel) or "flex"
 (flex_attention, whose compiled CUDA kernel for a few queries splits the keys among thread blocks: a split-KV
-decode, as serving engines run). SDPA's took 0.47 ms of the H100's 6.64 ms Llama-3.1-8B decode step at ctx 4096
-against 0.18 ms to read the cache (benchmarks/h100_fused.md); benchmarks/fidelity.py's fused profile replays the
-step with "flex" beside it, and this default is to follow the faster."""
+decode, as serving engines run). SDPA's took 0.49 ms of an H100's 6.57 ms Llama-3.1-8B decode step at ctx 4096
+against 0.18 ms to read the cache; the same step with "flex" took 11.34 ms (benchmarks/h100_fused.md, replayed
+by benchmarks/fidelity.py's fused profile), so SDPA stays the default until a profile says why flex is slower."""
 
 
 class FusedRefusal(ValueError):
