@@ -75,6 +75,29 @@ KERNEL_KINDS = (
 )
 
 
+def kernel_times(work, repeats: int = 5, top: int = 6) -> dict[str, float]:
+    """Kernel time per kind and the `top` kernels, in ms per uncaptured step of `work` (after one step that
+    compiles where it must)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    work.step()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            work.step()
+        torch.cuda.synchronize()
+    kinds: dict[str, float] = defaultdict(float)
+    kernels = [event for event in prof.key_averages() if event.device_type.name == "CUDA"]
+    for event in kernels:
+        name = event.key.lower()
+        kind = next((k for k, words in KERNEL_KINDS if any(w in name for w in words)), "elementwise/norm/other")
+        kinds[kind] += event.device_time_total / 1e3 / repeats
+    for event in sorted(kernels, key=lambda e: -e.device_time_total)[:top]:
+        kinds[f"top kernel: {event.key[:70]}"] = event.device_time_total / 1e3 / repeats
+    return dict(kinds)
+
+
 def profile(mode: str, model, repeats: int = 5) -> dict[str, dict[str, float]]:
     """Kernel time per kind for the dense model's uncaptured steps in `mode`: where a gap to the floor goes.
 
@@ -83,8 +106,6 @@ def profile(mode: str, model, repeats: int = 5) -> dict[str, dict[str, float]]:
     SDPA backend alone (it is chosen at capture).
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
 
     out = {}
     for scenario in (
@@ -96,20 +117,7 @@ def profile(mode: str, model, repeats: int = 5) -> dict[str, dict[str, float]]:
             if mode == "fused"
             else StaticWorkload(model, scenario, compiled=mode == "compiled")
         )
-        work.step()  # compiles in compiled and fused mode: not profiled
-        torch.cuda.synchronize()
-        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(repeats):
-                work.step()
-            torch.cuda.synchronize()
-        kinds: dict[str, float] = defaultdict(float)
-        kernels = [event for event in prof.key_averages() if event.device_type.name == "CUDA"]
-        for event in kernels:
-            name = event.key.lower()
-            kind = next((k for k, words in KERNEL_KINDS if any(w in name for w in words)), "elementwise/norm/other")
-            kinds[kind] += event.device_time_total / 1e3 / repeats  # ms per step
-        for event in sorted(kernels, key=lambda e: -e.device_time_total)[:6]:
-            kinds[f"top kernel: {event.key[:70]}"] = event.device_time_total / 1e3 / repeats
+        kinds = kernel_times(work, repeats)
         work.capture()
         kinds["step, graph replay (measured)"] = median_ms(work.step)
         del work
@@ -119,18 +127,19 @@ def profile(mode: str, model, repeats: int = 5) -> dict[str, dict[str, float]]:
                 work.capture()
             kinds[f"step, graph replay, {backend.name} only"] = median_ms(work.step)
             del work
-        out[scenario.name] = dict(kinds)
+        out[scenario.name] = kinds
     return out
 
 
-def flex_decoding_step(model) -> float:
-    """The dense model's fused decode step replayed with flex_attention's split-KV decoding
-    (fused.DECODE_ATTENTION "flex") in place of SDPA's one-query kernel, in ms."""
+def flex_decoding_step(model) -> dict[str, float]:
+    """The dense model's fused decode step with flex_attention's split-KV decoding (fused.DECODE_ATTENTION
+    "flex") in place of SDPA's one-query kernel: its kernels uncaptured, then its replay, in ms."""
     fused.DECODE_ATTENTION = "flex"
     try:
         work = FusedWorkload(model, DECODE, compiled=True)
+        kinds = {f"flex decoding, {kind}": ms for kind, ms in kernel_times(work, top=4).items()}
         work.capture()
-        return median_ms(work.step)
+        return {**kinds, "step, graph replay, flex decoding": median_ms(work.step)}
     finally:
         fused.DECODE_ATTENTION = "sdpa"
 
@@ -216,9 +225,10 @@ def save_profile(mode: str, out: Path) -> None:
         print(f"profile, {mode} mode:", json.dumps(kinds, indent=1), flush=True)
         if mode == "fused":
             release([])  # the profile's compiled fused copies, before flex decoding's
-            step = kinds[DECODE.name]["step, graph replay, flex decoding"] = flex_decoding_step(model)
+            flex = flex_decoding_step(model)
+            kinds[DECODE.name].update(flex)
             path.write_text(json.dumps(kinds, indent=1) + "\n")
-            print(f"fused decode step with flex decoding: {step:.2f} ms", flush=True)
+            print("fused decode step with flex decoding:", json.dumps(flex, indent=1), flush=True)
     except Exception as err:
         print(f"profile, {mode} mode: FAILED {type(err).__name__}: {err}", flush=True)
     finally:

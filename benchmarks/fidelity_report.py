@@ -314,7 +314,7 @@ def why(folder: Path, arch, measured) -> list[str]:
             cost = estimate(arch, measured, scenario)
             attention = [r for r in cost.rows if r.gemm.value.startswith("attn_")]
             projections = [r for r in cost.rows if not r.gemm.value.startswith("attn_")]
-            kernels = sum(ms for kind, ms in kinds.items() if not kind.startswith(("step", "top")))
+            kernels = sum(ms for kind, ms in kinds.items() if not kind.startswith(("step", "top", "flex")))
             replay = kinds["step, graph replay (measured)"]
             other = kinds.get("copy/cast", 0) + kinds.get("elementwise/norm/other", 0)
             gemm_ms, attention_ms = kinds.get("GEMM", 0), kinds.get("attention", 0)
@@ -329,6 +329,14 @@ def why(folder: Path, arch, measured) -> list[str]:
                 f"norms, rotary, SiLU, casts and copies {other:.2f} ms (no floor: the roofline counts GEMMs only); "
                 f"gaps between kernels {replay - kernels:.2f} ms."
             )
+            flex = kinds.get("step, graph replay, flex decoding")
+            if flex is not None:
+                flex_attention = kinds.get("flex decoding, attention")
+                kernel_line = "" if flex_attention is None else f", its attention kernels {flex_attention:.2f} ms"
+                lines.append(
+                    f"- {mode}, {name}, flex_attention's split-KV decoding in place of SDPA: replay {flex:.2f} ms"
+                    f"{kernel_line} (with SDPA: replay {replay:.2f} ms, attention {attention_ms:.2f} ms)."
+                )
     lines += [
         "",
         "The GEMMs run near the ceilings (cuBLAS/nvjet). What is left is transformers' module structure: separate "
