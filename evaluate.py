@@ -26,7 +26,7 @@ from prunereg.harness.fingerprint import environment, model_stats
 from prunereg.harness.latency import Workload, busy, measure_pair, pin_threads
 from prunereg.harness.models import LoadedModel, load_model
 from prunereg.harness.tasks import QualityMeasure, TaskUnavailable, measure
-from prunereg.harness.trace import check_declaration
+from prunereg.harness.trace import ALIGNMENT_BYTES, check_declaration, unaligned
 from prunereg.spec.catalog import ModelArchitecture, Phase, Scenario, devices, models, suite_tasks
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import ResolvedEffect, resolve
@@ -47,6 +47,8 @@ from prunereg.spec.submission import OperatingPoint, Submission
 
 TRACE_SEQ_LEN = 256
 """Prompt length of the traced prefill that checks declared effects (whole 64-token blocks)."""
+GPU_DTYPE = torch.bfloat16
+"""The dtype every GPU evaluation runs in (a CPU one in float32)."""
 
 
 class EvaluationError(Exception):
@@ -121,6 +123,12 @@ def evaluate(
         calibration = calibration_record(loaded, params, time.perf_counter() - started)
         on_step(f"{point.name} · tracing GEMMs")
         gemms = checked_gemms(loaded, pruned, effects, point.name)
+        if misaligned := unaligned(gemms, GPU_DTYPE.itemsize):  # on a CPU too: the shapes are the GPU's
+            on_warning(
+                f"{point.name}: {', '.join(misaligned)}: not a multiple of {ALIGNMENT_BYTES // GPU_DTYPE.itemsize}, "
+                f"so in bf16 these rows are not {ALIGNMENT_BYTES}-byte aligned and a GPU's tensor-core GEMMs run "
+                "them slower than the roofline assumes"
+            )
         latency = []
         for scenario in scenarios:
             on_step(f"{point.name} · {scenario.name}")
@@ -170,7 +178,7 @@ def check_request(
     unknown = sorted((only or set()) - {p.name for p in submission.adapter.operating_points})
     if unknown:
         raise EvaluationError(f"no operating point named {', '.join(map(repr, unknown))} in this submission")
-    return device, torch.bfloat16 if device.type == "cuda" else torch.float32
+    return device, GPU_DTYPE if device.type == "cuda" else torch.float32
 
 
 def load_checked(

@@ -14,9 +14,9 @@ from tiny_models import tiny
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from transformers import AutoModelForCausalLM
 
-from prunereg.evaluate import apply_point
+from prunereg.evaluate import apply_point, evaluate
 from prunereg.harness.models import load_model
-from prunereg.harness.trace import check_declaration, compare, declare, trace_forward
+from prunereg.harness.trace import check_declaration, compare, declare, trace_forward, unaligned
 from prunereg.spec.catalog import EMBEDDED_MODEL, Phase, Scenario
 from prunereg.spec.effects import ResolvedEffect
 from prunereg.spec.results import GemmTrace
@@ -283,3 +283,38 @@ def test_an_additive_mask_of_large_finite_negatives_masks_its_pairs():
     bias = torch.zeros(kept.shape, dtype=torch.bfloat16).masked_fill(~kept, -65536.0)
     assert _allowed(bias, 1, 2, 4, 4) == _allowed(kept, 1, 2, 4, 4) == 2 * 10
     assert _allowed(torch.full((4, 4), -3.0), 1, 2, 4, 4) == 2 * 16  # a real bias (ALiBi-like) keeps its pairs
+
+
+def test_unaligned_names_the_dense_weight_gemms_whose_rows_are_not_16_byte_aligned():
+    """LLM-Pruner's params-50 keeps 6738 of Llama-3.1-8B's 14336 MLP channels: in bf16 neither gate_up_proj's N
+    nor down_proj's K is a multiple of 8. Attention's products and 2:4 kernels are not weight rows cuBLAS reads."""
+
+    def trace(gemm: str, n: int, k: int, kernel: str = "dense") -> GemmTrace:
+        return GemmTrace(gemm=gemm, count=32, m=4096, n=n, k=k, flops=1.0, effective_flops=1.0, kernel=kernel)
+
+    traces = [
+        trace("qkv_proj", 6144, 4096),
+        trace("gate_up_proj", 2 * 6738, 4096),  # concatenated: 13476 is a multiple of 4, not of 8
+        trace("down_proj", 4096, 6738),
+        trace("down_proj", 4096, 6738),  # a second layer of the same shape: one line
+        trace("o_proj", 4096, 4095, kernel="masked dense"),
+        trace("attn_score", 4097, 128),
+        trace("gate_up_proj", 6738, 4096, kernel="sparse 2:4 (cuSPARSELt, algorithm 10)"),
+    ]
+    assert unaligned(traces, dtype_bytes=2) == ["gate_up_proj N = 13476", "down_proj K = 6738", "o_proj K = 4095"]
+    assert unaligned(traces, dtype_bytes=4) == ["down_proj K = 6738", "o_proj K = 4095"]
+    assert unaligned(traces[:1], dtype_bytes=2) == []
+
+
+@pytest.mark.slow
+def test_evaluate_warns_of_a_point_whose_widths_are_unaligned():
+    """LLM-Pruner's params-27 keeps 270 of the embedded model's 384 MLP channels; width-25 keeps 288."""
+    spec, _ = validate_file(ROOT / "submissions" / "llm-pruner.json")
+    warnings: list[str] = []
+    scenarios = (Scenario(phase=Phase.prefill, batch_size=1, seq_len=16),)
+    evaluate(spec, EMBEDDED_MODEL, "cpu", scenarios, warmup=0, repeats=3, only={"params-27", "width-25"},
+             on_warning=warnings.append)  # fmt: skip
+    assert [w for w in warnings if "aligned" in w] == [  # not the busy-machine warnings
+        "params-27: gate_up_proj N = 270, down_proj K = 270: not a multiple of 8, so in bf16 these rows are not "
+        "16-byte aligned and a GPU's tensor-core GEMMs run them slower than the roofline assumes"
+    ]
