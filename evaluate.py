@@ -26,12 +26,13 @@ from prunereg.harness.fingerprint import environment, model_stats
 from prunereg.harness.latency import Workload, busy, measure_pair, pin_threads
 from prunereg.harness.models import LoadedModel, load_model
 from prunereg.harness.tasks import QualityMeasure, TaskUnavailable, measure
-from prunereg.harness.trace import ALIGNMENT_BYTES, check_declaration, unaligned
+from prunereg.harness.trace import check_declaration
 from prunereg.spec.catalog import ModelArchitecture, Phase, Scenario, devices, models, suite_tasks
 from prunereg.spec.costmodel import estimate
 from prunereg.spec.effects import ResolvedEffect, resolve
 from prunereg.spec.parameters import AdapterParams, CheckpointParams
 from prunereg.spec.results import (
+    ALIGNMENT_BYTES,
     CalibrationRecord,
     CheckpointRecord,
     Environment,
@@ -42,6 +43,7 @@ from prunereg.spec.results import (
     PointResult,
     Sharding,
     latency_summary,
+    unaligned,
 )
 from prunereg.spec.submission import OperatingPoint, Submission
 

@@ -246,26 +246,6 @@ def trace_forward(model: torch.nn.Module, input_ids: torch.Tensor) -> list[GemmT
     return sorted(traces, key=lambda t: (order.get(t.gemm, len(order)), t.gemm, -t.flops))
 
 
-ALIGNMENT_BYTES = 16
-"""Tensor-core GEMM kernels read rows as 16-byte vectors (cuBLAS's "Tensor Core Usage" restrictions): a weight GEMM
-whose N or K is not a multiple of 16 bytes' worth of elements runs on slower kernels than the roofline assumes,
-as SliceGPT's 3277 kept channels did before its adapter rounded them to a multiple of 8."""
-
-
-def unaligned(traces: list[GemmTrace], dtype_bytes: int) -> list[str]:
-    """The dense weight GEMMs (not attention's products) whose N or K breaks ALIGNMENT_BYTES at this dtype,
-    one line per kind and shape, e.g. "down_proj K = 6738"."""
-    step = max(1, ALIGNMENT_BYTES // dtype_bytes)
-    lines = []
-    for t in traces:
-        if t.gemm in (Gemm.attn_score.value, Gemm.attn_value.value) or "dense" not in t.kernel:
-            continue
-        odd = [f"{name} = {size}" for name, size in (("N", t.n), ("K", t.k)) if size % step]
-        if odd:
-            lines.append(f"{t.gemm} {' and '.join(odd)}")
-    return list(dict.fromkeys(lines))
-
-
 TOLERANCE = 0.03
 """Absolute difference allowed between the declared and the observed kept share of a GEMM's FLOPs, for a GEMM
 whose effects are not all counted in whole units (routing, key blocks, ranks, weights) or that declares none."""

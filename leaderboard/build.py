@@ -447,7 +447,10 @@ def _environment() -> Environment:
     env.filters.update(times=_times, percent=_percent, ms=_ms, number=_number, param=_param, dimension=_dimension)
     env.filters["calibration"] = _calibration
     env.filters.update(
-        family_label=display.family_label, kernel_note=display.kernel_note, gpu_change=display.gpu_change
+        family_label=display.family_label,
+        kernel_note=display.kernel_note,
+        gpu_change=display.gpu_change,
+        unaligned_note=display.unaligned_note,
     )
     env.filters["recovery_note"] = display.recovery_note
     env.tests["noisy"] = display.noisy
@@ -468,7 +471,7 @@ def _rounded(value: Any) -> Any:
     return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
-NOT_IN_JSON = ("environment", "kernels", "calibration", "checkpoint")
+NOT_IN_JSON = ("environment", "kernels", "unaligned", "calibration", "checkpoint")
 """Per-run data repeated on every row; the method pages show it once per run, keyed by environment_key."""
 
 

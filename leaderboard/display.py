@@ -47,6 +47,13 @@ def kernel_note(kernels: Iterable[str]) -> str | None:
     return f"{note}: no kernel speedup expected" if set(shown) <= set(NO_SPEEDUP_KERNELS) else note
 
 
+def unaligned_note(unaligned: Iterable[str]) -> str | None:
+    """Why a point with fewer FLOPs can run slower than dense: weight rows tensor cores cannot read in 16-byte
+    vectors (registry Row.unaligned), e.g. "unaligned in bf16: down_proj K = 6738"."""
+    shown = list(unaligned)
+    return f"unaligned in bf16: {', '.join(shown)}" if shown else None
+
+
 _ALGORITHM = re.compile(r"(?P<kernel>.+), algorithm (?P<id>\d+)(?P<split> split-K \d+| segment-K)?\)")
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from prunereg.spec.catalog import models
 from prunereg.spec.division import division
+from prunereg.spec.results import GemmTrace, unaligned
 from prunereg.spec.submission import QualityClaim
 from prunereg.spec.uncertainty import noise
 
@@ -37,6 +38,8 @@ from .schema import (
     SubmissionRecord,
 )
 
+TWO_BYTE_DTYPES = ("bfloat16", "float16")
+"""Run dtypes whose weight rows must be 8 elements apart to be 16-byte aligned (GPU runs; CPU runs are float32)."""
 MODEL_GEMMS_ONLY = ("router", "other")
 """Traced GEMM kinds that are not the model's matrix products; their kernels say nothing about the pruning."""
 
@@ -85,6 +88,9 @@ class Row:
     """The run's whole fingerprint (spec.results.Environment as JSON); `environment_key` is its hash."""
     kernels: tuple[str, ...] = ()
     """Distinct kernels the run's traced model GEMMs ran on (dense, masked dense, sparse 2:4, ...)."""
+    unaligned: tuple[str, ...] = ()
+    """Its dense weight GEMMs whose N or K is not 16-byte aligned (spec.results.unaligned), e.g. "down_proj K =
+    6738"; for runs in a 2-byte dtype (a GPU's) only."""
     execution: str = "eager"
     """How the steps really ran: `execution_mode`, or eager when `fallback` says why that mode failed."""
     fallback: str | None = None
@@ -144,9 +150,16 @@ def _kernels(gemms: list[dict[str, Any]] | None) -> tuple[str, ...]:
     return tuple(sorted({g["kernel"] for g in gemms or [] if g["gemm"] not in MODEL_GEMMS_ONLY}))
 
 
+def _unaligned(gemms: list[dict[str, Any]] | None, dtype: str) -> tuple[str, ...]:
+    if dtype not in TWO_BYTE_DTYPES or not gemms:
+        return ()
+    return tuple(unaligned([GemmTrace.model_validate(g) for g in gemms], dtype_bytes=2))
+
+
 class _RunFacts(NamedTuple):
     environment: dict[str, Any]
     kernels: tuple[str, ...]
+    unaligned: tuple[str, ...]
     calibration: dict[str, Any] | None
     checkpoint: dict[str, Any] | None
     stand_in: str | None
@@ -165,7 +178,9 @@ def _run_facts(session: Session, runs: Select | None = None) -> dict[int, _RunFa
         stmt
     ):
         fingerprint = {"device_name": device_name, "dtype": dtype, "execution_mode": mode, **environment}
-        facts[run_id] = _RunFacts(fingerprint, _kernels(gemms), calibration, checkpoint, stand_in)
+        facts[run_id] = _RunFacts(
+            fingerprint, _kernels(gemms), _unaligned(gemms, dtype), calibration, checkpoint, stand_in
+        )
     return facts
 
 
@@ -287,6 +302,7 @@ def leaderboard_rows(
                     quality_metric=q[2] if q else None,
                     environment=run.environment,
                     kernels=run.kernels,
+                    unaligned=run.unaligned,
                     execution=intern(execution),
                     fallback=fallback,
                     gpu_before=_json_value(gpu_before),

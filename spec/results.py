@@ -21,6 +21,7 @@ from .calibration import CalibrationSet
 from .catalog import Frozen, Scenario
 from .effects import ResolvedEffect
 from .submission import Name, Submission
+from .taxonomy import Gemm
 
 NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
 """Stored text holds no control characters (NUL, newlines, escapes, C1): one line, and storable everywhere."""
@@ -252,6 +253,29 @@ class GemmTrace(Measured):
         strict=True, ge=0, le=1e24, description="flops on the weights/pairs that are not pruned"
     )
     kernel: str = text(80, "dense, masked dense, or the sparse kernel and its backend")
+
+
+ALIGNMENT_BYTES = 16
+"""Tensor-core GEMM kernels read rows as 16-byte vectors (cuBLAS's "Tensor Core Usage" restrictions): a weight GEMM
+whose N or K is not a multiple of 16 bytes' worth of elements runs on slower kernels than the roofline assumes,
+as SliceGPT's 3277 kept channels did before its adapter rounded them to a multiple of 8."""
+
+
+WEIGHT_GEMMS = frozenset(g.value for g in Gemm) - {Gemm.attn_score.value, Gemm.attn_value.value}
+
+
+def unaligned(traces: list[GemmTrace], dtype_bytes: int) -> list[str]:
+    """The dense weight GEMMs of the taxonomy (not attention's products, routers or "other") whose N or K breaks
+    ALIGNMENT_BYTES at this dtype, one line per kind and shape, e.g. "down_proj K = 6738"."""
+    step = max(1, ALIGNMENT_BYTES // dtype_bytes)
+    lines = []
+    for t in traces:
+        if t.gemm not in WEIGHT_GEMMS or "dense" not in t.kernel:
+            continue
+        odd = [f"{name} = {size}" for name, size in (("N", t.n), ("K", t.k)) if size % step]
+        if odd:
+            lines.append(f"{t.gemm} {' and '.join(odd)}")
+    return list(dict.fromkeys(lines))
 
 
 MAX_CALIBRATION_SECONDS = 7 * 86_400.0

@@ -252,6 +252,29 @@ def test_rows_carry_the_kernels_of_the_models_gemms_and_the_note_names_the_unusu
     assert kernel_note(split) == "sparse 2:4 (cuSPARSELt, algorithms 10 segment-K, 13, 13 split-K 4, 15, 20)"
 
 
+def test_rows_of_gpu_runs_name_their_unaligned_weight_gemms_and_the_site_shows_them(engine, tmp_path):
+    """LLM-Pruner at 50 % keeps 6738 of Llama-3.1-8B's 14336 MLP channels: slower kernels than its FLOPs say.
+    A float32 (CPU) run of the same shapes carries no such note."""
+    from prunereg.leaderboard.build import build_site
+    from prunereg.spec.results import EvaluationResult, GemmTrace
+
+    submission = make_submission(points={"drop-25": {"sparsity": 0.25, "seed": 0}})
+    shape = {"count": 32, "m": 256, "flops": 2.0, "effective_flops": 1.0, "kernel": "dense"}
+    for dtype in ("bfloat16", "float32"):
+        document = make_result(submission, environment=make_environment(dtype=dtype)).model_dump(mode="json")
+        document["points"][0]["gemms"] = [
+            GemmTrace(gemm="down_proj", n=4096, k=6738, **shape).model_dump(),
+            GemmTrace(gemm="qkv_proj", n=6144, k=4096, **shape).model_dump(),
+        ]
+        ingest(engine, submission, EvaluationResult.model_validate(document))
+    by_dtype = {(r.dtype, r.operating_point): r.unaligned for r in leaderboard_rows(engine)}
+    assert by_dtype[("bfloat16", "drop-25")] == ("down_proj K = 6738",)
+    assert by_dtype[("float32", "drop-25")] == ()
+    build_site(engine, tmp_path / "site")
+    pages = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "site").rglob("*.html"))
+    assert pages.count("unaligned in bf16: down_proj K = 6738") >= 1
+
+
 def test_cli_ingest_stores_all_files_or_none(engine, tmp_db, monkeypatch):
     """The database failing on the second file rolls the first one back too: one line, exit 1, nothing stored."""
     from sqlalchemy.exc import OperationalError

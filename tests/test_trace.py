@@ -16,10 +16,10 @@ from transformers import AutoModelForCausalLM
 
 from prunereg.evaluate import apply_point, evaluate
 from prunereg.harness.models import load_model
-from prunereg.harness.trace import check_declaration, compare, declare, trace_forward, unaligned
+from prunereg.harness.trace import check_declaration, compare, declare, trace_forward
 from prunereg.spec.catalog import EMBEDDED_MODEL, Phase, Scenario
 from prunereg.spec.effects import ResolvedEffect
-from prunereg.spec.results import GemmTrace
+from prunereg.spec.results import GemmTrace, unaligned
 from prunereg.spec.validate import validate_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -299,6 +299,8 @@ def test_unaligned_names_the_dense_weight_gemms_whose_rows_are_not_16_byte_align
         trace("down_proj", 4096, 6738),  # a second layer of the same shape: one line
         trace("o_proj", 4096, 4095, kernel="masked dense"),
         trace("attn_score", 4097, 128),
+        trace("other", 64, 1),  # rotary's outer product
+        trace("router", 1, 4096),
         trace("gate_up_proj", 6738, 4096, kernel="sparse 2:4 (cuSPARSELt, algorithm 10)"),
     ]
     assert unaligned(traces, dtype_bytes=2) == ["gate_up_proj N = 13476", "down_proj K = 6738", "o_proj K = 4095"]
