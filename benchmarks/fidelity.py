@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from prunereg.evaluate import evaluate
+from prunereg.evaluate import apply_point, evaluate, params_to_run
 from prunereg.harness import fused
 from prunereg.harness.latency import FusedWorkload, StaticWorkload, release
 from prunereg.harness.models import load_model
@@ -39,6 +39,8 @@ from prunereg.spec.validate import validate_file
 MODEL = "llama-3.1-8b"
 POINTS = {"shortgpt": "drop-50", "llm-pruner": "width-50", "sparsegpt-2-4": "2-4"}
 """Submission slug (submissions/<slug>.json) -> the operating point measured."""
+WIDTH_PROFILED = ("llm-pruner", "width-50")
+"""The width point whose fused decode step the profile also times kernel by kernel."""
 REPEATS = {"eager": 15, "graph": 30, "compiled": 30, "fused": 30}
 
 
@@ -144,6 +146,20 @@ def flex_decoding_step(model) -> dict[str, float]:
         fused.DECODE_ATTENTION = "sdpa"
 
 
+def width_decode_step(loaded) -> dict[str, float]:
+    """LLM-Pruner width-50's fused decode step (WIDTH_PROFILED): kernel time per kind, then its replay, in ms. Set
+    against the dense step's, it shows what width removes (GEMM time) and what it keeps (every other kernel, the
+    gaps between them): why its decode realization stays under 0.9."""
+    spec, problems = validate_file(Path("submissions") / f"{WIDTH_PROFILED[0]}.json")
+    assert spec is not None, problems
+    point = next(p for p in spec.adapter.operating_points if p.name == WIDTH_PROFILED[1])
+    pruned, _ = apply_point(spec, loaded, point, params=params_to_run(loaded, point))
+    work = FusedWorkload(pruned, DECODE, compiled=True)
+    kinds = {f"width-50, {kind}": ms for kind, ms in kernel_times(work, top=4).items()}
+    work.capture()
+    return {**kinds, "step, graph replay, width-50": median_ms(work.step)}
+
+
 def point_choice(text: str) -> tuple[str, str, tuple[str, ...] | None]:
     """'slug:point' or 'slug:point@scenario,scenario' -> (slug, point, its own scenarios or None)."""
     choice, _, names = text.partition("@")
@@ -215,9 +231,11 @@ def main() -> None:
 
 
 def save_profile(mode: str, out: Path) -> None:
-    """OUT/profile-MODE.json; in fused mode then the decode step with flex decoding added to it, so a round cut
-    there loses only that row. One dense model serves both; a failure is printed and the round goes on."""
-    model = load_model(MODEL, "cuda", torch.bfloat16).model
+    """OUT/profile-MODE.json; in fused mode then the decode step with flex decoding and width-50's decode step
+    added to it, each written as it is done, so a round cut there loses only what is left. One dense model serves
+    all; a failure is printed and the round goes on."""
+    loaded = load_model(MODEL, "cuda", torch.bfloat16)
+    model = loaded.model
     path = out / f"profile-{mode}.json"
     try:
         kinds = profile(mode, model)
@@ -229,10 +247,15 @@ def save_profile(mode: str, out: Path) -> None:
             kinds[DECODE.name].update(flex)
             path.write_text(json.dumps(kinds, indent=1) + "\n")
             print("fused decode step with flex decoding:", json.dumps(flex, indent=1), flush=True)
+            release([])
+            width = width_decode_step(loaded)
+            kinds[DECODE.name].update(width)
+            path.write_text(json.dumps(kinds, indent=1) + "\n")
+            print("width-50's fused decode step:", json.dumps(width, indent=1), flush=True)
     except Exception as err:
         print(f"profile, {mode} mode: FAILED {type(err).__name__}: {err}", flush=True)
     finally:
-        del model
+        del model, loaded
         release([])
 
 

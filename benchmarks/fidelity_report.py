@@ -228,7 +228,7 @@ def main() -> None:
             f"clock-event reasons: {', '.join(reasons)}.",
         ]
     lines += targets(first, second, spreads)
-    lines += why(args.folder, arch, measured)
+    lines += why(args.folder, arch, measured, first)
     for mode in MODES:
         profile = args.folder / f"profile-{mode}.json"
         if profile.exists():
@@ -302,7 +302,31 @@ def targets(
     return lines
 
 
-def why(folder: Path, arch, measured) -> list[str]:
+def width_line(mode: str, name: str, kinds: dict[str, float], theoretical: float) -> str:
+    """What 50 % width removes from the dense step (GEMM time) and what it keeps (other kernels, gaps), from the
+    profile's two replays and kernel sums."""
+
+    def parts(prefix: str, replay: float) -> tuple[float, float, float]:
+        gemm = kinds.get(prefix + "GEMM", 0.0)
+        others = sum(kinds.get(prefix + kind, 0.0) for kind in ("attention", "copy/cast", "elementwise/norm/other"))
+        return gemm, others, replay - gemm - others
+
+    dense_replay, width_replay = kinds["step, graph replay (measured)"], kinds["step, graph replay, width-50"]
+    dense = parts("", dense_replay)
+    width = parts("width-50, ", width_replay)
+    speedup = dense_replay / width_replay
+    return (
+        f"- {mode}, {name}, LLM-Pruner width-50 profiled the same way: replay {width_replay:.2f} ms against the "
+        f"dense {dense_replay:.2f} ms ({speedup:.2f}×, theoretical {theoretical:.2f}×: realization "
+        f"{speedup / theoretical:.2f}). GEMMs {width[0]:.2f} ms against {dense[0]:.2f} ms ({dense[0] / width[0]:.2f}×); "
+        f"attention, norms, rotary, SiLU, casts and copies {width[1]:.2f} ms against {dense[1]:.2f} ms; gaps between "
+        f"kernels {width[2]:.2f} ms against {dense[2]:.2f} ms. Width removes {dense[0] - width[0]:.2f} ms of GEMM "
+        f"time and {dense[1] + dense[2] - width[1] - width[2]:.2f} ms of the rest; with GEMMs alone the realization "
+        f"would be {dense[0] / width[0] / theoretical:.2f}."
+    )
+
+
+def why(folder: Path, arch, measured, first: dict[tuple[str, str, str], LatencyResult]) -> list[str]:
     """The dense model's gap to its floor, split by the profile into the parts a harness can and cannot remove."""
     lines = ["", "## Why the dense model misses its floor (from the profiles below)", ""]
     for mode in MODES:
@@ -314,7 +338,7 @@ def why(folder: Path, arch, measured) -> list[str]:
             cost = estimate(arch, measured, scenario)
             attention = [r for r in cost.rows if r.gemm.value.startswith("attn_")]
             projections = [r for r in cost.rows if not r.gemm.value.startswith("attn_")]
-            kernels = sum(ms for kind, ms in kinds.items() if not kind.startswith(("step", "top", "flex")))
+            kernels = sum(ms for kind, ms in kinds.items() if not kind.startswith(("step", "top", "flex", "width")))
             replay = kinds["step, graph replay (measured)"]
             other = kinds.get("copy/cast", 0) + kinds.get("elementwise/norm/other", 0)
             gemm_ms, attention_ms = kinds.get("GEMM", 0), kinds.get("attention", 0)
@@ -337,6 +361,9 @@ def why(folder: Path, arch, measured) -> list[str]:
                     f"- {mode}, {name}, flex_attention's split-KV decoding in place of SDPA: replay {flex:.2f} ms"
                     f"{kernel_line} (with SDPA: replay {replay:.2f} ms, attention {attention_ms:.2f} ms)."
                 )
+            lat = first.get((mode, "width-50", name))
+            if "step, graph replay, width-50" in kinds and lat is not None:
+                lines.append(width_line(mode, name, kinds, lat.theoretical_speedup))
     lines += [
         "",
         "The GEMMs run near the ceilings (cuBLAS/nvjet). What is left is transformers' module structure: separate "
