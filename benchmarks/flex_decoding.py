@@ -1,0 +1,127 @@
+"""Why flex_attention's decoding made fused mode's decode step slower than SDPA, and what makes it fast.
+
+benchmarks/fidelity.py's profile found the dense Llama-3.1-8B fused decode step (bs=1, ctx 4096) at 11.3 ms with
+flex_attention against 6.6 ms with SDPA, its attention kernel 4.8 ms a step (150 µs a layer, against 6 µs to read a
+layer's cache), named `triton_tem_fused__to_copy__unsafe_view_add_cat_flex_attention_mul_neg_…`: inductor had fused
+the rotary embedding and the cache write into the flex template's loads (a prologue). On one GPU, random bf16
+weights, this times
+
+  - the one-query attention alone over a 4097-position cache, 32 calls captured in one CUDA Graph (µs per call):
+    SDPA, and flex_attention compiled on its own;
+  - the whole fused decode step, captured and replayed (median of 20 replays), and its attention kernels'
+    time (torch.profiler), with the step's one-query attention computed by
+      sdpa               F.scaled_dot_product_attention (fused mode's default),
+      flex               flex_attention compiled inside each layer's graph (what DECODE_ATTENTION "flex" ran),
+      flex, no prologue  the same with inductor's prologue fusion off,
+      flex, own graph    flex_attention compiled on its own, called outside the layer's graph.
+
+Writes OUT/flex-decoding.json and prints a table; run by benchmarks/h200_flex.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from fidelity import DECODE, MODEL, kernel_times, median_ms
+from torch.nn.attention.flex_attention import flex_attention
+
+from prunereg.harness import fused
+from prunereg.harness.latency import FusedWorkload, release
+from prunereg.harness.models import load_model
+
+CALLS = 32
+"""One call per layer of Llama-3.1-8B, captured together as a decode step captures them."""
+
+
+def own_graph_flex():
+    """flex_attention compiled on its own; the layer's graph breaks around the call."""
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    @torch.compiler.disable
+    def attention(q, k, v, scale: float, gqa: bool) -> torch.Tensor:
+        return compiled(q, k, v, scale=scale, enable_gqa=gqa)
+
+    return attention
+
+
+def attention_alone(kind: str) -> float:
+    """µs per one-query attention call over the cache, `CALLS` calls captured in one CUDA Graph."""
+    heads, kv_heads, head_dim, length = 32, 8, 128, DECODE.seq_len + 1
+    q = torch.randn(1, heads, 1, head_dim, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, kv_heads, length, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    scale = head_dim**-0.5
+    if kind == "sdpa":
+        call = lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)  # noqa: E731
+    else:
+        compiled = torch.compile(flex_attention, dynamic=False)
+        call = lambda: compiled(q, k, v, scale=scale, enable_gqa=True)  # noqa: E731
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(CALLS):
+            call()
+    return median_ms(graph.replay) * 1e3 / CALLS
+
+
+def step(model, variant: str) -> dict[str, float]:
+    """The fused decode step with `variant`'s one-query attention: attention kernels (ms) and replay (ms)."""
+    original = fused.one_query_attention
+    if variant == "flex, own graph":
+        fused.one_query_attention = own_graph_flex()
+    else:
+        fused.DECODE_ATTENTION = "sdpa" if variant == "sdpa" else "flex"
+    settings = torch._inductor.config.patch(prologue_fusion=False) if variant == "flex, no prologue" else nullcontext()
+    try:
+        with settings:
+            work = FusedWorkload(model, DECODE, compiled=True)
+            kinds = kernel_times(work, top=3)
+            work.capture()
+            replay = median_ms(work.step)
+        return {
+            "attention kernels, ms": kinds.get("attention", 0.0),
+            "step, graph replay, ms": replay,
+            **{kind: ms for kind, ms in kinds.items() if kind.startswith("top")},
+        }
+    finally:
+        fused.one_query_attention, fused.DECODE_ATTENTION = original, "sdpa"
+        release([])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    found: dict[str, dict[str, float]] = {}
+    path = args.out / "flex-decoding.json"
+    for kind in ("sdpa", "flex"):
+        found[f"attention alone, {kind}"] = {"µs per call": attention_alone(kind)}
+        print(f"attention alone, {kind}: {found[f'attention alone, {kind}']['µs per call']:.1f} µs", flush=True)
+    model = load_model(MODEL, "cuda", torch.bfloat16).model
+    for variant in ("sdpa", "flex", "flex, no prologue", "flex, own graph"):
+        try:
+            found[f"decode step, {variant}"] = step(model, variant)
+        except Exception as err:  # one variant failing still leaves the others' rows
+            found[f"decode step, {variant}"] = {"failed": str(err)[:300]}  # type: ignore[dict-item]
+        print(f"decode step, {variant}:", json.dumps(found[f"decode step, {variant}"]), flush=True)
+        path.write_text(json.dumps(found, indent=1) + "\n")
+    path.write_text(json.dumps(found, indent=1) + "\n")
+    print("\n| what | attention | step replay |\n|---|--:|--:|")
+    for name, row in found.items():
+        if "µs per call" in row:
+            print(f"| {name} | {row['µs per call']:.1f} µs per call | |")
+        elif "failed" in row:
+            print(f"| {name} | failed | |")
+        else:
+            print(f"| {name} | {row['attention kernels, ms']:.2f} ms | {row['step, graph replay, ms']:.2f} ms |")
+
+
+if __name__ == "__main__":
+    main()
