@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from fidelity import DECODE, MODEL, kernel_times, median_ms
 from torch.nn.attention.flex_attention import flex_attention
 
+from prunereg.benchmarks.fidelity import DECODE, MODEL, kernel_times, median_ms
 from prunereg.harness import fused
 from prunereg.harness.latency import FusedWorkload, release
 from prunereg.harness.models import load_model
