@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from prunereg.spec.catalog import EMBEDDED_MODEL, suites
-from prunereg.spec.results import MAX_REPEATS, ExecutionMode, SavedEvaluation
+from prunereg.spec.results import MAX_REPEATS, ExecutionMode, PointResult, SavedEvaluation
 from prunereg.spec.submission import Submission
 from prunereg.spec.tasks import task as quality_task
 from prunereg.spec.uncertainty import MAX_HALF_WIDTH
@@ -75,7 +75,10 @@ def evaluate(
     ] = None,
     warmup: Annotated[int, typer.Option(min=0, max=100, help="untimed repeats first")] = 3,
     point: Annotated[list[str] | None, typer.Option(help="measure only this operating point (repeatable)")] = None,
-    save: Annotated[Path | None, typer.Option(help="also write the result as JSON into this folder")] = None,
+    save: Annotated[
+        Path | None,
+        typer.Option(help="also write the result as JSON into this folder, rewritten after each operating point"),
+    ] = None,
     quality_tasks: Annotated[
         list[str] | None,
         typer.Option(
@@ -135,8 +138,13 @@ def evaluate(
             return set()
         return stored_points(engine, spec.spec_hash(), model_name, weights, env.key(), names)
 
+    done: list[PointResult] = []
+
     def store(partial) -> None:
         added.update(ingest(engine, spec, partial).added)
+        if save is not None:  # after every point, so a run killed later (a device call's time limit) keeps it
+            done.extend(partial.points)
+            SavedEvaluation(submission=spec, result=partial.model_copy(update={"points": done})).save(save)
 
     with Progress(console=errors, transient=True) as progress:
         task = progress.add_task(

@@ -277,6 +277,11 @@ def refusal(model: PreTrainedModel, max_len: int) -> str | None:
 CAPTURE_REFUSAL = "token routing's routed MLP picks its tokens with nonzero(), a host sync no CUDA Graph can capture"
 
 
+def capture_refusal(model: nn.Module) -> str | None:
+    """Why no CUDA Graph can capture a step of `model`, in fused mode as in graph mode, or None."""
+    return CAPTURE_REFUSAL if any(isinstance(module, RoutedMLP) for module in model.modules()) else None
+
+
 class FusedModel(nn.Module):
     """The fused forward of one model and its static KV cache, for batches of `batch` up to `max_len` positions.
 
@@ -322,7 +327,7 @@ class FusedModel(nn.Module):
             else None
             for layer in self.layers
         ]
-        self.capture_refusal = CAPTURE_REFUSAL if any(layer.routed for layer in self.layers) else None
+        self.capture_refusal = capture_refusal(model)
         """Why this forward cannot be captured in a CUDA Graph, or None."""
 
     def forward(self, ids: torch.Tensor, position: int = 0, use_cache: bool = True, logits_to_keep: int = 0):

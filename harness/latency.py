@@ -41,7 +41,7 @@ from prunereg.spec.results import MAX_REPEATS, ExecutionMode, GpuState, Timing
 from prunereg.spec.uncertainty import MAX_HALF_WIDTH, half_width, speedup_interval
 
 from .fingerprint import gpu_state
-from .fused import FusedModel, FusedRefusal
+from .fused import FusedModel, FusedRefusal, capture_refusal
 
 
 def cache_argument(model: PreTrainedModel) -> str:
@@ -298,7 +298,8 @@ def prepare(
 ) -> tuple[list[Workload], ExecutionMode, str | None]:
     """Both workloads in `mode`, or both in the next mode that works with the reasons the others failed.
 
-    fused falls back to graph, graph and compiled to eager. Off CUDA a fused pair runs uncaptured (how
+    fused falls back to graph, graph and compiled to eager; a model no CUDA Graph can capture (`capture_refusal`)
+    skips graph and compiled mode instead of failing midway through a capture. Off CUDA a fused pair runs uncaptured (how
     the CPU tests run it); `compile_fused` (default: on CUDA) compiles its layers.
     """
     reasons: list[str] = []
@@ -313,6 +314,11 @@ def prepare(
         except Exception as err:  # a refused model, or a capture or compile failure: graph mode next
             reasons.append(_failure(mode, works, err))
             mode = "graph"
+    refusal = capture_refusal(pruned) or capture_refusal(dense)
+    if mode != "eager" and refusal is not None:  # a capture that fails midway keeps its memory: an H100 ran out
+        same = any(refusal in reason for reason in reasons)
+        reasons.append(f"{mode} mode refused the pair" + (" for the same reason" if same else f": {refusal}"))
+        mode = "eager"
     if mode != "eager":
         works = []
         try:

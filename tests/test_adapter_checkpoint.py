@@ -299,3 +299,22 @@ def test_a_checkpoint_that_does_not_do_what_its_submission_declares_is_refused(
     assert line.startswith("error: operating point 'point' does not do what the submission declares: ")
     assert f"{gemm}: declared" in line and "observed" in line and line.count("×") >= 4
     assert not any(counts(create_engine(f"sqlite:///{db}")).get(t) for t in ("methods", "runs", "operating_points"))
+
+
+@pytest.mark.slow
+def test_evaluate_saves_each_point_as_it_is_done_so_a_later_failure_keeps_it(drop_25, tmp_path):
+    """`--save` rewrites the file after every operating point: a run stopped later (here by a point whose checkpoint
+    does not do what it declares; on a GPU by a device call's time limit) leaves the points measured before it."""
+    file = checkpoint_submission(drop_25, "shortgpt", "two-points", "checkpoints/drop-25", sparsity=0.25)
+    document = json.loads(file.read_text())
+    honest = document["adapter"]["operating_points"][0]
+    liar = {"name": "liar", "params": {**honest["params"], "sparsity": 0.5}}
+    document["adapter"]["operating_points"] = [honest, liar]
+    file.write_text(json.dumps(document))
+    saved = tmp_path / "saved"
+    result = prunereg(
+        "evaluate", str(file), "--db", str(tmp_path / "r.db"), "--repeats", "3", "--warmup", "0", "--save", str(saved)
+    )
+    assert result.returncode == 1 and "error: operating point 'liar' does not do what" in result.stderr
+    (kept,) = saved.iterdir()
+    assert [p["operating_point"] for p in json.loads(kept.read_text())["result"]["points"]] == ["point"]

@@ -21,7 +21,7 @@ from prunereg.adapters import get_adapter
 from prunereg.adapters.low_rank import LowRankLinear
 from prunereg.harness import fused
 from prunereg.harness.calibration import calibration_ids
-from prunereg.harness.fused import CAPTURE_REFUSAL, FusedModel, FusedRefusal
+from prunereg.harness.fused import CAPTURE_REFUSAL, FusedModel, FusedRefusal, capture_refusal
 from prunereg.harness.latency import FusedWorkload, Workload, measure_pair, prepare
 from prunereg.harness.models import ARCHITECTURE_FIELDS, architecture_of, load_model
 from prunereg.spec.adapters import adapters
@@ -167,6 +167,19 @@ def test_token_routing_runs_fused_but_is_not_captured():
     work = FusedWorkload(routed, DECODE)
     with pytest.raises(FusedRefusal, match="nonzero"):
         work.capture()
+
+
+@pytest.mark.parametrize("mode", ["graph", "compiled"])
+def test_a_pair_no_graph_can_capture_skips_graph_mode_without_a_capture(mode):
+    """Graph and compiled mode refuse a routed model before any capture: on an H100 a capture that failed midway
+    kept its memory, and the next scenario's fused pair ran out of it. On a CPU graph mode would fail on the dense
+    model first, so the reason shows the refusal came first."""
+    model = tiny("llama")
+    routed = get_adapter("token_routing").apply(copy.deepcopy(model), TokenRoutingParams(sparsity=0.5))
+    works, execution, reason = prepare(model, routed, DECODE, mode)
+    assert execution == "eager" and all(type(work) is Workload for work in works)
+    assert reason == f"{mode} mode refused the pair: {CAPTURE_REFUSAL}"
+    assert capture_refusal(model) is None and capture_refusal(routed) == CAPTURE_REFUSAL
 
 
 @pytest.mark.parametrize("scenario", [DECODE, PROMPT], ids=["decode", "prefill"])
