@@ -1,4 +1,4 @@
-"""Why flex_attention's decoding made fused mode's decode step slower than SDPA, and what makes it fast.
+"""Why flex_attention made fused mode's decode step slower than SDPA.
 
 benchmarks/fidelity.py's profile found the dense Llama-3.1-8B fused decode step (bs=1, ctx 4096) at 11.3 ms with
 flex_attention against 6.6 ms with SDPA, its attention kernel 4.8 ms a step (150 µs a layer, against 6 µs to read a
@@ -7,7 +7,8 @@ the rotary embedding and the cache write into the flex template's loads (a prolo
 weights, this times
 
   - the one-query attention alone over a 4097-position cache, 32 calls captured in one CUDA Graph (µs per call):
-    SDPA, and flex_attention compiled on its own;
+    SDPA, and flex_attention compiled on its own, with inductor's debug lines saying whether it chose its split-KV
+    decoding kernel or its main one;
   - the whole fused decode step, captured and replayed (median of 20 replays), and its attention kernels'
     time (torch.profiler), with the step's one-query attention computed by
       sdpa               F.scaled_dot_product_attention (fused mode's default),
@@ -15,13 +16,16 @@ weights, this times
       flex, no prologue  the same with inductor's prologue fusion off,
       flex, own graph    flex_attention compiled on its own, called outside the layer's graph.
 
-Writes OUT/flex-decoding.json and prints a table; run by benchmarks/h200_flex.sh.
+On an H100 with torch 2.11 (results/h100-flex/, 2026-12-06) the fusion was not the cause: flex_attention alone took
+109.3 µs a call against SDPA's 10.7 µs, and the step 11.2, 11.2 and 10.9 ms in the three flex variants against
+6.5 ms. Writes OUT/flex-decoding.json and prints a table; run by benchmarks/h200_flex.sh.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -47,6 +51,19 @@ def own_graph_flex():
         return compiled(q, k, v, scale=scale, enable_gqa=gqa)
 
     return attention
+
+
+class Decisions(logging.Handler):
+    """inductor's debug lines saying whether it chose its flex decoding kernel ("Use flex decoding True, ...")."""
+
+    LOGGER = "torch._inductor.kernel.flex.flex_decoding"
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def attention_alone(kind: str) -> float:
@@ -101,9 +118,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     found: dict[str, dict[str, float]] = {}
     path = args.out / "flex-decoding.json"
+    decisions = Decisions()
+    logger = logging.getLogger(Decisions.LOGGER)
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(decisions)
     for kind in ("sdpa", "flex"):
         found[f"attention alone, {kind}"] = {"µs per call": attention_alone(kind)}
         print(f"attention alone, {kind}: {found[f'attention alone, {kind}']['µs per call']:.1f} µs", flush=True)
+    logger.removeHandler(decisions)
+    choice = "; ".join(dict.fromkeys(decisions.lines)) or "no decision logged"
+    found["attention alone, flex"]["inductor's kernel choice"] = choice  # type: ignore[assignment]
+    print("inductor's kernel choice:", choice, flush=True)
     model = load_model(MODEL, "cuda", torch.bfloat16).model
     for variant in ("sdpa", "flex", "flex, no prologue", "flex, own graph"):
         try:

@@ -50,10 +50,10 @@ LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 """Rotary types whose frequencies change with the sequence length, so one table per cache would not do."""
 DECODE_ATTENTION = "sdpa"
 """A one-query step's attention over the cache: "sdpa" (PyTorch picks cuDNN's or flash's kernel) or "flex"
-(flex_attention, whose compiled CUDA kernel for a few queries splits the keys among thread blocks: a split-KV
-decode, as serving engines run). SDPA's took 0.49 ms of an H100's 6.57 ms Llama-3.1-8B decode step at ctx 4096
-against 0.18 ms to read the cache; the same step with "flex" took 11.34 ms (benchmarks/h100_fused.md, replayed
-by benchmarks/fidelity.py's fused profile), so SDPA stays the default until a profile says why flex is slower."""
+(flex_attention, whose compiled CUDA kernel for a few queries can split the keys among thread blocks, as serving
+engines do). On an H100 with torch 2.11 flex was ten times slower: one call over Llama-3.1-8B's 4097-position cache
+took 109 µs against SDPA's 10.7 µs, in the layer's graph, without prologue fusion or in a graph of its own alike
+(benchmarks/flex_decoding.py, results/h100-flex/), so the decode step took 11.2 ms against 6.5 ms. SDPA stays."""
 
 
 class FusedRefusal(ValueError):

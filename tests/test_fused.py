@@ -254,6 +254,23 @@ def test_flex_decoding_replays_what_eager_does(monkeypatch):
     torch.testing.assert_close(works[1].output, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("scenario", [DECODE, PROMPT], ids=["decode", "prefill"])
+def test_block_sparse_attention_runs_fused_compiled_and_captured(scenario):
+    """MInference's block-sparse attention in fused mode as the harness runs it on a GPU. On an H100 its Llama-3.1-8B
+    pairs fell back to graph mode, the reason lost with the cut run (results/h100-taxonomy-fused/minference.log):
+    this test names it."""
+    net = tiny("llama", num_attention_heads=4, num_key_value_heads=2, head_dim=16).cuda()
+    sparse = get_adapter("sparse_attention").apply(copy.deepcopy(net), EXAMPLES_BY_NAME["sparse_attention"])
+    expected = Workload(sparse, scenario).step().logits
+    works, execution, reason = prepare(net, sparse, scenario, "fused", compile_fused=True)
+    assert (execution, reason) == ("fused", None)
+    works[1].step()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(works[1].output, expected, atol=1e-4, rtol=1e-4)
+
+
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 8192}  # fmt: skip
 """Llama-3.1-8B's own RoPE scaling, which the catalog leaves out (no GEMM shape depends on it) and fused mode
