@@ -7,6 +7,8 @@
 # benchmarks/<card>_taxonomy[_MODE].md. Each submission gets at most PER_SUBMISSION_S (default 150 s), so ten take
 # more than one device call of 600 s: name three or four per call. In fused mode each scenario compiles its pair
 # afresh (the harness frees dynamo's caches between scenarios): give ShortGPT's six points more, e.g. 280 s.
+# MInference's six points took more than 200 s on an H100 in fused mode (each pair fell back to graph mode) and
+# were cut before the file was written; `evaluate --save` now writes it after every point.
 # Usage: [MODE=graph|fused] bash benchmarks/h200_taxonomy.sh [SUBMISSION...]. Run from the repository root on
 # the device machine with the wheels of README "Measuring on a GPU" in .whl/.
 set -uo pipefail

@@ -93,7 +93,7 @@ def test_check_passes_the_shipped_submissions_and_results_without_importing_torc
     assert "closed division" in by_file["submissions/dense.json"]
     assert "open division: adapter 'checkpoint'" in by_file["submissions/shortgpt-checkpoint.json"]
     assert "open division: quality only claimed" in by_file["submissions/slicegpt.json"]
-    assert "1 saved result); closed division" in by_file[f"submissions/{MOD}.json"]
+    assert re.search(r", [1-9]\d* saved results?\); closed division", by_file[f"submissions/{MOD}.json"])
 
 
 def test_check_finds_the_saved_results_of_a_submission(repo):

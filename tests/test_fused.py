@@ -31,6 +31,7 @@ from prunereg.spec.parameters import (
     LayerDropParams,
     LowRankParams,
     SemiStructuredParams,
+    SparseAttentionParams,
     SublayerDropParams,
     TokenRoutingParams,
     UnstructuredParams,
@@ -246,8 +247,13 @@ def test_flex_decoding_replays_what_eager_does(monkeypatch):
     Heads of 16, the least flex_attention takes (with tiny()'s 8 it refuses, and fused mode falls back to graph)."""
     monkeypatch.setattr(fused, "DECODE_ATTENTION", "flex")
     net = tiny("qwen2", num_attention_heads=4, num_key_value_heads=2, head_dim=16).cuda()
-    expected = Workload(net, DECODE).step().logits
-    works, execution, reason = prepare(net, net, DECODE, "fused", compile_fused=True)
+    check_compiled_replay(net, net, DECODE)
+
+
+def check_compiled_replay(dense, pruned, scenario: Scenario) -> None:
+    """prepare() runs the pair fused, compiled and captured, and the pruned model's replay gives its eager logits."""
+    expected = Workload(pruned, scenario).step().logits
+    works, execution, reason = prepare(dense, pruned, scenario, "fused", compile_fused=True)
     assert (execution, reason) == ("fused", None)
     works[1].step()
     torch.cuda.synchronize()
@@ -256,19 +262,16 @@ def test_flex_decoding_replays_what_eager_does(monkeypatch):
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("scenario", [DECODE, PROMPT], ids=["decode", "prefill"])
-def test_block_sparse_attention_runs_fused_compiled_and_captured(scenario):
-    """MInference's block-sparse attention in fused mode as the harness runs it on a GPU. On an H100 its Llama-3.1-8B
-    pairs fell back to graph mode, the reason lost with the cut run (results/h100-taxonomy-fused/minference.log):
-    this test names it."""
+@pytest.mark.parametrize("phase", list(Phase), ids=lambda phase: phase.value)
+@pytest.mark.parametrize("policy", ["seeded", "estimated"])
+def test_block_sparse_attention_runs_fused_compiled_and_captured(policy, phase):
+    """Block-sparse attention (seeded, and estimated online as MInference's point runs it) in fused mode as the
+    harness runs it on a GPU. On an H100 MInference's Llama-3.1-8B pairs fell back to graph mode, the reason lost
+    with the cut run (results/h100-taxonomy-fused/minference.log): this test names it."""
     net = tiny("llama", num_attention_heads=4, num_key_value_heads=2, head_dim=16).cuda()
-    sparse = get_adapter("sparse_attention").apply(copy.deepcopy(net), EXAMPLES_BY_NAME["sparse_attention"])
-    expected = Workload(sparse, scenario).step().logits
-    works, execution, reason = prepare(net, sparse, scenario, "fused", compile_fused=True)
-    assert (execution, reason) == ("fused", None)
-    works[1].step()
-    torch.cuda.synchronize()
-    torch.testing.assert_close(works[1].output, expected, atol=1e-4, rtol=1e-4)
+    params = SparseAttentionParams(sparsity=0.5, block_size=16, policy=policy)
+    sparse = get_adapter("sparse_attention").apply(copy.deepcopy(net), params)
+    check_compiled_replay(net, sparse, Scenario(phase=phase, batch_size=2, seq_len=64))
 
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
