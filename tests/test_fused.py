@@ -255,9 +255,11 @@ def check_compiled_replay(dense, pruned, scenario: Scenario) -> None:
     expected = Workload(pruned, scenario).step().logits
     works, execution, reason = prepare(dense, pruned, scenario, "fused", compile_fused=True)
     assert (execution, reason) == ("fused", None)
-    works[1].step()
+    work = works[1]
+    assert isinstance(work, FusedWorkload) and work.graph is not None
+    work.step()
     torch.cuda.synchronize()
-    torch.testing.assert_close(works[1].output, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(work.output, expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.cuda
