@@ -8,7 +8,9 @@
 # another MODE; commit them), packed into $OUT/h200-headline-MODEL.tgz; then, anywhere,
 #   python3 benchmarks/headline_measured.py    (writes benchmarks/headline_measured.md)
 # Usage: [MODE=fused] bash benchmarks/h200_headline.sh MODEL [SLUG...]   (default: dense, then every submission with a claim on a
-# model of MODEL's shapes, in benchmarks/claimed_points.py's order; SLUGs: those, in that order). LIMIT_S (default
+# model of MODEL's shapes, in benchmarks/claimed_points.py's order, less those whose saved evaluation the checkout
+# already holds in the results folder of this card and mode, so a run cut by its limit goes on where it stopped;
+# REDO=1 times them all again; SLUGs: those, in that order, saved or not). LIMIT_S (default
 # 540) bounds the timing processes together, so the saved evaluations come back inside a device call of 600 s. Run
 # from the repository root on the device machine with the wheels of README "Measuring on a GPU" in .whl/.
 set -uo pipefail
@@ -19,6 +21,12 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=cs
 python3 benchmarks/claimed_points.py "$model" > /tmp/plan.txt || exit 1
 if [ $# -gt 0 ]; then  # the given submissions, in the given order
   for slug in "$@"; do grep -E "^$slug " /tmp/plan.txt; done > /tmp/plan.sel; mv /tmp/plan.sel /tmp/plan.txt
+elif [ -z "${REDO:-}" ]; then  # resume: leave out what the checkout already holds for MODEL in this card and mode
+  committed=results/${saved#/tmp/results/}
+  while read -r slug points; do
+    compgen -G "$committed/$slug--$model--*.json" > /dev/null || echo "$slug $points"
+  done < /tmp/plan.txt > /tmp/plan.sel; mv /tmp/plan.sel /tmp/plan.txt
+  echo "resuming: $(wc -l < /tmp/plan.txt) submissions not yet in $committed"
 fi
 dense=--with-dense; limit=${LIMIT_S:-540}; SECONDS=0
 while :; do  # exit 3: a capture failed and poisoned the process (headline_run.py); the rest of the plan goes on afresh
