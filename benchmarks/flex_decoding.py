@@ -7,7 +7,8 @@ the rotary embedding and the cache write into the flex template's loads (a prolo
 weights, this times
 
   - the one-query attention alone over a 4097-position cache, 32 calls captured in one CUDA Graph (µs per call):
-    SDPA, and flex_attention compiled on its own, with inductor's debug lines saying whether it chose its split-KV
+    SDPA, and flex_attention compiled on its own, also over 4096 keys, with K/V heads repeated instead of grouped
+    and with its main kernel forced (ALONE), each with inductor's debug lines saying whether it chose its split-KV
     decoding kernel or its main one;
   - the whole fused decode step, captured and replayed (median of 20 replays), and its attention kernels'
     time (torch.profiler), with the step's one-query attention computed by
@@ -28,6 +29,7 @@ import json
 import logging
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,17 +68,32 @@ class Decisions(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def attention_alone(kind: str) -> float:
-    """µs per one-query attention call over the cache, `CALLS` calls captured in one CUDA Graph."""
-    heads, kv_heads, head_dim, length = 32, 8, 128, DECODE.seq_len + 1
+ALONE = {
+    "sdpa": ("sdpa", 1, True, None),
+    "flex": ("flex", 1, True, None),
+    "flex, 4096 keys": ("flex", 0, True, None),
+    "flex, heads repeated": ("flex", 1, False, None),
+    "flex, main kernel forced": ("flex", 1, True, {"FORCE_USE_FLEX_ATTENTION": True}),
+}
+"""Name -> (kernel, keys past the 4096 context, grouped K/V read in place, flex kernel_options): what the 4097-key
+call is set against. A cache length of 4096 is a multiple of flex's 128-key blocks; repeated heads leave out its
+grouped-query packing; forcing the main kernel shows what the split-KV decoding kernel is worth, if it ran."""
+
+
+def attention_alone(kernel: str, extra: int, gqa: bool, options: Any) -> float:
+    """µs per one-query attention call over a cache of DECODE.seq_len + extra keys, `CALLS` calls captured in one
+    CUDA Graph."""
+    heads, kv_heads, head_dim, length = 32, 8, 128, DECODE.seq_len + extra
     q = torch.randn(1, heads, 1, head_dim, device="cuda", dtype=torch.bfloat16)
     k, v = (torch.randn(1, kv_heads, length, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    if not gqa:
+        k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
     scale = head_dim**-0.5
-    if kind == "sdpa":
-        call = lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)  # noqa: E731
+    if kernel == "sdpa":
+        call = lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)  # noqa: E731
     else:
         compiled = torch.compile(flex_attention, dynamic=False)
-        call = lambda: compiled(q, k, v, scale=scale, enable_gqa=True)  # noqa: E731
+        call = lambda: compiled(q, k, v, scale=scale, enable_gqa=gqa, kernel_options=options)  # noqa: E731
     for _ in range(3):
         call()
     torch.cuda.synchronize()
@@ -116,25 +133,30 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    found: dict[str, dict[str, float]] = {}
+    found: dict[str, dict[str, Any]] = {}
     path = args.out / "flex-decoding.json"
     decisions = Decisions()
     logger = logging.getLogger(Decisions.LOGGER)
     logger.setLevel(logging.DEBUG)
     logger.addHandler(decisions)
-    for kind in ("sdpa", "flex"):
-        found[f"attention alone, {kind}"] = {"µs per call": attention_alone(kind)}
-        print(f"attention alone, {kind}: {found[f'attention alone, {kind}']['µs per call']:.1f} µs", flush=True)
+    for name, setting in ALONE.items():
+        decisions.lines.clear()
+        try:
+            row: dict[str, Any] = {"µs per call": attention_alone(*setting)}
+        except Exception as err:  # one variant failing still leaves the others' rows
+            row = {"failed": str(err)[:300]}
+        if setting[0] == "flex":
+            row["inductor's kernel choice"] = "; ".join(dict.fromkeys(decisions.lines)) or "no decision logged"
+        found[f"attention alone, {name}"] = row
+        print(f"attention alone, {name}:", json.dumps(row), flush=True)
     logger.removeHandler(decisions)
-    choice = "; ".join(dict.fromkeys(decisions.lines)) or "no decision logged"
-    found["attention alone, flex"]["inductor's kernel choice"] = choice  # type: ignore[assignment]
-    print("inductor's kernel choice:", choice, flush=True)
+    path.write_text(json.dumps(found, indent=1) + "\n")
     model = load_model(MODEL, "cuda", torch.bfloat16).model
     for variant in ("sdpa", "flex", "flex, no prologue", "flex, own graph"):
         try:
             found[f"decode step, {variant}"] = step(model, variant)
         except Exception as err:  # one variant failing still leaves the others' rows
-            found[f"decode step, {variant}"] = {"failed": str(err)[:300]}  # type: ignore[dict-item]
+            found[f"decode step, {variant}"] = {"failed": str(err)[:300]}
         print(f"decode step, {variant}:", json.dumps(found[f"decode step, {variant}"]), flush=True)
         path.write_text(json.dumps(found, indent=1) + "\n")
     path.write_text(json.dumps(found, indent=1) + "\n")
