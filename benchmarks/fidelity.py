@@ -133,31 +133,34 @@ def profile(mode: str, model, repeats: int = 5) -> dict[str, dict[str, float]]:
     return out
 
 
+def decode_step(model, label: str, top: int = 4) -> dict[str, float]:
+    """`model`'s fused decode step (DECODE, layers compiled): its kernels uncaptured as "LABEL, kind", then its
+    replay as "step, graph replay, LABEL", in ms."""
+    work = FusedWorkload(model, DECODE, compiled=True)
+    kinds = {f"{label}, {kind}": ms for kind, ms in kernel_times(work, top=top).items()}
+    work.capture()
+    return {**kinds, f"step, graph replay, {label}": median_ms(work.step)}
+
+
 def flex_decoding_step(model) -> dict[str, float]:
     """The dense model's fused decode step with flex_attention's split-KV decoding (fused.DECODE_ATTENTION
-    "flex") in place of SDPA's one-query kernel: its kernels uncaptured, then its replay, in ms."""
+    "flex") in place of SDPA's one-query kernel."""
     fused.DECODE_ATTENTION = "flex"
     try:
-        work = FusedWorkload(model, DECODE, compiled=True)
-        kinds = {f"flex decoding, {kind}": ms for kind, ms in kernel_times(work, top=4).items()}
-        work.capture()
-        return {**kinds, "step, graph replay, flex decoding": median_ms(work.step)}
+        return decode_step(model, "flex decoding")
     finally:
         fused.DECODE_ATTENTION = "sdpa"
 
 
 def width_decode_step(loaded) -> dict[str, float]:
-    """LLM-Pruner width-50's fused decode step (WIDTH_PROFILED): kernel time per kind, then its replay, in ms. Set
+    """LLM-Pruner width-50's fused decode step (WIDTH_PROFILED), labelled "width-50". Set
     against the dense step's, it shows what width removes (GEMM time) and what it keeps (every other kernel, the
     gaps between them): why its decode realization stays under 0.9."""
     spec, problems = validate_file(Path("submissions") / f"{WIDTH_PROFILED[0]}.json")
     assert spec is not None, problems
     point = next(p for p in spec.adapter.operating_points if p.name == WIDTH_PROFILED[1])
     pruned, _ = apply_point(spec, loaded, point, params=params_to_run(loaded, point))
-    work = FusedWorkload(pruned, DECODE, compiled=True)
-    kinds = {f"width-50, {kind}": ms for kind, ms in kernel_times(work, top=4).items()}
-    work.capture()
-    return {**kinds, "step, graph replay, width-50": median_ms(work.step)}
+    return decode_step(pruned, "width-50")
 
 
 def point_choice(text: str) -> tuple[str, str, tuple[str, ...] | None]:

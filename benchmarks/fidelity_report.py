@@ -101,6 +101,9 @@ TARGETS = (
     Target("50 % depth decode bs=1, realization", "drop-50", "decode-b1-c4096", at_least_realization=0.95),
     Target("2:4 prefill bs=8/1024, speedup", "2-4", "prefill-b8-s1024", at_least_speedup=1.1),
 )
+KERNEL_KINDS = ("GEMM", "attention", "copy/cast", "elementwise/norm/other")
+"""The kinds benchmarks/fidelity.py's kernel_times sums a profiled step's kernels into (its other keys are top
+kernels, replays and other steps' rows)."""
 SPREAD_TARGET = 0.02
 """Largest run-to-run change of any median (pruned or dense) of one mode."""
 
@@ -308,7 +311,7 @@ def width_line(mode: str, name: str, kinds: dict[str, float], theoretical: float
 
     def parts(prefix: str, replay: float) -> tuple[float, float, float]:
         gemm = kinds.get(prefix + "GEMM", 0.0)
-        others = sum(kinds.get(prefix + kind, 0.0) for kind in ("attention", "copy/cast", "elementwise/norm/other"))
+        others = sum(kinds.get(prefix + kind, 0.0) for kind in KERNEL_KINDS if kind != "GEMM")
         return gemm, others, replay - gemm - others
 
     dense_replay, width_replay = kinds["step, graph replay (measured)"], kinds["step, graph replay, width-50"]
@@ -338,7 +341,7 @@ def why(folder: Path, arch, measured, first: dict[tuple[str, str, str], LatencyR
             cost = estimate(arch, measured, scenario)
             attention = [r for r in cost.rows if r.gemm.value.startswith("attn_")]
             projections = [r for r in cost.rows if not r.gemm.value.startswith("attn_")]
-            kernels = sum(ms for kind, ms in kinds.items() if not kind.startswith(("step", "top", "flex", "width")))
+            kernels = sum(kinds.get(kind, 0.0) for kind in KERNEL_KINDS)
             replay = kinds["step, graph replay (measured)"]
             other = kinds.get("copy/cast", 0) + kinds.get("elementwise/norm/other", 0)
             gemm_ms, attention_ms = kinds.get("GEMM", 0), kinds.get("attention", 0)

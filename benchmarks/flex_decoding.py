@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
-from prunereg.benchmarks.fidelity import DECODE, MODEL, kernel_times, median_ms
+from prunereg.benchmarks.fidelity import DECODE, MODEL, decode_step, median_ms
 from prunereg.harness import fused
-from prunereg.harness.latency import FusedWorkload, release
+from prunereg.harness.latency import release
 from prunereg.harness.models import load_model
 
 CALLS = 32
@@ -114,14 +114,15 @@ def step(model, variant: str) -> dict[str, float]:
     settings = torch._inductor.config.patch(prologue_fusion=False) if variant == "flex, no prologue" else nullcontext()
     try:
         with settings:
-            work = FusedWorkload(model, DECODE, compiled=True)
-            kinds = kernel_times(work, top=3)
-            work.capture()
-            replay = median_ms(work.step)
+            kinds = decode_step(model, variant, top=3)
         return {
-            "attention kernels, ms": kinds.get("attention", 0.0),
-            "step, graph replay, ms": replay,
-            **{kind: ms for kind, ms in kinds.items() if kind.startswith("top")},
+            "attention kernels, ms": kinds.get(f"{variant}, attention", 0.0),
+            "step, graph replay, ms": kinds[f"step, graph replay, {variant}"],
+            **{
+                kind.removeprefix(f"{variant}, "): ms
+                for kind, ms in kinds.items()
+                if kind.startswith(f"{variant}, top")
+            },
         }
     finally:
         fused.one_query_attention, fused.DECODE_ATTENTION = original, "sdpa"
