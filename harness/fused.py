@@ -304,7 +304,11 @@ class FusedModel(nn.Module):
         if reason is not None:
             raise FusedRefusal(reason)
         config, inner = model.config, model.model
-        attention = ALL_ATTENTION_FUNCTIONS[BLOCK_SPARSE] if config._attn_implementation == BLOCK_SPARSE else None
+        attention = None
+        if config._attn_implementation == BLOCK_SPARSE:
+            # Run as Python, outside the compiled layer: traced, dynamo skips the adapter's block tables cached on the
+            # device and bakes their host-to-device copies into the graph, which no CUDA Graph captures (H100, 2.11).
+            attention = torch.compiler.disable(ALL_ATTENTION_FUNCTIONS[BLOCK_SPARSE])
         self.embed, self.norm, self.lm_head = inner.embed_tokens, inner.norm, model.lm_head
         self.eps, self.max_len = config.rms_norm_eps, max_len
         self.layers = nn.ModuleList(

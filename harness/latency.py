@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import logging
 import os
 import statistics
 import time
@@ -42,6 +43,8 @@ from prunereg.spec.uncertainty import MAX_HALF_WIDTH, half_width, speedup_interv
 
 from .fingerprint import gpu_state
 from .fused import FusedModel, FusedRefusal, capture_refusal
+
+logger = logging.getLogger(__name__)
 
 
 def cache_argument(model: PreTrainedModel) -> str:
@@ -352,6 +355,7 @@ def _failure(mode: ExecutionMode, works: list[Workload], err: Exception) -> str:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
     verb = "refused" if isinstance(err, FusedRefusal) else "failed on"
+    logger.debug("%s mode failed on the %s model", mode, which, exc_info=err)  # the record keeps one line
     return f"{mode} mode {verb} the {which} model: {type(err).__name__}: {_first_line(err)}"[:300]
 
 
