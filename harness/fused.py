@@ -52,8 +52,9 @@ DECODE_ATTENTION = "sdpa"
 """A one-query step's attention over the cache: "sdpa" (PyTorch picks cuDNN's or flash's kernel) or "flex"
 (flex_attention, whose compiled CUDA kernel for a few queries can split the keys among thread blocks, as serving
 engines do). On an H100 with torch 2.11 flex was ten times slower: one call over Llama-3.1-8B's 4097-position cache
-took 109 µs against SDPA's 10.7 µs, in the layer's graph, without prologue fusion or in a graph of its own alike
-(benchmarks/flex_decoding.py, results/h100-flex/), so the decode step took 11.2 ms against 6.5 ms. SDPA stays."""
+took 109 µs against SDPA's 10.7 µs, in the layer's graph, without prologue fusion or in a graph of its own alike,
+and inductor had chosen its split-KV decoding kernel (82 µs with the main kernel forced; benchmarks/flex_decoding.py,
+results/h100-flex/), so the decode step took 11.1 ms against 6.6 ms. SDPA stays."""
 
 
 class FusedRefusal(ValueError):
