@@ -325,17 +325,19 @@ class HeadlineChoice(NamedTuple):
     execution_mode: str
 
 
-def _most(values: Sequence[Any]) -> Any:
-    """The most frequent value; a tie goes to the first in sort order, so the choice does not depend on row order."""
+def _most(values: Sequence[Any], prefer: Callable[[Any], int] = lambda value: 0) -> Any:
+    """The most frequent value; a tie goes to the highest `prefer`, then to the first in sort order, so the choice
+    does not depend on row order."""
     counts: dict[Any, int] = defaultdict(int)
     for value in values:
         counts[value] += 1
-    return max(sorted(counts), key=counts.__getitem__)
+    return max(sorted(counts), key=lambda value: (counts[value], prefer(value)))
 
 
 def headline_choice(rows: Sequence[ReportedRow]) -> HeadlineChoice | None:
     """What the landing view shows: the base model with the most one-shot reported rows, its task with the most
-    rows, and the device, dtype and execution mode with the most rows of that task; None without one-shot rows."""
+    rows, and the device, dtype and execution mode with the most rows of that task, the fastest mode on a tie (the
+    headline is measured in the best mode there is); None without one-shot rows."""
     chosen = [r for r in rows if r.recovery is None]
     if not chosen:
         return None
@@ -343,7 +345,8 @@ def headline_choice(rows: Sequence[ReportedRow]) -> HeadlineChoice | None:
     chosen = [r for r in chosen if r.base_model == base]
     task = _most([r.task for r in chosen])
     chosen = [r for r in chosen if r.task == task]
-    device, dtype, mode = _most([(r.device_name, r.dtype, r.execution_mode) for r in chosen])
+    combos = [(r.device_name, r.dtype, r.execution_mode) for r in chosen]
+    device, dtype, mode = _most(combos, prefer=lambda combo: list(EXECUTION_MODES).index(combo[2]))
     return HeadlineChoice(base, task, device, dtype, mode)
 
 

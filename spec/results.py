@@ -72,7 +72,8 @@ EXECUTION_MODES: dict[str, str] = {
     "fused": "prunereg's own forward on the pruned weights (q/k/v and gate/up each one GEMM, its own static KV cache, "
     "SDPA), compiled and captured like graph mode",
 }
-"""How the timed steps run; runs in different modes are never compared with each other."""
+"""How the timed steps run, from what a user's script gets to prunereg's fastest forward; runs in different modes are
+never compared with each other."""
 
 
 class Environment(Measured):

@@ -511,13 +511,13 @@ def test_method_page_marks_the_current_and_the_superseded_versions_current_first
     assert "Superseded submission" not in (relinked / "methods" / "shortgpt-test.html").read_text()
 
 
-def reported_row(base: str, task: str, device: str = "NVIDIA H200", recovery: dict | None = None):
+def reported_row(base: str, task: str, device: str = "NVIDIA H200", recovery: dict | None = None, mode: str = "eager"):
     from dataclasses import fields
 
     from prunereg.registry.queries import ReportedRow, Row
 
     measured = row("static_depth", "drop-25", 1.5, 0.1, device=device)
-    kept = {f.name: getattr(measured, f.name) for f in fields(Row)}
+    kept = {f.name: getattr(measured, f.name) for f in fields(Row)} | {"execution_mode": mode}
     return ReportedRow(**kept, base_model=base, task=task, recovery=recovery)
 
 
@@ -539,6 +539,9 @@ def test_the_headline_is_the_base_model_with_the_most_one_shot_rows():
     tie = [reported_row("qwen2.5-7b", "piqa"), reported_row("llama-3-8b", "piqa")]
     assert headline_choice(tie).base_model == "llama-3-8b"  # a tie goes to the first name
     assert headline_choice(rows[-3:]) is None and headline_choice([]) is None
+    modes = [reported_row("llama-2-7b", "piqa", mode=mode) for mode in ("eager", "graph", "fused", "compiled")]
+    assert headline_choice(modes).execution_mode == "fused"  # a tie goes to the fastest mode, not to "eager" < "fused"
+    assert headline_choice([*modes, modes[1]]).execution_mode == "graph"  # more rows first
 
 
 def quality_of_every_svg_and_table(html: str) -> list[set[str]]:
