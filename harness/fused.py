@@ -307,8 +307,8 @@ class FusedModel(nn.Module):
         config, inner = model.config, model.model
         attention = None
         if config._attn_implementation == BLOCK_SPARSE:
-            # Run as Python, outside the compiled layer: traced, dynamo skips the adapter's block tables cached on the
-            # device and bakes their host-to-device copies into the graph, which no CUDA Graph captures (H100, 2.11).
+            # Run as Python, outside the compiled layer: traced by dynamo, the estimated policy's capture failed on an
+            # H100 (a host copy in the graph, most likely the block tables the adapter caches on the device, rebuilt).
             attention = torch.compiler.disable(ALL_ATTENTION_FUNCTIONS[BLOCK_SPARSE])
         self.embed, self.norm, self.lm_head = inner.embed_tokens, inner.norm, model.lm_head
         self.eps, self.max_len = config.rms_norm_eps, max_len

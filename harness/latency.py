@@ -355,7 +355,7 @@ def _failure(mode: ExecutionMode, works: list[Workload], err: Exception) -> str:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
     verb = "refused" if isinstance(err, FusedRefusal) else "failed on"
-    logger.debug("%s mode failed on the %s model", mode, which, exc_info=err)  # the record keeps one line
+    logger.debug("%s mode %s the %s model", mode, verb, which, exc_info=err)  # the record keeps one line
     return f"{mode} mode {verb} the {which} model: {type(err).__name__}: {_first_line(err)}"[:300]
 
 
