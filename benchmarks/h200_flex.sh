@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of about 4 minutes: benchmarks/flex_decoding.py (why flex_attention's decoding was slower than SDPA
-# in fused mode's decode step) into results/<card>-flex/, then fused mode's and the 2:4 op's CUDA-only tests in full
+# in fused mode's decode step) into results/<card>-flex/, then fused mode's, the 2:4 op's and headline_run's CUDA-only tests in full
 # (results/<card>-flex/cuda-tests.txt); $OUT/flex.tgz holds results/<card>-flex/. Unpack it at the repository root.
 #   bash benchmarks/h200_flex.sh
 set -uo pipefail
@@ -10,7 +10,7 @@ out=${OUT:-/tmp/out}; saved=/tmp/results/$card-flex; mkdir -p "$saved" "$out"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   timeout 400 python3 benchmarks/flex_decoding.py "$saved" 2>&1 | grep -v -i warn
   tar czf "$out/flex.tgz" -C /tmp results
-  python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fused.py tests/test_adapter_semi_structured.py 2>&1 |
+  python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_fused.py tests/test_adapter_semi_structured.py tests/test_headline_run.py 2>&1 |
     tee "$saved/cuda-tests.txt" | tail -5
 } 2>&1 | tee "$saved/log.txt"
 tar czf "$out/flex.tgz" -C /tmp results
