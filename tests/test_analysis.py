@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import subprocess
 import sys
 from dataclasses import replace
@@ -88,6 +90,38 @@ def test_theoretical_speedup_and_step():
     assert [(b.family, b.low, b.high) for b in bands] == [("dense", 0.0, 0.015), ("static_depth", 0.02, 0.02)]
     with pytest.raises(ValueError):
         transition_bands(rows, step=0)
+
+
+def winners_tolerance_by_tolerance(rows, step: float) -> list[tuple[str, float]]:
+    """The definition the bands follow: at each grid tolerance, the fastest competing point (or dense) within it."""
+    points = [("dense", 0.0, 1.0, "dense")] + [
+        (r.family, r.quality_loss, r.speedup, f"{r.method_name} · {r.operating_point}")
+        for r in rows if r.family != "dense"
+    ]  # fmt: skip (factory rows carry no interval, so each competes at its own speedup)
+    top = max(loss for _, loss, _, _ in points)
+    out = []
+    for i in range(math.ceil(top / step - 1e-9) + 1):
+        t = round(i * step, 12)
+        fitting = [p for p in points if p[1] <= t + 1e-9]
+        out.append((min(fitting, key=lambda p: (-p[2], p[1], p[0], p[3]))[0], t))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bands_are_the_winners_of_every_tolerance_merged(seed):
+    """Bands walk the grid from one point's entry to the next; merged per tolerance they must give the same
+    winners, for losses on and off the grid, tied speedups, and perplexity losses of thousands of percent."""
+    rng = random.Random(seed)
+    families = ["static_depth", "static_width", "unstructured", "dynamic_depth"]
+    rows = [
+        row(rng.choice(families), f"p{i}", rng.choice([0.9, 1.2, 1.2, 1.5, 2.0, rng.uniform(0.8, 2.5)]),
+            rng.choice([0.0, 0.03, 0.07, 0.253, rng.uniform(-0.02, 0.4), rng.uniform(0, 90)]))
+        for i in range(rng.randint(1, 12))
+    ]  # fmt: skip
+    step = rng.choice([0.01, 0.005, 0.02])
+    expected = winners_tolerance_by_tolerance(rows, step)
+    merged = [(b.family, t) for b in transition_bands(rows, step) for f, t in expected if b.low <= t <= b.high]
+    assert merged == expected
 
 
 def test_bands_refuse_rows_of_different_groups():
