@@ -93,11 +93,12 @@ def test_theoretical_speedup_and_step():
 
 
 def winners_tolerance_by_tolerance(rows, step: float) -> list[tuple[str, float]]:
-    """The definition the bands follow: at each grid tolerance, the fastest competing point (or dense) within it."""
+    """The definition the bands follow: at each grid tolerance, the fastest point (or dense) within it. Factory rows
+    carry no speedup interval, so each competes at its own speedup."""
     points = [("dense", 0.0, 1.0, "dense")] + [
         (r.family, r.quality_loss, r.speedup, f"{r.method_name} · {r.operating_point}")
         for r in rows if r.family != "dense"
-    ]  # fmt: skip (factory rows carry no interval, so each competes at its own speedup)
+    ]  # fmt: skip
     top = max(loss for _, loss, _, _ in points)
     out = []
     for i in range(math.ceil(top / step - 1e-9) + 1):
