@@ -128,7 +128,7 @@ def transition_bands(
     for c in candidates:
         entering[_entry(c.loss, step)].append(c)
     # The winner (fastest point within the tolerance) changes only where a point enters, so the grid is walked from
-    # entry to entry: a perplexity claim losing 9000 % would otherwise cost 900,000 tolerances of one group.
+    # entry to entry: SVD-LLM's 80 % point, losing 925,336 % of C4 perplexity, would otherwise cost 925,337 of them.
     indices = sorted(i for i in entering if i <= steps)
     bands: list[Band] = []
     best: _Candidate | None = None
