@@ -265,8 +265,10 @@ def flex_sparse(query, key, value, params: SparseAttentionParams, layer: int, sc
 def run_flex(query, key, value, block_mask, size: int, scaling, compiled: bool = True):
     from torch.nn.attention.flex_attention import flex_attention
 
-    tile = min(64, size & -size)  # kernel tiles must divide the sparse block, also in a step of one query: a per-head
-    rows = tile if query.shape[2] > 1 else min(16, tile)  # mask ('estimated') runs flex's main kernel, not decoding's
+    # Kernel tiles must divide the sparse block, in a step of one query too: a per-head mask ('estimated') runs flex's
+    # main kernel there, not its decoding kernel, and the main kernel's default 128-row tile divides no 16-token block.
+    tile = min(64, size & -size)
+    rows = tile if query.shape[2] > 1 else min(16, tile)
     options = {"BLOCK_M": rows, "BLOCK_N": tile}
     attend = _compiled_flex() if compiled else flex_attention
     return attend(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=True, kernel_options=options)

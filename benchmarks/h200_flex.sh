@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call of about 4 minutes: benchmarks/flex_decoding.py (why flex_attention's decoding was slower than SDPA
-# in fused mode's decode step) into results/<card>-flex/, then fused mode's, the 2:4 op's and headline_run's CUDA-only tests in full
-# (results/<card>-flex/cuda-tests.txt); $OUT/flex.tgz holds results/<card>-flex/. Unpack it at the repository root.
+# in fused mode's decode step) into results/<card>-flex/, then fused mode's, the 2:4 op's and headline_run's CUDA-only
+# tests in full (results/<card>-flex/cuda-tests.txt); $OUT/flex.tgz holds results/<card>-flex/. Unpack it at the
+# repository root.
 #   bash benchmarks/h200_flex.sh
 set -uo pipefail
 source benchmarks/device_env.sh
