@@ -142,12 +142,16 @@ def decode_step(model, label: str, top: int = 4) -> dict[str, float]:
     return {**kinds, f"step, graph replay, {label}": median_ms(work.step)}
 
 
-def flex_decoding_step(model) -> dict[str, float]:
-    """The dense model's fused decode step with flex_attention's split-KV decoding (fused.DECODE_ATTENTION
-    "flex") in place of SDPA's one-query kernel."""
-    fused.DECODE_ATTENTION = "flex"
+DECODE_ATTENTIONS = {"split-kv": "split-KV decoding", "flex": "flex decoding"}
+"""fused.DECODE_ATTENTION values set against SDPA's one-query kernel in the profile -> their label."""
+
+
+def decode_attention_step(model, kernel: str) -> dict[str, float]:
+    """The dense model's fused decode step with `kernel` (a DECODE_ATTENTIONS key) in place of SDPA's one-query
+    kernel: prunereg's own Triton split-KV kernel, or flex_attention's decoding."""
+    fused.DECODE_ATTENTION = kernel
     try:
-        return decode_step(model, "flex decoding")
+        return decode_step(model, DECODE_ATTENTIONS[kernel])
     finally:
         fused.DECODE_ATTENTION = "sdpa"
 
@@ -234,8 +238,8 @@ def main() -> None:
 
 
 def save_profile(mode: str, out: Path) -> None:
-    """OUT/profile-MODE.json; in fused mode then the decode step with flex decoding and width-50's decode step
-    added to it, each written as it is done, so a round cut there loses only what is left. One dense model serves
+    """OUT/profile-MODE.json; in fused mode then the decode step with each of DECODE_ATTENTIONS and width-50's
+    decode step added to it, each written as it is done, so a round cut there loses only what is left. One dense model serves
     all; a failure is printed and the round goes on."""
     loaded = load_model(MODEL, "cuda", torch.bfloat16)
     model = loaded.model
@@ -245,11 +249,12 @@ def save_profile(mode: str, out: Path) -> None:
         path.write_text(json.dumps(kinds, indent=1) + "\n")
         print(f"profile, {mode} mode:", json.dumps(kinds, indent=1), flush=True)
         if mode == "fused":
-            release([])  # the profile's compiled fused copies, before flex decoding's
-            flex = flex_decoding_step(model)
-            kinds[DECODE.name].update(flex)
-            path.write_text(json.dumps(kinds, indent=1) + "\n")
-            print("fused decode step with flex decoding:", json.dumps(flex, indent=1), flush=True)
+            for kernel, label in DECODE_ATTENTIONS.items():
+                release([])  # the compiled fused copies before, ahead of this step's
+                step = decode_attention_step(model, kernel)
+                kinds[DECODE.name].update(step)
+                path.write_text(json.dumps(kinds, indent=1) + "\n")
+                print(f"fused decode step with {label}:", json.dumps(step, indent=1), flush=True)
             release([])
             width = width_decode_step(loaded)
             kinds[DECODE.name].update(width)

@@ -356,14 +356,19 @@ def why(folder: Path, arch, measured, first: dict[tuple[str, str, str], LatencyR
                 f"norms, rotary, SiLU, casts and copies {other:.2f} ms (no floor: the roofline counts GEMMs only); "
                 f"gaps between kernels {replay - kernels:.2f} ms."
             )
-            flex = kinds.get("step, graph replay, flex decoding")
-            if flex is not None:
-                flex_attention = kinds.get("flex decoding, attention")
-                kernel_line = "" if flex_attention is None else f", its attention kernels {flex_attention:.2f} ms"
+            for label, what in (
+                ("split-KV decoding", "prunereg's split-KV kernel"),
+                ("flex decoding", "flex_attention"),
+            ):
+                other_replay = kinds.get(f"step, graph replay, {label}")
+                if other_replay is None:
+                    continue
+                other_attention = kinds.get(f"{label}, attention")
+                kernel_line = "" if other_attention is None else f", its attention kernels {other_attention:.2f} ms"
                 lines.append(
-                    f"- {mode}, {name}, flex_attention in place of SDPA: replay {flex:.2f} ms{kernel_line} (with "
+                    f"- {mode}, {name}, {what} in place of SDPA: replay {other_replay:.2f} ms{kernel_line} (with "
                     f"SDPA: replay {replay:.2f} ms, attention {attention_ms:.2f} ms); benchmarks/flex_decoding.py "
-                    "times the kernel alone."
+                    "times the kernels alone."
                 )
             lat = first.get((mode, "width-50", name))
             if "step, graph replay, width-50" in kinds and lat is not None:

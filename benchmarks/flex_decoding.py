@@ -1,4 +1,4 @@
-"""Why flex_attention made fused mode's decode step slower than SDPA.
+"""Why flex_attention made fused mode's decode step slower than SDPA, and what prunereg's own split-KV kernel does.
 
 benchmarks/fidelity.py's profile found the dense Llama-3.1-8B fused decode step (bs=1, ctx 4096) at 11.3 ms with
 flex_attention against 6.6 ms with SDPA, its attention kernel 4.8 ms a step (150 µs a layer, against 6 µs to read a
@@ -8,11 +8,13 @@ weights, this times
 
   - the one-query attention alone over a 4097-position cache, 32 calls captured in one CUDA Graph (µs per call):
     SDPA, and flex_attention compiled on its own, also over 4096 keys, with K/V heads repeated instead of grouped
-    and with its main kernel forced (ALONE), each with inductor's debug lines saying whether it chose its split-KV
-    decoding kernel or its main one;
+    and with its main kernel forced, each with inductor's debug lines saying whether it chose its split-KV
+    decoding kernel or its main one; and harness/decode_attention.py's Triton split-KV kernel with its default
+    tuning and with other key blocks, splits per SM and warps (ALONE);
   - the whole fused decode step, captured and replayed (median of 20 replays), and its attention kernels'
     time (torch.profiler), with the step's one-query attention computed by
       sdpa               F.scaled_dot_product_attention (fused mode's default),
+      split-kv           harness/decode_attention.py's kernel (DECODE_ATTENTION "split-kv"),
       flex               flex_attention compiled inside each layer's graph (what DECODE_ATTENTION "flex" ran),
       flex, no prologue  the same with inductor's prologue fusion off,
       flex, own graph    flex_attention compiled on its own, called outside the layer's graph.
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
 from prunereg.benchmarks.fidelity import DECODE, MODEL, decode_step, median_ms
-from prunereg.harness import fused
+from prunereg.harness import decode_attention, fused
 from prunereg.harness.latency import release
 from prunereg.harness.models import load_model
 
@@ -74,10 +76,19 @@ ALONE = {
     "flex, 4096 keys": ("flex", 0, True, None),
     "flex, heads repeated": ("flex", 1, False, None),
     "flex, main kernel forced": ("flex", 1, True, {"FORCE_USE_FLEX_ATTENTION": True}),
+    "split-kv": ("split-kv", 1, True, {}),
+    "split-kv, 32-key blocks": ("split-kv", 1, True, {"BLOCK_N": 32}),
+    "split-kv, 128-key blocks": ("split-kv", 1, True, {"BLOCK_N": 128}),
+    "split-kv, 1 program per SM": ("split-kv", 1, True, {"PROGRAMS_PER_SM": 1}),
+    "split-kv, 4 programs per SM": ("split-kv", 1, True, {"PROGRAMS_PER_SM": 4}),
+    "split-kv, 2 warps": ("split-kv", 1, True, {"NUM_WARPS": 2}),
+    "split-kv, 8 warps": ("split-kv", 1, True, {"NUM_WARPS": 8}),
 }
-"""Name -> (kernel, keys past the 4096 context, grouped K/V read in place, flex kernel_options): what the 4097-key
-call is set against. A cache length of 4096 is a multiple of flex's 128-key blocks; repeated heads leave out its
-grouped-query packing; forcing the main kernel shows what the split-KV decoding kernel is worth, if it ran."""
+"""Name -> (kernel, keys past the 4096 context, grouped K/V read in place, options): what the 4097-key call is set
+against. A cache length of 4096 is a multiple of flex's 128-key blocks; repeated heads leave out its grouped-query
+packing; forcing the main kernel shows what the split-KV decoding kernel is worth, if it ran. For flex the options
+are its kernel_options; for split-kv, harness/decode_attention.py's tuning constants set for the call."""
+TUNING = ("BLOCK_N", "PROGRAMS_PER_SM", "NUM_WARPS")
 
 
 def attention_alone(kernel: str, extra: int, gqa: bool, options: Any) -> float:
@@ -91,9 +102,26 @@ def attention_alone(kernel: str, extra: int, gqa: bool, options: Any) -> float:
     scale = head_dim**-0.5
     if kernel == "sdpa":
         call = lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)  # noqa: E731
+    elif kernel == "split-kv":
+        defaults = {name: getattr(decode_attention, name) for name in TUNING}
+        for name, value in options.items():
+            setattr(decode_attention, name, value)
+        try:
+            expected = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
+            error = (decode_attention.split_kv_decode(q, k, v, scale) - expected).abs().max().item()
+            assert error < 2e-2, f"split-kv differs from SDPA by {error}"
+            return timed(lambda: decode_attention.split_kv_decode(q, k, v, scale))
+        finally:
+            for name, value in defaults.items():
+                setattr(decode_attention, name, value)
     else:
         compiled = torch.compile(flex_attention, dynamic=False)
         call = lambda: compiled(q, k, v, scale=scale, enable_gqa=gqa, kernel_options=options)  # noqa: E731
+    return timed(call)
+
+
+def timed(call) -> float:
+    """µs per call, `CALLS` calls captured in one CUDA Graph after three warm-up calls."""
     for _ in range(3):
         call()
     torch.cuda.synchronize()
@@ -110,7 +138,7 @@ def step(model, variant: str) -> dict[str, float]:
     if variant == "flex, own graph":
         fused.one_query_attention = own_graph_flex()
     else:
-        fused.DECODE_ATTENTION = "sdpa" if variant == "sdpa" else "flex"
+        fused.DECODE_ATTENTION = variant if variant in ("sdpa", "split-kv") else "flex"
     settings = torch._inductor.config.patch(prologue_fusion=False) if variant == "flex, no prologue" else nullcontext()
     try:
         with settings:
@@ -153,7 +181,7 @@ def main() -> None:
     logger.removeHandler(decisions)
     path.write_text(json.dumps(found, indent=1) + "\n")
     model = load_model(MODEL, "cuda", torch.bfloat16).model
-    for variant in ("sdpa", "flex", "flex, no prologue", "flex, own graph"):
+    for variant in ("sdpa", "split-kv", "flex", "flex, no prologue", "flex, own graph"):
         try:
             found[f"decode step, {variant}"] = step(model, variant)
         except Exception as err:  # one variant failing still leaves the others' rows

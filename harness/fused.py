@@ -8,8 +8,8 @@ Linear (weights and biases) and gate/up into another at load, a static KV cache 
 rotary computed as transformers computes them (cos/sin from the model's own rotary embedding,
 RMSNorm with the config's rms_norm_eps), attention through torch SDPA (causal in a prefill from
 position 0; no mask for one query over the cache it fills, grouped K/V heads read in place, or
-flex_attention's split-KV decoding where DECODE_ATTENTION says so; sliding windows where transformers
-applies them).
+flex_attention's or prunereg's own split-KV decoding where DECODE_ATTENTION says so; sliding windows where
+transformers applies them).
 
 Every layer is built from what the pruned model holds, so shapes may differ per layer (width,
 sublayer drop, layer drop). What fusion does not apply to keeps the adapter's own module and runs
@@ -40,6 +40,7 @@ from prunereg.adapters.hidden_slice import shortcut_forward
 from prunereg.adapters.sparse_attention import NAME as BLOCK_SPARSE
 from prunereg.adapters.sublayer_drop import DroppedAttention, DroppedMLP
 from prunereg.adapters.token_routing import RoutedMLP
+from prunereg.harness import decode_attention
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 SDPA_IMPLEMENTATIONS = ("sdpa", "eager", "prunereg_unmasked_sdpa")
@@ -49,12 +50,13 @@ DECODER_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer
 LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 """Rotary types whose frequencies change with the sequence length, so one table per cache would not do."""
 DECODE_ATTENTION = "sdpa"
-"""A one-query step's attention over the cache: "sdpa" (PyTorch picks cuDNN's or flash's kernel) or "flex"
+"""A one-query step's attention over the cache: "sdpa" (PyTorch picks cuDNN's or flash's kernel), "flex"
 (flex_attention, whose compiled CUDA kernel for a few queries can split the keys among thread blocks, as serving
-engines do). On an H100 with torch 2.11 flex was ten times slower: one call over Llama-3.1-8B's 4097-position cache
-took 109 µs against SDPA's 10.7 µs, in the layer's graph, without prologue fusion or in a graph of its own alike,
-and inductor had chosen its split-KV decoding kernel (82 µs with the main kernel forced; benchmarks/flex_decoding.py,
-results/h100-flex/), so the decode step took 11.1 ms against 6.6 ms. SDPA stays."""
+engines do) or "split-kv" (prunereg's own Triton flash-decoding kernel, harness/decode_attention.py; SDPA where
+Triton cannot run it). On an H100 with torch 2.11 flex was ten times slower: one call over Llama-3.1-8B's
+4097-position cache took 109 µs against SDPA's 10.7 µs, in the layer's graph, without prologue fusion or in a graph
+of its own alike, and inductor had chosen its split-KV decoding kernel (82 µs with the main kernel forced;
+benchmarks/flex_decoding.py, results/h100-flex/), so the decode step took 11.1 ms against 6.6 ms."""
 
 
 class FusedRefusal(ValueError):
@@ -226,6 +228,8 @@ def one_query_attention(q, k, v, scale: float, gqa: bool) -> torch.Tensor:
         out = flex_attention(q, k, v, scale=scale, enable_gqa=gqa)
         assert isinstance(out, torch.Tensor)  # no log-sum-exp asked for
         return out
+    if DECODE_ATTENTION == "split-kv" and decode_attention.runs(q):
+        return decode_attention.split_kv_decode(q, k, v, scale)
     return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
 
 

@@ -250,6 +250,17 @@ def test_flex_decoding_replays_what_eager_does(monkeypatch):
     check_compiled_replay(net, net, DECODE)
 
 
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("scenario", [DECODE, Scenario(phase=Phase.decode, batch_size=1, seq_len=300)], ids=str)
+def test_split_kv_decoding_replays_what_eager_does(monkeypatch, scenario):
+    """Compiled and captured, a decode step with prunereg's split-KV kernel (harness/decode_attention.py, a custom
+    op inside the compiled layer) gives transformers' logits; 300 keys are five splits."""
+    monkeypatch.setattr(fused, "DECODE_ATTENTION", "split-kv")
+    net = tiny("llama", num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512).cuda()
+    check_compiled_replay(net, net, scenario)
+
+
 def check_compiled_replay(dense, pruned, scenario: Scenario) -> None:
     """prepare() runs the pair fused, compiled and captured, and the pruned model's replay gives its eager logits."""
     expected = Workload(pruned, scenario).step().logits
