@@ -21,8 +21,9 @@ GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.org",
     "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.org",
 }  # fmt: skip
-QUICK = "--repeats 3 --warmup 0 --task heldout-ppl"
-"""Evaluation options that keep the test short: fewest repeats, held-out cross-entropy only (no lm-eval)."""
+QUICK = "--repeats 10 --warmup 1 --task heldout-ppl"
+"""Evaluation options that keep the test short: held-out cross-entropy only (no lm-eval), and few repeats, but not
+three: on a busy CI machine three left Tiny Depth's speedup interval at ±8 %, too noisy to rank, and off the front."""
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
