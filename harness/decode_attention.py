@@ -107,6 +107,7 @@ def runs(q: torch.Tensor) -> bool:
 
 @functools.cache
 def _sms(device: torch.device) -> int:
+    """The device's SM count; in the interpreter, an H100's."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
@@ -152,4 +153,4 @@ def split_kv_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
 
 @split_kv_decode.register_fake
 def _(q, k, v, scale):
-    return torch.empty_like(q)
+    return q.new_empty(q.shape)  # contiguous, as the kernel writes it (q itself comes transposed)
