@@ -49,7 +49,7 @@ if AVAILABLE:
         q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, scale, keys, keys_per_split,
         q_batch, q_head, k_batch, k_head, k_key, v_batch, v_head, v_key,
         KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-        BLOCK: tl.constexpr,
+        BLOCK: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         sequence_head, split, splits = tl.program_id(0), tl.program_id(1), tl.num_programs(1)
         sequence, kv_head = sequence_head // KV_HEADS, sequence_head % KV_HEADS
@@ -70,14 +70,14 @@ if AVAILABLE:
             n = first + tl.arange(0, BLOCK)
             valid = n < end
             k = tl.load(k_base + n[:, None] * k_key + d[None, :], mask=valid[:, None], other=0.0)
-            scores = tl.dot(q, tl.trans(k)) * scale
+            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
             scores = tl.where(valid[None, :], scores, float("-inf"))
             new_max = tl.maximum(running_max, tl.max(scores, 1))
             p = tl.exp(scores - new_max[:, None])
             kept = tl.exp(running_max - new_max)
             mass = mass * kept + tl.sum(p, 1)
             v = tl.load(v_base + n[:, None] * v_key + d[None, :], mask=valid[:, None], other=0.0)
-            acc = acc * kept[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * kept[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             running_max = new_max
         rows = (sequence * KV_HEADS * GROUP + heads) * splits + split
         tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], acc / mass[:, None], mask=in_group[:, None])
@@ -139,11 +139,14 @@ def split_kv_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     partial = torch.empty(batch * heads * splits, head_dim, device=q.device, dtype=torch.float32)
     lse = torch.empty(batch * heads * splits, device=q.device, dtype=torch.float32)
     out = torch.empty(batch, heads, 1, head_dim, device=q.device, dtype=q.dtype)
+    # On a GPU tl.dot rounds float32 operands to TF32 unless told "ieee" (on an H100 the float32 fused tests then
+    # missed transformers' logits by 2e-4); bf16 operands are unaffected by the option and keep the default.
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _split_kv_attention_partials[(batch * kv_heads, splits)](
         q, k, v, partial, lse, scale, keys, keys_per_split,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         KV_HEADS=kv_heads, GROUP=group, GROUP_PAD=max(16, _next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK=BLOCK_N, num_warps=NUM_WARPS,
+        BLOCK=BLOCK_N, PRECISION=precision, num_warps=NUM_WARPS,
     )  # fmt: skip
     _split_kv_attention_merge[(batch * heads,)](
         partial, lse, out, splits, HEAD_DIM=head_dim, SPLITS_PAD=_next_power_of_2(splits)
