@@ -21,7 +21,9 @@ weights, this times
 
 On an H100 with torch 2.11 (results/h100-flex/, 2026-12-06) the fusion was not the cause: flex_attention alone took
 109.3 µs a call against SDPA's 10.7 µs, and the step 11.2, 11.2 and 10.9 ms in the three flex variants against
-6.5 ms. Writes OUT/flex-decoding.json and prints a table; run by benchmarks/h200_flex.sh.
+6.5 ms. Run again with the split-KV kernel (same card and day): 9.2 µs a call against SDPA's 10.5 µs, its attention
+0.39 ms a step against 0.47 ms, the replayed step 6.61 ms against 6.62 ms. Writes OUT/flex-decoding.json and prints a
+table; run by benchmarks/h200_flex.sh.
 """
 
 from __future__ import annotations

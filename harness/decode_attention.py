@@ -16,6 +16,10 @@ It runs as the custom op `prunereg::split_kv_decode`, opaque to torch.compile (t
 it like SDPA) and captured in CUDA Graphs like any kernel launch. Where Triton is not installed it is
 not registered (`AVAILABLE`), and fused mode keeps SDPA. With TRITON_INTERPRET=1 set before Triton is
 imported, the same kernels run on the CPU, which is how CI checks them.
+
+It is not fused mode's default: on an H100 (benchmarks/flex_decoding.py, results/h100-flex/) one call over
+Llama-3.1-8B's 4097-key cache took 9.2 µs against SDPA's 10.5 µs, the step's attention 0.39 ms against 0.47 ms, and
+the replayed decode step 6.61 ms against 6.62 ms.
 """
 
 from __future__ import annotations
