@@ -252,7 +252,9 @@ def test_flex_decoding_replays_what_eager_does(monkeypatch):
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("scenario", [DECODE, Scenario(phase=Phase.decode, batch_size=1, seq_len=300)], ids=str)
+@pytest.mark.parametrize(
+    "scenario", [DECODE, Scenario(phase=Phase.decode, batch_size=1, seq_len=300)], ids=["one-split", "five-splits"]
+)
 def test_split_kv_decoding_replays_what_eager_does(monkeypatch, scenario):
     """Compiled and captured, a decode step with prunereg's split-KV kernel (harness/decode_attention.py, a custom
     op inside the compiled layer) gives transformers' logits; 300 keys are five splits."""
