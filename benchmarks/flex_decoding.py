@@ -34,6 +34,7 @@ import logging
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import torch
 import torch.nn.functional as F
@@ -105,17 +106,12 @@ def attention_alone(kernel: str, extra: int, gqa: bool, options: Any) -> float:
     if kernel == "sdpa":
         call = lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)  # noqa: E731
     elif kernel == "split-kv":
-        defaults = {name: getattr(decode_attention, name) for name in TUNING}
-        for name, value in options.items():
-            setattr(decode_attention, name, value)
-        try:
+        tuning = {name: getattr(decode_attention, name) for name in TUNING} | options
+        with patch.multiple(decode_attention, **tuning):
             expected = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
             error = (decode_attention.split_kv_decode(q, k, v, scale) - expected).abs().max().item()
             assert error < 2e-2, f"split-kv differs from SDPA by {error}"
             return timed(lambda: decode_attention.split_kv_decode(q, k, v, scale))
-        finally:
-            for name, value in defaults.items():
-                setattr(decode_attention, name, value)
     else:
         compiled = torch.compile(flex_attention, dynamic=False)
         call = lambda: compiled(q, k, v, scale=scale, enable_gqa=gqa, kernel_options=options)  # noqa: E731

@@ -127,10 +127,6 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 @torch.library.custom_op("prunereg::split_kv_decode", mutates_args=())
 def split_kv_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(q·kᵀ·scale)·v for q [batch, heads, 1, head_dim] over k, v [batch, kv_heads, keys, head_dim]
@@ -149,11 +145,11 @@ def split_kv_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     _split_kv_attention_partials[(batch * kv_heads, splits)](
         q, k, v, partial, lse, scale, keys, keys_per_split,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        KV_HEADS=kv_heads, GROUP=group, GROUP_PAD=max(16, _next_power_of_2(group)), HEAD_DIM=head_dim,
+        KV_HEADS=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK=BLOCK_N, PRECISION=precision, num_warps=NUM_WARPS,
     )  # fmt: skip
     _split_kv_attention_merge[(batch * heads,)](
-        partial, lse, out, splits, HEAD_DIM=head_dim, SPLITS_PAD=_next_power_of_2(splits)
+        partial, lse, out, splits, HEAD_DIM=head_dim, SPLITS_PAD=triton.next_power_of_2(splits)
     )
     return out
 

@@ -76,16 +76,17 @@ def test_fused_decode_steps_with_split_kv_give_transformers_logits(model_type, m
     assert max(calls) == (16 if model_type == "mistral" else IDS.shape[1])
 
 
-@pytest.mark.parametrize(
-    "batch,kv_heads,keys,expected",
-    [
-        (1, 8, 4097, (33, 128)),  # 264 programs on 132 SMs, two 64-key blocks each
-        (16, 8, 1025, (3, 384)),
-        (1, 1, 1, (1, 64)),
-        (64, 8, 64, (1, 64)),  # 512 (sequence, K/V head) pairs fill the GPU unsplit
-        (1, 2, 100_000, (131, 768)),  # whole blocks: 131 splits of 12 blocks, not 132
-    ],
-)
+KEY_SPLITS = [
+    (1, 8, 4097, (33, 128)),  # 264 programs on 132 SMs, two 64-key blocks each
+    (16, 8, 1025, (3, 384)),
+    (1, 1, 1, (1, 64)),
+    (64, 8, 64, (1, 64)),  # 512 (sequence, K/V head) pairs fill the GPU unsplit
+    (1, 2, 100_000, (131, 768)),  # whole blocks: 131 splits of 12 blocks, not 132
+]
+"""(batch, kv_heads, keys, (splits, keys per split)) on 132 SMs."""
+
+
+@pytest.mark.parametrize("batch,kv_heads,keys,expected", KEY_SPLITS)
 def test_key_splits_cover_every_key_in_whole_blocks_and_fill_the_gpu(batch, kv_heads, keys, expected):
     splits, per_split = key_splits(batch, kv_heads, keys, sms=132)
     assert (splits, per_split) == expected
@@ -108,5 +109,5 @@ def test_the_kernels_pass_in_tritons_interpreter_on_the_cpu():
     )
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-2000:]
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    expected = len(DTYPES) * len(SHAPES) + len(ARCHITECTURES) + 5
+    expected = len(DTYPES) * len(SHAPES) + len(ARCHITECTURES) + len(KEY_SPLITS)
     assert summary.startswith(f"{expected} passed"), summary
