@@ -210,6 +210,9 @@ class _Front:
     title: str
     points: dict[tuple, Row]
     bands: tuple[tuple[str, float, float], ...]
+    excluded: dict[tuple, Row]
+    """Points left out of the front as too noisy to rank: the pull request's author must hear why a new point
+    is missing from the front, not only that it did not enter."""
 
 
 def _identity(row: Row) -> tuple:
@@ -232,7 +235,9 @@ def _fronts(engine: Engine) -> dict[tuple, _Front]:
             for a in scenario_analysis(engine, phase, batch, quality=quality):
                 if a.has_quality:
                     key = (quality, *a.key)
-                    fronts[key] = _Front(quality, _group_title(a), _points(a), _bands(a))
+                    fronts[key] = _Front(
+                        quality, _group_title(a), _by_identity(a.frontier), _bands(a), _by_identity(a.excluded)
+                    )
     return fronts
 
 
@@ -242,8 +247,8 @@ def _group_title(a: ScenarioAnalysis) -> str:
     return f"{a.quality_source} quality · {k.model} · {k.device_name} · {k.dtype} · {k.execution_mode} · {k.scenario}{task}"
 
 
-def _points(a: ScenarioAnalysis) -> dict[tuple, Row]:
-    return {_identity(r): r for r in a.frontier}
+def _by_identity(rows: list[Row]) -> dict[tuple, Row]:
+    return {_identity(r): r for r in rows}
 
 
 def _bands(a: ScenarioAnalysis) -> tuple[tuple[str, float, float], ...]:
@@ -288,7 +293,7 @@ def _band_text(bands: tuple[tuple[str, float, float], ...]) -> str:
 
 def diff_markdown(old: dict[tuple, _Front], new: dict[tuple, _Front]) -> str:
     """The Markdown a pull-request comment carries: per changed group, the points that entered or left its
-    front and its transition bands before and after."""
+    front, the points newly left out as too noisy to rank, and its transition bands before and after."""
     sections, unchanged = [], 0
     for key in sorted(set(old) | set(new), key=lambda k: tuple(str(v) for v in k)):
         before, after = old.get(key), new.get(key)
@@ -297,7 +302,10 @@ def diff_markdown(old: dict[tuple, _Front], new: dict[tuple, _Front]) -> str:
         left = [r for i, r in was.items() if i not in now]
         bands_before = before.bands if before else ()
         bands_after = after.bands if after else ()
-        if not entered and not left and bands_before == bands_after:
+        noisy = [
+            r for i, r in (after.excluded if after else {}).items() if i not in (before.excluded if before else {})
+        ]
+        if not entered and not left and not noisy and bands_before == bands_after:
             unchanged += 1
             continue
         front = after or before
@@ -311,6 +319,12 @@ def diff_markdown(old: dict[tuple, _Front], new: dict[tuple, _Front]) -> str:
             ]
             lines += [_point_line("entered", r) for r in sorted(entered, key=_order)]
             lines += [_point_line("left", r) for r in sorted(left, key=_order)]
+            lines.append("")
+        if noisy:
+            lines += ["Left out of the front, speedup too noisy to rank (measure again with more repeats):", ""]
+            lines += [
+                f"- {_md(r.method_name)} · {_md(r.operating_point)}: {r.excluded}" for r in sorted(noisy, key=_order)
+            ]
             lines.append("")
         if bands_before != bands_after:
             lines += [

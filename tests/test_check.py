@@ -203,10 +203,10 @@ def test_methods_carry_their_division_and_the_site_shows_it(engine, tmp_path):
 # --- diff ---------------------------------------------------------------------------------------------------
 
 
-def _registry(path: Path, *subs_and_speedups) -> str:
+def _registry(path: Path, *subs_and_speedups, paired: bool = True) -> str:
     engine = connect(str(path))
     for sub, speedups, losses in subs_and_speedups:
-        ingest(engine, sub, make_result(sub, speedups=speedups, losses=losses))
+        ingest(engine, sub, make_result(sub, speedups=speedups, losses=losses, paired=paired))
     engine.dispose()
     return str(path)
 
@@ -236,6 +236,19 @@ def test_diff_names_the_points_that_entered_and_left_and_the_bands_that_moved(tm
     unchanged = run("diff", new, new, "--out", str(tmp_path / "diff.md"))
     assert unchanged.exit_code == 0 and unchanged.stdout == ""
     assert "No operating point entered or left a front" in (tmp_path / "diff.md").read_text()
+
+
+def test_diff_says_why_a_new_point_is_left_out_of_the_front(tmp_path):
+    width = (WIDTH, {"width-25": 1.6, "width-50": 2.0}, {"width-25": 0.04, "width-50": 0.15})
+    old = _registry(tmp_path / "old.db")
+    new = _registry(tmp_path / "new.db", width, paired=False)  # no dense samples, 5 % p80/p20 spread: too noisy
+    text = run("diff", old, new).stdout
+    assert "2 groups changed" in text and "| entered |" not in text  # decode and prefill
+    assert "Left out of the front, speedup too noisy to rank" in text
+    name = r"Width \[x\](https://example.org) @​someone \|"
+    assert f"- {name} · width-25: p80/p20 spread 5.1% above 3%, and no dense samples to bound the speedup" in text
+    assert f"- {name} · width-50: p80/p20 spread" in text
+    assert "No operating point entered or left a front" in run("diff", new, new).stdout
 
 
 def test_diff_of_reported_quality_and_of_a_group_that_appears(tmp_path):
