@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationError
 
 from .calibration import CalibrationSet
 from .catalog import Frozen, Scenario
@@ -407,8 +407,27 @@ class SavedEvaluation(Measured):
         )
 
     def save(self, folder: Path) -> Path:
-        """Write the file into `folder` (made if missing) under its `file_name`; the path written."""
+        """Write the file into `folder` (made if missing) under its `file_name`; the path written.
+
+        A file already there of the same run (submission version, model, weights, environment) keeps the points
+        this evaluation did not measure: `evaluate` skips the points its registry holds, so a run resumed after a
+        killed one must not drop what the killed one saved. A point measured again replaces the saved one."""
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / self.file_name()
-        path.write_text(self.model_dump_json(indent=1) + "\n")
+        measured = {p.operating_point for p in self.result.points}
+        kept = [p for p in self._same_run(path) if p.operating_point not in measured]
+        saved = self.result.model_copy(update={"points": kept + self.result.points})
+        path.write_text(self.model_copy(update={"result": saved}).model_dump_json(indent=1) + "\n")
         return path
+
+    def _same_run(self, path: Path) -> list[PointResult]:
+        """The points of the saved evaluation at `path` if it is of this run; none if it is not, or unreadable."""
+        try:
+            earlier = SavedEvaluation.model_validate_json(path.read_bytes()).result
+        except (OSError, ValidationError):
+            return []
+        return earlier.points if _run_identity(earlier) == _run_identity(self.result) else []
+
+
+def _run_identity(result: EvaluationResult) -> tuple[str, ...]:
+    return (result.spec_hash, result.model, result.weights, result.environment.key())

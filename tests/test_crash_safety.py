@@ -1,7 +1,9 @@
-"""An evaluation killed halfway leaves no partial run; a rerun measures only what is missing."""
+"""An evaluation killed halfway leaves no partial run; a rerun measures only what is missing, and its saved file
+keeps what the killed one saved."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -40,8 +42,9 @@ def runs_stored(db: Path) -> int:
 
 @pytest.mark.slow
 def test_sigkill_after_the_first_point_then_resume(tmp_path):
-    db = tmp_path / "registry.db"
-    process = subprocess.Popen([*COMMAND, "--db", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db, saved = tmp_path / "registry.db", tmp_path / "saved"
+    command = [*COMMAND, "--db", str(db), "--save", str(saved)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while runs_stored(db) == 0 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -53,9 +56,13 @@ def test_sigkill_after_the_first_point_then_resume(tmp_path):
     assert len(rows(db, "SELECT id FROM runs")) == len(per_run)
     first = rows(db, "SELECT id, run_id, median FROM latency_measurements ORDER BY id")
 
-    done = subprocess.run([*COMMAND, "--db", str(db)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "already in the registry, not measured again: drop-25" in done.stdout
     assert rows(db, "SELECT count(*) FROM runs")[0][0] == 2
     assert rows(db, "SELECT id, run_id, median FROM latency_measurements ORDER BY id")[: len(first)] == first
     assert rows(db, "SELECT count(*) FROM latency_measurements")[0][0] == 8
+    (file,) = saved.iterdir()  # the resumed run measured drop-50 alone; the killed one had saved drop-25
+    points = json.loads(file.read_text())["result"]["points"]
+    assert [p["operating_point"] for p in points] == ["drop-25", "drop-50"]
+    assert [m["median"] for m in points[0]["latency"]] == [m for (_, _, m) in first]
