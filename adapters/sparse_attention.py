@@ -43,7 +43,8 @@ the FLOPs, is the same for both.
     queries: future for every earlier query, and not key blocks, so not this declaration) and the
     offline per-head choice among its three patterns (that needs a search on calibration data).
 
-Keys are taken to be positions 0..k-1 and queries the last q of them (transformers' dynamic cache).
+Keys are taken to be positions 0..k-1 and queries the last q of them (transformers' dynamic cache; a static
+cache's empty slots are cut first, `written_keys`).
 The function is registered in transformers' AttentionInterface and the model's attention
 implementation is switched to it; the model builds its masks as for SDPA, so padding and sliding
 windows still arrive as a mask. On CUDA, compiled flex_attention with a BlockMask skips dropped
@@ -278,6 +279,9 @@ def block_sparse_attention(module, query, key, value, attention_mask, scaling=No
     """transformers attention function: query [b, h, q, d], key/value [b, kv_h, k, d] -> ([b, q, h, d], None)."""
     global _flex_failure
     params, layer = module.block_sparse, module.layer_idx
+    end = written_keys(query.shape[2], key.shape[2], attention_mask)
+    key, value = key[:, :, :end], value[:, :, :end]
+    attention_mask = None if attention_mask is None else attention_mask[..., :end]
     q_len, k_len, size = query.shape[2], key.shape[2], params.block_size
     rows, first = module.router(query, key) if params.policy == "estimated" else (None, 0)
     out = None
@@ -302,6 +306,17 @@ def block_sparse_attention(module, query, key, value, attention_mask, scaling=No
             mask = given & mask if given.dtype == torch.bool else given.masked_fill(~mask, torch.finfo(given.dtype).min)
         out = masked_sdpa(query, key, value, mask, scaling)
     return out.transpose(1, 2).contiguous(), None
+
+
+def written_keys(q_len: int, k_len: int, mask: torch.Tensor | None) -> int:
+    """How many keys hold tokens. A static cache is longer than what is written to it, and the block pattern takes
+    the queries to be the last of the keys, so its empty slots must go. Unmasked with 1 < q < k, transformers
+    relies on SDPA's upper-left causal alignment: a prompt filling an empty static cache (`q_offset` 0 in
+    masking_utils._ignore_causal_mask_sdpa). Masked, the last query's last allowed key is the last one written."""
+    if mask is None:
+        return q_len if 1 < q_len < k_len else k_len
+    allowed = (mask if mask.dtype == torch.bool else mask == 0)[..., -1, :k_len].nonzero()
+    return int(allowed[:, -1].max()) + 1 if allowed.numel() else k_len
 
 
 def kernel_of(model) -> str:

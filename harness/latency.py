@@ -37,6 +37,8 @@ import torch
 from transformers import AttentionInterface, DynamicCache, PreTrainedModel, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from prunereg.adapters.sparse_attention import NAME as BLOCK_SPARSE
+from prunereg.adapters.sparse_attention import block_sparse_attention
 from prunereg.spec.catalog import Phase, Scenario
 from prunereg.spec.results import MAX_REPEATS, ExecutionMode, GpuState, Timing
 from prunereg.spec.uncertainty import MAX_HALF_WIDTH, half_width, speedup_interval
@@ -119,13 +121,21 @@ step over a full static cache, like a prefill without cache, needs none. Unmaske
 grouped K/V heads in place (enable_gqa) and prefill takes the causal flash path; with a mask,
 transformers before 5.2x repeats every K/V head (4x the KV-cache traffic in Llama-3 decode)."""
 
+UNMASKED_BLOCK_SPARSE = "prunereg_unmasked_block_sparse"
+AttentionInterface.register(UNMASKED_BLOCK_SPARSE, block_sparse_attention)
+"""The block-sparse adapters' attention, unmasked for the same reason. With the static cache's mask it took its
+masked-SDPA path at dense cost on a GPU: graph mode's decode of MInference ran 0.54x of dense at every density
+on an H100, flex_attention's block skipping never ran."""
+
+UNMASKED = {"sdpa": UNMASKED_SDPA, BLOCK_SPARSE: UNMASKED_BLOCK_SPARSE}
+
 
 class StaticWorkload(Workload):
     """Graph and compiled modes: fixed buffers, so one step can be captured and replayed as is.
 
     Uncaptured (`step` before `capture`) it runs the same kernels eagerly: that is how the CPU
     tests check that it computes what the eager workload computes. Models on plain SDPA run it
-    unmasked (UNMASKED_SDPA); other attention functions (block-sparse adapters) run as they are.
+    unmasked (UNMASKED_SDPA), block-sparse adapters too (UNMASKED_BLOCK_SPARSE).
     """
 
     def __init__(
@@ -161,7 +171,7 @@ class StaticWorkload(Workload):
 
     @torch.inference_mode()  # the cache's offsets are inference tensors: only there may they be refilled
     def _run(self):
-        with _unmasked_sdpa(self.model.config):
+        with _unmasked(self.model.config):
             if self.cache is None:
                 return _forward(self.forward, self.prompt, use_cache=False)
             if self.offsets is not None:
@@ -228,16 +238,18 @@ class FusedWorkload(StaticWorkload):
 
 
 @contextmanager
-def _unmasked_sdpa(config):
-    """The model's config on UNMASKED_SDPA for one step, if it runs plain SDPA; the dense model is shared."""
-    if config._attn_implementation != "sdpa":
+def _unmasked(config):
+    """The model's config on its attention's UNMASKED name for one step, where it has one; the dense model is
+    shared, so the name is restored."""
+    implementation = config._attn_implementation
+    if implementation not in UNMASKED:
         yield
         return
-    config._attn_implementation = UNMASKED_SDPA
+    config._attn_implementation = UNMASKED[implementation]
     try:
         yield
     finally:
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = implementation
 
 
 @dataclass

@@ -19,6 +19,7 @@ from prunereg.adapters.sparse_attention import (
     kernel_of,
     masked_sdpa,
     token_mask,
+    written_keys,
 )
 from prunereg.spec.catalog import models
 from prunereg.spec.parameters import SparseAttentionParams
@@ -160,3 +161,13 @@ def test_the_gemm_tracer_sees_the_kept_pairs_in_both_kernels():
             t for t in trace_forward(FlexToy(), torch.zeros(1, 128, dtype=torch.long)) if t.gemm == "attn_score"
         )
     assert (score.kernel, score.effective_flops) == (FLEX, 2 * 16 * 2 * kept)
+
+
+@pytest.mark.parametrize("as_float", [False, True], ids=["bool", "additive"])
+def test_the_empty_slots_of_a_static_cache_are_cut_before_the_block_pattern(as_float):
+    """Two queries at positions 3 and 4 of an 8-slot static cache: keys 5-7 are empty, whatever the mask's dtype."""
+    allowed = torch.ones(2, 8, dtype=torch.bool).tril(diagonal=3)[None, None]
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min) if as_float else allowed
+    assert written_keys(2, 8, mask) == 5
+    assert written_keys(2, 8, None) == 2  # a prompt filling an empty static cache: transformers' upper-left alignment
+    assert written_keys(1, 8, None) == 8 and written_keys(8, 8, None) == 8  # decode over a full cache; no cache

@@ -12,10 +12,11 @@ import torch
 from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
 
 from prunereg.adapters import get_adapter
+from prunereg.adapters.sparse_attention import block_sparse_attention
 from prunereg.harness.fingerprint import git_revision, gpu_state
-from prunereg.harness.latency import UNMASKED_SDPA, StaticWorkload, Workload, measure_pair
+from prunereg.harness.latency import UNMASKED_BLOCK_SPARSE, UNMASKED_SDPA, StaticWorkload, Workload, measure_pair
 from prunereg.spec.catalog import Phase, Scenario
-from prunereg.spec.parameters import LayerDropParams, WidthParams
+from prunereg.spec.parameters import LayerDropParams, SparseAttentionParams, WidthParams
 from prunereg.spec.results import latency_summary
 
 DECODE = Scenario(phase=Phase.decode, batch_size=3, seq_len=20)
@@ -62,32 +63,48 @@ def test_prefill_workload_has_the_scenario_shape(model):
     assert work.prompt.shape == (2, 16) and work.cache is None
 
 
-@pytest.mark.parametrize("variant", ["dense", "layer_drop", "width"])
+def variant_of(model, variant: str):
+    return {
+        "dense": lambda: model,
+        "layer_drop": lambda: pruned(model, "layer_drop", LayerDropParams(sparsity=0.5)),
+        "width": lambda: pruned(model, "width", WidthParams(attention_sparsity=0.5, mlp_sparsity=0.5)),
+        "block_sparse": lambda: pruned(model, "sparse_attention", SparseAttentionParams(sparsity=0.5, block_size=16)),
+    }[variant]()
+
+
+@pytest.mark.parametrize("variant", ["dense", "layer_drop", "width", "block_sparse"])
 @pytest.mark.parametrize("scenario", [DECODE, PREFILL], ids=["decode", "prefill"])
 def test_static_workload_computes_what_the_eager_one_does(model, variant, scenario):
     """Same inputs, same logits, on every replay: the static cache is rewound, not filled further."""
-    net = {
-        "dense": model,
-        "layer_drop": pruned(model, "layer_drop", LayerDropParams(sparsity=0.5)),
-        "width": pruned(model, "width", WidthParams(attention_sparsity=0.5, mlp_sparsity=0.5)),
-    }[variant]
+    net = variant_of(model, variant)
     expected = Workload(net, scenario).step().logits
     work = StaticWorkload(net, scenario)
     for _ in range(3):
         torch.testing.assert_close(work.step().logits, expected)
 
 
-def test_static_workload_runs_sdpa_unmasked_and_restores_the_config(model, monkeypatch):
-    masks = []
+@pytest.mark.parametrize(
+    ("variant", "unmasked", "attention"),
+    [("dense", UNMASKED_SDPA, AttentionInterface._global_mapping["sdpa"]),
+     ("block_sparse", UNMASKED_BLOCK_SPARSE, block_sparse_attention)],
+)  # fmt: skip
+def test_static_workload_runs_attention_unmasked_and_restores_the_config(
+    model, monkeypatch, variant, unmasked, attention
+):
+    """A decode step over the full static cache needs no mask; given one, block-sparse attention would take its
+    masked-SDPA path, at dense cost on a GPU too."""
+    net, masks = variant_of(model, variant), []
+    implementation = net.config._attn_implementation
 
     def spy(module, query, key, value, attention_mask, **kwargs):
         masks.append(attention_mask)
-        return AttentionInterface._global_mapping["sdpa"](module, query, key, value, attention_mask, **kwargs)
+        return attention(module, query, key, value, attention_mask, **kwargs)
 
-    monkeypatch.setitem(AttentionInterface._global_mapping, UNMASKED_SDPA, spy)
-    StaticWorkload(model, DECODE).step()
-    assert len(masks) == model.config.num_hidden_layers and all(m is None for m in masks)
-    assert model.config._attn_implementation == "sdpa"
+    work = StaticWorkload(net, DECODE)  # its prompt fills the cache before the spy is in place
+    monkeypatch.setitem(AttentionInterface._global_mapping, unmasked, spy)
+    work.step()
+    assert len(masks) == net.config.num_hidden_layers and all(m is None for m in masks)
+    assert net.config._attn_implementation == implementation
 
 
 def test_measure_pair_returns_one_sample_per_repeat(model):
