@@ -132,11 +132,10 @@ def test_summary_takes_median_and_20th_80th_percentiles():
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("scenario", [DECODE, PREFILL], ids=["decode", "prefill"])
-@pytest.mark.parametrize("variant", ["dense", "layer_drop"])
+@pytest.mark.parametrize("variant", ["dense", "layer_drop", "block_sparse"])
 def test_graph_replay_computes_what_eager_does(variant, scenario):
-    net = tiny("cuda")
-    if variant == "layer_drop":
-        net = pruned(net, "layer_drop", LayerDropParams(sparsity=0.5))
+    """block_sparse: flex_attention captured, unmasked over the full static cache."""
+    net = variant_of(tiny("cuda"), variant)
     expected = Workload(net, scenario).step().logits
     work = StaticWorkload(net, scenario)
     work.capture()
