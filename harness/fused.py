@@ -204,7 +204,12 @@ class FusedLayer(nn.Module):
             values[:, :, position : position + s] = v
             k, v = keys[:, :, : position + s], values[:, :, : position + s]  # the whole cache once it is full
         if self.attention is not None:  # the adapter's attention function: [b, s, heads, d]
-            out = self.attention(self.attn, q, k, v, None, scaling=self.scaling, dropout=0.0)[0].reshape(b, s, -1)
+            # Unmasked, transformers' convention: queries are the last of the keys, or, 1 < s < keys, the first (an
+            # empty static cache's prompt); a chunk after earlier tokens says where it stands with a mask.
+            mask = None
+            if position > 0 and s > 1:
+                mask = torch.ones(s, position + s, dtype=torch.bool, device=q.device).tril(diagonal=position)
+            out = self.attention(self.attn, q, k, v, mask, scaling=self.scaling, dropout=0.0)[0].reshape(b, s, -1)
             return self.o_proj(out)
         gqa, end = self.heads != self.kv_heads, position + s
         start = 0 if self.window is None or s > 1 else max(0, end - self.window)  # one query: its window, sliced

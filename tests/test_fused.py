@@ -59,15 +59,16 @@ def assert_tight(actual: torch.Tensor, expected: torch.Tensor) -> None:
 def check_fused(
     model, ids: torch.Tensor, prefill: int, close: Callable[[torch.Tensor, torch.Tensor], None] = assert_tight
 ) -> FusedModel:
-    """The fused forward's logits equal transformers' (`close`): one full prefill, and a prefill then one token
-    at a time."""
+    """The fused forward's logits equal transformers' (`close`): one full prefill, a prefill then one token at a
+    time, and a prefill then a chunk of 8 tokens after it, then one token at a time."""
     expected = reference(model, ids)
     fused = FusedModel(model, ids.shape[0], ids.shape[1])
     with torch.inference_mode():
         close(fused(ids, use_cache=False), expected)
-        steps = [fused(ids[:, :prefill])]
-        steps += [fused(ids[:, t : t + 1], position=t) for t in range(prefill, ids.shape[1])]
-    close(torch.cat(steps, dim=1), expected)
+        for chunk in (1, 8):
+            steps = [fused(ids[:, :prefill]), fused(ids[:, prefill : prefill + chunk], position=prefill)]
+            steps += [fused(ids[:, t : t + 1], position=t) for t in range(prefill + chunk, ids.shape[1])]
+            close(torch.cat(steps, dim=1), expected)
     return fused
 
 
