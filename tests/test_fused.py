@@ -41,6 +41,8 @@ from prunereg.spec.parameters import (
 EXAMPLES_BY_NAME = {row.name: row.examples[0] for row in adapters().values() if row.examples}
 IDS = torch.randint(97, (2, 40), generator=torch.Generator().manual_seed(5))
 PREFILL = 24
+CHUNKS = (1, 8)
+"""check_fused's continuations of the prefill: one token, and a chunk of 8, each followed by one token at a time."""
 DECODE = Scenario(phase=Phase.decode, batch_size=3, seq_len=20)
 PROMPT = Scenario(phase=Phase.prefill, batch_size=2, seq_len=16)
 TIGHT: dict[str, Any] = {"rtol": 1e-5, "atol": 1e-5}
@@ -60,12 +62,12 @@ def check_fused(
     model, ids: torch.Tensor, prefill: int, close: Callable[[torch.Tensor, torch.Tensor], None] = assert_tight
 ) -> FusedModel:
     """The fused forward's logits equal transformers' (`close`): one full prefill, a prefill then one token at a
-    time, and a prefill then a chunk of 8 tokens after it, then one token at a time."""
+    time, and a prefill then a chunk of 8 tokens after it, then one token at a time (CHUNKS)."""
     expected = reference(model, ids)
     fused = FusedModel(model, ids.shape[0], ids.shape[1])
     with torch.inference_mode():
         close(fused(ids, use_cache=False), expected)
-        for chunk in (1, 8):
+        for chunk in CHUNKS:
             steps = [fused(ids[:, :prefill]), fused(ids[:, prefill : prefill + chunk], position=prefill)]
             steps += [fused(ids[:, t : t + 1], position=t) for t in range(prefill + chunk, ids.shape[1])]
             close(torch.cat(steps, dim=1), expected)
@@ -364,7 +366,7 @@ def check_fused_at_llama_8b(
     dense, name: str | None, params, compiled: bool = False, tokens=LLAMA_8B_TOKENS, close=assert_bf16_close
 ) -> None:
     """The model `name` prunes `dense` to (None: dense itself) computes transformers' logits in bf16: FusedModel
-    in one full prefill and in a prefill then 4 one-token steps, and prepare(..., "fused")'s workloads of the
+    in one full prefill, in a prefill then 4 one-token steps and in a prefill then a chunk of 4, and prepare(..., "fused")'s workloads of the
     dense and the pruned model (captured on CUDA, `compiled` or not) in a decode step and a prefill."""
     model, config = dense, dense.config
     if name is not None:
