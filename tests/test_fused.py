@@ -366,8 +366,9 @@ def check_fused_at_llama_8b(
     dense, name: str | None, params, compiled: bool = False, tokens=LLAMA_8B_TOKENS, close=assert_bf16_close
 ) -> None:
     """The model `name` prunes `dense` to (None: dense itself) computes transformers' logits in bf16: FusedModel
-    in one full prefill, in a prefill then 4 one-token steps and in a prefill then a chunk of 4, and prepare(..., "fused")'s workloads of the
-    dense and the pruned model (captured on CUDA, `compiled` or not) in a decode step and a prefill."""
+    in one full prefill, in a prefill then 4 one-token steps and in a prefill then a chunk of 4, and
+    prepare(..., "fused")'s workloads of the dense and the pruned model (captured on CUDA, `compiled` or not) in a
+    decode step and a prefill."""
     model, config = dense, dense.config
     if name is not None:
         assert params.misfit(architecture_of(config, "llama-3.1-8b", "catalog")) is None
