@@ -30,13 +30,15 @@ def rows_table(rows: list[Row]) -> list[str]:
 def by_mode_table(rows: list[Row]) -> list[str]:
     """Speedup / theoretical per point, one column per (scenario, execution mode): how much of a method's roofline
     each way of running the model realizes. A mode that fell back for a point is named in its cell."""
-    columns = sorted({(r.phase != "prefill", r.scenario, r.execution_mode) for r in rows})
+
+    def column(r: Row) -> tuple[bool, str, str]:  # prefill first, then decode
+        return r.phase != "prefill", r.scenario, r.execution_mode
+
+    columns = sorted({column(r) for r in rows})
     cells: dict[tuple[str, str], dict[tuple, str]] = defaultdict(dict)
     for r in rows:
         ran = "" if r.execution == r.execution_mode else f" ({r.execution})"
-        cells[(r.method_name, r.operating_point)][(r.phase != "prefill", r.scenario, r.execution_mode)] = (
-            f"{r.speedup:.2f} / {r.theoretical_speedup:.2f}{ran}"
-        )
+        cells[(r.method_name, r.operating_point)][column(r)] = f"{r.speedup:.2f} / {r.theoretical_speedup:.2f}{ran}"
     lines = [
         "| method · point | " + " | ".join(f"{scenario} {mode}" for _, scenario, mode in columns) + " |",
         "|---|" + "--:|" * len(columns),

@@ -302,9 +302,8 @@ def diff_markdown(old: dict[tuple, _Front], new: dict[tuple, _Front]) -> str:
         left = [r for i, r in was.items() if i not in now]
         bands_before = before.bands if before else ()
         bands_after = after.bands if after else ()
-        noisy = [
-            r for i, r in (after.excluded if after else {}).items() if i not in (before.excluded if before else {})
-        ]
+        was_out, now_out = (before.excluded if before else {}), (after.excluded if after else {})
+        noisy = [r for i, r in now_out.items() if i not in was_out]
         if not entered and not left and not noisy and bands_before == bands_after:
             unchanged += 1
             continue

@@ -206,26 +206,28 @@ class FusedLayer(nn.Module):
         if self.attention is not None:  # the adapter's attention function: [b, s, heads, d]
             # Unmasked, transformers' convention: queries are the last of the keys, or, 1 < s < keys, the first (an
             # empty static cache's prompt); a chunk after earlier tokens says where it stands with a mask.
-            mask = None
-            if position > 0 and s > 1:
-                mask = torch.ones(s, position + s, dtype=torch.bool, device=q.device).tril(diagonal=position)
+            mask = causal_after(position, s, q.device) if position > 0 and s > 1 else None
             out = self.attention(self.attn, q, k, v, mask, scaling=self.scaling, dropout=0.0)[0].reshape(b, s, -1)
             return self.o_proj(out)
         gqa, end = self.heads != self.kv_heads, position + s
         start = 0 if self.window is None or s > 1 else max(0, end - self.window)  # one query: its window, sliced
         k, v = k[:, :, start:], v[:, :, start:]
         if self.window is not None and end > self.window and s > 1:  # a prefill longer than the window: banded
-            mask = torch.ones(s, end, dtype=torch.bool, device=q.device).tril(diagonal=position)
-            mask = mask.triu(diagonal=position - self.window + 1)
+            mask = causal_after(position, s, q.device).triu(diagonal=position - self.window + 1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=gqa)
         elif position == 0 and s > 1:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling, enable_gqa=gqa)
         elif s == 1:  # one query over every key written so far (in its window): nothing to mask
             out = one_query_attention(q, k, v, self.scaling, gqa)
         else:  # a chunk after earlier tokens: causal with the offset
-            mask = torch.ones(s, end, dtype=torch.bool, device=q.device).tril(diagonal=position)
+            mask = causal_after(position, s, q.device)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+
+def causal_after(position: int, s: int, device: torch.device) -> torch.Tensor:
+    """[s, position + s]: query i, at position + i, sees keys 0 .. position + i."""
+    return torch.ones(s, position + s, dtype=torch.bool, device=device).tril(diagonal=position)
 
 
 def one_query_attention(q, k, v, scale: float, gqa: bool) -> torch.Tensor:
