@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 from prunereg.adapters import get_adapter
 from prunereg.harness.calibration import calibration_ids
 from prunereg.harness.fingerprint import environment, model_stats
-from prunereg.harness.latency import Workload, busy, measure_pair, pin_threads
+from prunereg.harness.latency import MaskedAttentionTimed, Workload, busy, measure_pair, pin_threads
 from prunereg.harness.models import LoadedModel, load_model
 from prunereg.harness.tasks import QualityMeasure, TaskUnavailable, measure
 from prunereg.harness.trace import check_declaration
@@ -335,7 +335,10 @@ def time_scenario(
     max_repeats: int | None = None,
 ) -> LatencyResult:
     """Dense and pruned timed side by side in one scenario, next to the roofline's times for both."""
-    timing = measure_pair(loaded.model, pruned, scenario, warmup, repeats, mode, loaded.tokenizer, max_repeats)
+    try:
+        timing = measure_pair(loaded.model, pruned, scenario, warmup, repeats, mode, loaded.tokenizer, max_repeats)
+    except MaskedAttentionTimed as err:
+        raise EvaluationError(str(err)) from None
     return latency_result(
         scenario, timing.dense, timing.pruned, effects, roofline, execution=timing.execution, fallback=timing.fallback,
         gpu_before=timing.gpu_before, gpu_after=timing.gpu_after, timing=timing.timing,

@@ -73,6 +73,10 @@ NAME = "prunereg_block_sparse"
 FLEX = "block-sparse (flex_attention)"
 MASKED = "masked dense (SDPA)"
 _flex_failure: str | None = None
+masked_on_gpu = 0
+"""Masked-SDPA calls on a GPU: steps at dense attention's cost. The latency harness refuses a timing during which this
+grew: graph mode's static-cache mask once sent every timed step here while the GEMM trace saw flex_attention, and a
+compile that fails only in the timed step would do the same."""
 
 
 @lru_cache(maxsize=4096)
@@ -277,7 +281,7 @@ def run_flex(query, key, value, block_mask, size: int, scaling, compiled: bool =
 
 def block_sparse_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention function: query [b, h, q, d], key/value [b, kv_h, k, d] -> ([b, q, h, d], None)."""
-    global _flex_failure
+    global _flex_failure, masked_on_gpu
     params, layer = module.block_sparse, module.layer_idx
     end = written_keys(query.shape[2], key.shape[2], attention_mask)
     key, value = key[:, :, :end], value[:, :, :end]
@@ -297,6 +301,7 @@ def block_sparse_attention(module, query, key, value, attention_mask, scaling=No
             _flex_failure = f"{type(err).__name__}: {err}"
             warnings.warn(f"flex_attention failed, falling back to {MASKED}: {_flex_failure}", stacklevel=2)
     if out is None:
+        masked_on_gpu += query.is_cuda
         if rows is None:
             mask = token_mask(params, layer, q_len, k_len, query.device)
         else:
@@ -317,6 +322,11 @@ def written_keys(q_len: int, k_len: int, mask: torch.Tensor | None) -> int:
         return q_len if 1 < q_len < k_len else k_len
     allowed = (mask if mask.dtype == torch.bool else mask == 0)[..., -1, :k_len].nonzero()
     return int(allowed[:, -1].max()) + 1 if allowed.numel() else k_len
+
+
+def flex_failure() -> str | None:
+    """Why flex_attention failed in this process, if it did (the masked path runs from then on)."""
+    return _flex_failure
 
 
 def kernel_of(model) -> str:

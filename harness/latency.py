@@ -37,6 +37,7 @@ import torch
 from transformers import AttentionInterface, DynamicCache, PreTrainedModel, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from prunereg.adapters import sparse_attention
 from prunereg.adapters.sparse_attention import NAME as BLOCK_SPARSE
 from prunereg.adapters.sparse_attention import block_sparse_attention
 from prunereg.spec.catalog import Phase, Scenario
@@ -90,10 +91,14 @@ class Workload:
         self.cache_arg = cache_argument(model)
         self.cache = self.new_cache() if scenario.phase is Phase.decode else None
         if self.cache is not None:
-            _forward(model, self.prompt, use_cache=True, **{self.cache_arg: self.cache})
+            self.fill()
 
     def new_cache(self):
         return DynamicCache(config=self.model.config)
+
+    def fill(self) -> None:
+        """The context into the cache, untimed."""
+        _forward(self.model, self.prompt, use_cache=True, **{self.cache_arg: self.cache})
 
     def step(self):
         if self.cache is None:
@@ -168,6 +173,13 @@ class StaticWorkload(Workload):
 
     def new_cache(self):
         return StaticCache(config=self.model.config, max_cache_len=self.scenario.seq_len + 1)
+
+    def fill(self) -> None:
+        """Unmasked too: the prompt fills an empty static cache, which SDPA's upper-left causal alignment and
+        `written_keys` take as is; masked, block-sparse attention would run its masked path on a GPU (`measure_pair`
+        refuses a timing where it did)."""
+        with _unmasked(self.model.config):
+            super().fill()
 
     @torch.inference_mode()  # the cache's offsets are inference tensors: only there may they be refilled
     def _run(self):
@@ -250,6 +262,11 @@ def _unmasked(config):
         yield
     finally:
         config._attn_implementation = implementation
+
+
+class MaskedAttentionTimed(RuntimeError):
+    """A timing of block-sparse attention that ran its masked dense path on the GPU: the GEMM trace saw (or would
+    claim) skipped blocks, the clock did not."""
 
 
 @dataclass
@@ -424,6 +441,7 @@ def measure_pair(
     what was done is the result's `timing`.
     """
     device = next(dense.parameters()).device
+    masked_before = sparse_attention.masked_on_gpu
     works, execution, fallback = prepare(dense, pruned, scenario, mode, tokenizer)
     try:
         timed = Timer(device)
@@ -442,6 +460,12 @@ def measure_pair(
 
         cap = max(repeats, min(max_repeats or repeats, MAX_REPEATS))
         repeated(time_pairs, repeats, cap)
+        if masked := sparse_attention.masked_on_gpu - masked_before:
+            why = sparse_attention.flex_failure() or "a mask was passed"
+            raise MaskedAttentionTimed(
+                f"block-sparse attention ran masked SDPA, at dense cost, in {masked} GPU calls while {scenario.name} "
+                f"was timed in {execution} mode ({why})"
+            )
         timing = Timing(
             threads=torch.get_num_threads(), cpus=available_cpus(), load_before=load, repeats=repeats,
             added_repeats=len(samples[0]) - repeats, max_repeats=cap,

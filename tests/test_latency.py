@@ -11,10 +11,18 @@ import pytest
 import torch
 from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
 
-from prunereg.adapters import get_adapter
+from prunereg.adapters import get_adapter, sparse_attention
 from prunereg.adapters.sparse_attention import block_sparse_attention
+from prunereg.harness import latency
 from prunereg.harness.fingerprint import git_revision, gpu_state
-from prunereg.harness.latency import UNMASKED_BLOCK_SPARSE, UNMASKED_SDPA, StaticWorkload, Workload, measure_pair
+from prunereg.harness.latency import (
+    UNMASKED_BLOCK_SPARSE,
+    UNMASKED_SDPA,
+    MaskedAttentionTimed,
+    StaticWorkload,
+    Workload,
+    measure_pair,
+)
 from prunereg.spec.catalog import Phase, Scenario
 from prunereg.spec.parameters import LayerDropParams, SparseAttentionParams, WidthParams
 from prunereg.spec.results import latency_summary
@@ -91,8 +99,8 @@ def test_static_workload_computes_what_the_eager_one_does(model, variant, scenar
 def test_static_workload_runs_attention_unmasked_and_restores_the_config(
     model, monkeypatch, variant, unmasked, attention
 ):
-    """A decode step over the full static cache needs no mask; given one, block-sparse attention would take its
-    masked-SDPA path, at dense cost on a GPU too."""
+    """A decode step over the full static cache needs no mask, nor does the prompt filling the empty cache; given
+    one, block-sparse attention would take its masked-SDPA path, at dense cost on a GPU too."""
     net, masks = variant_of(model, variant), []
     implementation = net.config._attn_implementation
 
@@ -100,11 +108,20 @@ def test_static_workload_runs_attention_unmasked_and_restores_the_config(
         masks.append(attention_mask)
         return attention(module, query, key, value, attention_mask, **kwargs)
 
-    work = StaticWorkload(net, DECODE)  # its prompt fills the cache before the spy is in place
     monkeypatch.setitem(AttentionInterface._global_mapping, unmasked, spy)
+    work = StaticWorkload(net, DECODE)
     work.step()
-    assert len(masks) == net.config.num_hidden_layers and all(m is None for m in masks)
+    assert len(masks) == 2 * net.config.num_hidden_layers and all(m is None for m in masks)
     assert net.config._attn_implementation == implementation
+
+
+def test_a_timing_that_ran_masked_block_sparse_attention_on_a_gpu_is_refused(model, monkeypatch):
+    """The count is a GPU's (`sparse_attention.masked_on_gpu`); here the pruned model's forward stands in for it."""
+    net = copy.deepcopy(model)
+    net.register_forward_hook(lambda *_: setattr(sparse_attention, "masked_on_gpu", sparse_attention.masked_on_gpu + 1))
+    with pytest.raises(MaskedAttentionTimed, match=r"in 5 GPU calls while decode-b3-c20 was timed in eager mode"):
+        measure_pair(model, net, DECODE, warmup=1, repeats=3)
+    measure_pair(model, model, DECODE, warmup=1, repeats=3)  # nothing counted, nothing refused
 
 
 def test_measure_pair_returns_one_sample_per_repeat(model):
@@ -163,6 +180,26 @@ def test_graph_mode_measures_in_graph_mode_and_reads_the_gpu():
     assert (timing.execution, timing.fallback) == ("graph", None)
     pytest.importorskip("pynvml")
     assert timing.gpu_before is not None and timing.gpu_before.sm_clock_mhz > 0
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_graph_mode_times_block_sparse_attention_on_flex_and_refuses_the_masked_path(monkeypatch):
+    """Heads of 64 and whole 16-token blocks, which compiled flex_attention takes; with the static cache's mask (graph
+    mode before UNMASKED_BLOCK_SPARSE) the timing ran masked SDPA and is refused."""
+    config = AutoConfig.for_model(
+        "llama", vocab_size=97, hidden_size=256, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=64, max_position_embeddings=512,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).cuda().eval()
+    sparse = pruned(net, "sparse_attention", SparseAttentionParams(sparsity=0.5, block_size=16))
+    scenario = Scenario(phase=Phase.decode, batch_size=1, seq_len=256)
+    timing = measure_pair(net, sparse, scenario, warmup=1, repeats=3, mode="graph")
+    assert (timing.execution, timing.fallback) == ("graph", None)
+    monkeypatch.setattr(latency, "UNMASKED", {"sdpa": UNMASKED_SDPA})
+    with pytest.raises(MaskedAttentionTimed, match="decode-b1-c256"):
+        measure_pair(net, sparse, scenario, warmup=1, repeats=3, mode="graph")
 
 
 def test_the_recorded_revision_says_when_the_code_that_ran_is_not_the_commit(tmp_path):
