@@ -117,6 +117,7 @@ def test_static_workload_runs_attention_unmasked_and_restores_the_config(
 
 def test_a_timing_that_ran_masked_block_sparse_attention_on_a_gpu_is_refused(model, monkeypatch):
     """The count is a GPU's (`sparse_attention.masked_on_gpu`); here the pruned model's forward stands in for it."""
+    monkeypatch.setattr(sparse_attention, "masked_on_gpu", 0)  # restored after the test
     net = copy.deepcopy(model)
     net.register_forward_hook(lambda *_: setattr(sparse_attention, "masked_on_gpu", sparse_attention.masked_on_gpu + 1))
     with pytest.raises(MaskedAttentionTimed, match=r"in 5 GPU calls while decode-b3-c20 was timed in eager mode"):
